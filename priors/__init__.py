@@ -1,0 +1,1 @@
+"""Image priors (regularisers) for gradient inversion. Never imports :mod:`inversion`."""
