@@ -1,0 +1,33 @@
+"""Image data: dataset specs, sources of real images (torchvision files, downloads,
+registry sample packs, own image folders), the pack cache, and client batch samplers."""
+from __future__ import annotations
+
+from .batch import Batch, sample_batch
+from .errors import DataUnavailableError, PackError
+from .folder import FolderSource
+from .image_source import ArraySource, ImageSource
+from .packs import PACKS, PackInfo, ensure_pack
+from .samplers import SAMPLER_NAMES, sample_indices, synthetic_counts
+from .sources import default_data_root, load_source
+from .specs import DATASET_NAMES, SPECS, DatasetSpec
+
+__all__ = [
+    "DATASET_NAMES",
+    "PACKS",
+    "SPECS",
+    "ArraySource",
+    "DataUnavailableError",
+    "DatasetSpec",
+    "FolderSource",
+    "ImageSource",
+    "PackError",
+    "PackInfo",
+    "SAMPLER_NAMES",
+    "Batch",
+    "default_data_root",
+    "ensure_pack",
+    "load_source",
+    "sample_batch",
+    "sample_indices",
+    "synthetic_counts",
+]

