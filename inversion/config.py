@@ -1,0 +1,221 @@
+"""Typed configuration: structured omegaconf schemas, config groups and overrides.
+
+A run's configuration is a dataclass schema (e.g. :class:`ShareConfig`) whose
+sections (``data``, ``model``, ``client``) are *config groups*: each has YAML
+files under ``configs/<group>/<name>.yaml``. Sources merge in this order:
+
+1. the schema's defaults;
+2. the group files named in the top-level YAML's ``defaults:`` mapping,
+   e.g. ``defaults: {data: mnist, model: lenet5, client: default}``;
+3. the rest of the top-level YAML;
+4. command-line overrides, in order: ``group=name`` replaces that whole group by
+   the schema default plus ``configs/<group>/<name>.yaml``; ``a.b=value`` sets a key.
+
+Every unknown key, wrong type or unknown name (dataset, model, activation,
+sampler, ...) raises :class:`ConfigError` naming the key and the valid choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf import errors as oc_errors
+
+from .data.samplers import SAMPLER_NAMES
+from .data.specs import DATASET_NAMES
+from .models import ACTIVATIONS, MODEL_NAMES
+
+__all__ = [
+    "CONFIG_DIR", "ConfigError", "DataConfig", "ModelConfig", "ClientConfig", "ShareConfig",
+    "load_config", "to_dict", "save_config",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _choices(name: str, values: Sequence[str]) -> type[enum.Enum]:
+    return enum.Enum(name, {v: v for v in values})
+
+
+DatasetName = _choices("DatasetName", DATASET_NAMES)
+ModelName = _choices("ModelName", MODEL_NAMES)
+Activation = _choices("Activation", ACTIVATIONS)
+SamplerName = _choices("SamplerName", SAMPLER_NAMES)
+Split = _choices("Split", ("train", "test"))
+BNMode = _choices("BNMode", ("eval", "train"))
+
+
+class ConfigError(ValueError):
+    """A configuration value, key or file is invalid; the message says which and what is allowed."""
+
+
+@dataclass
+class DataConfig:
+    """Where the client's images come from (see :func:`inversion.data.load_source`)."""
+
+    name: DatasetName = DatasetName.mnist
+    root: Optional[str] = None  # None: $GRADLEAK_DATA, else ./data
+    split: Split = Split.test
+    download: bool = True  # try torchvision's download when the files are not under root
+    folder: Optional[str] = None  # for name=folder: an ImageFolder directory
+    image_size: Optional[List[int]] = None  # folder only: resize to [H, W]
+    channels: Optional[int] = None  # folder only: 1 or 3
+    mean: Optional[List[float]] = None  # folder only: per-channel normalisation
+    std: Optional[List[float]] = None
+
+
+@dataclass
+class ModelConfig:
+    """The shared model (see :func:`inversion.models.build_model`)."""
+
+    name: ModelName = ModelName.lenet5
+    activation: Optional[Activation] = None  # None: the model's own default
+    num_classes: Optional[int] = None  # None: the dataset's
+    width: Optional[int] = None
+    depth: Optional[int] = None
+    final_bias: bool = True
+    dropout: bool = False
+    weights: Optional[str] = None  # a trained state_dict file (tensors only)
+    seed: int = 0
+
+
+@dataclass
+class ClientConfig:
+    """The FL client: its private batch and how it computes the FedSGD update."""
+
+    batch_size: int = 8
+    sampler: SamplerName = SamplerName.random
+    counts: Optional[Dict[int, int]] = None  # sampler=counts: {class: count}
+    classes: Optional[int] = None  # sampler=balanced: number of classes n
+    target_class: Optional[int] = None  # sampler=extreme: the class (None: random)
+    replacement: bool = False
+    seed: int = 0
+    bn_mode: BNMode = BNMode.eval
+    chunk_size: Optional[int] = None  # images per forward/backward; None: whole batch
+
+
+@dataclass
+class ShareConfig:
+    """``scripts/share_update.py``: sample a batch, compute and save the client's shared update."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    out: str = "runs/share"
+
+
+def _explain(err: Exception, origin: str) -> ConfigError:
+    """A ConfigError from an omegaconf error: what was wrong, where, and what is allowed."""
+    message = str(err).split("\n")[0].strip()
+    key = getattr(err, "full_key", None)
+    where = f" (key '{key}'" + (f" in {origin})" if origin else ")") if key else (f" (in {origin})" if origin else "")
+    hint = ""
+    node = getattr(err, "object_type", None)
+    if isinstance(err, (oc_errors.ConfigKeyError, oc_errors.ConfigAttributeError)) and dataclasses.is_dataclass(node):
+        hint = "; valid keys here: " + ", ".join(f.name for f in dataclasses.fields(node))
+    return ConfigError(f"{message}{where}{hint}")
+
+
+def _group_file(group: str, name: str, config_dir: Path) -> Path:
+    path = config_dir / group / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+        raise ConfigError(
+            f"no config '{name}' in group '{group}' ({path} does not exist); available: {', '.join(available) or 'none'}"
+        )
+    return path
+
+
+def _merge(base: DictConfig, update: Any, origin: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, update)
+    except oc_errors.OmegaConfBaseException as err:
+        raise _explain(err, origin) from None
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        loaded = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except Exception as err:  # yaml syntax errors come in several types
+        raise ConfigError(f"cannot parse config file {path}: {err}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return loaded
+
+
+def _select_group(cfg: DictConfig, schema: type, group: str, name: str, config_dir: Path) -> DictConfig:
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    default = OmegaConf.structured(fields[group].default_factory())
+    path = _group_file(group, name, config_dir)
+    chosen = _merge(default, _load_yaml(path), str(path))
+    cfg[group] = chosen
+    return cfg
+
+
+def _groups(schema: type) -> set[str]:
+    """Names of the schema's sections that are config groups (dataclass-valued fields)."""
+    return {f.name for f in dataclasses.fields(schema) if dataclasses.is_dataclass(f.default_factory)}
+
+
+def load_config(
+    schema: type,
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    config_dir: str | Path = CONFIG_DIR,
+) -> DictConfig:
+    """Build a validated config from a schema, an optional YAML file and overrides.
+
+    Args:
+        schema: the dataclass schema, e.g. :class:`ShareConfig`.
+        path: top-level YAML file (may hold a ``defaults:`` mapping of group names).
+        overrides: ``group=name`` and ``dotted.key=value`` strings, applied in order.
+        config_dir: folder holding the group folders (default: the repo's ``configs/``).
+
+    Returns:
+        a read-only structured DictConfig.
+
+    Raises:
+        ConfigError: an unknown key, wrong type, unknown name or missing file.
+    """
+    config_dir = Path(config_dir)
+    groups = _groups(schema)
+    cfg = OmegaConf.structured(schema)
+    if path is not None:
+        body = _load_yaml(Path(path))
+        defaults = body.pop("defaults") if "defaults" in body else OmegaConf.create({})
+        if not isinstance(defaults, DictConfig):
+            raise ConfigError(f"'defaults' in {path} must map groups to names, e.g. defaults: {{data: mnist}}")
+        for group, name in defaults.items():
+            if group not in groups:
+                raise ConfigError(f"'defaults' in {path} names group '{group}'; groups: {', '.join(sorted(groups))}")
+            cfg = _select_group(cfg, schema, str(group), str(name), config_dir)
+        cfg = _merge(cfg, body, str(path))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. client.batch_size=16) or group=name")
+        if key in groups:
+            cfg = _select_group(cfg, schema, key, value, config_dir)
+        else:
+            cfg = _merge(cfg, OmegaConf.from_dotlist([item]), "command line")
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def to_dict(cfg: DictConfig | Any) -> dict:
+    """Plain JSON-serialisable dict of a (sub)config; enum values become their names."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.structured(cfg)
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (a record of exactly what ran)."""
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))

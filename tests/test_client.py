@@ -1,0 +1,142 @@
+"""The FL client: FedSGD gradients (hand-checked), chunking, batch-norm modes, and SharedUpdate files."""
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from inversion.client import FORMAT, SharedUpdate, client_gradients, compute_shared_update
+from inversion.models import build_model
+
+
+def test_gradient_of_mean_cross_entropy_by_hand():
+    # logits z = W x + b; d(mean CE)/dW = (1/K) sum_k (p_k - onehot_k) x_k^T, d/db = mean_k (p_k - onehot_k)
+    layer = nn.Linear(2, 3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]]))
+        layer.bias.copy_(torch.tensor([0.0, 0.5, -0.5]))
+    x = torch.tensor([[1.0, 2.0], [0.0, -1.0]])
+    y = torch.tensor([2, 0])
+    p = torch.softmax(x @ layer.weight.T + layer.bias, dim=1)
+    residual = p - torch.eye(3)[y]
+    grads = client_gradients(layer, x, y)
+    torch.testing.assert_close(grads["weight"], residual.T @ x / 2)
+    torch.testing.assert_close(grads["bias"], residual.mean(0))
+    # the bias gradient of mean CE sums to zero over classes (softmax rows and one-hots both sum to 1)
+    assert abs(float(grads["bias"].sum())) < 1e-6
+
+
+def small_bn_model():
+    return build_model("convnet", num_classes=5, in_channels=3, image_size=(16, 16), width=4, seed=3)
+
+
+def test_chunked_gradient_equals_full_batch_in_eval_mode():
+    model = small_bn_model()
+    torch.manual_seed(0)
+    x, y = torch.randn(11, 3, 16, 16), torch.randint(0, 5, (11,))
+    full = client_gradients(model, x, y)
+    for chunk in (1, 3, 4, 11, 64):
+        chunked = client_gradients(model, x, y, chunk_size=chunk)
+        assert chunked.keys() == full.keys()
+        for name in full:
+            torch.testing.assert_close(chunked[name], full[name], rtol=1e-5, atol=1e-6)
+
+
+def test_client_leaves_model_untouched():
+    model = small_bn_model()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    eval_grads = client_gradients(model, x, y, bn_mode="eval")
+    train_grads = client_gradients(model, x, y, bn_mode="train")
+    assert model.training  # mode restored
+    for k, v in model.state_dict().items():  # running statistics restored after train mode
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in model.parameters())
+    # batch statistics instead of running statistics change the gradient
+    assert not torch.allclose(eval_grads["fc.weight"], train_grads["fc.weight"])
+
+
+def test_train_mode_refuses_chunking():
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ValueError, match="train-mode batch norm"):
+        client_gradients(small_bn_model(), x, y, bn_mode="train", chunk_size=2)
+    with pytest.raises(ValueError, match="bn_mode must be one of"):
+        client_gradients(small_bn_model(), x, y, bn_mode="frozen")
+    with pytest.raises(ValueError, match="must agree"):
+        client_gradients(small_bn_model(), x, y[:3])
+
+
+def make_update(keep_truth=True):
+    model = small_bn_model()
+    x, y = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 1, 4, 4, 4])
+    return model, compute_shared_update(model, x, y, meta={"note": "test"}, keep_truth=keep_truth)
+
+
+def test_shared_update_round_trip(tmp_path):
+    model, update = make_update()
+    path = update.save(tmp_path / "sub" / "u.pt")
+    assert [p.name for p in path.parent.iterdir()] == ["u.pt"]  # atomic: no temp file left behind
+    loaded = SharedUpdate.load(path)
+    assert loaded.batch_size == 6
+    assert loaded.meta == {"note": "test", "bn_mode": "eval", "chunk_size": None}
+    assert loaded.gradients.keys() == update.gradients.keys()
+    for name, grad in update.gradients.items():
+        assert torch.equal(loaded.gradients[name], grad)
+    assert torch.equal(loaded.truth.images, update.truth.images)
+    assert loaded.truth.labels.tolist() == [0, 1, 1, 4, 4, 4]
+    loaded.check_compatible(model)
+    grad_w, grad_b = loaded.final_layer_gradients(model)
+    assert torch.equal(grad_w, update.gradients["fc.weight"]) and torch.equal(grad_b, update.gradients["fc.bias"])
+    assert "K=6" in loaded.summary() and "{0: 1, 1: 2, 4: 3}" in loaded.summary()
+    _, no_truth = make_update(keep_truth=False)
+    assert SharedUpdate.load(no_truth.save(tmp_path / "n.pt")).truth is None
+
+
+class Payload:
+    """An arbitrary object: unpickling such things can run code, so loading must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_pickled_payload_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": FORMAT, "version": 1, "gradients": {}, "payload": Payload()}, path)
+    with pytest.raises(ValueError, match="refused"):
+        SharedUpdate.load(path)
+    assert "must never run" not in capsys.readouterr().out
+    with open(tmp_path / "plain.pkl", "wb") as f:
+        pickle.dump({"format": FORMAT}, f)
+    with pytest.raises(ValueError):
+        SharedUpdate.load(tmp_path / "plain.pkl")
+
+
+def test_bad_files_are_explained(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="is not a gradleak.SharedUpdate file"):
+        SharedUpdate.load(tmp_path / "other.pt")
+    _, update = make_update()
+    data = update.save(tmp_path / "u.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        SharedUpdate.load(tmp_path / "cut.pt")
+    with pytest.raises(FileNotFoundError):
+        SharedUpdate.load(tmp_path / "absent.pt")
+
+
+def test_gradients_captured_elsewhere():
+    model = small_bn_model()
+    grads = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    update = SharedUpdate.from_gradients(grads, batch_size=3)
+    update.check_compatible(model)
+    partial = SharedUpdate.from_gradients([("fc.weight", grads["fc.weight"]), ("fc.bias", grads["fc.bias"])], 3)
+    with pytest.raises(ValueError, match="lacks gradients"):
+        partial.check_compatible(model)
+    partial.check_compatible(model, require_all=False)
+    with pytest.raises(ValueError, match="has shape"):
+        SharedUpdate.from_gradients({"fc.bias": torch.zeros(7)}, 3).check_compatible(model, require_all=False)
+    with pytest.raises(ValueError, match="non-finite"):
+        SharedUpdate.from_gradients({"fc.bias": torch.tensor([float("nan")])}, 3)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        SharedUpdate.from_gradients(grads, 0)

