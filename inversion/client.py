@@ -16,6 +16,7 @@ import pickle
 import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,15 @@ from tqdm.auto import tqdm
 
 from .models import final_layer
 
-__all__ = ["PrivateBatch", "SharedUpdate", "client_gradients", "compute_shared_update"]
+__all__ = [
+    "PrivateBatch", "SharedUpdate", "PARAMETER_SETS", "client_gradients", "final_layer_client_gradients",
+    "compute_shared_update",
+]
 
 FORMAT = "gradleak.SharedUpdate"
 VERSION = 1
 BN_MODES = ("eval", "train")
+PARAMETER_SETS = ("all", "final_layer")
 
 
 @dataclass
@@ -219,6 +224,46 @@ def _bn_buffers(model: nn.Module) -> dict[str, Tensor]:
     return saved
 
 
+@contextmanager
+def _client_mode(model: nn.Module, bn_mode: str):
+    """Put the model in the client's mode; afterwards restore its mode and batch-norm statistics."""
+    was_training = model.training
+    saved_stats = _bn_buffers(model) if bn_mode == "train" else {}
+    model.train(bn_mode == "train")
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        if saved_stats:
+            model.load_state_dict(saved_stats, strict=False)
+
+
+def _chunks(images: Tensor, labels: Tensor, bn_mode: str, chunk_size: int | None) -> tuple[int, range]:
+    """Validate a client batch; return (K, the start index of every chunk)."""
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
+    if images.ndim < 2 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"images (K, ...) and labels (K,) must agree; got {tuple(images.shape)} and {tuple(labels.shape)}"
+        )
+    batch_size = labels.shape[0]
+    if batch_size < 1:
+        raise ValueError("the batch is empty")
+    chunk = batch_size if chunk_size is None else int(chunk_size)
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if bn_mode == "train" and chunk < batch_size:
+        raise ValueError(
+            "train-mode batch norm uses the statistics of the whole batch, so a chunked gradient would differ; "
+            "use bn_mode=eval, or chunk_size >= the batch size"
+        )
+    return batch_size, range(0, batch_size, chunk)
+
+
+def _progress(starts: range, progress: bool, what: str):
+    return tqdm(starts, desc=what, unit="chunk", disable=not progress or len(starts) < 2)
+
+
 def client_gradients(
     model: nn.Module,
     images: Tensor,
@@ -248,43 +293,68 @@ def client_gradients(
     Returns:
         parameter name -> gradient (same shape and device as the parameter).
     """
-    if bn_mode not in BN_MODES:
-        raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
-    if images.ndim < 2 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"images (K, ...) and labels (K,) must agree; got {tuple(images.shape)} and {tuple(labels.shape)}"
-        )
-    batch_size = labels.shape[0]
-    if batch_size < 1:
-        raise ValueError("the batch is empty")
-    chunk = batch_size if chunk_size is None else int(chunk_size)
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if bn_mode == "train" and chunk < batch_size:
-        raise ValueError(
-            "train-mode batch norm uses the statistics of the whole batch, so a chunked gradient would differ; "
-            "use bn_mode=eval, or chunk_size >= the batch size"
-        )
+    batch_size, starts = _chunks(images, labels, bn_mode, chunk_size)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     device = params[0].device
-    was_training = model.training
-    saved_stats = _bn_buffers(model) if bn_mode == "train" else {}
     sums = [torch.zeros_like(p) for p in params]
-    starts = range(0, batch_size, chunk)
-    model.train(bn_mode == "train")
-    try:
-        for start in tqdm(starts, desc="client gradient", unit="chunk", disable=not progress or len(starts) < 2):
-            x = images[start:start + chunk].to(device)
-            y = labels[start:start + chunk].to(device)
+    step = starts.step
+    with _client_mode(model, bn_mode):
+        for start in _progress(starts, progress, "client gradient"):
+            x = images[start:start + step].to(device)
+            y = labels[start:start + step].to(device)
             loss = F.cross_entropy(model(x), y, reduction="sum") / batch_size
             for total, grad in zip(sums, torch.autograd.grad(loss, params)):
                 total.add_(grad)
-    finally:
-        model.train(was_training)
-        if saved_stats:
-            model.load_state_dict(saved_stats, strict=False)
     return {name: total for (name, _), total in zip(named, sums)}
+
+
+def final_layer_client_gradients(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    bn_mode: str = "eval",
+    chunk_size: int | None = None,
+    progress: bool = False,
+) -> dict[str, Tensor]:
+    r"""The client's gradients of the final layer only, without building a graph through the backbone.
+
+    For ``z = W e + b`` and the mean cross-entropy over K samples,
+    :math:`\nabla_W = \frac{1}{K} (P - Y)^\top E` and :math:`\nabla_b = \frac{1}{K} \sum_k (p_k - y_k)`,
+    with E the (K, M) embeddings, P the (K, C) softmax outputs and Y the one-hot labels.
+    The embeddings are computed under ``torch.no_grad()`` in chunks, so memory stays
+    at one chunk of activations plus the (K, M) embeddings. Equals the final-layer
+    entries of :func:`client_gradients` up to float rounding.
+
+    Args:
+        model: a model with ``features`` (images to (B, M) embeddings) and ``fc``
+            (the final ``nn.Linear``), e.g. any :class:`~inversion.models.ClassifierModel`.
+        images, labels, bn_mode, chunk_size, progress: as in :func:`client_gradients`.
+
+    Returns:
+        ``{"<fc>.weight": (C, M), "<fc>.bias": (C,)}`` named as in ``model.named_parameters()``
+        (no bias entry when the layer has none).
+    """
+    if not (isinstance(getattr(model, "features", None), nn.Module) and isinstance(getattr(model, "fc", None), nn.Linear)):
+        raise ValueError("final-layer-only gradients need a model with `features` and a final nn.Linear `fc`")
+    batch_size, starts = _chunks(images, labels, bn_mode, chunk_size)
+    layer = model.fc
+    device = layer.weight.device
+    step = starts.step
+    with torch.no_grad(), _client_mode(model, bn_mode):
+        embeddings = torch.cat([
+            model.features(images[start:start + step].to(device))
+            for start in _progress(starts, progress, "client embeddings")
+        ])
+        residual = torch.softmax(layer(embeddings), dim=1)
+        residual[torch.arange(batch_size, device=device), labels.to(device)] -= 1.0
+        residual /= batch_size
+        names = {id(p): n for n, p in model.named_parameters()}
+        grads = {names[id(layer.weight)]: residual.T @ embeddings}
+        if layer.bias is not None:
+            grads[names[id(layer.bias)]] = residual.sum(dim=0)
+    return grads
 
 
 def compute_shared_update(
@@ -294,6 +364,7 @@ def compute_shared_update(
     *,
     bn_mode: str = "eval",
     chunk_size: int | None = None,
+    parameters: str = "all",
     meta: Mapping[str, Any] | None = None,
     keep_truth: bool = True,
     progress: bool = False,
@@ -305,14 +376,20 @@ def compute_shared_update(
         images: the private batch, shape (K, C, H, W), normalised.
         labels: its labels, shape (K,).
         bn_mode, chunk_size, progress: as in :func:`client_gradients`.
+        parameters: ``"all"`` (the FedSGD update) or ``"final_layer"`` (only the final
+            layer's gradients, computed without a graph through the backbone: all that
+            label restoration needs, and much cheaper for large batches).
         meta: JSON-serialisable record to store (config, data source, ...);
-            ``bn_mode`` and ``chunk_size`` are added.
+            ``bn_mode``, ``chunk_size`` and ``parameters`` are added.
         keep_truth: keep the true batch in :attr:`SharedUpdate.truth` (evaluation only).
 
     Returns:
         the :class:`SharedUpdate` the server receives.
     """
-    grads = client_gradients(model, images, labels, bn_mode=bn_mode, chunk_size=chunk_size, progress=progress)
-    record = {**dict(meta or {}), "bn_mode": bn_mode, "chunk_size": chunk_size}
+    if parameters not in PARAMETER_SETS:
+        raise ValueError(f"parameters must be one of {PARAMETER_SETS}, got {parameters!r}")
+    gradients_of = final_layer_client_gradients if parameters == "final_layer" else client_gradients
+    grads = gradients_of(model, images, labels, bn_mode=bn_mode, chunk_size=chunk_size, progress=progress)
+    record = {**dict(meta or {}), "bn_mode": bn_mode, "chunk_size": chunk_size, "parameters": parameters}
     truth = PrivateBatch(images.detach().cpu().clone(), labels.detach().cpu().clone()) if keep_truth else None
     return SharedUpdate({n: g.detach().cpu() for n, g in grads.items()}, int(labels.shape[0]), record, truth)

@@ -5,7 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from inversion.client import FORMAT, SharedUpdate, client_gradients, compute_shared_update
+from inversion.client import (
+    FORMAT,
+    SharedUpdate,
+    client_gradients,
+    compute_shared_update,
+    final_layer_client_gradients,
+)
 from inversion.models import build_model
 
 
@@ -79,7 +85,7 @@ def test_shared_update_round_trip(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["u.pt"]  # atomic: no temp file left behind
     loaded = SharedUpdate.load(path)
     assert loaded.batch_size == 6
-    assert loaded.meta == {"note": "test", "bn_mode": "eval", "chunk_size": None}
+    assert loaded.meta == {"note": "test", "bn_mode": "eval", "chunk_size": None, "parameters": "all"}
     assert loaded.gradients.keys() == update.gradients.keys()
     for name, grad in update.gradients.items():
         assert torch.equal(loaded.gradients[name], grad)
@@ -140,3 +146,28 @@ def test_gradients_captured_elsewhere():
         SharedUpdate.from_gradients({"fc.bias": torch.tensor([float("nan")])}, 3)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         SharedUpdate.from_gradients(grads, 0)
+
+
+@pytest.mark.parametrize("bn_mode,chunk", [("eval", None), ("eval", 4), ("train", None)])
+def test_final_layer_only_equals_the_full_computation(bn_mode, chunk):
+    model = small_bn_model()
+    torch.manual_seed(1)
+    x, y = torch.randn(10, 3, 16, 16), torch.randint(0, 5, (10,))
+    full = client_gradients(model, x, y, bn_mode=bn_mode)
+    head = final_layer_client_gradients(model, x, y, bn_mode=bn_mode, chunk_size=chunk)
+    assert set(head) == {"fc.weight", "fc.bias"}
+    torch.testing.assert_close(head["fc.weight"], full["fc.weight"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(head["fc.bias"], full["fc.bias"], rtol=1e-5, atol=1e-7)
+
+
+def test_final_layer_only_update_without_bias_and_for_foreign_models():
+    model = build_model("fcn", num_classes=4, in_channels=1, image_size=(4, 4), width=8, final_bias=False)
+    x, y = torch.randn(5, 1, 4, 4), torch.tensor([0, 0, 1, 3, 3])
+    update = compute_shared_update(model, x, y, parameters="final_layer")
+    assert set(update.gradients) == {"fc.weight"} and update.meta["parameters"] == "final_layer"
+    update.check_compatible(model, require_all=False)
+    assert update.final_layer_gradients(model)[1] is None
+    with pytest.raises(ValueError, match="need a model with `features`"):
+        final_layer_client_gradients(nn.Sequential(nn.Flatten(), nn.Linear(16, 4)), x, y)
+    with pytest.raises(ValueError, match="parameters must be one of"):
+        compute_shared_update(model, x, y, parameters="head")
