@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
+from .client import BN_MODES, PARAMETER_SETS
 from .data.samplers import SAMPLER_NAMES
 from .data.specs import DATASET_NAMES
 from .models import ACTIVATIONS, MODEL_NAMES
@@ -46,7 +47,8 @@ ModelName = _choices("ModelName", MODEL_NAMES)
 Activation = _choices("Activation", ACTIVATIONS)
 SamplerName = _choices("SamplerName", SAMPLER_NAMES)
 Split = _choices("Split", ("train", "test"))
-BNMode = _choices("BNMode", ("eval", "train"))
+BNMode = _choices("BNMode", BN_MODES)
+ParameterSet = _choices("ParameterSet", PARAMETER_SETS)
 
 
 class ConfigError(ValueError):
@@ -96,6 +98,8 @@ class ClientConfig:
     seed: int = 0
     bn_mode: BNMode = BNMode.eval
     chunk_size: Optional[int] = None  # images per forward/backward; None: whole batch
+    parameters: ParameterSet = ParameterSet.all  # final_layer: only the final layer's gradients
+    synthetic_labels: bool = False  # untrained models only: labels drawn over C, independent of images
 
 
 @dataclass

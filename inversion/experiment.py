@@ -7,8 +7,8 @@ from omegaconf import DictConfig
 
 from .client import SharedUpdate, compute_shared_update
 from .config import to_dict
-from .data import Batch, ImageSource, load_source, sample_batch
-from .models import ClassifierModel, build_model, load_weights
+from .data import Batch, ImageSource, load_source, sample_batch, sample_synthetic_batch
+from .models import ClassifierModel, build_model, final_layer, load_weights
 
 __all__ = ["ClientRun", "source_from_config", "model_from_config", "batch_from_config", "simulate_client"]
 
@@ -37,16 +37,29 @@ def model_from_config(model: DictConfig, source: ImageSource) -> ClassifierModel
     )
     if m["weights"]:
         load_weights(net, m["weights"])
+        net.config["weights"] = m["weights"]
     return net
 
 
-def batch_from_config(client: DictConfig, source: ImageSource) -> Batch:
-    """The client's private batch as a ``client`` config group describes it."""
+def batch_from_config(client: DictConfig, source: ImageSource, model: ClassifierModel) -> Batch:
+    """The client's private batch as a ``client`` config group describes it.
+
+    With ``synthetic_labels`` the labels are drawn over the model's classes independently
+    of the images, which is refused for a model with trained weights (its gradients
+    depend on whether images and labels match).
+    """
     c = to_dict(client)
-    return sample_batch(
-        source, c["batch_size"], c["sampler"], seed=c["seed"], counts=c["counts"], classes=c["classes"],
-        target_class=c["target_class"], replacement=c["replacement"],
-    )
+    options = {"seed": c["seed"], "counts": c["counts"], "classes": c["classes"], "target_class": c["target_class"]}
+    if not c["synthetic_labels"]:
+        return sample_batch(source, c["batch_size"], c["sampler"], replacement=c["replacement"], **options)
+    if model.config.get("weights"):
+        raise ValueError(
+            "client.synthetic_labels is only valid for untrained models: a trained model's gradients depend on "
+            "whether each label matches its image. Use real labels, or drop model.weights"
+        )
+    if c["replacement"]:
+        raise ValueError("client.synthetic_labels draws distinct images; client.replacement=true is not allowed with it")
+    return sample_synthetic_batch(source, c["batch_size"], final_layer(model).out_features, c["sampler"], **options)
 
 
 @dataclass
@@ -68,16 +81,17 @@ def simulate_client(cfg: DictConfig, *, progress: bool = True) -> ClientRun:
     """
     source = source_from_config(cfg.data)
     model = model_from_config(cfg.model, source)
-    batch = batch_from_config(cfg.client, source)
+    batch = batch_from_config(cfg.client, source, model)
     client = to_dict(cfg.client)
     meta = {
         "config": to_dict(cfg),
         "data_source": batch.source,
         "replacement": batch.replacement,
+        "labels": "synthetic" if batch.synthetic_labels else "real",
         "model": model.config,
     }
     update = compute_shared_update(
-        model, batch.images, batch.labels, bn_mode=client["bn_mode"],
-        chunk_size=client["chunk_size"], meta=meta, progress=progress,
+        model, batch.images, batch.labels, bn_mode=client["bn_mode"], chunk_size=client["chunk_size"],
+        parameters=client["parameters"], meta=meta, progress=progress,
     )
     return ClientRun(update, model, source, batch)

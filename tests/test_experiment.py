@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from inversion.client import SharedUpdate, client_gradients
@@ -57,3 +58,24 @@ def test_share_script_explains_a_typo_without_traceback(tmp_path):
     assert "error: Key 'batchsize' not in 'ClientConfig'" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_synthetic_labels_span_the_models_classes(data_root, tmp_path):
+    base = ["model=lenet5", "model.num_classes=100", "data=cifar10", f"data.root={data_root}", "data.download=false",
+            "client.synthetic_labels=true", "client.parameters=final_layer"]
+    cfg = load_config(ShareConfig, CONFIG_DIR / "share.yaml", [*base, "client.batch_size=12", "client.sampler=unique"])
+    run = simulate_client(cfg, progress=False)
+    labels = run.update.truth.labels
+    assert len(set(labels.tolist())) == 12 and int(labels.max()) < 100
+    assert len(set(run.batch.indices.tolist())) == 12  # distinct real images, never repeated
+    assert run.update.meta["labels"] == "synthetic" and "labels: synthetic" in run.update.meta["data_source"]
+    assert set(run.update.gradients) == {"fc.weight", "fc.bias"}
+    assert run.update.gradients["fc.weight"].shape == (100, 84)
+    too_many = load_config(ShareConfig, CONFIG_DIR / "share.yaml", [*base, "client.batch_size=21"])
+    with pytest.raises(ValueError, match="need 21 distinct images but the source has 20"):
+        simulate_client(too_many, progress=False)
+    weights = tmp_path / "w.pt"
+    torch.save(run.model.state_dict(), weights)
+    trained = load_config(ShareConfig, CONFIG_DIR / "share.yaml", [*base, f"model.weights={weights}"])
+    with pytest.raises(ValueError, match="only valid for untrained models"):
+        simulate_client(trained, progress=False)

@@ -2,7 +2,7 @@
 registry sample packs, own image folders), the pack cache, and client batch samplers."""
 from __future__ import annotations
 
-from .batch import Batch, sample_batch
+from .batch import Batch, sample_batch, sample_synthetic_batch
 from .errors import DataUnavailableError, PackError
 from .folder import FolderSource
 from .image_source import ArraySource, ImageSource
@@ -28,6 +28,7 @@ __all__ = [
     "ensure_pack",
     "load_source",
     "sample_batch",
+    "sample_synthetic_batch",
     "sample_indices",
     "synthetic_counts",
 ]

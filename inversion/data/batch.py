@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .samplers import sample_indices
+from .samplers import sample_indices, synthetic_counts
 from .image_source import ImageSource
 
-__all__ = ["Batch", "sample_batch"]
+__all__ = ["Batch", "sample_batch", "sample_synthetic_batch"]
 
 
 @dataclass
@@ -24,6 +24,8 @@ class Batch:
         indices: positions of the images in the source, shape (K,).
         replacement: whether an image may appear more than once.
         source: one-line description of where the images came from.
+        synthetic_labels: True when the labels were drawn independently of the images
+            (:func:`sample_synthetic_batch`), False for the images' real labels.
     """
 
     images: Tensor
@@ -31,6 +33,7 @@ class Batch:
     indices: np.ndarray
     replacement: bool
     source: str
+    synthetic_labels: bool = False
 
 
 def sample_batch(
@@ -56,3 +59,45 @@ def sample_batch(
     images = source.spec.normalize(source.images(indices))
     labels = torch.as_tensor(source.targets[indices], dtype=torch.int64)
     return Batch(images, labels, indices, replacement, source.description)
+
+
+def sample_synthetic_batch(
+    source: ImageSource,
+    batch_size: int,
+    num_classes: int,
+    sampler: str = "random",
+    *,
+    seed: int = 0,
+    counts: Mapping[int, int] | None = None,
+    classes: int | None = None,
+    target_class: int | None = None,
+) -> Batch:
+    """K distinct real images with labels drawn over ``num_classes`` classes, independent of the images.
+
+    Only meaningful for **untrained** models, whose gradients do not depend on whether an
+    image matches its label: it lets a label-distribution experiment over C classes (e.g.
+    CIFAR-100's 100 or ImageNet's 1000) run on any source with enough distinct images,
+    instead of faking a missing dataset with repeated images (duplicates make label
+    restoration artificially exact). The labels follow
+    :func:`~inversion.data.samplers.synthetic_counts` and are shuffled.
+
+    Raises:
+        ValueError: the source has fewer than K images, or bad sampler options.
+    """
+    if batch_size > len(source):
+        raise ValueError(
+            f"synthetic labels need {batch_size} distinct images but the source has {len(source)}; "
+            "use a larger source (e.g. a folder of images) or a smaller batch"
+        )
+    rng = np.random.default_rng(seed)
+    label_counts = synthetic_counts(
+        num_classes, batch_size, sampler, rng=rng, counts=counts, classes=classes, target_class=target_class
+    )
+    labels = rng.permutation(np.repeat(np.arange(num_classes), label_counts))
+    indices = rng.choice(len(source), size=batch_size, replace=False).astype(np.int64)
+    images = source.spec.normalize(source.images(indices))
+    description = (
+        f"{source.description}; labels: synthetic ({sampler} sampler over {num_classes} classes, "
+        "independent of the images)"
+    )
+    return Batch(images, torch.as_tensor(labels, dtype=torch.int64), indices, False, description, True)
