@@ -1,4 +1,32 @@
 """Instance-wise batch label restoration from final-layer gradients (iLRG and baselines).
 
 Works on plain tensors/arrays and never imports :mod:`inversion`.
+
+Stage one of the pipeline: from the gradients of the mean cross-entropy with respect to the final linear
+layer :math:`z = W e + b` (``grad_weight`` :math:`(C, M)`, ``grad_bias`` :math:`(C,)`), and for iLRG the layer
+itself (``weight``, ``bias``), recover how many samples of each class the batch of :math:`K` holds::
+
+    from label_restore import restore_labels, METHOD_NAMES, RestorationResult, label_metrics
+    r = restore_labels("ilrg", grad_weight=gW, grad_bias=gb, weight=W, bias=b, batch_size=K)
+    r.counts, r.labels, r.present, r.raw_counts, r.seconds
+
+Methods (:data:`METHOD_NAMES`): ``ilrg`` (Ma et al., ICLR 2023), ``idlg`` (extended iDLG), ``gi``
+(GradInversion), ``rlg`` (Dang et al. 2021), ``llg`` (Wainakh et al. 2022), ``bias_corrected`` (LLG's counting
+on the bias gradient). Modules: :mod:`.api` (registry), :mod:`._inputs` (validation), :mod:`.ilrg`,
+:mod:`.linsolve`, :mod:`.counting`, :mod:`.existence`, :mod:`.rlg`, :mod:`.llg`, :mod:`.metrics`, :mod:`.result`.
 """
+from .api import METHOD_NAMES, available_methods, get_method, register_method, restore_labels
+from .metrics import counts_from_labels, label_metrics
+from .result import RestorationResult, labels_from_counts
+
+__all__ = [
+    "METHOD_NAMES",
+    "RestorationResult",
+    "available_methods",
+    "counts_from_labels",
+    "get_method",
+    "label_metrics",
+    "labels_from_counts",
+    "register_method",
+    "restore_labels",
+]
