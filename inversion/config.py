@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
+from label_restore import METHOD_NAMES
+
 from .client import BN_MODES, PARAMETER_SETS
 from .data.samplers import SAMPLER_NAMES
 from .data.specs import DATASET_NAMES
@@ -32,6 +34,7 @@ from .models import ACTIVATIONS, MODEL_NAMES
 
 __all__ = [
     "CONFIG_DIR", "ConfigError", "DataConfig", "ModelConfig", "ClientConfig", "ShareConfig",
+    "RestoreSweep", "RestoreConfig",
     "load_config", "to_dict", "save_config",
 ]
 
@@ -49,6 +52,7 @@ SamplerName = _choices("SamplerName", SAMPLER_NAMES)
 Split = _choices("Split", ("train", "test"))
 BNMode = _choices("BNMode", BN_MODES)
 ParameterSet = _choices("ParameterSet", PARAMETER_SETS)
+MethodName = _choices("MethodName", METHOD_NAMES)
 
 
 class ConfigError(ValueError):
@@ -110,6 +114,33 @@ class ShareConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     out: str = "runs/share"
+
+
+@dataclass
+class RestoreSweep:
+    """What the benchmark sweeps over (an empty list keeps the single value of the data/model/client groups)."""
+
+    methods: List[MethodName] = field(default_factory=lambda: [MethodName[m] for m in METHOD_NAMES])
+    trials: int = 10
+    datasets: List[str] = field(default_factory=list)  # data group names
+    models: List[str] = field(default_factory=list)  # model group names
+    activations: List[Activation] = field(default_factory=list)
+    batch_sizes: List[int] = field(default_factory=list)
+    samplers: List[SamplerName] = field(default_factory=list)
+    defenses: List[str] = field(default_factory=lambda: ["none"])  # none, noise:STD, clip:NORM, sparsify:PCT
+    fixed_model: bool = False  # False: a new model per trial (seed model.seed + trial)
+    note: Optional[str] = None  # shown with the results, e.g. how the setting departs from the paper's
+
+
+@dataclass
+class RestoreConfig:
+    """``scripts/restore_labels.py``: the data, model and client groups, plus the sweep."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    restore: RestoreSweep = field(default_factory=RestoreSweep)
+    out: str = "runs/restore"
 
 
 def _explain(err: Exception, origin: str) -> ConfigError:

@@ -1,0 +1,251 @@
+"""The label-restoration benchmark behind ``scripts/restore_labels.py``.
+
+A sweep runs T trials (each a new client batch, and a new model unless
+``restore.fixed_model``) for every setting of the cross product
+dataset x model x activation x K x sampler, applies every defense to the shared
+update and every restoration method to the defended update, and scores the
+restored counts against the truth with the paper's metrics.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import resource
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from label_restore import METHOD_NAMES, label_metrics
+
+from .config import ConfigError, RestoreConfig, load_config, to_dict
+from .defenses import defend_update, parse_defense
+from .experiment import simulate_client
+from .restore import restore_from_update
+
+__all__ = ["run_sweep", "format_markdown", "METRICS"]
+
+METRICS = ("LeAcc", "LnAcc", "IRec")
+
+
+def _settings(sweep: dict) -> list[dict[str, Any]]:
+    """The cross product of the swept values; each a dict of the swept keys only."""
+    axes = {
+        "data": sweep["datasets"], "model": sweep["models"], "activation": sweep["activations"],
+        "batch_size": sweep["batch_sizes"], "sampler": sweep["samplers"],
+    }
+    axes = {k: v for k, v in axes.items() if v}
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())] or [{}]
+
+
+def _setting_overrides(setting: dict[str, Any], user_overrides: Sequence[str]) -> list[str]:
+    """Overrides building one setting's config: its groups, then the user's overrides, then its keys."""
+    groups = [f"{g}={setting[g]}" for g in ("data", "model") if g in setting]
+    clash = [o for o in user_overrides if o.partition("=")[0] in {g.partition("=")[0] for g in groups}]
+    if clash:
+        raise ConfigError(f"{clash[0]!r} conflicts with the sweep's own list (restore.datasets / restore.models)")
+    keys = {"activation": "model.activation", "batch_size": "client.batch_size", "sampler": "client.sampler"}
+    return [*groups, *user_overrides, *(f"{keys[k]}={v}" for k, v in setting.items() if k in keys)]
+
+
+def _check(cfg: DictConfig) -> tuple[dict, list]:
+    """Validate what the schema cannot: trials, defenses vs. the parameters computed."""
+    sweep = to_dict(cfg.restore)
+    if sweep["trials"] < 1:
+        raise ConfigError(f"restore.trials must be >= 1, got {sweep['trials']}")
+    if not sweep["methods"]:
+        raise ConfigError("restore.methods is empty; name at least one of " + ", ".join(METHOD_NAMES))
+    try:
+        defenses = [parse_defense(d) for d in sweep["defenses"] or ["none"]]
+    except ValueError as err:
+        raise ConfigError(f"restore.defenses: {err}") from None
+    if any(d.name == "clip" for d in defenses) and to_dict(cfg.client)["parameters"] != "all":
+        raise ConfigError(
+            "clip defenses scale by the global norm of ALL gradients; set client.parameters=all for them"
+        )
+    return sweep, defenses
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "std": float(array.std())}
+
+
+def _peak_memory_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if platform.system() == "Darwin" else 2**10)
+
+
+def _machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.platform()}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_sweep(
+    config_path: str | Path | None,
+    overrides: Sequence[str] = (),
+    *,
+    progress: bool = True,
+    on_setting: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run the benchmark of a config; write ``results.json`` and ``results.md`` into ``out``.
+
+    Every setting's config is built and validated before any work starts, so a typo
+    fails at once and never leaves partial results. The result files are rewritten
+    atomically after each finished setting.
+
+    Returns:
+        the results as written to ``results.json``.
+    """
+    cfg = load_config(RestoreConfig, config_path, overrides)
+    sweep, defenses = _check(cfg)
+    configs = []
+    for setting in _settings(sweep):
+        setting_overrides = _setting_overrides(setting, overrides)
+        configs.append((setting, setting_overrides, load_config(RestoreConfig, config_path, setting_overrides)))
+        _check(configs[-1][2])
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {
+        "config": to_dict(cfg),
+        "note": sweep["note"],
+        "machine": _machine(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": [],
+    }
+    total = len(configs) * sweep["trials"]
+    bar = tqdm(total=total, desc="label restoration", unit="trial", disable=not progress)
+    for setting, setting_overrides, setting_cfg in configs:
+        trial_config = _trial_configs(config_path, setting_overrides, setting_cfg, sweep["fixed_model"])
+        record = _run_setting(setting, setting_cfg, trial_config, sweep, defenses, bar)
+        results["settings"].append(record)
+        _write_atomic(out / "results.json", json.dumps(results, indent=1))
+        _write_atomic(out / "results.md", format_markdown(results))
+        if on_setting is not None:
+            on_setting(record)
+    bar.close()
+    return results
+
+
+def _trial_configs(
+    config_path: str | Path | None, setting_overrides: list[str], cfg: DictConfig, fixed_model: bool
+) -> Callable[[int], DictConfig]:
+    """Trial number -> the setting's config with that trial's seeds (new batch; new model unless fixed)."""
+
+    def trial_config(trial: int) -> DictConfig:
+        seeds = [f"client.seed={cfg.client.seed + trial}"]
+        if not fixed_model:
+            seeds.append(f"model.seed={cfg.model.seed + trial}")
+        return load_config(RestoreConfig, config_path, [*setting_overrides, *seeds])
+
+    return trial_config
+
+
+def _run_setting(
+    setting: dict, cfg: DictConfig, trial_config: Callable[[int], DictConfig], sweep: dict, defenses: list, bar
+) -> dict:
+    """All trials of one setting; per defense and method, mean and std of every score."""
+    methods = sweep["methods"]
+    keys = (*METRICS, "LnAcc_corrected", "sums_to_k", "ms")
+    scores = {d.spec: {m: {k: [] for k in keys} for m in methods} for d in defenses}
+    client_seconds, sources, labels_kind = [], set(), set()
+    for trial in range(sweep["trials"]):
+        trial_cfg = trial_config(trial)
+        start = time.perf_counter()
+        run = simulate_client(trial_cfg, progress=False)
+        client_seconds.append(time.perf_counter() - start)
+        sources.add(run.batch.source)
+        labels_kind.add(run.update.meta["labels"])
+        num_classes = run.update.final_layer_gradients(run.model)[0].shape[0]
+        truth = np.bincount(run.update.truth.labels.numpy(), minlength=num_classes)
+        for defense in defenses:
+            defended = defend_update(run.update, defense, seed=trial)
+            for method in methods:
+                start = time.perf_counter()
+                result = restore_from_update(method, defended, run.model)
+                elapsed = time.perf_counter() - start
+                metrics = label_metrics(result.raw_counts, truth)
+                corrected = label_metrics(result.counts, truth)
+                entry = scores[defense.spec][method]
+                for key in METRICS:
+                    entry[key].append(metrics[key])
+                entry["LnAcc_corrected"].append(corrected["LnAcc"])
+                entry["sums_to_k"].append(float(corrected["sums_to_k"]))
+                entry["ms"].append(1000.0 * elapsed)
+        bar.update(1)
+    model_cfg = to_dict(cfg.model)
+    return {
+        "setting": setting,
+        "dataset": to_dict(cfg.data)["name"],
+        "model": run.model.config,
+        "batch_size": int(cfg.client.batch_size),
+        "sampler": to_dict(cfg.client)["sampler"],
+        "labels": sorted(labels_kind),
+        "data_source": sorted(sources)[0] if len(sources) == 1 else sorted(sources),
+        "trials": sweep["trials"],
+        "model_per_trial": not sweep["fixed_model"],
+        "model_seed": model_cfg["seed"],
+        "client_seconds": _summary(client_seconds),
+        "peak_memory_mb": _peak_memory_mb(),
+        "results": {
+            spec: {m: {k: _summary(v) for k, v in per_method.items()} for m, per_method in by_method.items()}
+            for spec, by_method in scores.items()
+        },
+    }
+
+
+def _fmt(summary: dict[str, float], digits: int = 3) -> str:
+    return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
+
+
+def format_markdown(results: dict) -> str:
+    """Markdown tables of a results dict: one per setting and defense, methods as rows."""
+    lines = [f"# Label restoration benchmark", "", f"Measured {results['date']} on {results['machine']}.", ""]
+    if results.get("note"):
+        lines += [f"Note: {results['note']}", ""]
+    for record in results["settings"]:
+        model = record["model"]
+        size = "x".join(str(s) for s in model["image_size"])
+        lines += [
+            f"## {record['dataset']} / {model['name']} ({model['activation']}, {model['num_classes']} classes, "
+            f"{size} inputs), K={record['batch_size']}, sampler {record['sampler']}",
+            "",
+            f"{record['trials']} trials ({'a new' if record['model_per_trial'] else 'one fixed'} untrained model per "
+            f"trial); labels: {', '.join(record['labels'])}; images: {record['data_source']}; "
+            f"client computation {_fmt(record['client_seconds'], 2)} s per trial; "
+            f"peak memory {record['peak_memory_mb']:,.0f} MiB.",
+            "",
+        ]
+        for spec, by_method in record["results"].items():
+            lines += [
+                f"Defense: {spec}", "",
+                "| method | LeAcc | LnAcc | IRec | LnAcc (sum-to-K) | sums to K | ms |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for method, m in by_method.items():
+                lines.append(
+                    f"| {method} | {_fmt(m['LeAcc'])} | {_fmt(m['LnAcc'])} | {_fmt(m['IRec'])} | "
+                    f"{_fmt(m['LnAcc_corrected'])} | {m['sums_to_k']['mean']:.2f} | {_fmt(m['ms'], 1)} |"
+                )
+            lines.append("")
+    return "\n".join(lines)

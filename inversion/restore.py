@@ -1,0 +1,38 @@
+"""Label restoration on a :class:`~inversion.client.SharedUpdate` and its model."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from label_restore import RestorationResult, restore_labels
+
+from .client import SharedUpdate
+from .models import final_layer
+
+__all__ = ["restore_from_update"]
+
+
+def restore_from_update(method: str, update: SharedUpdate, model: nn.Module, **options: Any) -> RestorationResult:
+    """Restore the batch's label counts from a shared update, as the server would.
+
+    Reads only what the server has: the final layer's gradients from ``update``, its
+    current weight and bias from ``model`` and the batch size; never ``update.truth``.
+
+    Args:
+        method: a :data:`label_restore.METHOD_NAMES` entry, e.g. ``"ilrg"``.
+        update: the client's shared update (full or final-layer only).
+        model: the shared model (its final layer is found by :func:`~inversion.models.final_layer`).
+        options: method-specific keyword arguments.
+    """
+    grad_weight, grad_bias = update.final_layer_gradients(model)
+    layer = final_layer(model)
+    return restore_labels(
+        method,
+        grad_weight=grad_weight,
+        grad_bias=grad_bias,
+        weight=layer.weight.detach(),
+        bias=None if layer.bias is None else layer.bias.detach(),
+        batch_size=update.batch_size,
+        **options,
+    )
