@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
@@ -26,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .data.fileio import atomic_write
 from .models import final_layer
 
 __all__ = [
@@ -159,7 +158,6 @@ class SharedUpdate:
     def save(self, path: str | Path) -> Path:
         """Save atomically (temp file + rename) in a format :meth:`load` reads without unpickling code."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "format": FORMAT,
             "version": VERSION,
@@ -169,16 +167,8 @@ class SharedUpdate:
             "truth_images": None if self.truth is None else self.truth.images.detach().cpu(),
             "truth_labels": None if self.truth is None else self.truth.labels.detach().cpu(),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(payload, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as handle:
+            torch.save(payload, handle)
         return path
 
     @classmethod

@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import resource
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 from label_restore import METHOD_NAMES, label_metrics
 
 from .config import ConfigError, RestoreConfig, load_config, to_dict
+from .data.fileio import atomic_write
 from .defenses import defend_update, parse_defense
 from .experiment import simulate_client
 from .restore import restore_from_update
@@ -90,15 +90,9 @@ def _machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.platform()}"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_text(path: Path, text: str) -> None:
+    with atomic_write(path) as handle:
+        handle.write(text.encode())
 
 
 def run_sweep(
@@ -139,8 +133,8 @@ def run_sweep(
         trial_config = _trial_configs(config_path, setting_overrides, setting_cfg, sweep["fixed_model"])
         record = _run_setting(setting, setting_cfg, trial_config, sweep, defenses, bar)
         results["settings"].append(record)
-        _write_atomic(out / "results.json", json.dumps(results, indent=1))
-        _write_atomic(out / "results.md", format_markdown(results))
+        _write_text(out / "results.json", json.dumps(results, indent=1))
+        _write_text(out / "results.md", format_markdown(results))
         if on_setting is not None:
             on_setting(record)
     bar.close()
