@@ -27,6 +27,9 @@ from omegaconf import errors as oc_errors
 
 from label_restore import METHOD_NAMES
 
+from .attack.labels import LABEL_MODES
+from .attack.objectives import OBJECTIVES
+from .attack.optimize import INITS, OPTIMIZERS, SCHEDULES
 from .client import BN_MODES, PARAMETER_SETS
 from .data.samplers import SAMPLER_NAMES
 from .data.specs import DATASET_NAMES
@@ -34,7 +37,7 @@ from .models import ACTIVATIONS, MODEL_NAMES
 
 __all__ = [
     "CONFIG_DIR", "ConfigError", "DataConfig", "ModelConfig", "ClientConfig", "ShareConfig",
-    "RestoreSweep", "RestoreConfig",
+    "RestoreSweep", "RestoreConfig", "AttackConfig", "PriorConfig", "InvertConfig",
     "load_config", "to_dict", "save_config",
 ]
 
@@ -53,6 +56,12 @@ Split = _choices("Split", ("train", "test"))
 BNMode = _choices("BNMode", BN_MODES)
 ParameterSet = _choices("ParameterSet", PARAMETER_SETS)
 MethodName = _choices("MethodName", METHOD_NAMES)
+LabelMode = _choices("LabelMode", LABEL_MODES)
+Objective = _choices("Objective", OBJECTIVES)
+Optimizer = _choices("Optimizer", OPTIMIZERS)
+Schedule = _choices("Schedule", SCHEDULES)
+Init = _choices("Init", INITS)
+Device = _choices("Device", ("auto", "cpu", "cuda"))
 
 
 class ConfigError(ValueError):
@@ -141,6 +150,52 @@ class RestoreConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     restore: RestoreSweep = field(default_factory=RestoreSweep)
     out: str = "runs/restore"
+
+
+@dataclass
+class AttackConfig:
+    """The gradient-inversion attack (see :mod:`inversion.attack`)."""
+
+    labels: LabelMode = LabelMode.ilrg  # a label_restore method, oracle, joint or shared
+    objective: Objective = Objective.cosine
+    layer_weights: Optional[Dict[str, float]] = None  # parameter-name prefix -> weight
+    parameters: Optional[List[str]] = None  # names/prefixes of the parameters to match; None: all
+    optimizer: Optimizer = Optimizer.adam
+    lr: float = 0.1
+    signed: bool = True  # Adam on the sign of the image gradient
+    boxed: bool = True  # project onto the valid pixel range after each step
+    schedule: Schedule = Schedule.step  # step: x0.1 at 3/8, 5/8, 7/8 of max_steps
+    max_steps: int = 2000
+    restarts: int = 1
+    init: Init = Init.randn
+    stop_loss: Optional[float] = None  # stop a restart once the matching loss is this low
+    seed: int = 0
+    device: Device = Device.auto
+    checkpoint_every: int = 500  # steps; 0: never
+    snapshot_every: int = 0  # keep the dummies every N steps for pictures; 0: never
+    monitor_every: int = 50  # steps between PSNR updates on the progress bar
+
+
+@dataclass
+class PriorConfig:
+    """Weights of the image priors (0: off)."""
+
+    tv: float = 0.0
+    l2: float = 0.0
+    bn: float = 0.0
+    augment: float = 0.0
+
+
+@dataclass
+class InvertConfig:
+    """``scripts/invert.py``: client, label restoration, attack, evaluation."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    priors: PriorConfig = field(default_factory=PriorConfig)
+    out: str = "runs/invert"
 
 
 def _explain(err: Exception, origin: str) -> ConfigError:

@@ -1,0 +1,102 @@
+"""Label modes of the attack: which labels the dummies are optimised with.
+
+- any :data:`label_restore.METHOD_NAMES` entry (``ilrg``, ``idlg``, ...): restore the label
+  counts from the shared update and give the resulting K labels to the K dummies,
+  fixed during optimisation;
+- ``oracle``: the true labels (an upper bound, for ablations);
+- ``joint``: unknown labels, one learnable logit vector per dummy, optimised with the
+  images (DLG, Zhu et al. 2019);
+- ``shared``: unknown labels, one learnable logit vector shared by the whole batch (the
+  "IG" baseline of the iLRG paper).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from label_restore import METHOD_NAMES, RestorationResult
+
+from ..client import SharedUpdate
+from ..models import final_layer
+from ..restore import restore_from_update
+
+__all__ = ["LABEL_MODES", "LabelPlan", "plan_labels", "batch_loss", "labels_in_use"]
+
+LEARNABLE = ("joint", "shared")
+LABEL_MODES = ("oracle", *LEARNABLE, *METHOD_NAMES)
+
+
+@dataclass
+class LabelPlan:
+    """The labels the attack uses.
+
+    Attributes:
+        mode: one of :data:`LABEL_MODES`.
+        num_classes: C.
+        batch_size: K.
+        fixed: (K,) int64 labels for fixed modes (sorted by class), None for learnable ones.
+        restoration: the label-restoration result for restoration modes, else None.
+    """
+
+    mode: str
+    num_classes: int
+    batch_size: int
+    fixed: Tensor | None = None
+    restoration: RestorationResult | None = None
+
+    @property
+    def learnable(self) -> bool:
+        return self.fixed is None
+
+    def initial_logits(self, generator: torch.Generator) -> Tensor | None:
+        """Learnable label logits: (K, C) for ``joint``, (C,) for ``shared``, drawn N(0, 1); None if fixed."""
+        if not self.learnable:
+            return None
+        shape = (self.batch_size, self.num_classes) if self.mode == "joint" else (self.num_classes,)
+        return torch.randn(shape, generator=generator)
+
+
+def plan_labels(mode: str, update: SharedUpdate, model: nn.Module) -> LabelPlan:
+    """The label plan of a mode for an update (restoration runs here, on the server's side).
+
+    Raises:
+        ValueError: unknown mode, or ``oracle`` on an update without its evaluation-only truth.
+    """
+    if mode not in LABEL_MODES:
+        raise ValueError(f"unknown label mode {mode!r}; choose one of {', '.join(LABEL_MODES)}")
+    num_classes = final_layer(model).out_features
+    plan = LabelPlan(mode, num_classes, update.batch_size)
+    if mode == "oracle":
+        if update.truth is None:
+            raise ValueError("label mode 'oracle' needs the true labels, but this update carries no truth")
+        plan.fixed = torch.sort(update.truth.labels).values
+    elif mode in METHOD_NAMES:
+        plan.restoration = restore_from_update(mode, update, model)
+        plan.fixed = torch.as_tensor(plan.restoration.labels, dtype=torch.int64)
+    return plan
+
+
+def batch_loss(logits: Tensor, plan: LabelPlan, label_logits: Tensor | None) -> Tensor:
+    """The client's loss on the dummies: mean cross-entropy over the K dummies (as the client's update).
+
+    Args:
+        logits: model outputs on the dummies, (K, C).
+        plan: the label plan.
+        label_logits: for learnable modes, (K, C) or (C,) logits whose softmax is the soft label.
+    """
+    if plan.fixed is not None:
+        return F.cross_entropy(logits, plan.fixed.to(logits.device))
+    soft = torch.softmax(label_logits, dim=-1).expand_as(logits)
+    return -(soft * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def labels_in_use(plan: LabelPlan, label_logits: Tensor | None) -> np.ndarray:
+    """The hard labels (K,) the attack ends with: fixed ones, or the argmax of the learned logits."""
+    if plan.fixed is not None:
+        return plan.fixed.cpu().numpy()
+    hard = label_logits.detach().argmax(dim=-1).cpu()
+    return (hard.expand(plan.batch_size) if hard.ndim == 0 else hard).numpy().astype(np.int64)

@@ -1,0 +1,330 @@
+"""The gradient-inversion attack: optimise dummy inputs until their gradient matches the shared one.
+
+The server's copy of the model computes, for a dummy batch ``x`` (K, C, H, W) and the
+label plan, the gradient of the same loss the client used (mean cross-entropy), and
+the optimiser moves ``x`` (and learnable labels) to minimise the matching objective
+plus the weighted image priors. Per restart: seeded initialisation, Adam (optionally on
+the sign of the image gradient) or L-BFGS, an LR schedule driven by the step count,
+projection onto the valid pixel box, the best iterate kept, early stop on a loss
+threshold. The best restart is chosen by its matching loss.
+
+The whole state lives in plain tensors and numbers, so a checkpoint (written atomically
+every N steps) resumes bit-identically on the CPU.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..client import SharedUpdate, _bn_buffers
+from ..data.fileio import atomic_write
+from .labels import LabelPlan, batch_loss, labels_in_use
+from .objectives import GradientMatcher
+
+__all__ = ["AttackSettings", "InversionResult", "Inversion", "lr_factor", "INITS", "OPTIMIZERS", "SCHEDULES"]
+
+INITS = ("randn", "rand", "zeros")
+OPTIMIZERS = ("adam", "lbfgs")
+SCHEDULES = ("step", "cosine", "none")
+CHECKPOINT_FORMAT = "gradleak.InversionCheckpoint"
+
+
+@dataclass
+class AttackSettings:
+    """How the attack optimises (see :mod:`inversion.attack`)."""
+
+    objective: str = "cosine"
+    layer_weights: Mapping[str, float] | None = None
+    parameters: Sequence[str] | None = None  # names or dotted prefixes to match; None: all shared
+    optimizer: str = "adam"
+    lr: float = 0.1
+    signed: bool = True
+    boxed: bool = True
+    schedule: str = "step"
+    max_steps: int = 1000
+    restarts: int = 1
+    init: str = "randn"
+    stop_loss: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for value, valid, what in ((self.init, INITS, "init"), (self.optimizer, OPTIMIZERS, "optimizer"),
+                                   (self.schedule, SCHEDULES, "schedule")):
+            if value not in valid:
+                raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(valid)}")
+        if self.max_steps < 1 or self.restarts < 1:
+            raise ValueError("max_steps and restarts must be >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.optimizer == "lbfgs" and self.signed:
+            raise ValueError("signed gradients are an Adam option; set signed=false with optimizer=lbfgs")
+
+
+def lr_factor(schedule: str, step: int, max_steps: int) -> float:
+    """Multiplier of the base LR at ``step``: ``step`` decays x0.1 at 3/8, 5/8 and 7/8 of the budget."""
+    if schedule == "step":
+        return 0.1 ** sum(step >= math.floor(max_steps * f) for f in (3 / 8, 5 / 8, 7 / 8))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / max_steps))
+    return 1.0
+
+
+@dataclass
+class InversionResult:
+    """What the attack returns.
+
+    Attributes:
+        images: the best reconstruction, normalised, (K, C, H, W), on the CPU.
+        labels: the hard labels used/learned, (K,).
+        loss: its matching loss.
+        restart: the index of the restart it came from.
+        restart_losses: the best matching loss of every finished restart.
+        steps: optimisation steps run in total (all restarts).
+        seconds: wall time of the optimisation.
+        interrupted: True when stopped early by Ctrl-C.
+        snapshots: (restart, step, images) kept every ``snapshot_every`` steps.
+    """
+
+    images: Tensor
+    labels: Any
+    loss: float
+    restart: int
+    restart_losses: list[float]
+    steps: int
+    seconds: float
+    interrupted: bool = False
+    snapshots: list[tuple[int, int, Tensor]] = field(default_factory=list)
+
+
+def _select(names: Sequence[str], wanted: Sequence[str] | None) -> list[str]:
+    if wanted is None:
+        return list(names)
+    chosen = [n for n in names if any(n == w or n.startswith(w + ".") for w in wanted)]
+    if not chosen:
+        raise ValueError(f"attack.parameters {list(wanted)} select none of the shared gradients ({list(names)[:5]}...)")
+    return chosen
+
+
+class Inversion:
+    """One attack on one shared update.
+
+    Args:
+        model: the server's copy of the model (its parameters are not changed).
+        update: the shared update (only its gradients and batch size are read).
+        plan: the label plan (:func:`~inversion.attack.labels.plan_labels`).
+        settings: the optimisation settings.
+        bounds: (lower, upper) of valid normalised pixels, each broadcastable to (1, C, 1, 1).
+        image_shape: (C, H, W) of one input.
+        priors: optional callable ``(x, match, generator) -> (total, terms)`` adding image priors.
+        device: where to run.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        update: SharedUpdate,
+        plan: LabelPlan,
+        settings: AttackSettings,
+        *,
+        bounds: tuple[Tensor, Tensor],
+        image_shape: Sequence[int],
+        priors: Callable[..., tuple[Tensor, dict[str, float]]] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.bn_mode = update.meta.get("bn_mode", "eval")
+        named = dict(self.model.named_parameters())
+        self.names = _select([n for n in update.gradients if n in named], settings.parameters)
+        self.params = [named[n] for n in self.names]
+        self.matcher = GradientMatcher(
+            update.gradients, self.names, settings.objective, settings.layer_weights, self.device
+        )
+        self.plan, self.settings, self.priors = plan, settings, priors
+        self.shape = (update.batch_size, *image_shape)
+        self.lower, self.upper = (b.to(self.device) for b in bounds)
+        self.generator = torch.Generator().manual_seed(settings.seed)  # priors' randomness (augmentations)
+        self.state: dict[str, Any] = {}
+
+    # --- losses -------------------------------------------------------------------------------------
+    def match(self, x: Tensor, label_logits: Tensor | None) -> Tensor:
+        """Matching loss of the dummies' gradient (graph kept, to differentiate w.r.t. x)."""
+        loss = batch_loss(self.model(x), self.plan, label_logits)
+        grads = torch.autograd.grad(loss, self.params, create_graph=True)
+        return self.matcher(grads)
+
+    def objective(self, x: Tensor, label_logits: Tensor | None) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """(total, matching loss, prior terms) for the current dummies."""
+        matching = self.match(x, label_logits)
+        if self.priors is None:
+            return matching, matching, {}
+        extra, terms = self.priors(x, match=lambda z: self.match(z, label_logits), generator=self.generator)
+        return matching + extra, matching, terms
+
+    # --- state ----------------------------------------------------------------------------------------
+    def _fresh_restart(self, restart: int) -> dict[str, Any]:
+        init_gen = torch.Generator().manual_seed(self.settings.seed * 1000 + restart)
+        if self.settings.init == "randn":
+            x = torch.randn(self.shape, generator=init_gen)
+        elif self.settings.init == "rand":
+            x = self.lower.cpu() + (self.upper - self.lower).cpu() * torch.rand(self.shape, generator=init_gen)
+        else:
+            x = torch.zeros(self.shape)
+        logits = self.plan.initial_logits(init_gen)
+        return {"restart": restart, "step": 0, "x": x, "label_logits": logits, "optimizer": None,
+                "best_x": x.clone(), "best_loss": math.inf, "best_logits": logits}
+
+    def _optimizer(self, x: Tensor, logits: Tensor | None) -> torch.optim.Optimizer:
+        params = [x] if logits is None else [x, logits]
+        if self.settings.optimizer == "lbfgs":
+            return torch.optim.LBFGS(params, lr=self.settings.lr)
+        return torch.optim.Adam(params, lr=self.settings.lr)
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        """Everything needed to resume: plain tensors, numbers and lists (``weights_only`` loadable)."""
+        return {"format": CHECKPOINT_FORMAT, "version": 1, **self.state, "generator": self.generator.get_state()}
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Write the resumable state atomically (temp file, then rename)."""
+        with atomic_write(path) as handle:
+            torch.save(self.checkpoint_payload(), handle)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore the state written by :meth:`save_checkpoint` (tensors and plain data only)."""
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not an inversion checkpoint")
+        if tuple(payload["x"].shape) != self.shape:
+            raise ValueError(f"checkpoint {path} is for dummies of shape {tuple(payload['x'].shape)}, not {self.shape}")
+        self.generator.set_state(payload.pop("generator"))
+        payload.pop("format"), payload.pop("version")
+        self.state = payload
+
+    # --- the loop -------------------------------------------------------------------------------------
+    def run(
+        self,
+        *,
+        progress: bool = True,
+        monitor: Callable[[Tensor], float] | None = None,
+        monitor_every: int = 50,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int = 0,
+        snapshot_every: int = 0,
+    ) -> InversionResult:
+        """Run (or continue, after :meth:`load_checkpoint`) all restarts.
+
+        Args:
+            progress: show a tqdm bar (step, loss and the ``monitor`` value).
+            monitor: for the user's information only, e.g. the PSNR against the truth;
+                called every ``monitor_every`` steps, never used by the optimisation.
+            checkpoint, checkpoint_every: write the state to ``checkpoint`` every N steps.
+            snapshot_every: keep a copy of the dummies every N steps (for pictures).
+
+        Returns:
+            the best restart's best iterate. Ctrl-C stops early and returns the best so far.
+        """
+        s = self.settings
+        start_time, total_steps, snapshots = time.perf_counter(), 0, []
+        interrupted = False
+        self.state.setdefault("finished", [])
+        first = self.state.get("restart", 0)
+        saved_bn = _bn_buffers(self.model) if self.bn_mode == "train" else {}
+        was_training = self.model.training
+        self.model.train(self.bn_mode == "train")
+        bar = tqdm(total=s.max_steps * s.restarts, desc="inversion", unit="step", disable=not progress)
+        bar.update(first * s.max_steps + self.state.get("step", 0))
+        try:
+            for restart in range(first, s.restarts):
+                if self.state.get("restart") != restart or "x" not in self.state:
+                    self.state.update(self._fresh_restart(restart))
+                total_steps += self._run_restart(bar, monitor, monitor_every, checkpoint, checkpoint_every,
+                                                 snapshot_every, snapshots)
+                self.state["finished"].append(
+                    [restart, float(self.state["best_loss"]), self.state["best_x"], self.state["best_logits"]]
+                )
+                self.state.update({"restart": restart + 1, "step": 0})
+                self.state.pop("x", None)
+        except KeyboardInterrupt:
+            interrupted = True
+            if math.isfinite(self.state.get("best_loss", math.inf)):
+                self.state["finished"].append([self.state["restart"], float(self.state["best_loss"]),
+                                               self.state["best_x"], self.state["best_logits"]])
+        finally:
+            bar.close()
+            self.model.train(was_training)
+            if saved_bn:
+                self.model.load_state_dict(saved_bn, strict=False)
+        if not self.state["finished"]:
+            raise KeyboardInterrupt("interrupted before the first step finished")
+        restart, loss, best_x, best_logits = min(self.state["finished"], key=lambda r: r[1])
+        return InversionResult(
+            images=best_x.detach().cpu(), labels=labels_in_use(self.plan, best_logits), loss=loss, restart=restart,
+            restart_losses=[r[1] for r in self.state["finished"]], steps=total_steps,
+            seconds=time.perf_counter() - start_time, interrupted=interrupted, snapshots=snapshots,
+        )
+
+    def _run_restart(self, bar, monitor, monitor_every, checkpoint, checkpoint_every, snapshot_every,
+                     snapshots) -> int:
+        s, st = self.settings, self.state
+        x = st["x"].to(self.device).requires_grad_(True)
+        logits = None if st["label_logits"] is None else st["label_logits"].to(self.device).requires_grad_(True)
+        optimizer = self._optimizer(x, logits)
+        if st["optimizer"] is not None:
+            optimizer.load_state_dict(st["optimizer"])
+        steps, shown = 0, {}
+        for step in range(st["step"], s.max_steps):
+            for group in optimizer.param_groups:
+                group["lr"] = s.lr * lr_factor(s.schedule, step, s.max_steps)
+            x_before = x.detach().cpu().clone()
+            logits_before = None if logits is None else logits.detach().cpu().clone()
+            matching = self._step(optimizer, x, logits)
+            if matching < st["best_loss"]:
+                st.update({"best_loss": matching, "best_x": x_before, "best_logits": logits_before})
+            steps += 1
+            st.update({"step": step + 1, "x": x.detach().cpu(), "optimizer": optimizer.state_dict(),
+                       "label_logits": None if logits is None else logits.detach().cpu()})
+            if snapshot_every and (step + 1) % snapshot_every == 0:
+                snapshots.append((st["restart"], step + 1, x.detach().cpu().clone()))
+            if monitor is not None and (step % monitor_every == 0 or step + 1 == s.max_steps):
+                shown["psnr"] = f"{monitor(st['best_x']):.2f}"
+            shown["loss"] = f"{matching:.4g}"
+            bar.set_postfix(restart=st["restart"], **shown, refresh=False)
+            bar.update(1)
+            if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+                self.save_checkpoint(checkpoint)
+            if s.stop_loss is not None and matching <= s.stop_loss:
+                bar.update(s.max_steps - step - 1)
+                break
+        return steps
+
+    def _step(self, optimizer: torch.optim.Optimizer, x: Tensor, logits: Tensor | None) -> float:
+        """One optimisation step; returns the matching loss of the iterate before the step."""
+        s = self.settings
+        record: dict[str, float] = {}
+
+        def closure() -> Tensor:
+            optimizer.zero_grad(set_to_none=False)
+            total, matching, _ = self.objective(x, logits)
+            total.backward()
+            record.setdefault("matching", float(matching.detach()))
+            if s.signed:
+                x.grad.sign_()
+            return total
+
+        if s.optimizer == "lbfgs":
+            optimizer.step(closure)
+        else:
+            closure()
+            optimizer.step()
+        if s.boxed:
+            with torch.no_grad():
+                torch.maximum(torch.minimum(x, self.upper, out=x), self.lower, out=x)
+        return record["matching"]
