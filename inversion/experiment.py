@@ -72,14 +72,15 @@ class ClientRun:
     batch: Batch
 
 
-def simulate_client(cfg: DictConfig, *, progress: bool = True) -> ClientRun:
+def simulate_client(cfg: DictConfig, *, progress: bool = True, source: ImageSource | None = None) -> ClientRun:
     """Run the client of a config with ``data``, ``model`` and ``client`` groups.
 
     The update's meta records the full config, the data source, the model's build
     arguments and whether images were sampled with replacement; the true batch is
-    kept apart in ``update.truth``.
+    kept apart in ``update.truth``. Pass ``source`` to reuse an image source already
+    loaded from ``cfg.data`` (e.g. across the trials of a benchmark).
     """
-    source = source_from_config(cfg.data)
+    source = source if source is not None else source_from_config(cfg.data)
     model = model_from_config(cfg.model, source)
     batch = batch_from_config(cfg.client, source, model)
     client = to_dict(cfg.client)

@@ -29,7 +29,7 @@ from label_restore import METHOD_NAMES, label_metrics
 from .config import ConfigError, RestoreConfig, load_config, to_dict
 from .data.fileio import atomic_write
 from .defenses import defend_update, parse_defense
-from .experiment import simulate_client
+from .experiment import simulate_client, source_from_config
 from .restore import restore_from_update
 
 __all__ = ["run_sweep", "format_markdown", "METRICS"]
@@ -163,10 +163,11 @@ def _run_setting(
     keys = (*METRICS, "LnAcc_corrected", "sums_to_k", "ms")
     scores = {d.spec: {m: {k: [] for k in keys} for m in methods} for d in defenses}
     client_seconds, sources, labels_kind = [], set(), set()
+    images = source_from_config(cfg.data)  # the same for every trial: only seeds change
     for trial in range(sweep["trials"]):
         trial_cfg = trial_config(trial)
         start = time.perf_counter()
-        run = simulate_client(trial_cfg, progress=False)
+        run = simulate_client(trial_cfg, progress=False, source=images)
         client_seconds.append(time.perf_counter() - start)
         sources.add(run.batch.source)
         labels_kind.add(run.update.meta["labels"])
