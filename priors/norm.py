@@ -1,0 +1,29 @@
+"""Image-norm prior (DeepInversion's ``l2`` term)."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+__all__ = ["l2_norm", "L2Norm"]
+
+
+def l2_norm(x: Tensor) -> Tensor:
+    r"""Mean over the batch of each image's Euclidean norm.
+
+    .. math:: \mathcal{R}_{\ell_2}(x) = \frac1B \sum_{b=1}^{B} \lVert x_b \rVert_2
+
+    Args:
+        x: a batch of shape :math:`(B, *)` with at least one non-batch dimension, typically :math:`(B, C, H, W)`.
+
+    Returns:
+        a scalar tensor (differentiable w.r.t. ``x``; its gradient is :math:`x_b / (B \lVert x_b \rVert_2)`).
+    """
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"l2_norm needs a non-empty batch of shape (B, D, ...); got {tuple(x.shape)}")
+    return x.flatten(1).norm(dim=1).mean()
+
+
+class L2Norm(nn.Module):
+    """Module form of :func:`l2_norm`: ``(B, *) -> ()``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return l2_norm(x)
