@@ -23,7 +23,7 @@ data: $(STAMP)
 	$(PY) scripts/fetch_data.py $(DATA_PACKS)
 
 run: data
-	$(PY) scripts/share_update.py
+	$(PY) scripts/invert.py --labels ilrg
 
 test: data
 	$(PY) -m pytest

@@ -24,11 +24,12 @@ def run_cli(main: Callable[[], object]) -> None:
     """Run a script's ``main`` with INFO logging; expected errors become one line and exit code 2."""
     from .config import ConfigError
     from .data import DataUnavailableError, PackError
+    from .evaluation import LPIPSWeightsError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         main()
-    except (ConfigError, DataUnavailableError, PackError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, DataUnavailableError, PackError, LPIPSWeightsError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

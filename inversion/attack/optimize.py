@@ -202,8 +202,9 @@ class Inversion:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not an inversion checkpoint")
-        if tuple(payload["x"].shape) != self.shape:
-            raise ValueError(f"checkpoint {path} is for dummies of shape {tuple(payload['x'].shape)}, not {self.shape}")
+        dummies = payload["x"] if "x" in payload else payload["finished"][0][2]  # after the last restart: no x
+        if tuple(dummies.shape) != self.shape:
+            raise ValueError(f"checkpoint {path} is for dummies of shape {tuple(dummies.shape)}, not {self.shape}")
         self.generator.set_state(payload.pop("generator"))
         payload.pop("format"), payload.pop("version")
         self.state = payload
