@@ -1,9 +1,8 @@
 """Gradient-matching objectives: how far the dummies' gradient is from the shared one.
 
-Both act on the gradients of the selected parameters concatenated into one vector
-(one ``torch.cat`` per step, then single vector operations: no Python work per
-parameter beyond collecting the tensors autograd returns). With per-layer weights
-:math:`w_l` (default 1):
+Both reduce each parameter's gradient with one dot product (no concatenated copy of
+the whole gradient per step, which costs more than it saves) and combine the per-layer
+results as one weighted vector sum. With per-layer weights :math:`w_l` (default 1):
 
 - ``cosine`` (Inverting Gradients, Geiping et al. 2020):
   :math:`1 - \\frac{\\sum_l w_l \\langle g_l, t_l \\rangle}
@@ -54,16 +53,12 @@ class GradientMatcher:
             raise ValueError("no parameters to match")
         self.objective = objective
         self.names = list(names)
-        weights = [self._weight(n, layer_weights or {}) for n in self.names]
-        sizes = [target[n].numel() for n in self.names]
-        self.target = torch.cat([target[n].detach().reshape(-1) for n in self.names]).to(device)
-        self.weights = None
-        if any(w != 1.0 for w in weights):
-            self.weights = torch.repeat_interleave(
-                torch.tensor(weights, dtype=self.target.dtype), torch.tensor(sizes)
-            ).to(device)
-        weighted_target = self.target if self.weights is None else self.target * self.weights
-        self.target_norm = torch.sqrt((weighted_target * self.target).sum())
+        self.targets = [target[n].detach().reshape(-1).to(device) for n in self.names]
+        self.weights = torch.tensor(
+            [self._weight(n, layer_weights or {}) for n in self.names], dtype=self.targets[0].dtype, device=device
+        )
+        target_sq = torch.stack([torch.dot(t, t) for t in self.targets])
+        self.target_norm = torch.sqrt((self.weights * target_sq).sum())
 
     @staticmethod
     def _weight(name: str, layer_weights: Mapping[str, float]) -> float:
@@ -77,11 +72,10 @@ class GradientMatcher:
 
     def __call__(self, gradients: Sequence[Tensor]) -> Tensor:
         """The loss (scalar) for the dummy gradients of ``names``, in that order."""
-        flat = torch.cat([g.reshape(-1) for g in gradients])
-        weighted = flat if self.weights is None else flat * self.weights
+        flat = [g.reshape(-1) for g in gradients]
         if self.objective == "l2":
-            diff = flat - self.target
-            return ((diff if self.weights is None else diff * self.weights) * diff).sum()
-        dot = (weighted * self.target).sum()
-        norm = torch.sqrt((weighted * flat).sum())
+            diffs = torch._foreach_sub(flat, self.targets)
+            return (self.weights * torch.stack([torch.dot(d, d) for d in diffs])).sum()
+        dot = (self.weights * torch.stack([torch.dot(g, t) for g, t in zip(flat, self.targets)])).sum()
+        norm = torch.sqrt((self.weights * torch.stack([torch.dot(g, g) for g in flat])).sum())
         return 1.0 - dot / (norm * self.target_norm + 1e-12)

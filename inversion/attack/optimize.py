@@ -153,6 +153,7 @@ class Inversion:
         self.lower, self.upper = (b.to(self.device) for b in bounds)
         self.generator = torch.Generator().manual_seed(settings.seed)  # priors' randomness (augmentations)
         self.state: dict[str, Any] = {}
+        self._optimizer_in_use: torch.optim.Optimizer | None = None
 
     # --- losses -------------------------------------------------------------------------------------
     def match(self, x: Tensor, label_logits: Tensor | None) -> Tensor:
@@ -190,7 +191,10 @@ class Inversion:
 
     def checkpoint_payload(self) -> dict[str, Any]:
         """Everything needed to resume: plain tensors, numbers and lists (``weights_only`` loadable)."""
-        return {"format": CHECKPOINT_FORMAT, "version": 1, **self.state, "generator": self.generator.get_state()}
+        state = {k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in self.state.items()}
+        if self._optimizer_in_use is not None:
+            state["optimizer"] = self._optimizer_in_use.state_dict()
+        return {"format": CHECKPOINT_FORMAT, "version": 1, **state, "generator": self.generator.get_state()}
 
     def save_checkpoint(self, path: str | Path) -> None:
         """Write the resumable state atomically (temp file, then rename)."""
@@ -281,44 +285,52 @@ class Inversion:
         if st["optimizer"] is not None:
             optimizer.load_state_dict(st["optimizer"])
         steps, shown = 0, {}
+        self._optimizer_in_use = optimizer
         for step in range(st["step"], s.max_steps):
             for group in optimizer.param_groups:
                 group["lr"] = s.lr * lr_factor(s.schedule, step, s.max_steps)
-            x_before = x.detach().cpu().clone()
-            logits_before = None if logits is None else logits.detach().cpu().clone()
             matching = self._step(optimizer, x, logits)
-            if matching < st["best_loss"]:
-                st.update({"best_loss": matching, "best_x": x_before, "best_logits": logits_before})
             steps += 1
-            st.update({"step": step + 1, "x": x.detach().cpu(), "optimizer": optimizer.state_dict(),
-                       "label_logits": None if logits is None else logits.detach().cpu()})
+            st.update({"step": step + 1, "x": x.detach(), "label_logits": None if logits is None else logits.detach()})
             if snapshot_every and (step + 1) % snapshot_every == 0:
                 snapshots.append((st["restart"], step + 1, x.detach().cpu().clone()))
             if monitor is not None and (step % monitor_every == 0 or step + 1 == s.max_steps):
                 shown["psnr"] = f"{monitor(st['best_x']):.2f}"
-            shown["loss"] = f"{matching:.4g}"
-            bar.set_postfix(restart=st["restart"], **shown, refresh=False)
+            if bar.disable is False:
+                shown["loss"] = f"{matching:.4g}"
+                bar.set_postfix(restart=st["restart"], **shown, refresh=False)
             bar.update(1)
             if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
                 self.save_checkpoint(checkpoint)
             if s.stop_loss is not None and matching <= s.stop_loss:
                 bar.update(s.max_steps - step - 1)
                 break
+        self._optimizer_in_use = None
         return steps
 
     def _step(self, optimizer: torch.optim.Optimizer, x: Tensor, logits: Tensor | None) -> float:
-        """One optimisation step; returns the matching loss of the iterate before the step."""
-        s = self.settings
+        """One optimisation step; returns the matching loss of the iterate before the step.
+
+        The iterate is copied as the restart's best when its matching loss is the lowest so far
+        (checked at the first evaluation, before the optimiser moves it).
+        """
+        s, st = self.settings, self.state
         record: dict[str, float] = {}
+        leaves = [x] if logits is None else [x, logits]
 
         def closure() -> Tensor:
-            optimizer.zero_grad(set_to_none=False)
             total, matching, _ = self.objective(x, logits)
-            total.backward()
-            record.setdefault("matching", float(matching.detach()))
+            if not record:
+                record["matching"] = float(matching.detach())
+                if record["matching"] < st["best_loss"]:
+                    st.update({"best_loss": record["matching"], "best_x": x.detach().cpu().clone(),
+                               "best_logits": None if logits is None else logits.detach().cpu().clone()})
+            # gradients w.r.t. the dummies only: not the (unused) second-order ones of the model's parameters
+            for leaf, grad in zip(leaves, torch.autograd.grad(total, leaves)):
+                leaf.grad = grad
             if s.signed:
                 x.grad.sign_()
-            return total
+            return total.detach()
 
         if s.optimizer == "lbfgs":
             optimizer.step(closure)
