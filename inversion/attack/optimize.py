@@ -187,7 +187,7 @@ class Inversion:
         params = [x] if logits is None else [x, logits]
         if self.settings.optimizer == "lbfgs":
             return torch.optim.LBFGS(params, lr=self.settings.lr)
-        return torch.optim.Adam(params, lr=self.settings.lr)
+        return torch.optim.Adam(params, lr=self.settings.lr, fused=True)
 
     def checkpoint_payload(self) -> dict[str, Any]:
         """Everything needed to resume: plain tensors, numbers and lists (``weights_only`` loadable)."""
