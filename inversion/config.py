@@ -259,6 +259,7 @@ def load_config(
     overrides: Sequence[str] = (),
     *,
     config_dir: str | Path = CONFIG_DIR,
+    base: DictConfig | None = None,
 ) -> DictConfig:
     """Build a validated config from a schema, an optional YAML file and overrides.
 
@@ -267,6 +268,7 @@ def load_config(
         path: top-level YAML file (may hold a ``defaults:`` mapping of group names).
         overrides: ``group=name`` and ``dotted.key=value`` strings, applied in order.
         config_dir: folder holding the group folders (default: the repo's ``configs/``).
+        base: start from this config instead of the schema's defaults (e.g. to derive a variant).
 
     Returns:
         a read-only structured DictConfig.
@@ -277,6 +279,8 @@ def load_config(
     config_dir = Path(config_dir)
     groups = _groups(schema)
     cfg = OmegaConf.structured(schema)
+    if base is not None:
+        cfg = _merge(cfg, base, "base config")
     if path is not None:
         body = _load_yaml(Path(path))
         defaults = body.pop("defaults") if "defaults" in body else OmegaConf.create({})

@@ -1,0 +1,255 @@
+"""Known-versus-unknown-label ablation behind ``scripts/ablate.py``.
+
+Every experiment (an inversion config plus overrides) runs for every batch size, seed and
+label mode. For one experiment, batch size and seed, all modes see the same client batch
+(client seed), the same model (model seed) and the same dummy initialisation (attack seed),
+so the comparison between modes is paired. Each finished or failed run is appended to
+``runs.jsonl`` under a key derived from its resolved config: re-running the sweep skips
+those, so an interrupted sweep resumes without redoing or losing work. The tables and the
+figure are rebuilt from ``runs.jsonl`` after every run.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import traceback
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+import matplotlib
+import numpy as np
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from .config import CONFIG_DIR, ConfigError, InvertConfig, LabelMode, load_config, to_dict
+from .data import default_data_root
+from .data.fileio import atomic_write
+from .evaluation import LPIPSMetric
+from .pipeline import run_inversion
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["AblateConfig", "Experiment", "run_ablation", "summarize", "CSV_COLUMNS"]
+
+CSV_COLUMNS = ("dataset", "model", "K", "seed", "mode", "status", "label_LnAcc", "psnr", "ssim", "lpips",
+               "steps", "seconds", "images", "error")
+METRICS = ("psnr", "ssim", "lpips")
+
+
+@dataclass
+class Experiment:
+    """One inversion setting of the sweep."""
+
+    name: str = "experiment"
+    config: str = "configs/invert/default.yaml"  # relative to the repository, or absolute
+    overrides: List[str] = field(default_factory=list)
+
+
+@dataclass
+class AblateConfig:
+    """``scripts/ablate.py``: experiments x batch sizes x seeds x label modes."""
+
+    experiments: List[Experiment] = field(default_factory=lambda: [Experiment()])
+    batch_sizes: List[int] = field(default_factory=list)  # empty: each experiment's own client.batch_size
+    seeds: List[int] = field(default_factory=lambda: [0])
+    modes: List[LabelMode] = field(default_factory=lambda: [LabelMode[m] for m in ("oracle", "ilrg", "joint", "shared")])
+    baseline: str = "shared"  # the paired gain of every mode is reported over this one
+    out: str = "runs/ablate"
+
+
+def _resolve(path: str) -> Path:
+    candidate = Path(path)
+    return candidate if candidate.is_absolute() or candidate.exists() else CONFIG_DIR.parent / candidate
+
+
+def _plan(cfg: DictConfig) -> list[tuple[str, dict[str, Any], DictConfig]]:
+    """Every run of the sweep as (key, description, validated InvertConfig), built before any work."""
+    sweep = to_dict(cfg)
+    if not sweep["experiments"] or not sweep["modes"] or not sweep["seeds"]:
+        raise ConfigError("ablation: experiments, seeds and modes must each list at least one entry")
+    if sweep["baseline"] not in sweep["modes"]:
+        raise ConfigError(f"ablation.baseline {sweep['baseline']!r} is not among the modes {sweep['modes']}")
+    runs = []
+    for experiment in sweep["experiments"]:
+        for k in sweep["batch_sizes"] or [None]:
+            for seed in sweep["seeds"]:
+                for mode in sweep["modes"]:
+                    overrides = [*experiment["overrides"], *([f"client.batch_size={k}"] if k else []),
+                                 f"client.seed={seed}", f"model.seed={seed}", f"attack.seed={seed}",
+                                 f"attack.labels={mode}"]
+                    run_cfg = load_config(InvertConfig, _resolve(experiment["config"]), overrides)
+                    resolved = {**to_dict(run_cfg), "out": None}
+                    key = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+                    description = {"experiment": experiment["name"], "dataset": resolved["data"]["name"],
+                                   "model": resolved["model"]["name"], "K": resolved["client"]["batch_size"],
+                                   "seed": seed, "mode": mode}
+                    runs.append((key, description, run_cfg))
+    return runs
+
+
+def _load_records(path: Path) -> dict[str, dict]:
+    records = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                records[record["key"]] = record
+    return records
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as handle:  # one line per run; a torn last line is ignored on reload
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+
+
+def run_ablation(config_path: str | Path | None, overrides: list[str] = (), *, progress: bool = True,
+                 lpips_metric: LPIPSMetric | None = None) -> dict:
+    """Run (or resume) the sweep; write ``runs.jsonl``, ``ablation.csv``, ``ablation.md``, ``ablation.png``.
+
+    Returns:
+        ``{"runs": records in sweep order, "ran": how many ran now, "skipped": how many were done,
+        "out": the output folder}``.
+    """
+    cfg = load_config(AblateConfig, config_path, overrides)
+    plan = _plan(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = out / "runs.jsonl"
+    done = {k: r for k, r in _load_records(ledger).items() if r["status"] == "ok"}
+    todo = [run for run in plan if run[0] not in done]
+    metric = lpips_metric
+    ran = 0
+    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="ablation", unit="run", disable=not progress)
+    for key, description, run_cfg in todo:
+        bar.set_postfix_str(f"{description['experiment']} K={description['K']} seed={description['seed']} "
+                            f"{description['mode']}")
+        record = {"key": key, **description}
+        try:
+            if metric is None:
+                metric = LPIPSMetric(to_dict(run_cfg.data)["root"] or default_data_root())
+            done_run = run_inversion(_with_out(run_cfg, out / "runs" / key), progress=False, lpips_metric=metric)
+            results = done_run.results
+            record.update({
+                "status": "ok", "label_LnAcc": results["label_metrics"]["LnAcc"],
+                **{m: results["image_metrics"]["mean"][m] for m in METRICS},
+                "per_image_psnr": [image["psnr"] for image in results["image_metrics"]["per_image"]],
+                "steps": results["attack"]["steps"], "seconds": results["attack"]["seconds"],
+                "images": results["data_source"],
+            })
+        except KeyboardInterrupt:
+            bar.close()
+            raise
+        except Exception as err:  # a failed run is recorded and the sweep goes on
+            record.update({"status": "failed", "error": f"{type(err).__name__}: {err}",
+                           "traceback": traceback.format_exc(limit=5)})
+        _append(ledger, record)
+        ran += 1
+        bar.update(1)
+        _write_outputs(out, plan, _load_records(ledger), cfg.baseline)
+    bar.close()
+    records = _load_records(ledger)
+    _write_outputs(out, plan, records, cfg.baseline)
+    return {"runs": [records[key] for key, _, _ in plan if key in records], "ran": ran,
+            "skipped": len(plan) - len(todo), "out": out}
+
+
+def _with_out(cfg: DictConfig, out: Path) -> DictConfig:
+    """The run's config with its own run directory (the key excludes ``out``)."""
+    return load_config(InvertConfig, None, [f"out={out}"], base=cfg)
+
+
+def summarize(records: list[dict], baseline: str) -> dict:
+    """Mean ± std per (dataset, mode), and each mode's paired PSNR gain over ``baseline`` and gap to oracle."""
+    table: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    by_pair: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        for m in (*METRICS, "label_LnAcc"):
+            if r.get(m) is not None:
+                table[(r["dataset"], r["mode"])][m].append(float(r[m]))
+        by_pair[(r["experiment"], r["K"], r["seed"])][r["mode"]] = float(r["psnr"])
+    summary = {}
+    for (dataset, mode), values in table.items():
+        entry = {m: (float(np.mean(v)), float(np.std(v)), len(v)) for m, v in values.items()}
+        gains = [pair[mode] - pair[baseline] for key, pair in by_pair.items()
+                 if key and mode in pair and baseline in pair and _dataset_of(records, key) == dataset]
+        gaps = [pair["oracle"] - pair[mode] for key, pair in by_pair.items()
+                if mode in pair and "oracle" in pair and _dataset_of(records, key) == dataset]
+        entry["gain_db"] = (float(np.mean(gains)), float(np.std(gains)), len(gains)) if gains else None
+        entry["gap_to_oracle_db"] = (float(np.mean(gaps)), float(np.std(gaps)), len(gaps)) if gaps else None
+        summary[(dataset, mode)] = entry
+    return summary
+
+
+def _dataset_of(records: list[dict], pair_key: tuple) -> str | None:
+    for r in records:
+        if (r["experiment"], r["K"], r["seed"]) == pair_key:
+            return r["dataset"]
+    return None
+
+
+def _fmt(value: tuple[float, float, int] | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+
+
+def _write_outputs(out: Path, plan: list, records: dict[str, dict], baseline: str) -> None:
+    ordered = [records[key] for key, _, _ in plan if key in records]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for r in ordered:
+        writer.writerow({c: r.get(c, "") for c in CSV_COLUMNS})
+    with atomic_write(out / "ablation.csv") as handle:
+        handle.write(buffer.getvalue().encode())
+    summary = summarize(ordered, baseline)
+    modes = list(dict.fromkeys(r["mode"] for _, r, _ in plan))
+    datasets = list(dict.fromkeys(r["dataset"] for _, r, _ in plan))
+    lines = ["# Known-versus-unknown-label ablation", "",
+             f"{sum(r['status'] == 'ok' for r in ordered)} runs complete, "
+             f"{sum(r['status'] == 'failed' for r in ordered)} failed, {len(plan)} planned. "
+             f"Mean ± std over seeds and all images (not a best-image subset). Gain: paired PSNR difference "
+             f"to `{baseline}` on the same batch and initialisation; gap: `oracle` minus the mode.", ""]
+    for dataset in datasets:
+        sources = sorted({r["images"] for r in ordered if r["dataset"] == dataset and r.get("images")})
+        lines += [f"## {dataset}", "", f"Images: {'; '.join(sources) or 'n/a'}", "",
+                  f"| mode | label LnAcc | PSNR (dB) | SSIM | LPIPS | gain over {baseline} (dB) | gap to oracle (dB) | runs |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for mode in modes:
+            e = summary.get((dataset, mode))
+            if e is None:
+                continue
+            lines.append(f"| {mode} | {_fmt(e.get('label_LnAcc'), 3)} | {_fmt(e.get('psnr'))} | "
+                         f"{_fmt(e.get('ssim'), 3)} | {_fmt(e.get('lpips'), 3)} | {_fmt(e['gain_db'])} | "
+                         f"{_fmt(e['gap_to_oracle_db'])} | {e['psnr'][2]} |")
+        lines.append("")
+    failed = [r for r in ordered if r["status"] == "failed"]
+    if failed:
+        lines += ["## Failed runs", ""] + [f"- {r['experiment']} K={r['K']} seed={r['seed']} {r['mode']}: {r['error']}"
+                                           for r in failed] + [""]
+    with atomic_write(out / "ablation.md") as handle:
+        handle.write("\n".join(lines).encode())
+    _plot(out / "ablation.png", summary, datasets, modes)
+
+
+def _plot(path: Path, summary: dict, datasets: list[str], modes: list[str]) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(4.2 * 3, 3.6))
+    width = 0.8 / max(len(datasets), 1)
+    for ax, metric, label in zip(axes, METRICS, ("PSNR (dB) ↑", "SSIM ↑", "LPIPS ↓")):
+        for d, dataset in enumerate(datasets):
+            means = [summary.get((dataset, m), {}).get(metric, (np.nan, 0, 0))[0] for m in modes]
+            stds = [summary.get((dataset, m), {}).get(metric, (0, 0, 0))[1] for m in modes]
+            ax.bar(np.arange(len(modes)) + d * width, means, width, yerr=stds, capsize=3, label=dataset)
+        ax.set_xticks(np.arange(len(modes)) + width * (len(datasets) - 1) / 2)
+        ax.set_xticklabels(modes, rotation=45, ha="right", fontsize=8)
+        ax.set_title(label, fontsize=10)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
