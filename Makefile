@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine (Python >= 3.10, package registries reachable):
 #   make run   - create .venv, install with the pinned constraints, fetch the data packs, run the main job
 #   make test  - the same install, then the whole test suite
+#   make demo  - the teaching demo: runs/demo/demo.html
 # Both are idempotent: a second run reuses .venv and the verified data cache.
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DATA_PACKS ?= mnist cifar100 cifar10
 
-.PHONY: install data run test clean-venv
+.PHONY: install data run test demo clean-venv
 
 install: $(STAMP)
 
@@ -27,6 +28,9 @@ run: data
 
 test: data
 	$(PY) -m pytest
+
+demo: data
+	$(PY) scripts/demo.py --out runs/demo
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,17 @@
+"""The teaching demo: one self-contained page with every section."""
+import re
+
+from inversion.demo import SECTIONS, run_demo
+
+
+def test_demo_page_is_self_contained_and_complete(tmp_path, data_root):
+    page = run_demo(tmp_path / "demo", [f"data.root={data_root}", "data.download=false", "client.batch_size=3",
+                                        "model.width=16", "attack.max_steps=8", "attack.snapshot_every=4"],
+                    progress=False)
+    text = page.read_text()
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in text
+    assert not re.search(r"(src|href)=\"(?!data:)", text)  # every image and link is embedded
+    assert "http://" not in text and "https://" not in text and "url(" not in text
+    assert text.count('src="data:image/png;base64,') >= 6
+    assert "What the labels gained" in text and "restored by iLRG" in text
