@@ -1,16 +1,19 @@
-"""From a config to the objects of a run: image source, model, client batch, shared update."""
+"""From a config to the objects of a simulated client: image source, model, private batch, shared update."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from .client import SharedUpdate, compute_shared_update
-from .config import to_dict
+from .config import ModelConfig, to_dict
 from .data import Batch, ImageSource, load_source, sample_batch, sample_synthetic_batch
+from .fl.client import client_update
+from .fl.private import PrivateBatch
+from .fl.update import SharedUpdate
 from .models import ClassifierModel, build_model, final_layer, load_weights
 
-__all__ = ["ClientRun", "source_from_config", "model_from_config", "batch_from_config", "simulate_client"]
+__all__ = ["ClientRun", "source_from_config", "build_from_model_config", "model_from_config", "batch_from_config", "simulate_client"]
 
 
 def _tuple(values):
@@ -26,19 +29,27 @@ def source_from_config(data: DictConfig) -> ImageSource:
     )
 
 
+def build_from_model_config(model: ModelConfig, input_shape: Sequence[int], num_classes: int) -> ClassifierModel:
+    """The model a (resolved) ``model`` config group describes, for inputs of ``input_shape`` (C, H, W).
+
+    ``num_classes`` applies when the group leaves ``num_classes`` unset; ``weights`` are loaded
+    (tensors only) and recorded in ``model.config["weights"]``.
+    """
+    net = build_model(
+        str(model.name), num_classes=model.num_classes or num_classes, in_channels=int(input_shape[0]),
+        image_size=tuple(input_shape[1:]), activation=None if model.activation is None else str(model.activation),
+        seed=model.seed, width=model.width, depth=model.depth, final_bias=model.final_bias, dropout=model.dropout,
+    )
+    if model.weights:
+        load_weights(net, model.weights)
+        net.config["weights"] = model.weights
+    return net
+
+
 def model_from_config(model: DictConfig, source: ImageSource) -> ClassifierModel:
     """The shared model of a ``model`` config group, shaped for the source's images."""
-    m = to_dict(model)
     spec = source.spec
-    net = build_model(
-        m["name"], num_classes=m["num_classes"] or spec.num_classes, in_channels=spec.channels,
-        image_size=spec.image_size, activation=m["activation"], seed=m["seed"],
-        width=m["width"], depth=m["depth"], final_bias=m["final_bias"], dropout=m["dropout"],
-    )
-    if m["weights"]:
-        load_weights(net, m["weights"])
-        net.config["weights"] = m["weights"]
-    return net
+    return build_from_model_config(OmegaConf.to_object(model), (spec.channels, *spec.image_size), spec.num_classes)
 
 
 def batch_from_config(client: DictConfig, source: ImageSource, model: ClassifierModel) -> Batch:
@@ -64,9 +75,18 @@ def batch_from_config(client: DictConfig, source: ImageSource, model: Classifier
 
 @dataclass
 class ClientRun:
-    """Everything one simulated client produced: what it shares and what stays private."""
+    """Everything one simulated client produced: what it shares, and what stays private.
+
+    Attributes:
+        update: the :class:`SharedUpdate` the server receives (public).
+        private: the client's :class:`PrivateBatch` (images, labels, how they were drawn), for scoring only.
+        model: the shared model.
+        source: the image source the batch was drawn from.
+        batch: the sampled batch (images, labels, indices).
+    """
 
     update: SharedUpdate
+    private: PrivateBatch
     model: ClassifierModel
     source: ImageSource
     batch: Batch
@@ -75,24 +95,28 @@ class ClientRun:
 def simulate_client(cfg: DictConfig, *, progress: bool = True, source: ImageSource | None = None) -> ClientRun:
     """Run the client of a config with ``data``, ``model`` and ``client`` groups.
 
-    The update's meta records the full config, the data source, the model's build
-    arguments and whether images were sampled with replacement; the true batch is
-    kept apart in ``update.truth``. Pass ``source`` to reuse an image source already
-    loaded from ``cfg.data`` (e.g. across the trials of a benchmark).
+    The update carries public metadata only (model spec and state digest, input shape,
+    normalisation, batch-norm mode, and the trained-weights file if any). Everything private
+    (the batch, the full config with its seeds, the data source, the sampled indices) goes
+    into the :class:`PrivateBatch`, tied to the update by its digest. Pass ``source`` to reuse
+    an image source already loaded from ``cfg.data`` (e.g. across the trials of a benchmark).
     """
     source = source if source is not None else source_from_config(cfg.data)
     model = model_from_config(cfg.model, source)
     batch = batch_from_config(cfg.client, source, model)
     client = to_dict(cfg.client)
-    meta = {
+    spec = source.spec
+    update = client_update(
+        model, batch.images, batch.labels, bn_mode=client["bn_mode"], chunk_size=client["chunk_size"],
+        parameters=client["parameters"], dataset=spec.name, mean=spec.mean, std=spec.std, progress=progress,
+    )
+    record = {
         "config": to_dict(cfg),
         "data_source": batch.source,
+        "indices": [int(i) for i in batch.indices],
         "replacement": batch.replacement,
         "labels": "synthetic" if batch.synthetic_labels else "real",
-        "model": model.config,
     }
-    update = compute_shared_update(
-        model, batch.images, batch.labels, bn_mode=client["bn_mode"], chunk_size=client["chunk_size"],
-        parameters=client["parameters"], meta=meta, progress=progress,
-    )
-    return ClientRun(update, model, source, batch)
+    private = PrivateBatch(batch.images.detach().cpu().clone(), batch.labels.detach().cpu().clone(), record,
+                           update.sha256)
+    return ClientRun(update, private, model, source, batch)

@@ -28,7 +28,7 @@ from label_restore import METHOD_NAMES, label_metrics
 
 from .config import ConfigError, RestoreConfig, load_config, to_dict
 from .data.fileio import atomic_write
-from .defenses import defend_update, parse_defense
+from .fl.defenses import defend_update, parse_defense
 from .experiment import simulate_client, source_from_config
 from .restore import restore_from_update
 
@@ -170,9 +170,9 @@ def _run_setting(
         run = simulate_client(trial_cfg, progress=False, source=images)
         client_seconds.append(time.perf_counter() - start)
         sources.add(run.batch.source)
-        labels_kind.add(run.update.meta["labels"])
+        labels_kind.add(run.private.record["labels"])
         num_classes = run.update.final_layer_gradients(run.model)[0].shape[0]
-        truth = np.bincount(run.update.truth.labels.numpy(), minlength=num_classes)
+        truth = np.bincount(run.private.labels.numpy(), minlength=num_classes)
         for defense in defenses:
             defended = defend_update(run.update, defense, seed=trial)
             for method in methods:

@@ -1,4 +1,4 @@
-"""Label restoration on a :class:`~inversion.client.SharedUpdate` and its model."""
+"""Label restoration on a :class:`~inversion.fl.update.SharedUpdate` and its model."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,24 +7,30 @@ from torch import nn
 
 from label_restore import RestorationResult, restore_labels
 
-from .client import SharedUpdate
+from .fl.update import SharedUpdate
 from .models import final_layer
 
 __all__ = ["restore_from_update"]
 
 
-def restore_from_update(method: str, update: SharedUpdate, model: nn.Module, **options: Any) -> RestorationResult:
+def restore_from_update(method: str, update: SharedUpdate, model: nn.Module, *, batch_size: int | None = None,
+                        **options: Any) -> RestorationResult:
     """Restore the batch's label counts from a shared update, as the server would.
 
     Reads only what the server has: the final layer's gradients from ``update``, its
-    current weight and bias from ``model`` and the batch size; never ``update.truth``.
+    current weight and bias from ``model`` and the batch size K (the update's, or ``batch_size``
+    when the protocol does not reveal it). A shared update holds nothing private.
 
     Args:
         method: a :data:`label_restore.METHOD_NAMES` entry, e.g. ``"ilrg"``.
         update: the client's shared update (full or final-layer only).
         model: the shared model (its final layer is found by :func:`~inversion.models.final_layer`).
+        batch_size: K, needed only when ``update.batch_size`` is None.
         options: method-specific keyword arguments.
     """
+    k = update.batch_size if update.batch_size is not None else batch_size
+    if k is None:
+        raise ValueError("the update does not reveal the batch size K; pass batch_size (your guess of K)")
     grad_weight, grad_bias = update.final_layer_gradients(model)
     layer = final_layer(model)
     return restore_labels(
@@ -33,6 +39,6 @@ def restore_from_update(method: str, update: SharedUpdate, model: nn.Module, **o
         grad_bias=grad_bias,
         weight=layer.weight.detach(),
         bias=None if layer.bias is None else layer.bias.detach(),
-        batch_size=update.batch_size,
+        batch_size=int(k),
         **options,
     )

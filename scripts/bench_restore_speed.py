@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from inversion.client import client_gradients, final_layer_client_gradients
+from inversion.fl import client_gradients, final_layer_client_gradients
 from inversion.models import build_model
 from label_restore import counts_from_labels, label_metrics, restore_labels
 from label_restore.benchmark import batch_layer, random_layer, time_call

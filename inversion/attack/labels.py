@@ -3,7 +3,8 @@
 - any :data:`label_restore.METHOD_NAMES` entry (``ilrg``, ``idlg``, ...): restore the label
   counts from the shared update and give the resulting K labels to the K dummies,
   fixed during optimisation;
-- ``oracle``: the true labels (an upper bound, for ablations);
+- ``oracle``: the true labels, handed over explicitly by an experiment driver (an upper bound,
+  for ablations; the only mode that reads anything private);
 - ``joint``: unknown labels, one learnable logit vector per dummy, optimised with the
   images (DLG, Zhu et al. 2019);
 - ``shared``: unknown labels, one learnable logit vector shared by the whole batch (the
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 
 from label_restore import METHOD_NAMES, RestorationResult
 
-from ..client import SharedUpdate
+from ..fl.update import SharedUpdate
 from ..models import final_layer
 from ..restore import restore_from_update
 
@@ -60,22 +61,38 @@ class LabelPlan:
         return torch.randn(shape, generator=generator)
 
 
-def plan_labels(mode: str, update: SharedUpdate, model: nn.Module) -> LabelPlan:
+def plan_labels(mode: str, update: SharedUpdate, model: nn.Module, *, true_labels: Tensor | None = None,
+                batch_size: int | None = None) -> LabelPlan:
     """The label plan of a mode for an update (restoration runs here, on the server's side).
 
+    Args:
+        mode: one of :data:`LABEL_MODES`.
+        update: the shared update (public).
+        model: the server's model.
+        true_labels: (K,) the client's labels, for ``oracle`` only (an evaluation upper bound).
+        batch_size: K when the update does not reveal it (``update.batch_size`` is None).
+
     Raises:
-        ValueError: unknown mode, or ``oracle`` on an update without its evaluation-only truth.
+        ValueError: unknown mode, ``oracle`` without ``true_labels``, or an unknown or conflicting K.
     """
     if mode not in LABEL_MODES:
         raise ValueError(f"unknown label mode {mode!r}; choose one of {', '.join(LABEL_MODES)}")
+    if batch_size is not None and update.batch_size is not None and int(batch_size) != update.batch_size:
+        raise ValueError(f"batch_size={batch_size} contradicts the update, which says K={update.batch_size}")
+    k = update.batch_size if update.batch_size is not None else batch_size
+    if k is None:
+        raise ValueError("the update does not reveal the batch size K; pass batch_size (your guess of K)")
     num_classes = final_layer(model).out_features
-    plan = LabelPlan(mode, num_classes, update.batch_size)
+    plan = LabelPlan(str(mode), num_classes, int(k))
     if mode == "oracle":
-        if update.truth is None:
-            raise ValueError("label mode 'oracle' needs the true labels, but this update carries no truth")
-        plan.fixed = torch.sort(update.truth.labels).values
+        if true_labels is None:
+            raise ValueError("label mode 'oracle' needs the true labels: give the private batch (it is an "
+                             "evaluation upper bound, not an attack)")
+        if tuple(true_labels.shape) != (plan.batch_size,):
+            raise ValueError(f"oracle labels have shape {tuple(true_labels.shape)}, expected ({plan.batch_size},)")
+        plan.fixed = torch.sort(true_labels.long().cpu()).values
     elif mode in METHOD_NAMES:
-        plan.restoration = restore_from_update(mode, update, model)
+        plan.restoration = restore_from_update(str(mode), update, model, batch_size=plan.batch_size)
         plan.fixed = torch.as_tensor(plan.restoration.labels, dtype=torch.int64)
     return plan
 

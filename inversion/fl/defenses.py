@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .client import SharedUpdate
+from .update import SharedUpdate
 
 __all__ = ["DEFENSE_NAMES", "Defense", "parse_defense", "apply_defense", "defend_update"]
 
@@ -98,8 +98,9 @@ def apply_defense(
 
 
 def defend_update(update: SharedUpdate, defense: Defense | str, *, seed: int = 0) -> SharedUpdate:
-    """The update as a client using ``defense`` would share it; ``meta["defense"]`` records the spec."""
+    """The update as a client using ``defense`` would share it; ``meta.notes["defense"]`` records the spec."""
     defense = parse_defense(defense) if isinstance(defense, str) else defense
     generator = torch.Generator().manual_seed(seed)
     gradients = apply_defense(update.gradients, defense, generator=generator)
-    return replace(update, gradients=gradients, meta={**update.meta, "defense": defense.spec, "defense_seed": seed})
+    notes = {**update.meta.notes, "defense": defense.spec, "defense_seed": seed}
+    return replace(update, gradients=gradients, meta=replace(update.meta, notes=notes))

@@ -1,0 +1,15 @@
+"""The federated-learning side: what a client computes and shares, what stays private, and real federations.
+
+- :mod:`.update`: :class:`SharedUpdate` and its public :class:`UpdateMeta` (what the server receives);
+- :mod:`.private`: :class:`PrivateBatch` (what only the client knows; for scoring only);
+- :mod:`.client`: the client's FedSGD gradient and :func:`client_update`;
+- :mod:`.defenses`: noise, clipping and sparsification of the shared gradients.
+"""
+from .client import BN_MODES, PARAMETER_SETS, client_gradients, client_update, final_layer_client_gradients
+from .private import PrivateBatch
+from .update import UPDATE_KINDS, SharedUpdate, UpdateMeta
+
+__all__ = [
+    "BN_MODES", "PARAMETER_SETS", "UPDATE_KINDS", "PrivateBatch", "SharedUpdate", "UpdateMeta",
+    "client_gradients", "client_update", "final_layer_client_gradients",
+]

@@ -1,0 +1,62 @@
+"""The honest-but-curious server's side of an update: the model state the update was computed on."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ..models import ClassifierModel, build_model, load_weights
+from ._records import model_digest
+from .update import SharedUpdate
+
+__all__ = ["model_from_update", "check_model"]
+
+
+def _weights_path(update: SharedUpdate, weights: str | Path | None) -> Path | None:
+    if weights is not None:
+        return Path(weights)
+    if update.meta.weights is None:
+        return None
+    path = Path(update.meta.weights)
+    if not path.is_absolute() and update.origin is not None:
+        path = update.origin.parent / path
+    return path
+
+
+def check_model(update: SharedUpdate, model: nn.Module) -> None:
+    """Raise ValueError unless ``model`` fits the update: parameter names and shapes, and (when the
+    update records it) the exact state the client computed the update on."""
+    update.check_compatible(model, require_all=False)
+    expected = update.meta.model_sha256
+    if expected is not None and model_digest(model) != expected:
+        raise ValueError(
+            f"the model's state (sha256 {model_digest(model)[:12]}) is not the one the update was computed on "
+            f"({expected[:12]}): load the weights the client used (--weights / weights=)"
+        )
+
+
+def model_from_update(update: SharedUpdate, *, weights: str | Path | None = None) -> ClassifierModel:
+    """Rebuild the model an update was computed on, from its public metadata.
+
+    Builds ``build_model(**update.meta.model)``, loads ``weights`` (or the update's own
+    ``meta.weights``, relative to the update file) and checks the result with :func:`check_model`.
+
+    Raises:
+        ValueError: the update names no architecture (build your model and use it directly), or the
+            rebuilt model is not the one the update was computed on.
+        FileNotFoundError: the weights file does not exist.
+    """
+    spec = update.meta.model
+    if spec is None:
+        raise ValueError("the update names no model architecture (meta.model is empty): build your own model and "
+                         "pass it, or give a model config")
+    try:
+        model = build_model(**spec)
+    except TypeError as err:
+        raise ValueError(f"the update's model spec cannot be built: {err}") from None
+    path = _weights_path(update, weights)
+    if path is not None:
+        load_weights(model, path)
+        model.config["weights"] = str(path)
+    check_model(update, model)
+    return model

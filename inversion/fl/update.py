@@ -1,0 +1,278 @@
+"""What the server receives from one client: :class:`SharedUpdate` and its public :class:`UpdateMeta`.
+
+The threat model lives in these types. A shared update holds only what an honest-but-curious
+server sees in a FedSGD round: parameter name -> gradient of the client's mean cross-entropy,
+the update kind, the batch size K where the protocol reveals it, and public metadata (the model's
+architecture spec and state digest, the input shape, the data normalisation, the client's
+batch-norm mode). What only the client knows (images, labels, how they were sampled, seeds) is a
+:class:`~inversion.fl.private.PrivateBatch`, saved to its own file and used only to score.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..data.specs import SPECS
+from ..models import ClassifierModel, final_layer
+from ._records import content_digest, load_record, model_digest, save_record
+
+__all__ = ["BN_MODES", "UPDATE_KINDS", "UpdateMeta", "SharedUpdate"]
+
+FORMAT = "gradleak.SharedUpdate"
+VERSION = 2
+BN_MODES = ("eval", "train")
+UPDATE_KINDS = ("fedsgd",)
+"""``fedsgd``: the gradient of the mean cross-entropy over the client's batch, at the server's model."""
+
+
+def _floats(values: Iterable[Any] | None) -> tuple[float, ...] | None:
+    return None if values is None else tuple(float(v) for v in values)
+
+
+@dataclass(frozen=True)
+class UpdateMeta:
+    """Public metadata of an update: what the server knows without seeing any private data.
+
+    Attributes:
+        model: the model's build arguments (:attr:`ClassifierModel.config`,
+            ``build_model(**model)`` rebuilds it), or None for an architecture of your own.
+        model_sha256: digest of the model state (:func:`~inversion.fl._records.model_digest`) the
+            client computed the update on, or None when unknown.
+        weights: a ``state_dict`` file of that model state (a relative path is relative to the update
+            file's folder), for models not reproducible from ``model`` (trained, or federated
+            rounds); or None.
+        input_shape: (C, H, W) of one input, or None when unknown.
+        mean, std: per-channel normalisation of [0, 1] images, or None when unknown.
+        dataset: the task's dataset name (e.g. ``"mnist"``), or None.
+        bn_mode: ``"eval"`` (running statistics) or ``"train"`` (batch statistics) on the client.
+        notes: further public, JSON-serialisable facts (e.g. the defense, the round, the client id).
+    """
+
+    model: dict[str, Any] | None = None
+    model_sha256: str | None = None
+    weights: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    dataset: str | None = None
+    bn_mode: str = "eval"
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.input_shape is not None:
+            object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+        object.__setattr__(self, "mean", _floats(self.mean))
+        object.__setattr__(self, "std", _floats(self.std))
+        if (self.mean is None) != (self.std is None) or (self.mean is not None and len(self.mean) != len(self.std)):
+            raise ValueError("mean and std must both be given, with one value per channel")
+        if self.std is not None and any(not s > 0 for s in self.std):
+            raise ValueError(f"std must be > 0 per channel, got {self.std}")
+        if self.bn_mode not in BN_MODES:
+            raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
+
+    @classmethod
+    def describe(cls, model: nn.Module | None = None, *, dataset: str | None = None,
+                 input_shape: Iterable[int] | None = None, mean: Iterable[float] | None = None,
+                 std: Iterable[float] | None = None, **fields: Any) -> UpdateMeta:
+        """Metadata filled in from a model (its spec and state digest) and a dataset name (its normalisation).
+
+        Args:
+            model: the model the update was computed on; a :class:`ClassifierModel` also gives its spec
+                and input shape.
+            dataset: a named dataset (``mnist``, ``cifar10``, ``cifar100``): its mean, std and input
+                shape unless given explicitly.
+            input_shape, mean, std, fields: as the attributes; explicit values win.
+        """
+        spec = SPECS.get(dataset) if dataset is not None else None
+        config = dict(model.config) if isinstance(model, ClassifierModel) else None
+        loaded_from = config.pop("weights", None) if config is not None else None  # set by trained-model loaders
+        if loaded_from and "weights" not in fields:
+            fields["weights"] = str(Path(loaded_from).resolve())
+        if input_shape is None and spec is not None:
+            input_shape = (spec.channels, *spec.image_size)
+        if input_shape is None and config is not None:
+            input_shape = (config["in_channels"], *config["image_size"])
+        return cls(model=config, model_sha256=None if model is None else model_digest(model),
+                   input_shape=None if input_shape is None else tuple(input_shape),
+                   mean=mean if mean is not None else (spec.mean if spec else None),
+                   std=std if std is not None else (spec.std if spec else None), dataset=dataset, **fields)
+
+    def bounds(self) -> tuple[Tensor, Tensor]:
+        """Valid normalised pixel range ``((0 - mean) / std, (1 - mean) / std)``, each (1, C, 1, 1).
+
+        Raises:
+            ValueError: the normalisation is unknown.
+        """
+        if self.mean is None:
+            raise ValueError("the update does not say how its inputs were normalised; give mean and std "
+                             "(UpdateMeta.describe(dataset=...) or mean=..., std=...)")
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return (0.0 - mean) / std, (1.0 - mean) / std
+
+    def denormalize(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) normalised inputs -> (B, C, H, W) on the [0, 1] scale (unclamped)."""
+        if self.mean is None:
+            raise ValueError("the update does not say how its inputs were normalised; cannot show or score images")
+        options = {"dtype": images.dtype, "device": images.device}
+        return images * torch.tensor(self.std, **options).view(-1, 1, 1) + torch.tensor(self.mean, **options).view(-1, 1, 1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> UpdateMeta:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown update metadata {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def _batch_size(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
+        raise ValueError(f"batch_size must be a positive integer (or None when the protocol hides it), got {value!r}")
+    return int(value)
+
+
+@dataclass
+class SharedUpdate:
+    """One client's update, as the server receives it. Holds nothing private.
+
+    Attributes:
+        gradients: parameter name (as in ``model.named_parameters()``) -> gradient of the client's
+            mean cross-entropy, shaped as the parameter.
+        batch_size: K, the number of samples averaged over, or None when the protocol does not reveal it.
+        meta: the public :class:`UpdateMeta`.
+        kind: one of :data:`UPDATE_KINDS`.
+        origin: the file it was loaded from (not saved; used to find ``meta.weights``).
+    """
+
+    gradients: dict[str, Tensor]
+    batch_size: int | None
+    meta: UpdateMeta = field(default_factory=UpdateMeta)
+    kind: str = "fedsgd"
+    origin: Path | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.batch_size = _batch_size(self.batch_size)
+        if self.kind not in UPDATE_KINDS:
+            raise ValueError(f"unknown update kind {self.kind!r}; known: {', '.join(UPDATE_KINDS)}")
+        if not isinstance(self.meta, UpdateMeta):
+            raise ValueError(f"meta must be an UpdateMeta, got {type(self.meta).__name__}")
+        if not self.gradients:
+            raise ValueError("a shared update needs at least one gradient")
+        for name, grad in self.gradients.items():
+            if not isinstance(grad, Tensor):
+                raise ValueError(f"gradient {name!r} is a {type(grad).__name__}, expected a torch.Tensor")
+            if not torch.isfinite(grad).all():
+                raise ValueError(f"gradient {name!r} holds non-finite values (NaN or inf)")
+
+    @classmethod
+    def from_gradients(
+        cls,
+        gradients: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]],
+        batch_size: int | None,
+        meta: UpdateMeta | None = None,
+        **describe: Any,
+    ) -> SharedUpdate:
+        """Wrap gradients captured elsewhere (your own training loop or FL framework).
+
+        Args:
+            gradients: name -> gradient, named as in ``model.named_parameters()``, each the gradient
+                of the *mean* cross-entropy over the batch.
+            batch_size: K, or None when the protocol does not reveal it.
+            meta: the public metadata; or leave it out and pass :meth:`UpdateMeta.describe`'s
+                arguments (``model=``, ``dataset=``, ``input_shape=``, ``mean=``, ``std=``, ...).
+
+        Example:
+            >>> update = SharedUpdate.from_gradients(dict(zip(names, grads)), batch_size=8, dataset="cifar100")
+        """
+        if meta is not None and describe:
+            raise ValueError("give either meta or UpdateMeta.describe's arguments, not both")
+        items = gradients.items() if isinstance(gradients, Mapping) else gradients
+        grads = {str(name): torch.as_tensor(g).detach().cpu().clone() for name, g in items}
+        return cls(grads, batch_size, meta if meta is not None else UpdateMeta.describe(**describe))
+
+    @property
+    def sha256(self) -> str:
+        """Digest of everything saved (gradients, kind, K, metadata): names this exact update."""
+        return content_digest(self._header(), self.gradients)
+
+    def _header(self) -> dict[str, Any]:
+        return {"kind": self.kind, "batch_size": self.batch_size, "meta": self.meta.to_json()}
+
+    def check_compatible(self, model: nn.Module, *, require_all: bool = True) -> None:
+        """Raise ValueError unless names and shapes match ``model.named_parameters()``.
+
+        Args:
+            model: the model the update is meant for.
+            require_all: also require a gradient for every parameter (False for partial
+                updates, e.g. the final layer only).
+        """
+        params = dict(model.named_parameters())
+        missing = [n for n in params if n not in self.gradients]
+        extra = [n for n in self.gradients if n not in params]
+        if extra:
+            raise ValueError(f"the update has gradients for parameters the model lacks: {extra[:5]}")
+        if missing and require_all:
+            raise ValueError(f"the update lacks gradients for model parameters: {missing[:5]}")
+        for name, grad in self.gradients.items():
+            if grad.shape != params[name].shape:
+                raise ValueError(
+                    f"gradient {name!r} has shape {tuple(grad.shape)}, the model's parameter {tuple(params[name].shape)}"
+                )
+
+    def final_layer_gradients(self, model: nn.Module) -> tuple[Tensor, Tensor | None]:
+        """Gradients of the model's final linear layer: (grad_weight (C, M), grad_bias (C,) or None)."""
+        layer = final_layer(model)
+        names = {id(p): n for n, p in model.named_parameters()}
+        missing = [names[id(p)] for p in (layer.weight, layer.bias) if p is not None and names[id(p)] not in self.gradients]
+        if missing:
+            raise ValueError(f"the update has no gradient for the final layer's {missing}")
+        grad_w = self.gradients[names[id(layer.weight)]]
+        grad_b = self.gradients[names[id(layer.bias)]] if layer.bias is not None else None
+        return grad_w, grad_b
+
+    def summary(self) -> str:
+        """A few human-readable lines: sizes and norms of what the server received."""
+        total = sum(g.numel() for g in self.gradients.values())
+        norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in self.gradients.values()))
+        k = "not revealed" if self.batch_size is None else self.batch_size
+        lines = [f"shared update ({self.kind}): K={k}, {len(self.gradients)} tensors, {total:,} values, "
+                 f"global L2 norm {norm:.4g}, sha256 {self.sha256[:12]}"]
+        width = max(len(n) for n in self.gradients)
+        for name, grad in self.gradients.items():
+            lines.append(f"  {name:<{width}}  {str(tuple(grad.shape)):<20} norm {float(grad.norm()):.4g}")
+        return "\n".join(lines)
+
+    def save(self, path: str | Path) -> Path:
+        """Save atomically with a sha256 of the content; :meth:`load` reads it without unpickling code."""
+        return save_record(path, FORMAT, VERSION, self._header(), self.gradients)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SharedUpdate:
+        """Load a saved update (tensors and plain data only, digest verified), onto the CPU.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: pickled objects (refused, for security), not an update file of this
+                version, a checksum mismatch, or invalid content.
+        """
+        header, tensors = load_record(path, FORMAT, VERSION, "shared-update")
+        try:
+            return cls(tensors, header["batch_size"], UpdateMeta.from_json(header["meta"]), header["kind"],
+                       origin=Path(path))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path} holds an invalid shared update: {err}") from None
