@@ -17,7 +17,6 @@ sampler, ...) raises :class:`ConfigError` naming the key and the valid choices.
 from __future__ import annotations
 
 import dataclasses
-import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -27,41 +26,42 @@ from omegaconf import errors as oc_errors
 
 from label_restore import METHOD_NAMES
 
-from .attack.labels import LABEL_MODES
-from .attack.objectives import OBJECTIVES
-from .attack.optimize import INITS, OPTIMIZERS, SCHEDULES
-from .client import BN_MODES, PARAMETER_SETS
+from .attack.settings import AttackSettings, LabelMode
+from .choices import choices
+from .fl.client import PARAMETER_SETS
+from .fl.update import BN_MODES
 from .data.samplers import SAMPLER_NAMES
 from .data.specs import DATASET_NAMES
 from .models import ACTIVATIONS, MODEL_NAMES
 
 __all__ = [
-    "CONFIG_DIR", "ConfigError", "DataConfig", "ModelConfig", "ClientConfig", "ShareConfig",
-    "RestoreSweep", "RestoreConfig", "AttackConfig", "PriorConfig", "InvertConfig",
-    "load_config", "to_dict", "save_config",
+    "CONFIG_DIR", "config_path", "ConfigError", "DataConfig", "ModelConfig", "ClientConfig", "ShareConfig",
+    "RestoreSweep", "RestoreConfig", "AttackSettings", "PriorConfig", "InvertConfig",
+    "load_config", "resolve", "to_dict", "save_config",
 ]
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+"""The shipped configs: package data of :mod:`inversion` (in a checkout, a link to the top-level ``configs/``)."""
 
 
-def _choices(name: str, values: Sequence[str]) -> type[enum.Enum]:
-    return enum.Enum(name, {v: v for v in values})
+def config_path(path: str | Path) -> Path:
+    """``path`` as given if it exists (or is absolute); else a ``configs/...`` path is looked up among the
+    shipped configs, so ``--config configs/invert/mnist_fcn3.yaml`` works from any directory."""
+    candidate = Path(path)
+    if candidate.exists() or candidate.is_absolute() or not candidate.parts or candidate.parts[0] != "configs":
+        return candidate
+    shipped = CONFIG_DIR.joinpath(*candidate.parts[1:])
+    return shipped if shipped.exists() else candidate
 
 
-DatasetName = _choices("DatasetName", DATASET_NAMES)
-ModelName = _choices("ModelName", MODEL_NAMES)
-Activation = _choices("Activation", ACTIVATIONS)
-SamplerName = _choices("SamplerName", SAMPLER_NAMES)
-Split = _choices("Split", ("train", "test"))
-BNMode = _choices("BNMode", BN_MODES)
-ParameterSet = _choices("ParameterSet", PARAMETER_SETS)
-MethodName = _choices("MethodName", METHOD_NAMES)
-LabelMode = _choices("LabelMode", LABEL_MODES)
-Objective = _choices("Objective", OBJECTIVES)
-Optimizer = _choices("Optimizer", OPTIMIZERS)
-Schedule = _choices("Schedule", SCHEDULES)
-Init = _choices("Init", INITS)
-Device = _choices("Device", ("auto", "cpu", "cuda"))
+DatasetName = choices("DatasetName", DATASET_NAMES)
+ModelName = choices("ModelName", MODEL_NAMES)
+Activation = choices("Activation", ACTIVATIONS)
+SamplerName = choices("SamplerName", SAMPLER_NAMES)
+Split = choices("Split", ("train", "test"))
+BNMode = choices("BNMode", BN_MODES)
+ParameterSet = choices("ParameterSet", PARAMETER_SETS)
+MethodName = choices("MethodName", METHOD_NAMES)
 
 
 class ConfigError(ValueError):
@@ -153,30 +153,6 @@ class RestoreConfig:
 
 
 @dataclass
-class AttackConfig:
-    """The gradient-inversion attack (see :mod:`inversion.attack`)."""
-
-    labels: LabelMode = LabelMode.ilrg  # a label_restore method, oracle, joint or shared
-    objective: Objective = Objective.cosine
-    layer_weights: Optional[Dict[str, float]] = None  # parameter-name prefix -> weight
-    parameters: Optional[List[str]] = None  # names/prefixes of the parameters to match; None: all
-    optimizer: Optimizer = Optimizer.adam
-    lr: float = 0.1
-    signed: bool = True  # Adam on the sign of the image gradient
-    boxed: bool = True  # project onto the valid pixel range after each step
-    schedule: Schedule = Schedule.step  # step: x0.1 at 3/8, 5/8, 7/8 of max_steps
-    max_steps: int = 2000
-    restarts: int = 1
-    init: Init = Init.randn
-    stop_loss: Optional[float] = None  # stop a restart once the matching loss is this low
-    seed: int = 0
-    device: Device = Device.auto
-    checkpoint_every: int = 500  # steps; 0: never
-    snapshot_every: int = 0  # keep the dummies every N steps for pictures; 0: never
-    monitor_every: int = 50  # steps between PSNR updates on the progress bar
-
-
-@dataclass
 class PriorConfig:
     """Weights of the image priors (0: off)."""
 
@@ -188,13 +164,21 @@ class PriorConfig:
 
 @dataclass
 class InvertConfig:
-    """``scripts/invert.py``: client, label restoration, attack, evaluation."""
+    """``scripts/invert.py``: client (simulated, or a saved update), label restoration, attack, evaluation.
+
+    With ``update`` set, the attack reads that saved update file instead of simulating a client:
+    ``data`` and ``client`` are not used, and the model comes from the update's public metadata
+    (``model`` only for an update that names no architecture; ``model.weights`` for its state).
+    ``private`` is the client's private-batch file, read only to score the result.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
-    attack: AttackConfig = field(default_factory=AttackConfig)
+    attack: AttackSettings = field(default_factory=AttackSettings)
     priors: PriorConfig = field(default_factory=PriorConfig)
+    update: Optional[str] = None
+    private: Optional[str] = None
     out: str = "runs/invert"
 
 
@@ -282,7 +266,8 @@ def load_config(
     if base is not None:
         cfg = _merge(cfg, base, "base config")
     if path is not None:
-        body = _load_yaml(Path(path))
+        path = config_path(path)
+        body = _load_yaml(path)
         defaults = body.pop("defaults") if "defaults" in body else OmegaConf.create({})
         if not isinstance(defaults, DictConfig):
             raise ConfigError(f"'defaults' in {path} must map groups to names, e.g. defaults: {{data: mnist}}")
@@ -300,7 +285,23 @@ def load_config(
         else:
             cfg = _merge(cfg, OmegaConf.from_dotlist([item]), "command line")
     OmegaConf.set_readonly(cfg, True)
+    resolve(cfg)  # the dataclasses' own checks, now rather than deep inside a run
     return cfg
+
+
+def resolve(cfg: DictConfig) -> Any:
+    """The config as typed objects (its schema's dataclasses), validated by their ``__post_init__``.
+
+    Raises:
+        ConfigError: a value the dataclasses refuse (e.g. ``attack.max_steps=0``), naming the section.
+    """
+    for section, node in cfg.items():
+        if isinstance(node, DictConfig):
+            try:
+                OmegaConf.to_object(node)
+            except (ValueError, oc_errors.OmegaConfBaseException) as err:
+                raise ConfigError(f"{section}: {str(err).splitlines()[0]}") from None
+    return OmegaConf.to_object(cfg)
 
 
 def to_dict(cfg: DictConfig | Any) -> dict:
@@ -310,6 +311,6 @@ def to_dict(cfg: DictConfig | Any) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
-def save_config(cfg: DictConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (a record of exactly what ran)."""
-    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
+def save_config(cfg: DictConfig, path: str | Path, *, header: str = "") -> None:
+    """Write the resolved config as YAML (a record of exactly what ran), after ``header`` (comment lines)."""
+    Path(path).write_text(header + OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))

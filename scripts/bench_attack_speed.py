@@ -15,11 +15,10 @@ import resource
 import torch
 
 from inversion.attack import AttackSettings, Inversion, plan_labels
-from inversion.client import client_gradients, compute_shared_update
+from inversion.fl import client_gradients, client_update
 from inversion.models import build_model
-from inversion.pipeline import resolve_device
+from inversion.attack.settings import resolve_device
 from label_restore.benchmark import time_call
-from priors import build_priors
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -45,11 +44,11 @@ def main() -> None:
         images = torch.randn(args.batch_size, 3, 32, 32, generator=generator).to(device)
         labels = torch.randint(0, 100, (args.batch_size,), generator=generator).to(device)
         client_ms, _ = time_call(lambda: client_gradients(model, images, labels), repeats=10, warmup=2)
-        update = compute_shared_update(model, images, labels)
+        update = client_update(model, images, labels)
         attack = Inversion(
-            model, update, plan_labels("oracle", update, model), AttackSettings(max_steps=args.steps + 2),
-            bounds=(torch.full((1, 3, 1, 1), -3.0), torch.full((1, 3, 1, 1), 3.0)), image_shape=(3, 32, 32),
-            priors=build_priors({"tv": 1e-4}), device=device,
+            model, update, plan_labels("oracle", update, model, true_labels=labels),
+            AttackSettings(max_steps=args.steps + 2, checkpoint_every=0),
+            bounds=(torch.full((1, 3, 1, 1), -3.0), torch.full((1, 3, 1, 1), 3.0)), priors={"tv": 1e-4}, device=device,
         )
         result = attack.run(progress=False)
         step_ms = 1e3 * result.seconds / result.steps

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from inversion.attack import AttackSettings, GradientMatcher, Inversion, lr_factor, plan_labels
-from inversion.client import compute_shared_update
+from inversion.fl import client_update
+from inversion.fl import SharedUpdate
 from inversion.models import build_model
 
 TARGET = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([[2.0]])}
@@ -38,12 +39,12 @@ def tiny_problem(batch_size=3, seed=0):
     generator = torch.Generator().manual_seed(seed + 12345)  # not the attack's init seed
     images = torch.rand(batch_size, 1, 6, 6, generator=generator)
     labels = torch.tensor([0, 2, 3][:batch_size])
-    update = compute_shared_update(model, images, labels)
-    return model, update
+    update = client_update(model, images, labels)
+    return model, update, images, labels
 
 
-def attack(model, update, mode="oracle", **settings):
-    plan = plan_labels(mode, update, model)
+def attack(model, update, mode="oracle", true_labels=torch.tensor([0, 2, 3]), **settings):
+    plan = plan_labels(mode, update, model, true_labels=true_labels if mode == "oracle" else None)
     bounds = (torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
     return Inversion(model, update, plan, AttackSettings(**settings), bounds=bounds, image_shape=(1, 6, 6))
 
@@ -56,25 +57,26 @@ def best_psnr(recon, truth):
 
 
 def test_oracle_attack_drives_loss_down_and_psnr_up():
-    model, update = tiny_problem()
+    model, update, images, _ = tiny_problem()
     inversion = attack(model, update, max_steps=300, lr=0.05, init="rand")
     start = inversion._fresh_restart(0)["x"]
     start_loss = float(inversion.match(start.clone().requires_grad_(True), None).detach())
     result = inversion.run(progress=False)
     assert result.loss < 0.05 * start_loss
-    assert best_psnr(result.images, update.truth.images) > best_psnr(start.detach(), update.truth.images) + 5
+    assert best_psnr(result.images, images) > best_psnr(start.detach(), images) + 5
     assert float(result.images.min()) >= 0 and float(result.images.max()) <= 1  # boxed
     assert result.labels.tolist() == [0, 2, 3] and not result.interrupted
 
 
 def test_ilrg_labels_equal_oracle_where_restoration_is_exact():
-    model, update = tiny_problem()
-    assert plan_labels("ilrg", update, model).fixed.tolist() == plan_labels("oracle", update, model).fixed.tolist()
+    model, update, _, labels = tiny_problem()
+    oracle = plan_labels("oracle", update, model, true_labels=labels)
+    assert plan_labels("ilrg", update, model).fixed.tolist() == oracle.fixed.tolist()
 
 
 @pytest.mark.parametrize("mode,shape", [("joint", (3, 4)), ("shared", (4,))])
 def test_learnable_label_modes(mode, shape):
-    model, update = tiny_problem()
+    model, update, _, _ = tiny_problem()
     inversion = attack(model, update, mode, max_steps=5)
     assert inversion._fresh_restart(0)["label_logits"].shape == shape
     result = inversion.run(progress=False)
@@ -84,7 +86,7 @@ def test_learnable_label_modes(mode, shape):
 
 
 def test_lbfgs_and_setting_errors():
-    model, update = tiny_problem()
+    model, update, _, _ = tiny_problem()
     result = attack(model, update, optimizer="lbfgs", signed=False, lr=0.5, max_steps=3).run(progress=False)
     assert math.isfinite(result.loss)
     with pytest.raises(ValueError, match="signed gradients are an Adam option"):
@@ -93,17 +95,23 @@ def test_lbfgs_and_setting_errors():
         AttackSettings(init="ones")
     with pytest.raises(ValueError, match="unknown label mode"):
         plan_labels("dlg", update, model)
+    with pytest.raises(ValueError, match="needs the true labels"):
+        plan_labels("oracle", update, model)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        AttackSettings(checkpoint_every=-5)
+    with pytest.raises(ValueError, match="monitor_every must be >= 1"):
+        AttackSettings(monitor_every=0)
 
 
 def test_restarts_keep_the_best_by_matching_loss():
-    model, update = tiny_problem()
+    model, update, _, _ = tiny_problem()
     result = attack(model, update, max_steps=20, restarts=3).run(progress=False)
     assert len(result.restart_losses) == 3
     assert result.loss == min(result.restart_losses) and result.restart == result.restart_losses.index(result.loss)
 
 
 def test_interrupt_then_resume_is_bit_identical(tmp_path):
-    model, update = tiny_problem()
+    model, update, _, _ = tiny_problem()
     settings = {"max_steps": 30, "restarts": 2, "lr": 0.05}
     straight = attack(model, update, **settings).run(progress=False)
 
@@ -124,3 +132,32 @@ def test_interrupt_then_resume_is_bit_identical(tmp_path):
     resumed = second.run(progress=False)
     assert torch.equal(resumed.images, straight.images)
     assert resumed.restart_losses == straight.restart_losses
+
+
+def test_hidden_batch_size_needs_a_guess():
+    model, update, _, _ = tiny_problem()
+    hidden = SharedUpdate.from_gradients(update.gradients, None, update.meta)
+    with pytest.raises(ValueError, match="does not reveal the batch size"):
+        plan_labels("ilrg", hidden, model)
+    assert plan_labels("ilrg", hidden, model, batch_size=3).fixed.tolist() == [0, 2, 3]
+    with pytest.raises(ValueError, match="contradicts the update"):
+        plan_labels("ilrg", update, model, batch_size=4)
+
+
+def test_the_attack_leaves_the_callers_model_alone():
+    model = build_model("convnet", num_classes=4, in_channels=1, image_size=(12, 12), width=4, seed=1)
+    model.eval()
+    images, labels = torch.rand(3, 1, 12, 12, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 2, 3])
+    update = client_update(model, images, labels, bn_mode="train", mean=(0.0,), std=(1.0,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hooks = [len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()]
+    model.fc.weight.requires_grad_(False)  # a frozen layer of the caller's stays frozen
+    inversion = Inversion(model, update, plan_labels("ilrg", update, model), AttackSettings(max_steps=4),
+                          priors={"bn": 0.1, "tv": 0.01})
+    result = inversion.run(progress=False)
+    assert math.isfinite(result.loss)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # incl. batch-norm statistics
+    assert [len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()] == hooks
+    assert not any(len(m._forward_pre_hooks) for m in inversion.model.modules())  # the prior's hooks are gone
+    assert not model.training and not model.fc.weight.requires_grad
+    assert all(p.grad is None for p in model.parameters())

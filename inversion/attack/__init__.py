@@ -5,7 +5,8 @@ joint, shared), :mod:`.optimize` (the optimisation loop, restarts, checkpoints).
 """
 from .labels import LABEL_MODES, LabelPlan, plan_labels
 from .objectives import OBJECTIVES, GradientMatcher
-from .optimize import INITS, OPTIMIZERS, SCHEDULES, AttackSettings, Inversion, InversionResult, lr_factor
+from .optimize import Inversion, InversionResult, lr_factor
+from .settings import INITS, OPTIMIZERS, SCHEDULES, AttackSettings
 
 __all__ = [
     "LABEL_MODES", "OBJECTIVES", "INITS", "OPTIMIZERS", "SCHEDULES",

@@ -13,6 +13,7 @@ every N steps) resumes bit-identically on the CPU.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,48 +25,18 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..client import SharedUpdate, _bn_buffers
+from priors import build_priors
+
 from ..data.fileio import atomic_write
+from ..fl.client import _bn_buffers
+from ..fl.update import SharedUpdate
 from .labels import LabelPlan, batch_loss, labels_in_use
 from .objectives import GradientMatcher
+from .settings import AttackSettings
 
-__all__ = ["AttackSettings", "InversionResult", "Inversion", "lr_factor", "INITS", "OPTIMIZERS", "SCHEDULES"]
+__all__ = ["InversionResult", "Inversion", "lr_factor"]
 
-INITS = ("randn", "rand", "zeros")
-OPTIMIZERS = ("adam", "lbfgs")
-SCHEDULES = ("step", "cosine", "none")
 CHECKPOINT_FORMAT = "gradleak.InversionCheckpoint"
-
-
-@dataclass
-class AttackSettings:
-    """How the attack optimises (see :mod:`inversion.attack`)."""
-
-    objective: str = "cosine"
-    layer_weights: Mapping[str, float] | None = None
-    parameters: Sequence[str] | None = None  # names or dotted prefixes to match; None: all shared
-    optimizer: str = "adam"
-    lr: float = 0.1
-    signed: bool = True
-    boxed: bool = True
-    schedule: str = "step"
-    max_steps: int = 1000
-    restarts: int = 1
-    init: str = "randn"
-    stop_loss: float | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for value, valid, what in ((self.init, INITS, "init"), (self.optimizer, OPTIMIZERS, "optimizer"),
-                                   (self.schedule, SCHEDULES, "schedule")):
-            if value not in valid:
-                raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(valid)}")
-        if self.max_steps < 1 or self.restarts < 1:
-            raise ValueError("max_steps and restarts must be >= 1")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.optimizer == "lbfgs" and self.signed:
-            raise ValueError("signed gradients are an Adam option; set signed=false with optimizer=lbfgs")
 
 
 def lr_factor(schedule: str, step: int, max_steps: int) -> float:
@@ -116,14 +87,20 @@ def _select(names: Sequence[str], wanted: Sequence[str] | None) -> list[str]:
 class Inversion:
     """One attack on one shared update.
 
+    The attack works on its own copy of ``model`` (moved to ``device``): the caller's model is
+    neither moved nor changed, and the hooks of the priors (``bn``) live on the copy and are
+    removed when :meth:`run` returns. Only public data is read: the update's gradients and its
+    metadata (input shape, normalisation, batch-norm mode); the batch size comes from the plan.
+
     Args:
-        model: the server's copy of the model (its parameters are not changed).
-        update: the shared update (only its gradients and batch size are read).
+        model: the server's copy of the model.
+        update: the shared update.
         plan: the label plan (:func:`~inversion.attack.labels.plan_labels`).
         settings: the optimisation settings.
-        bounds: (lower, upper) of valid normalised pixels, each broadcastable to (1, C, 1, 1).
-        image_shape: (C, H, W) of one input.
-        priors: optional callable ``(x, match, generator) -> (total, terms)`` adding image priors.
+        bounds: (lower, upper) of valid normalised pixels, each broadcastable to (1, C, 1, 1);
+            None: from the update's normalisation (:meth:`UpdateMeta.bounds`).
+        image_shape: (C, H, W) of one input; None: the update's ``meta.input_shape``.
+        priors: ``{name: weight}`` of the image priors (:func:`priors.build_priors`), or None.
         device: where to run.
     """
 
@@ -134,23 +111,29 @@ class Inversion:
         plan: LabelPlan,
         settings: AttackSettings,
         *,
-        bounds: tuple[Tensor, Tensor],
-        image_shape: Sequence[int],
-        priors: Callable[..., tuple[Tensor, dict[str, float]]] | None = None,
+        bounds: tuple[Tensor, Tensor] | None = None,
+        image_shape: Sequence[int] | None = None,
+        priors: Mapping[str, float] | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device)
-        self.bn_mode = update.meta.get("bn_mode", "eval")
+        self.model = copy.deepcopy(model).to(self.device)
+        self.bn_mode = update.meta.bn_mode
         named = dict(self.model.named_parameters())
         self.names = _select([n for n in update.gradients if n in named], settings.parameters)
-        self.params = [named[n] for n in self.names]
+        self.params = [named[n].requires_grad_(True) for n in self.names]
         self.matcher = GradientMatcher(
             update.gradients, self.names, settings.objective, settings.layer_weights, self.device
         )
-        self.plan, self.settings, self.priors = plan, settings, priors
-        self.shape = (update.batch_size, *image_shape)
-        self.lower, self.upper = (b.to(self.device) for b in bounds)
+        self.plan, self.settings = plan, settings
+        self.prior_weights = dict(priors or {})
+        build_priors(self.prior_weights, model=self.model).remove()  # validate now; built again by run()
+        self.priors = None
+        image_shape = image_shape if image_shape is not None else update.meta.input_shape
+        if image_shape is None:
+            raise ValueError("the input shape is unknown: the update's metadata has no input_shape; pass image_shape")
+        self.shape = (plan.batch_size, *image_shape)
+        self.lower, self.upper = (b.to(self.device) for b in (bounds if bounds is not None else update.meta.bounds()))
         self.generator = torch.Generator().manual_seed(settings.seed)  # priors' randomness (augmentations)
         self.state: dict[str, Any] = {}
         self._optimizer_in_use: torch.optim.Optimizer | None = None
@@ -244,6 +227,7 @@ class Inversion:
         saved_bn = _bn_buffers(self.model) if self.bn_mode == "train" else {}
         was_training = self.model.training
         self.model.train(self.bn_mode == "train")
+        self.priors = build_priors(self.prior_weights, model=self.model) if self.prior_weights else None
         bar = tqdm(total=s.max_steps * s.restarts, desc="inversion", unit="step", disable=not progress)
         bar.update(first * s.max_steps + self.state.get("step", 0))
         try:
@@ -264,6 +248,9 @@ class Inversion:
                                                self.state["best_x"], self.state["best_logits"]])
         finally:
             bar.close()
+            if self.priors is not None:
+                self.priors.remove()
+                self.priors = None
             self.model.train(was_training)
             if saved_bn:
                 self.model.load_state_dict(saved_bn, strict=False)

@@ -1,0 +1,94 @@
+"""The attack's settings: one dataclass that is both the ``attack`` section of the configs and the library's type."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+
+from ..choices import choices, coerce
+from .labels import LABEL_MODES
+from .objectives import OBJECTIVES
+
+__all__ = ["AttackSettings", "resolve_device", "INITS", "OPTIMIZERS", "SCHEDULES", "DEVICES",
+           "LabelMode", "Objective", "Optimizer", "Schedule", "Init", "Device"]
+
+INITS = ("randn", "rand", "zeros")
+OPTIMIZERS = ("adam", "lbfgs")
+SCHEDULES = ("step", "cosine", "none")
+DEVICES = ("auto", "cpu", "cuda")
+
+LabelMode = choices("LabelMode", LABEL_MODES)
+Objective = choices("Objective", OBJECTIVES)
+Optimizer = choices("Optimizer", OPTIMIZERS)
+Schedule = choices("Schedule", SCHEDULES)
+Init = choices("Init", INITS)
+Device = choices("Device", DEVICES)
+
+
+@dataclass
+class AttackSettings:
+    """How the gradient-inversion attack runs (see :mod:`inversion.attack`).
+
+    Every choice field takes its string (``AttackSettings(objective="l2")``); the configs' ``attack``
+    section is this class, so a config key or value the class does not accept is rejected.
+
+    Attributes:
+        labels: the label mode: a :data:`label_restore.METHOD_NAMES` entry, ``oracle``, ``joint`` or ``shared``.
+        objective: ``cosine`` (Inverting Gradients) or ``l2`` (DLG).
+        layer_weights: parameter-name prefix -> weight in the objective; None: all 1.
+        parameters: names or dotted prefixes of the parameters to match; None: every shared gradient.
+        optimizer: ``adam`` or ``lbfgs``; lr: its base learning rate; signed: Adam on the sign of
+            the image gradient.
+        boxed: project the dummies onto the valid pixel range after each step.
+        schedule: ``step`` (x0.1 at 3/8, 5/8, 7/8 of ``max_steps``), ``cosine`` or ``none``.
+        max_steps: steps per restart; restarts: independent starts, the best matching loss wins.
+        init: ``randn``, ``rand`` (uniform in the pixel box) or ``zeros``.
+        stop_loss: stop a restart once the matching loss is this low; None: never.
+        seed: seeds the initialisations and the priors' randomness.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        checkpoint_every: steps between checkpoints (0: never); snapshot_every: steps between
+            kept copies of the dummies, for pictures (0: never); monitor_every: steps between
+            progress-bar updates of the monitored score.
+    """
+
+    labels: LabelMode = LabelMode.ilrg
+    objective: Objective = Objective.cosine
+    layer_weights: Optional[Dict[str, float]] = None
+    parameters: Optional[List[str]] = None
+    optimizer: Optimizer = Optimizer.adam
+    lr: float = 0.1
+    signed: bool = True
+    boxed: bool = True
+    schedule: Schedule = Schedule.step
+    max_steps: int = 2000
+    restarts: int = 1
+    init: Init = Init.randn
+    stop_loss: Optional[float] = None
+    seed: int = 0
+    device: Device = Device.auto
+    checkpoint_every: int = 500
+    snapshot_every: int = 0
+    monitor_every: int = 50
+
+    def __post_init__(self) -> None:
+        for name, kind in (("labels", LabelMode), ("objective", Objective), ("optimizer", Optimizer),
+                           ("schedule", Schedule), ("init", Init), ("device", Device)):
+            setattr(self, name, coerce(kind, getattr(self, name), name if name != "labels" else "label mode"))
+        if self.max_steps < 1 or self.restarts < 1:
+            raise ValueError(f"max_steps and restarts must be >= 1, got {self.max_steps} and {self.restarts}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.checkpoint_every < 0 or self.snapshot_every < 0:
+            raise ValueError("checkpoint_every and snapshot_every must be >= 0 (0: never)")
+        if self.monitor_every < 1:
+            raise ValueError(f"monitor_every must be >= 1, got {self.monitor_every}")
+        if self.optimizer == "lbfgs" and self.signed:
+            raise ValueError("signed gradients are an Adam option; set signed=false with optimizer=lbfgs")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a ValueError."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for but no CUDA device is available; use auto or cpu")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
