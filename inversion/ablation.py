@@ -20,19 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
-import matplotlib
 import numpy as np
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from .config import CONFIG_DIR, ConfigError, InvertConfig, LabelMode, load_config, to_dict
+from .config import ConfigError, InvertConfig, LabelMode, load_config, to_dict
 from .data import default_data_root
 from .data.fileio import atomic_write
 from .evaluation import LPIPSMetric
 from .pipeline import run_inversion
+from .visualize import figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 __all__ = ["AblateConfig", "Experiment", "run_ablation", "summarize", "CSV_COLUMNS"]
 
@@ -62,11 +60,6 @@ class AblateConfig:
     out: str = "runs/ablate"
 
 
-def _resolve(path: str) -> Path:
-    candidate = Path(path)
-    return candidate if candidate.is_absolute() or candidate.exists() else CONFIG_DIR.parent / candidate
-
-
 def _plan(cfg: DictConfig) -> list[tuple[str, dict[str, Any], DictConfig]]:
     """Every run of the sweep as (key, description, validated InvertConfig), built before any work."""
     sweep = to_dict(cfg)
@@ -82,7 +75,7 @@ def _plan(cfg: DictConfig) -> list[tuple[str, dict[str, Any], DictConfig]]:
                     overrides = [*experiment["overrides"], *([f"client.batch_size={k}"] if k else []),
                                  f"client.seed={seed}", f"model.seed={seed}", f"attack.seed={seed}",
                                  f"attack.labels={mode}"]
-                    run_cfg = load_config(InvertConfig, _resolve(experiment["config"]), overrides)
+                    run_cfg = load_config(InvertConfig, experiment["config"], overrides)
                     resolved = {**to_dict(run_cfg), "out": None}
                     key = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
                     description = {"experiment": experiment["name"], "dataset": resolved["data"]["name"],
@@ -140,7 +133,7 @@ def run_ablation(config_path: str | Path | None, overrides: list[str] = (), *, p
                 **{m: results["image_metrics"]["mean"][m] for m in METRICS},
                 "per_image_psnr": [image["psnr"] for image in results["image_metrics"]["per_image"]],
                 "steps": results["attack"]["steps"], "seconds": results["attack"]["seconds"],
-                "images": results["data_source"],
+                "images": results["private"]["data_source"],
             })
         except KeyboardInterrupt:
             bar.close()
@@ -239,7 +232,7 @@ def _write_outputs(out: Path, plan: list, records: dict[str, dict], baseline: st
 
 
 def _plot(path: Path, summary: dict, datasets: list[str], modes: list[str]) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(4.2 * 3, 3.6))
+    fig, axes = figure(1, 3, figsize=(4.2 * 3, 3.6))
     width = 0.8 / max(len(datasets), 1)
     for ax, metric, label in zip(axes, METRICS, ("PSNR (dB) ↑", "SSIM ↑", "LPIPS ↓")):
         for d, dataset in enumerate(datasets):
@@ -252,4 +245,3 @@ def _plot(path: Path, summary: dict, datasets: list[str], modes: list[str]) -> N
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

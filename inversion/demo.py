@@ -11,17 +11,14 @@ import html
 import io
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 from omegaconf import DictConfig
 
-from .config import InvertConfig, load_config
+from .config import CONFIG_DIR, InvertConfig, load_config
 from .data.fileio import atomic_write
 from .pipeline import InversionRun, run_inversion
-from .visualize import save_image_rows
+from .visualize import figure, save_image_rows
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 __all__ = ["SECTIONS", "run_demo", "render_page"]
 
@@ -31,7 +28,6 @@ SECTIONS = ("private-batch", "server-view", "labels", "reconstruction", "results
 def _png(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -46,7 +42,7 @@ def _img(data: str, alt: str) -> str:
 def _gradient_figure(update) -> str:
     grad_w = update.gradients["fc.weight"].numpy()
     grad_b = update.gradients["fc.bias"].numpy()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2), gridspec_kw={"width_ratios": [4, 1]})
+    fig, (left, right) = figure(1, 2, figsize=(10, 3.2), gridspec_kw={"width_ratios": [4, 1]})
     limit = float(np.abs(grad_w).max()) or 1.0
     shown = left.imshow(grad_w, aspect="auto", cmap="coolwarm", vmin=-limit, vmax=limit)
     left.set_xlabel("embedding unit")
@@ -61,7 +57,7 @@ def _gradient_figure(update) -> str:
 
 def _labels_figure(true_counts: np.ndarray, restored: np.ndarray) -> str:
     classes = np.flatnonzero((true_counts > 0) | (restored > 0))
-    fig, ax = plt.subplots(figsize=(7, 2.8))
+    fig, ax = figure(figsize=(7, 2.8))
     x = np.arange(len(classes))
     ax.bar(x - 0.2, true_counts[classes], 0.4, label="true count")
     ax.bar(x + 0.2, restored[classes], 0.4, label="restored by iLRG")
@@ -81,13 +77,12 @@ def _metrics_row(name: str, results: dict) -> str:
 
 def render_page(with_labels: InversionRun, without_labels: InversionRun) -> str:
     """The HTML page (a string) for a paired ``ilrg`` run and ``shared`` run."""
-    update = with_labels.client.update
-    spec = with_labels.client.source.spec
-    truth01 = spec.denormalize(update.truth.images).clamp(0, 1)
+    update, private = with_labels.update, with_labels.private
+    truth01 = update.meta.denormalize(private.images).clamp(0, 1)
     batch = _file_png(save_image_rows([truth01], with_labels.out / "batch.png",
-                                      captions=[[f"class {int(y)}" for y in update.truth.labels]]))
+                                      captions=[[f"class {int(y)}" for y in private.labels]]))
     num_classes = update.gradients["fc.bias"].numel()
-    true_counts = np.bincount(update.truth.labels.numpy(), minlength=num_classes)
+    true_counts = np.bincount(private.labels.numpy(), minlength=num_classes)
     restored = np.bincount(np.asarray(with_labels.results["labels_used"]), minlength=num_classes)
     sizes = "".join(
         f"<tr><td><code>{html.escape(n)}</code></td><td>{tuple(g.shape)}</td><td>{g.numel():,}</td></tr>"
@@ -97,8 +92,8 @@ def render_page(with_labels: InversionRun, without_labels: InversionRun) -> str:
     r_with, r_without = with_labels.results, without_labels.results
     gain = r_with["image_metrics"]["mean"]["psnr"] - r_without["image_metrics"]["mean"]["psnr"]
     steps = r_with["attack"]["steps"]
-    source = html.escape(with_labels.client.batch.source.split(";")[0])  # where the images came from
-    model = html.escape(with_labels.client.model.config["name"])
+    source = html.escape(private.record["data_source"].split(";")[0])  # where the images came from
+    model = html.escape(with_labels.model.config["name"])
     k = update.batch_size
     sections = {
         "private-batch": ("1. The client's private batch", f"""
@@ -160,7 +155,7 @@ def run_demo(out: str | Path, overrides: list[str] = (), *, progress: bool = Tru
     out = Path(out)
     runs = {}
     for mode in ("ilrg", "shared"):
-        cfg: DictConfig = load_config(InvertConfig, Path(__file__).resolve().parent.parent / "configs/invert/default.yaml", [
+        cfg: DictConfig = load_config(InvertConfig, CONFIG_DIR / "invert" / "default.yaml", [
             "attack.max_steps=1000", "attack.snapshot_every=250", "attack.checkpoint_every=0",
             *overrides, f"attack.labels={mode}", f"out={out / mode}",
         ])

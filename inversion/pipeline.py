@@ -1,4 +1,11 @@
-"""The end-to-end attack behind ``scripts/invert.py``: client -> labels -> inversion -> evaluation -> files."""
+"""The end-to-end run behind ``scripts/invert.py``: update -> labels -> inversion -> evaluation -> files.
+
+The update comes from a simulated client (the config's ``data``, ``model`` and ``client``
+groups) or from a saved update file (``update=``). Either way the attack receives only the
+public :class:`~inversion.fl.update.SharedUpdate`; the client's
+:class:`~inversion.fl.private.PrivateBatch` (simulated, or ``private=``) is used only for the
+progress bar's PSNR, the scores and the pictures, and a run without it gives the same images.
+"""
 from __future__ import annotations
 
 import json
@@ -12,52 +19,50 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from label_restore import counts_from_labels, label_metrics
-from priors import build_priors
 
-from .attack import AttackSettings, Inversion, InversionResult, plan_labels
-from .config import ConfigError, save_config, to_dict
-from .data.fileio import atomic_write
+from .attack import Inversion, InversionResult, LabelPlan, plan_labels
+from .attack.settings import resolve_device
+from .config import ConfigError, InvertConfig, ModelConfig, resolve, save_config, to_dict
 from .data import default_data_root
-from .evaluation import PSNR_CAP_DB, LPIPSMetric, evaluate_reconstruction, match_images, psnr, save_grid, unit_images
-from .experiment import ClientRun, simulate_client
+from .data.fileio import atomic_write
+from .evaluation import PSNR_CAP_DB, LPIPSMetric, evaluate_reconstruction, match_images, psnr, save_grid
+from .experiment import build_from_model_config, simulate_client
+from .fl._records import save_record
+from .fl.private import PrivateBatch
+from .fl.server import check_model, model_from_update
+from .fl.update import SharedUpdate
+from .models import ClassifierModel
 from .visualize import save_image_rows
 
-__all__ = ["InversionRun", "run_inversion", "resolve_device"]
+__all__ = ["InversionRun", "run_inversion", "RECONSTRUCTION_FORMAT"]
 
 log = logging.getLogger("inversion.pipeline")
 
 CHECKPOINT = "checkpoint.pt"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("attack.device=cuda but no CUDA device is available; use auto or cpu")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+RECONSTRUCTION_FORMAT = "gradleak.Reconstruction"
 
 
 @dataclass
 class InversionRun:
-    """Everything one run produced: the client, the attack's result and the scores."""
+    """Everything one run produced.
 
-    client: ClientRun
+    Attributes:
+        update: the attacked update (public).
+        private: the client's private batch, or None when the run had none (no scores then).
+        model: the server's model.
+        result: the attack's result.
+        plan: the labels the attack used.
+        results: what ``results.json`` holds.
+        out: the run directory.
+    """
+
+    update: SharedUpdate
+    private: PrivateBatch | None
+    model: ClassifierModel
     result: InversionResult
+    plan: LabelPlan
     results: dict[str, Any]
     out: Path
-
-
-def _bounds(mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Valid normalised pixel range (lower, upper), each (1, C, 1, 1)."""
-    return (0.0 - mean) / std, (1.0 - mean) / std
-
-
-def _settings(attack: dict) -> AttackSettings:
-    keys = ("objective", "layer_weights", "parameters", "optimizer", "lr", "signed", "boxed", "schedule",
-            "max_steps", "restarts", "init", "stop_loss", "seed")
-    try:
-        return AttackSettings(**{k: attack[k] for k in keys})
-    except ValueError as err:
-        raise ConfigError(f"attack: {err}") from None
 
 
 def _check_resume(out: Path, cfg: DictConfig, resume: bool) -> bool:
@@ -73,80 +78,123 @@ def _check_resume(out: Path, cfg: DictConfig, resume: bool) -> bool:
     return True
 
 
+def _saved_update(run: InvertConfig) -> tuple[SharedUpdate, PrivateBatch | None, ClassifierModel]:
+    """The saved update, its private batch if given, and the server's model for it."""
+    update = SharedUpdate.load(run.update)
+    private = PrivateBatch.load(run.private) if run.private else None
+    if private is not None:
+        private.check_matches(update)
+    model_cfg: ModelConfig = run.model
+    if update.meta.model is not None:
+        model = model_from_update(update, weights=model_cfg.weights)
+    else:  # an architecture of your own: the config's model group, shaped by the update's public metadata
+        if update.meta.input_shape is None:
+            raise ConfigError("the update names no model and no input shape: attack it from Python with your model")
+        if model_cfg.num_classes is None:
+            raise ConfigError("the update names no model: give model.num_classes (and model=..., model.weights=...)")
+        model = build_from_model_config(model_cfg, update.meta.input_shape, model_cfg.num_classes)
+        check_model(update, model)
+    return update, private, model
+
+
 def run_inversion(
     cfg: DictConfig, *, resume: bool = False, progress: bool = True, lpips_metric: LPIPSMetric | None = None
 ) -> InversionRun:
-    """Simulate the client, restore/choose labels, invert the update, score it, write the run directory.
+    """Get the update (simulated or saved), choose labels, invert it, score it, write the run directory.
 
     Writes into ``cfg.out``: ``config.yaml``, ``checkpoint.pt`` (every ``attack.checkpoint_every``
-    steps), ``results.json``, ``grid.png`` (true images above their matched reconstructions) and,
+    steps), ``results.json``, ``reconstruction.pt`` (the images and labels), ``reconstruction.png``
+    and, with a private batch, ``grid.png`` (true images above their matched reconstructions);
     with ``attack.snapshot_every``, ``snapshots.png``.
     """
-    attack = to_dict(cfg.attack)
-    settings = _settings(attack)
-    if to_dict(cfg.client)["parameters"] != "all":
-        raise ConfigError("inversion matches the full gradient: set client.parameters=all")
-    device = resolve_device(attack["device"])
-    out = Path(cfg.out)
-    resuming = _check_resume(out, cfg, resume)
-    run = simulate_client(cfg, progress=progress)
-    update, model, spec = run.update, run.model, run.source.spec
-    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std).view(1, -1, 1, 1)
-    plan = plan_labels(attack["labels"], update, model)
+    run: InvertConfig = resolve(cfg)
+    settings = run.attack
     try:
-        image_priors = build_priors(to_dict(cfg.priors), model=model)
+        device = resolve_device(settings.device)
     except ValueError as err:
-        raise ConfigError(f"priors: {err}") from None
-    inversion = Inversion(model, update, plan, settings, bounds=_bounds(mean, std),
-                          image_shape=tuple(update.truth.images.shape[1:]), priors=image_priors, device=device)
+        raise ConfigError(f"attack.device: {err}") from None
+    out = Path(run.out)
+    resuming = _check_resume(out, cfg, resume)
+    if run.update is None:
+        if run.private is not None:
+            raise ConfigError("private= scores a saved update: give update= too (a simulated client has its own)")
+        if run.client.parameters != "all":
+            raise ConfigError("inversion matches the full gradient: set client.parameters=all")
+        client = simulate_client(cfg, progress=progress)
+        update, private, model = client.update, client.private, client.model
+    else:
+        update, private, model = _saved_update(run)
+    if settings.labels == "oracle" and private is None:
+        raise ConfigError("label mode 'oracle' uses the true labels: give the private batch (private=...)")
+    true_labels = private.labels if settings.labels == "oracle" else None
+    plan = plan_labels(settings.labels, update, model, true_labels=true_labels)
+    try:
+        inversion = Inversion(model, update, plan, settings, priors=to_dict(cfg.priors), device=device)
+    except ValueError as err:
+        raise ConfigError(f"priors: {err}" if "prior" in str(err) else str(err)) from None
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    note = "" if run.update is None else (f"# attacked a saved update ({run.update}): the data and client sections "
+                                          "were not used; the model came from the update's metadata\n")
+    save_config(cfg, out / "config.yaml", header=note)
     if resuming:
         inversion.load_checkpoint(out / CHECKPOINT)
         log.info("resuming from %s", out / CHECKPOINT)
-    truth01 = unit_images(update.truth.images, spec.denormalize)
+    monitor = None
+    if private is not None:
+        truth01 = update.meta.denormalize(private.images).clamp(0, 1)
 
-    def monitor(images: torch.Tensor) -> float:  # display only: never fed back to the attack
-        recon01 = unit_images(images.detach().cpu(), spec.denormalize)
-        return float(psnr(truth01, recon01[match_images(recon01, truth01)]).clamp(max=PSNR_CAP_DB).mean())
+        def monitor(images: torch.Tensor) -> float:  # display only: never fed back to the attack
+            recon01 = update.meta.denormalize(images.detach().cpu()).clamp(0, 1)
+            return float(psnr(truth01, recon01[match_images(recon01, truth01)]).clamp(max=PSNR_CAP_DB).mean())
 
     result = inversion.run(
-        progress=progress, monitor=monitor, monitor_every=attack["monitor_every"], checkpoint=out / CHECKPOINT,
-        checkpoint_every=attack["checkpoint_every"], snapshot_every=attack["snapshot_every"],
+        progress=progress, monitor=monitor, monitor_every=settings.monitor_every, checkpoint=out / CHECKPOINT,
+        checkpoint_every=settings.checkpoint_every, snapshot_every=settings.snapshot_every,
     )
     inversion.save_checkpoint(out / CHECKPOINT)
-    scores = evaluate_reconstruction(
-        result.images, update.truth.images, spec.denormalize,
-        lpips=lpips_metric if lpips_metric is not None else LPIPSMetric(to_dict(cfg.data)["root"] or default_data_root()),
-    )
-    results = _results(cfg, run, plan, result, scores, device)
+    scores = None
+    if private is not None:
+        metric = lpips_metric if lpips_metric is not None else LPIPSMetric(run.data.root or default_data_root())
+        scores = evaluate_reconstruction(result.images, private.images, update.meta.denormalize, lpips=metric)
+    results = _results(cfg, update, private, plan, result, scores, device)
+    save_record(out / "reconstruction.pt", RECONSTRUCTION_FORMAT, 1,
+                {"label_mode": plan.mode, "update_sha256": update.sha256, "matching_loss": result.loss},
+                {"images": result.images, "labels": torch.as_tensor(result.labels, dtype=torch.int64)})
     with atomic_write(out / "results.json") as handle:
         handle.write(json.dumps(results, indent=1).encode())
-    _pictures(out, run, result, scores, truth01, spec, plan.mode)
-    return InversionRun(run, result, results, out)
+    _pictures(out, update, private, result, scores, plan.mode)
+    return InversionRun(update, private, model, result, plan, results, out)
 
 
-def _results(cfg, run: ClientRun, plan, result: InversionResult, scores: dict, device) -> dict[str, Any]:
-    num_classes = plan.num_classes
-    truth = counts_from_labels(run.update.truth.labels.numpy(), num_classes)
-    used = counts_from_labels(np.asarray(result.labels), num_classes)
+def _present(counts: np.ndarray) -> dict[str, int]:
+    return {str(c): int(n) for c, n in enumerate(counts) if n > 0}
+
+
+def _results(cfg, update: SharedUpdate, private: PrivateBatch | None, plan: LabelPlan, result: InversionResult,
+             scores: dict | None, device) -> dict[str, Any]:
+    used = counts_from_labels(np.asarray(result.labels), plan.num_classes)
+    truth = None if private is None else counts_from_labels(private.labels.numpy(), plan.num_classes)
     restoration = None
     if plan.restoration is not None:
         restoration = {
             "method": plan.restoration.method,
             "seconds": plan.restoration.seconds,
-            "raw_metrics": label_metrics(plan.restoration.raw_counts, truth),
+            "counts": _present(np.asarray(plan.restoration.counts)),
+            "raw_metrics": None if truth is None else label_metrics(plan.restoration.raw_counts, truth),
         }
     return {
         "config": to_dict(cfg),
         "device": str(device),
-        "data_source": run.batch.source,
+        "update": {"sha256": update.sha256, "kind": update.kind, "batch_size": update.batch_size,
+                   "file": to_dict(cfg)["update"], "dataset": update.meta.dataset, "notes": update.meta.notes},
+        "private": None if private is None else {"file": to_dict(cfg)["private"],
+                                                 "data_source": private.record.get("data_source")},
         "label_mode": plan.mode,
         "labels_used": [int(v) for v in result.labels],
-        "true_labels": sorted(int(v) for v in run.update.truth.labels),
-        "label_metrics": label_metrics(used, truth),
+        "label_counts": _present(used),
         "restoration": restoration,
+        "true_labels": None if private is None else sorted(int(v) for v in private.labels),
+        "label_metrics": None if truth is None else label_metrics(used, truth),
         "image_metrics": scores,
         "attack": {
             "matching_loss": result.loss,
@@ -160,17 +208,27 @@ def _results(cfg, run: ClientRun, plan, result: InversionResult, scores: dict, d
     }
 
 
-def _pictures(out: Path, run: ClientRun, result: InversionResult, scores: dict, truth01, spec, mode: str) -> None:
-    """grid.png (true above matched reconstructions) and, with snapshots, snapshots.png."""
+def _pictures(out: Path, update: SharedUpdate, private: PrivateBatch | None, result: InversionResult,
+              scores: dict | None, mode: str) -> None:
+    """reconstruction.png; with the private batch grid.png; with snapshots snapshots.png."""
+    recon01 = update.meta.denormalize(result.images).clamp(0, 1)
+    save_image_rows([recon01], out / "reconstruction.png", row_names=["reconstructed"],
+                    captions=[[f"label {int(y)}" for y in result.labels]],
+                    title=f"labels: {mode}; matching loss {result.loss:.4g}")
+    if private is None:
+        if result.snapshots:
+            rows = [update.meta.denormalize(images).clamp(0, 1) for _, _, images in result.snapshots]
+            names = [f"r{restart} step {step}" for restart, step, _ in result.snapshots]
+            save_image_rows(rows, out / "snapshots.png", row_names=names)
+        return
     permutation = np.asarray(scores["permutation"])
-    recon01 = unit_images(result.images, spec.denormalize)[permutation]
-    captions = [[f"class {int(y)}" for y in run.update.truth.labels],
-                [f"{image['psnr']:.1f} dB" for image in scores["per_image"]]]
+    truth01 = update.meta.denormalize(private.images).clamp(0, 1)
+    captions = [[f"class {int(y)}" for y in private.labels], [f"{image['psnr']:.1f} dB" for image in scores["per_image"]]]
     mean = scores["mean"]
     title = (f"labels: {mode} - PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.3f}"
              + (f", LPIPS {mean['lpips']:.3f}" if mean["lpips"] is not None else ""))
-    save_grid(truth01, recon01, out / "grid.png", captions=captions, title=title)
+    save_grid(truth01, recon01[permutation], out / "grid.png", captions=captions, title=title)
     if result.snapshots:
-        rows = [truth01] + [unit_images(images, spec.denormalize)[permutation] for _, _, images in result.snapshots]
+        rows = [truth01] + [update.meta.denormalize(images).clamp(0, 1)[permutation] for _, _, images in result.snapshots]
         names = ["truth"] + [f"r{restart} step {step}" for restart, step, _ in result.snapshots]
         save_image_rows(rows, out / "snapshots.png", row_names=names)

@@ -1,17 +1,22 @@
-"""Pictures of image batches (matplotlib, headless)."""
+"""Pictures of image batches, drawn with matplotlib's object API (no pyplot, no global backend change)."""
 from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from torch import Tensor  # noqa: E402
+from matplotlib.figure import Figure
+from torch import Tensor
 
-__all__ = ["save_image_rows"]
+__all__ = ["figure", "save_image_rows"]
+
+
+def figure(rows: int = 1, columns: int = 1, *, figsize: tuple[float, float], **options: Any) -> tuple[Figure, Any]:
+    """A new off-screen figure and its subplots (``Figure.subplots``); never touches pyplot's state or backend."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, columns, **options)
 
 
 def save_image_rows(
@@ -39,9 +44,8 @@ def save_image_rows(
     if not rows:
         raise ValueError("nothing to draw: rows is empty")
     count = min(int(rows[0].shape[0]), max_columns)
-    fig, axes = plt.subplots(
-        len(rows), count, figsize=(1.1 * count + 0.8, 1.25 * len(rows) + (0.6 if title else 0)), squeeze=False
-    )
+    size = (1.1 * count + 0.8, 1.25 * len(rows) + (0.6 if title else 0))
+    fig, axes = figure(len(rows), count, figsize=size, squeeze=False)
     for r, batch in enumerate(rows):
         for i in range(count):
             ax = axes[r][i]
@@ -62,5 +66,4 @@ def save_image_rows(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

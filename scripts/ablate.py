@@ -14,7 +14,7 @@ from inversion.cli import config_parser, run_cli
 
 
 def main() -> None:
-    args = config_parser(__doc__.splitlines()[0], "configs/ablate/cpu.yaml").parse_args()
+    args = config_parser(__doc__.splitlines()[0], "configs/ablate/cpu.yaml").parse_intermixed_args()
     done = run_ablation(args.config, args.overrides)
     failed = sum(r["status"] == "failed" for r in done["runs"])
     out = done["out"]

@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--screenshot", action="store_true", help="also render the page to OUT/demo.png")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     page = run_demo(args.out, args.overrides)
     print(f"wrote {page} (self-contained; open it in any browser)")
     if args.screenshot:

@@ -21,7 +21,7 @@ from inversion.label_benchmark import format_markdown, run_sweep
 def main() -> None:
     parser = config_parser(__doc__.splitlines()[0], "configs/restore/default.yaml")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON on stdout")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     results = run_sweep(args.config, args.overrides)
     text = sys.stderr if args.json else sys.stdout
     print(format_markdown(results), file=text)

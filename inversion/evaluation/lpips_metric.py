@@ -5,7 +5,6 @@ import math
 import warnings
 from pathlib import Path
 
-import lpips
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,6 +29,8 @@ class LPIPSMetric:
     """
 
     def __init__(self, root: str | Path, device: str | torch.device = "cpu", *, fetch: bool = True):
+        import lpips  # here, not at import time: it loads torchvision's models
+
         state, self.backbone_source = alexnet_backbone(root, fetch=fetch)
         with warnings.catch_warnings():  # lpips builds torchvision's alexnet with the old pretrained=False
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\.models\._utils")

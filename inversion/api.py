@@ -1,0 +1,174 @@
+"""The Python API: attack a shared update in a few lines, from a notebook or your own code.
+
+    import inversion as gl
+    update, private = gl.load_update("runs/share/update.pt"), gl.load_private("runs/share/private.pt")
+    model = gl.model_from_update(update)
+    result = gl.invert(update, model, labels="ilrg", preset="default")
+    print(gl.score(result, private)["mean"])
+
+The attack (:func:`invert`) and label restoration (:func:`restore_from_update`) only ever receive
+the public :class:`~inversion.fl.update.SharedUpdate`; the client's
+:class:`~inversion.fl.private.PrivateBatch` reaches :func:`score` alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from label_restore import RestorationResult, counts_from_labels, label_metrics
+
+from .attack import Inversion, InversionResult, plan_labels
+from .attack.settings import AttackSettings, resolve_device
+from .config import InvertConfig, load_config
+from .data import default_data_root
+from .evaluation import LPIPSMetric, evaluate_reconstruction
+from .experiment import ClientRun, simulate_client
+from .fl.private import PrivateBatch
+from .fl.update import SharedUpdate
+from .presets import PRESET_DIR, load_preset
+
+__all__ = ["Reconstruction", "load_update", "load_private", "simulate", "invert", "score"]
+
+
+def load_update(path: str | Path) -> SharedUpdate:
+    """A saved :class:`SharedUpdate` (checksum verified; no pickled code is ever run)."""
+    return SharedUpdate.load(path)
+
+
+def load_private(path: str | Path) -> PrivateBatch:
+    """A saved :class:`PrivateBatch`, the client's ground truth (checksum verified)."""
+    return PrivateBatch.load(path)
+
+
+def simulate(config: str | Path = "default", *overrides: str, progress: bool = False) -> ClientRun:
+    """Simulate a client of a shipped inversion setting (a preset name) or an inversion config file.
+
+    Args:
+        config: a preset name (``configs/invert/<name>.yaml``) or a YAML path.
+        overrides: ``key=value`` / ``group=name`` strings, e.g. ``"client.batch_size=4"``.
+
+    Returns:
+        a :class:`~inversion.experiment.ClientRun`: ``.update`` (public), ``.private``, ``.model``.
+    """
+    path = Path(config) if str(config).endswith((".yaml", ".yml")) else PRESET_DIR / f"{config}.yaml"
+    return simulate_client(load_config(InvertConfig, path, overrides), progress=progress)
+
+
+@dataclass
+class Reconstruction:
+    """What :func:`invert` returns.
+
+    Attributes:
+        images: the reconstructed inputs, normalised, (K, C, H, W), on the CPU.
+        labels: the labels the dummies ended with, (K,) int64.
+        loss: the gradient-matching loss of the returned images.
+        label_mode: how the labels were chosen (a restoration method, ``given``, ``joint``, ``shared``).
+        restoration: the label-restoration result for restoration modes, else None.
+        attack: the attack's full result (restarts, steps, time, snapshots).
+        update_sha256: the attacked update's digest (so it is only scored against its own private batch).
+        mean, std: the normalisation of the inputs (for pictures and scores).
+    """
+
+    images: Tensor
+    labels: Tensor
+    loss: float
+    label_mode: str
+    restoration: RestorationResult | None
+    attack: InversionResult
+    update_sha256: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def denormalize(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) normalised -> (B, C, H, W) on the [0, 1] scale (unclamped)."""
+        std = torch.tensor(self.std, dtype=images.dtype).view(-1, 1, 1)
+        return images * std + torch.tensor(self.mean, dtype=images.dtype).view(-1, 1, 1)
+
+    def unit_images(self) -> Tensor:
+        """The reconstruction in [0, 1], (K, C, H, W), ready to show."""
+        return self.denormalize(self.images).clamp(0, 1)
+
+
+def invert(
+    update: SharedUpdate,
+    model: nn.Module,
+    *,
+    labels: str | Tensor | None = None,
+    preset: str | Path = "default",
+    priors: dict[str, float] | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    **settings: Any,
+) -> Reconstruction:
+    """Reconstruct the private batch behind a shared update.
+
+    Args:
+        update: the shared update (public data only).
+        model: the server's model (not modified).
+        labels: a label mode (``"ilrg"`` or another restoration method, ``"joint"``, ``"shared"``), or
+            known labels as a (K,) tensor; None: the preset's.
+        preset: the shipped attack setting (:func:`~inversion.presets.preset_names`): optimisation,
+            priors, and the pixel box when the update does not carry its normalisation.
+        priors: ``{name: weight}`` replacing the preset's priors.
+        batch_size: K, when the update does not reveal it.
+        progress: show a progress bar.
+        settings: :class:`AttackSettings` fields to change, e.g. ``max_steps=500, device="cuda"``.
+
+    Returns:
+        a :class:`Reconstruction`.
+    """
+    chosen = load_preset(preset)
+    attack = dataclasses.replace(chosen.settings, **settings)
+    if isinstance(labels, str):
+        attack = dataclasses.replace(attack, labels=labels)
+    mode, known = ("oracle", labels) if isinstance(labels, Tensor) else (str(attack.labels), None)
+    if mode == "oracle" and known is None:
+        raise ValueError("labels='oracle' needs the true labels: pass them as a tensor, labels=private.labels")
+    meta, spec = update.meta, chosen.spec
+    mean = meta.mean if meta.mean is not None else (spec.mean if spec else None)
+    std = meta.std if meta.std is not None else (spec.std if spec else None)
+    if mean is None:
+        raise ValueError("the update carries no normalisation and the preset has none: describe the update with "
+                         "dataset= or mean=/std= (SharedUpdate.from_gradients)")
+    shape = meta.input_shape if meta.input_shape is not None else (spec.channels, *spec.image_size) if spec else None
+    bounds = dataclasses.replace(meta, mean=mean, std=std).bounds()
+    plan = plan_labels(mode, update, model, true_labels=known, batch_size=batch_size)
+    inversion = Inversion(model, update, plan, attack, bounds=bounds, image_shape=shape,
+                          priors=chosen.priors if priors is None else priors, device=resolve_device(attack.device))
+    result = inversion.run(progress=progress)
+    return Reconstruction(
+        images=result.images, labels=torch.as_tensor(result.labels, dtype=torch.int64), loss=result.loss,
+        label_mode="given" if known is not None else mode, restoration=plan.restoration, attack=result,
+        update_sha256=update.sha256, mean=tuple(mean), std=tuple(std),
+    )
+
+
+def score(reconstruction: Reconstruction, private: PrivateBatch, *, lpips: bool | LPIPSMetric = True) -> dict:
+    """Image and label metrics of a reconstruction against the client's private batch.
+
+    Reconstructions are matched one-to-one to the true images (Hungarian, on PSNR), then scored
+    (PSNR, SSIM, LPIPS; see :func:`~inversion.evaluation.evaluate_reconstruction`).
+
+    Args:
+        reconstruction: from :func:`invert`.
+        private: the private batch of the *same* update (checked by digest).
+        lpips: compute LPIPS (True), skip it (False), or use this metric.
+
+    Returns:
+        ``evaluate_reconstruction``'s dict (``mean``, ``per_image``, ``permutation``, ...) plus ``labels``
+        (LeAcc / LnAcc / IRec of the labels used).
+    """
+    if private.update_sha256 is not None and private.update_sha256 != reconstruction.update_sha256:
+        raise ValueError("the private batch belongs to another update than the one reconstructed: score a "
+                         "reconstruction only against the private file written with its update")
+    metric = LPIPSMetric(default_data_root()) if lpips is True else (lpips or None)
+    scores = evaluate_reconstruction(reconstruction.images, private.images, reconstruction.denormalize, lpips=metric)
+    num_classes = int(max(int(private.labels.max()), int(reconstruction.labels.max()))) + 1
+    scores["labels"] = label_metrics(counts_from_labels(reconstruction.labels.numpy(), num_classes),
+                                     counts_from_labels(private.labels.numpy(), num_classes))
+    return scores
