@@ -1,27 +1,10 @@
 """Known-versus-unknown-label ablation: the same shared updates through every label mode.
 
-    python scripts/ablate.py [--config configs/ablate/cpu.yaml] [key=value ...]
-
-Profiles: configs/ablate/cpu.yaml (this CPU, well under 20 minutes) and configs/ablate/paper.yaml (the
-paper's settings, for a GPU). Writes into ``out``: ablation.csv (one row per run), ablation.md (mean ± std
-per dataset x mode, paired gain over the baseline and gap to oracle, in dB), ablation.png, runs.jsonl (the
-ledger: re-running skips finished runs, so an interrupted sweep resumes) and runs/<key>/ for each run.
+See ``inversion/cli/ablate.py`` (also installed as the ``gradleak-ablate`` command).
 """
 import inversion  # noqa: F401  (first: the torchvision compatibility shim)
 
-from inversion.ablation import run_ablation
-from inversion.cli import config_parser, run_cli
-
-
-def main() -> None:
-    args = config_parser(__doc__.splitlines()[0], "configs/ablate/cpu.yaml").parse_intermixed_args()
-    done = run_ablation(args.config, args.overrides)
-    failed = sum(r["status"] == "failed" for r in done["runs"])
-    out = done["out"]
-    print((out / "ablation.md").read_text())
-    print(f"{done['ran']} runs now, {done['skipped']} already done, {failed} failed; "
-          f"results in {out}/: ablation.csv, ablation.md, ablation.png, runs.jsonl")
-
+from inversion.cli.ablate import run
 
 if __name__ == "__main__":
-    run_cli(main)
+    run()

@@ -22,9 +22,9 @@ def config_parser(description: str, default_config: str) -> argparse.ArgumentPar
 
 def run_cli(main: Callable[[], object]) -> None:
     """Run a script's ``main`` with INFO logging; expected errors become one line and exit code 2."""
-    from .config import ConfigError
-    from .data import DataUnavailableError, PackError
-    from .evaluation import LPIPSWeightsError
+    from ..config import ConfigError
+    from ..data import DataUnavailableError, PackError
+    from ..evaluation import LPIPSWeightsError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
