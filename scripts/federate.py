@@ -1,0 +1,10 @@
+"""Run a real Flower federation (FedSGD under FedAvg) whose honest-but-curious server captures every update.
+
+See ``inversion/cli/federate.py`` (also installed as the ``gradleak-federate`` command).
+"""
+import inversion  # noqa: F401  (first: the torchvision compatibility shim)
+
+from inversion.cli.federate import run
+
+if __name__ == "__main__":
+    run()
