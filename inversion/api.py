@@ -29,7 +29,7 @@ from .data import default_data_root
 from .evaluation import LPIPSMetric, evaluate_reconstruction
 from .experiment import ClientRun, simulate_client
 from .fl.private import PrivateBatch
-from .fl.update import SharedUpdate
+from .fl.update import SharedUpdate, UpdateMeta
 from .presets import PRESET_DIR, load_preset
 
 __all__ = ["Reconstruction", "load_update", "load_private", "simulate", "invert", "score"]
@@ -71,7 +71,8 @@ class Reconstruction:
         restoration: the label-restoration result for restoration modes, else None.
         attack: the attack's full result (restarts, steps, time, snapshots).
         update_sha256: the attacked update's digest (so it is only scored against its own private batch).
-        mean, std: the normalisation of the inputs (for pictures and scores).
+        meta: the update's public metadata, with the normalisation the attack used (the update's, else
+            the preset dataset's).
     """
 
     images: Tensor
@@ -81,17 +82,11 @@ class Reconstruction:
     restoration: RestorationResult | None
     attack: InversionResult
     update_sha256: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def denormalize(self, images: Tensor) -> Tensor:
-        """(B, C, H, W) normalised -> (B, C, H, W) on the [0, 1] scale (unclamped)."""
-        std = torch.tensor(self.std, dtype=images.dtype).view(-1, 1, 1)
-        return images * std + torch.tensor(self.mean, dtype=images.dtype).view(-1, 1, 1)
+    meta: UpdateMeta
 
     def unit_images(self) -> Tensor:
         """The reconstruction in [0, 1], (K, C, H, W), ready to show."""
-        return self.denormalize(self.images).clamp(0, 1)
+        return self.meta.denormalize(self.images).clamp(0, 1)
 
 
 def invert(
@@ -136,15 +131,15 @@ def invert(
         raise ValueError("the update carries no normalisation and the preset has none: describe the update with "
                          "dataset= or mean=/std= (SharedUpdate.from_gradients)")
     shape = meta.input_shape if meta.input_shape is not None else (spec.channels, *spec.image_size) if spec else None
-    bounds = dataclasses.replace(meta, mean=mean, std=std).bounds()
+    meta = dataclasses.replace(meta, mean=mean, std=std)
     plan = plan_labels(mode, update, model, true_labels=known, batch_size=batch_size)
-    inversion = Inversion(model, update, plan, attack, bounds=bounds, image_shape=shape,
+    inversion = Inversion(model, update, plan, attack, bounds=meta.bounds(), image_shape=shape,
                           priors=chosen.priors if priors is None else priors, device=resolve_device(attack.device))
     result = inversion.run(progress=progress)
     return Reconstruction(
         images=result.images, labels=torch.as_tensor(result.labels, dtype=torch.int64), loss=result.loss,
         label_mode="given" if known is not None else mode, restoration=plan.restoration, attack=result,
-        update_sha256=update.sha256, mean=tuple(mean), std=tuple(std),
+        update_sha256=update.sha256, meta=meta,
     )
 
 
@@ -167,7 +162,8 @@ def score(reconstruction: Reconstruction, private: PrivateBatch, *, lpips: bool 
         raise ValueError("the private batch belongs to another update than the one reconstructed: score a "
                          "reconstruction only against the private file written with its update")
     metric = LPIPSMetric(default_data_root()) if lpips is True else (lpips or None)
-    scores = evaluate_reconstruction(reconstruction.images, private.images, reconstruction.denormalize, lpips=metric)
+    scores = evaluate_reconstruction(reconstruction.images, private.images, reconstruction.meta.denormalize,
+                                     lpips=metric)
     num_classes = int(max(int(private.labels.max()), int(reconstruction.labels.max()))) + 1
     scores["labels"] = label_metrics(counts_from_labels(reconstruction.labels.numpy(), num_classes),
                                      counts_from_labels(private.labels.numpy(), num_classes))

@@ -156,9 +156,10 @@ def run_inversion(
     if private is not None:
         metric = lpips_metric if lpips_metric is not None else LPIPSMetric(run.data.root or default_data_root())
         scores = evaluate_reconstruction(result.images, private.images, update.meta.denormalize, lpips=metric)
-    results = _results(cfg, update, private, plan, result, scores, device)
+    digest = update.sha256  # hashes every gradient: once per run
+    results = _results(cfg, update, digest, private, plan, result, scores, device)
     save_record(out / "reconstruction.pt", RECONSTRUCTION_FORMAT, 1,
-                {"label_mode": plan.mode, "update_sha256": update.sha256, "matching_loss": result.loss},
+                {"label_mode": plan.mode, "update_sha256": digest, "matching_loss": result.loss},
                 {"images": result.images, "labels": torch.as_tensor(result.labels, dtype=torch.int64)})
     with atomic_write(out / "results.json") as handle:
         handle.write(json.dumps(results, indent=1).encode())
@@ -170,8 +171,9 @@ def _present(counts: np.ndarray) -> dict[str, int]:
     return {str(c): int(n) for c, n in enumerate(counts) if n > 0}
 
 
-def _results(cfg, update: SharedUpdate, private: PrivateBatch | None, plan: LabelPlan, result: InversionResult,
-             scores: dict | None, device) -> dict[str, Any]:
+def _results(cfg, update: SharedUpdate, digest: str, private: PrivateBatch | None, plan: LabelPlan,
+             result: InversionResult, scores: dict | None, device) -> dict[str, Any]:
+    record = to_dict(cfg)
     used = counts_from_labels(np.asarray(result.labels), plan.num_classes)
     truth = None if private is None else counts_from_labels(private.labels.numpy(), plan.num_classes)
     restoration = None
@@ -183,11 +185,11 @@ def _results(cfg, update: SharedUpdate, private: PrivateBatch | None, plan: Labe
             "raw_metrics": None if truth is None else label_metrics(plan.restoration.raw_counts, truth),
         }
     return {
-        "config": to_dict(cfg),
+        "config": record,
         "device": str(device),
-        "update": {"sha256": update.sha256, "kind": update.kind, "batch_size": update.batch_size,
-                   "file": to_dict(cfg)["update"], "dataset": update.meta.dataset, "notes": update.meta.notes},
-        "private": None if private is None else {"file": to_dict(cfg)["private"],
+        "update": {"sha256": digest, "kind": update.kind, "batch_size": update.batch_size,
+                   "file": record["update"], "dataset": update.meta.dataset, "notes": update.meta.notes},
+        "private": None if private is None else {"file": record["private"],
                                                  "data_source": private.record.get("data_source")},
         "label_mode": plan.mode,
         "labels_used": [int(v) for v in result.labels],
