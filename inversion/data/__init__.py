@@ -3,7 +3,7 @@ registry sample packs, own image folders), the pack cache, and client batch samp
 from __future__ import annotations
 
 from .batch import Batch, sample_batch, sample_synthetic_batch
-from .errors import DataUnavailableError, PackError
+from .errors import DataRootError, DataUnavailableError, PackError
 from .folder import FolderSource
 from .image_source import ArraySource, ImageSource
 from .packs import PACKS, PackInfo, ensure_pack
@@ -16,6 +16,7 @@ __all__ = [
     "PACKS",
     "SPECS",
     "ArraySource",
+    "DataRootError",
     "DataUnavailableError",
     "DatasetSpec",
     "FolderSource",

@@ -1,6 +1,7 @@
 """A client's private batch: indices drawn by a sampler, images loaded and normalised."""
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -49,8 +50,12 @@ def sample_batch(
 ) -> Batch:
     """Draw a client batch from a source (see :func:`inversion.data.samplers.sample_indices`).
 
-    The same ``seed`` gives the same batch.
+    The same ``seed`` gives the same batch. Without replacement K is at most the number of
+    images; with it, K may exceed that, but a K whose images cannot fit in this machine's
+    memory is refused before anything is allocated.
     """
+    if replacement:
+        _check_fits_in_memory(source, batch_size)
     rng = np.random.default_rng(seed)
     indices = sample_indices(
         source.targets, source.spec.num_classes, batch_size, sampler, rng=rng,
@@ -101,3 +106,16 @@ def sample_synthetic_batch(
         "independent of the images)"
     )
     return Batch(images, torch.as_tensor(labels, dtype=torch.int64), indices, False, description, True)
+
+
+def _check_fits_in_memory(source: ImageSource, batch_size: int) -> None:
+    """ValueError if K float32 images of the source need more than this machine's physical memory."""
+    channels, (height, width) = source.spec.channels, source.spec.image_size
+    per_image = 4 * channels * height * width
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if batch_size * per_image > memory:
+        raise ValueError(
+            f"batch size {batch_size:,} cannot fit: its {channels}x{height}x{width} float32 images need "
+            f"{batch_size * per_image / 2**30:,.0f} GiB, more than this machine's {memory / 2**30:,.0f} GiB of "
+            f"memory; the limit is {memory // per_image:,} images of this size (set a smaller client.batch_size)"
+        )

