@@ -161,3 +161,83 @@ def test_the_attack_leaves_the_callers_model_alone():
     assert not any(len(m._forward_pre_hooks) for m in inversion.model.modules())  # the prior's hooks are gone
     assert not model.training and not model.fc.weight.requires_grad
     assert all(p.grad is None for p in model.parameters())
+
+
+# --- the loop's guarantees, each checked so that breaking it fails a test ------------------------------------
+def test_priors_are_added_to_the_matching_loss():
+    from priors import build_priors, total_variation
+
+    model, update, _, _ = tiny_problem()
+    plain = attack(model, update, max_steps=40, lr=0.05, init="rand")
+    smooth = Inversion(model, update, plain.plan, plain.settings, bounds=(plain.lower, plain.upper),
+                       image_shape=(1, 6, 6), priors={"tv": 2.0})
+    x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(3))
+    smooth.priors = build_priors({"tv": 2.0})  # as run() builds them
+    total, matching, _ = smooth.objective(x.clone().requires_grad_(True), None)
+    smooth.priors = None
+    assert float(total.detach()) == pytest.approx(float(matching.detach()) + 2.0 * float(total_variation(x)), rel=1e-6)
+    tv_plain = float(total_variation(plain.run(progress=False).images))
+    tv_smooth = float(total_variation(smooth.run(progress=False).images))
+    assert tv_smooth < 0.5 * tv_plain  # the prior pulls the dummies towards smooth images, not away
+
+
+def test_the_sign_step_applies_to_the_images_only_not_to_the_label_logits():
+    model, update, _, _ = tiny_problem()
+    inversion = attack(model, update, "joint", max_steps=5, signed=True)
+    inversion.state.update(inversion._fresh_restart(0))
+    x = inversion.state["x"].clone().requires_grad_(True)
+    logits = inversion.state["label_logits"].clone().requires_grad_(True)
+    total, _, _ = inversion.objective(x, logits)
+    raw_x, raw_logits = torch.autograd.grad(total, [x, logits])
+    inversion._step(inversion._optimizer(x, logits), x, logits)
+    assert torch.equal(x.grad, raw_x.sign())
+    assert torch.allclose(logits.grad, raw_logits) and not torch.equal(logits.grad, raw_logits.sign())
+
+
+def test_the_returned_images_are_the_best_iterate_of_the_best_restart():
+    """result.images is the lowest-loss iterate of all restarts (not the last one, nor another restart's)."""
+    model, update, _, _ = tiny_problem()
+    inversion = attack(model, update, max_steps=25, restarts=3, lr=0.3)  # a large step: the loss oscillates
+    starts = [inversion._fresh_restart(r)["x"] for r in range(3)]
+    result = inversion.run(progress=False, snapshot_every=1)
+
+    def loss_of(images):
+        return float(inversion.match(images.clone().requires_grad_(True), None).detach())
+
+    iterates = {r: [starts[r]] + [images for restart, _, images in result.snapshots if restart == r] for r in range(3)}
+    losses = {r: [loss_of(x) for x in iterates[r][:-1]] for r in range(3)}  # the iterates the attack evaluated
+    assert result.restart_losses == pytest.approx([min(losses[r]) for r in range(3)], rel=1e-5)
+    assert len(set(result.restart_losses)) == 3 and result.loss == min(result.restart_losses)
+    assert loss_of(result.images) == pytest.approx(result.loss, rel=1e-5)
+    assert losses[result.restart][-1] > result.loss * 1.01  # the last iterate was not the best here
+
+
+def test_the_learning_rate_follows_the_schedule_at_every_step(monkeypatch):
+    model, update, _, _ = tiny_problem()
+    used = []
+    real_step = Inversion._step
+
+    def spy(self, optimizer, *args):
+        used.append(optimizer.param_groups[0]["lr"])
+        return real_step(self, optimizer, *args)
+
+    monkeypatch.setattr(Inversion, "_step", spy)
+    attack(model, update, max_steps=16, lr=0.2, schedule="step").run(progress=False)
+    assert used == pytest.approx([0.2 * lr_factor("step", step, 16) for step in range(16)])
+    assert used[0] == pytest.approx(0.2) and used[-1] == pytest.approx(0.2e-3)
+
+
+def test_batch_norm_running_statistics_stay_frozen_during_a_train_mode_attack():
+    """bn_mode=train: the dummies' batch statistics normalise, the running ones (the bn prior's target) stay put."""
+    model = build_model("convnet", num_classes=4, in_channels=1, image_size=(12, 12), width=4, seed=1)
+    images, labels = torch.rand(3, 1, 12, 12, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 2, 3])
+    update = client_update(model, images, labels, bn_mode="train", mean=(0.0,), std=(1.0,))
+    inversion = Inversion(model, update, plan_labels("ilrg", update, model), AttackSettings(max_steps=6),
+                          priors={"bn": 0.1})
+    running = {k: v.clone() for k, v in inversion.model.state_dict().items() if "running" in k}
+    layer = next(m for m in inversion.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before, seen = layer.running_mean.clone(), []
+    layer.register_forward_pre_hook(lambda module, inputs: seen.append(module.running_mean.clone()))
+    inversion.run(progress=False)
+    assert len(seen) >= 6 and all(torch.equal(mean, before) for mean in seen)  # the target never moved
+    assert all(torch.equal(v, running[k]) for k, v in inversion.model.state_dict().items() if k in running)

@@ -8,13 +8,18 @@ the sign of the image gradient) or L-BFGS, an LR schedule driven by the step cou
 projection onto the valid pixel box, the best iterate kept, early stop on a loss
 threshold. The best restart is chosen by its matching loss.
 
-The whole state lives in plain tensors and numbers, so a checkpoint (written atomically
-every N steps) resumes bit-identically on the CPU.
+The whole state (the current restart, the finished restarts' best losses and images, the
+step count and the time spent) lives in plain tensors and numbers, so a checkpoint (written
+atomically every N steps) resumes bit-identically on the CPU for a fixed thread count. With
+``bn_mode="train"`` the model runs its batch-norm layers on the dummies' batch statistics, as the
+client did, but their running statistics are frozen (momentum 0): they are what the ``bn`` prior
+compares against, and must not drift towards the dummies' own statistics.
 """
 from __future__ import annotations
 
 import copy
 import math
+import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +33,6 @@ from tqdm.auto import tqdm
 from priors import build_priors
 
 from ..data.fileio import atomic_write
-from ..fl.client import _bn_buffers
 from ..fl.update import SharedUpdate
 from .labels import LabelPlan, batch_loss, labels_in_use
 from .objectives import GradientMatcher
@@ -37,6 +41,34 @@ from .settings import AttackSettings
 __all__ = ["InversionResult", "Inversion", "lr_factor"]
 
 CHECKPOINT_FORMAT = "gradleak.InversionCheckpoint"
+CHECKPOINT_VERSION = 2
+_CHECKPOINT_KEYS = {"identity": str, "generator": Tensor, "finished": list, "restart": int, "step": int,
+                    "steps": int, "seconds": float}
+_RESTART_KEYS = {"x": Tensor, "best_x": Tensor, "best_loss": float}
+
+
+def _read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's payload, checked for format, version and completeness; ValueError names what is wrong."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path} holds pickled objects, not a plain checkpoint: refused (they could run code)") from None
+    except Exception as err:  # zip errors, EOF: the file was cut short or overwritten
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt? {str(err).splitlines()[0]})") \
+            from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an inversion checkpoint")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path} is a version-{payload.get('version')} checkpoint; this version resumes only "
+                         f"version {CHECKPOINT_VERSION}: start the run afresh")
+    wanted = {**_CHECKPOINT_KEYS, **(_RESTART_KEYS if "x" in payload else {})}
+    bad = [k for k, kind in wanted.items() if not isinstance(payload.get(k), kind)]
+    if bad or ("x" not in payload and not payload["finished"]):
+        raise ValueError(f"{path} is an incomplete checkpoint (missing or malformed: {', '.join(bad) or 'x'}): "
+                         "start the run afresh")
+    return payload
 
 
 def lr_factor(schedule: str, step: int, max_steps: int) -> float:
@@ -57,9 +89,11 @@ class InversionResult:
         labels: the hard labels used/learned, (K,).
         loss: its matching loss.
         restart: the index of the restart it came from.
-        restart_losses: the best matching loss of every finished restart.
-        steps: optimisation steps run in total (all restarts).
-        seconds: wall time of the optimisation.
+        restart_losses: the best matching loss of every restart run, in order (with Ctrl-C, the
+            interrupted restart's best so far is the last entry).
+        steps: optimisation steps run in total (all restarts, including those of earlier sessions
+            when resumed from a checkpoint).
+        seconds: wall time of the optimisation (all sessions).
         interrupted: True when stopped early by Ctrl-C.
         snapshots: (restart, step, images) kept every ``snapshot_every`` steps.
     """
@@ -102,6 +136,8 @@ class Inversion:
         image_shape: (C, H, W) of one input; None: the update's ``meta.input_shape``.
         priors: ``{name: weight}`` of the image priors (:func:`priors.build_priors`), or None.
         device: where to run.
+        identity: the caller's name for this attack (e.g. a hash of its config), stored in every
+            checkpoint; :meth:`load_checkpoint` refuses a checkpoint with another identity.
     """
 
     def __init__(
@@ -115,10 +151,16 @@ class Inversion:
         image_shape: Sequence[int] | None = None,
         priors: Mapping[str, float] | None = None,
         device: torch.device | str = "cpu",
+        identity: str = "",
     ) -> None:
         self.device = torch.device(device)
+        self.identity = identity
         self.model = copy.deepcopy(model).to(self.device)
         self.bn_mode = update.meta.bn_mode
+        if self.bn_mode == "train":  # batch statistics as the client had, running statistics frozen
+            for layer in self.model.modules():
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                    layer.momentum = 0.0
         named = dict(self.model.named_parameters())
         self.names = _select([n for n in update.gradients if n in named], settings.parameters)
         self.params = [named[n].requires_grad_(True) for n in self.names]
@@ -137,6 +179,7 @@ class Inversion:
         self.generator = torch.Generator().manual_seed(settings.seed)  # priors' randomness (augmentations)
         self.state: dict[str, Any] = {}
         self._optimizer_in_use: torch.optim.Optimizer | None = None
+        self._session: tuple[float, float] | None = None  # (seconds before this run() call, its start time)
 
     # --- losses -------------------------------------------------------------------------------------
     def match(self, x: Tensor, label_logits: Tensor | None) -> Tensor:
@@ -175,9 +218,11 @@ class Inversion:
     def checkpoint_payload(self) -> dict[str, Any]:
         """Everything needed to resume: plain tensors, numbers and lists (``weights_only`` loadable)."""
         state = {k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in self.state.items()}
+        state["seconds"] = self._seconds()
         if self._optimizer_in_use is not None:
             state["optimizer"] = self._optimizer_in_use.state_dict()
-        return {"format": CHECKPOINT_FORMAT, "version": 1, **state, "generator": self.generator.get_state()}
+        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "identity": self.identity, **state,
+                "generator": self.generator.get_state()}
 
     def save_checkpoint(self, path: str | Path) -> None:
         """Write the resumable state atomically (temp file, then rename)."""
@@ -185,15 +230,22 @@ class Inversion:
             torch.save(self.checkpoint_payload(), handle)
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restore the state written by :meth:`save_checkpoint` (tensors and plain data only)."""
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not an inversion checkpoint")
-        dummies = payload["x"] if "x" in payload else payload["finished"][0][2]  # after the last restart: no x
+        """Restore the state written by :meth:`save_checkpoint` (tensors and plain data only).
+
+        Raises:
+            ValueError: the file is unreadable (truncated, pickled objects), not a checkpoint of this
+                version, incomplete, made by an attack with another ``identity``, or for another shape.
+        """
+        payload = _read_checkpoint(path)
+        if payload["identity"] != self.identity:
+            raise ValueError(f"checkpoint {path} was made by another attack (another config or update): "
+                             "resume with the same config and update, or start afresh")
+        dummies = payload["x"] if "x" in payload else payload["finished"][-1][2]  # after the last restart: no x
         if tuple(dummies.shape) != self.shape:
             raise ValueError(f"checkpoint {path} is for dummies of shape {tuple(dummies.shape)}, not {self.shape}")
         self.generator.set_state(payload.pop("generator"))
-        payload.pop("format"), payload.pop("version")
+        for key in ("format", "version", "identity"):
+            payload.pop(key)
         self.state = payload
 
     # --- the loop -------------------------------------------------------------------------------------
@@ -219,66 +271,73 @@ class Inversion:
         Returns:
             the best restart's best iterate. Ctrl-C stops early and returns the best so far.
         """
-        s = self.settings
-        start_time, total_steps, snapshots = time.perf_counter(), 0, []
+        s, st = self.settings, self.state
+        st.setdefault("finished", [])
+        st.setdefault("steps", 0)
+        st.setdefault("seconds", 0.0)
+        first = st.get("restart", 0)
+        snapshots: list[tuple[int, int, Tensor]] = []
         interrupted = False
-        self.state.setdefault("finished", [])
-        first = self.state.get("restart", 0)
-        saved_bn = _bn_buffers(self.model) if self.bn_mode == "train" else {}
         was_training = self.model.training
         self.model.train(self.bn_mode == "train")
         self.priors = build_priors(self.prior_weights, model=self.model) if self.prior_weights else None
         bar = tqdm(total=s.max_steps * s.restarts, desc="inversion", unit="step", disable=not progress)
-        bar.update(first * s.max_steps + self.state.get("step", 0))
+        bar.update(first * s.max_steps + st.get("step", 0))
+        self._session = (st["seconds"], time.perf_counter())
         try:
             for restart in range(first, s.restarts):
-                if self.state.get("restart") != restart or "x" not in self.state:
-                    self.state.update(self._fresh_restart(restart))
-                total_steps += self._run_restart(bar, monitor, monitor_every, checkpoint, checkpoint_every,
-                                                 snapshot_every, snapshots)
-                self.state["finished"].append(
-                    [restart, float(self.state["best_loss"]), self.state["best_x"], self.state["best_logits"]]
-                )
-                self.state.update({"restart": restart + 1, "step": 0})
-                self.state.pop("x", None)
+                if st.get("restart") != restart or "x" not in st:
+                    st.update(self._fresh_restart(restart))
+                self._run_restart(bar, monitor, monitor_every, checkpoint, checkpoint_every, snapshot_every,
+                                  snapshots)
+                st["finished"].append([restart, float(st["best_loss"]), st["best_x"], st["best_logits"]])
+                st.update({"restart": restart + 1, "step": 0})
+                st.pop("x", None)
         except KeyboardInterrupt:
             interrupted = True
-            if math.isfinite(self.state.get("best_loss", math.inf)):
-                self.state["finished"].append([self.state["restart"], float(self.state["best_loss"]),
-                                               self.state["best_x"], self.state["best_logits"]])
+            if self._optimizer_in_use is not None:  # keep the optimiser's state with the restart's, to resume
+                st["optimizer"], self._optimizer_in_use = self._optimizer_in_use.state_dict(), None
         finally:
             bar.close()
+            st["seconds"], self._session = self._seconds(), None
             if self.priors is not None:
                 self.priors.remove()
                 self.priors = None
             self.model.train(was_training)
-            if saved_bn:
-                self.model.load_state_dict(saved_bn, strict=False)
-        if not self.state["finished"]:
+        runs = list(st["finished"])
+        if interrupted and "x" in st and math.isfinite(st["best_loss"]):  # the interrupted restart's best so far
+            runs.append([st["restart"], float(st["best_loss"]), st["best_x"], st["best_logits"]])
+        if not runs:
             raise KeyboardInterrupt("interrupted before the first step finished")
-        restart, loss, best_x, best_logits = min(self.state["finished"], key=lambda r: r[1])
+        restart, loss, best_x, best_logits = min(runs, key=lambda r: r[1])
         return InversionResult(
             images=best_x.detach().cpu(), labels=labels_in_use(self.plan, best_logits), loss=loss, restart=restart,
-            restart_losses=[r[1] for r in self.state["finished"]], steps=total_steps,
-            seconds=time.perf_counter() - start_time, interrupted=interrupted, snapshots=snapshots,
+            restart_losses=[r[1] for r in runs], steps=st["steps"], seconds=st["seconds"], interrupted=interrupted,
+            snapshots=snapshots,
         )
 
+    def _seconds(self) -> float:
+        """Time spent by the attack: earlier sessions' plus, while :meth:`run` runs, this one's so far."""
+        if self._session is None:
+            return self.state.get("seconds", 0.0)
+        before, start = self._session
+        return before + time.perf_counter() - start
+
     def _run_restart(self, bar, monitor, monitor_every, checkpoint, checkpoint_every, snapshot_every,
-                     snapshots) -> int:
+                     snapshots) -> None:
         s, st = self.settings, self.state
         x = st["x"].to(self.device).requires_grad_(True)
         logits = None if st["label_logits"] is None else st["label_logits"].to(self.device).requires_grad_(True)
         optimizer = self._optimizer(x, logits)
         if st["optimizer"] is not None:
             optimizer.load_state_dict(st["optimizer"])
-        steps, shown = 0, {}
+        shown = {}
         self._optimizer_in_use = optimizer
         for step in range(st["step"], s.max_steps):
             for group in optimizer.param_groups:
                 group["lr"] = s.lr * lr_factor(s.schedule, step, s.max_steps)
             matching = self._step(optimizer, x, logits)
-            steps += 1
-            st.update({"step": step + 1, "x": x.detach(), "label_logits": None if logits is None else logits.detach()})
+            st.update({"step": step + 1, "steps": st["steps"] + 1, "x": x.detach(), "label_logits": None if logits is None else logits.detach()})
             if snapshot_every and (step + 1) % snapshot_every == 0:
                 snapshots.append((st["restart"], step + 1, x.detach().cpu().clone()))
             if monitor is not None and (step % monitor_every == 0 or step + 1 == s.max_steps):
@@ -293,7 +352,6 @@ class Inversion:
                 bar.update(s.max_steps - step - 1)
                 break
         self._optimizer_in_use = None
-        return steps
 
     def _step(self, optimizer: torch.optim.Optimizer, x: Tensor, logits: Tensor | None) -> float:
         """One optimisation step; returns the matching loss of the iterate before the step.
