@@ -5,8 +5,10 @@ label mode. For one experiment, batch size and seed, all modes see the same clie
 (client seed), the same model (model seed) and the same dummy initialisation (attack seed),
 so the comparison between modes is paired. Each finished or failed run is appended to
 ``runs.jsonl`` under a key derived from its resolved config: re-running the sweep skips
-those, so an interrupted sweep resumes without redoing or losing work. The tables and the
-figure are rebuilt from ``runs.jsonl`` after every run.
+the finished ones, so an interrupted sweep resumes without redoing or losing work. A run
+stopped by Ctrl-C is not recorded (the sweep stops; a re-run redoes it), and a torn or
+corrupt ledger line is reported and skipped (its run is redone). The tables and the figure
+are rebuilt from ``runs.jsonl`` after every run.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import csv
 import hashlib
 import io
 import json
+import logging
+import os
 import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -29,14 +33,19 @@ from .data import default_data_root
 from .data.fileio import atomic_write
 from .evaluation import LPIPSMetric
 from .pipeline import run_inversion
+from .rundir import run_folder
 from .visualize import figure
 
 
 __all__ = ["AblateConfig", "Experiment", "run_ablation", "summarize", "CSV_COLUMNS"]
 
+log = logging.getLogger("inversion.ablation")
+
 CSV_COLUMNS = ("dataset", "model", "K", "seed", "mode", "status", "label_LnAcc", "psnr", "ssim", "lpips",
                "steps", "seconds", "images", "error")
 METRICS = ("psnr", "ssim", "lpips")
+RECORD_FIELDS = {"key": str, "status": str, "experiment": str, "dataset": str, "model": str, "K": int, "seed": int,
+                 "mode": str}  # every ledger record's fields and their types
 
 
 @dataclass
@@ -86,18 +95,57 @@ def _plan(cfg: DictConfig) -> list[tuple[str, dict[str, Any], DictConfig]]:
 
 
 def _load_records(path: Path) -> dict[str, dict]:
+    """The run records of the ledger by key (a later line wins); bad lines are logged and skipped."""
     records = {}
     if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
+        for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            try:
                 record = json.loads(line)
+            except ValueError as err:  # a torn write, or bytes that are not JSON
+                problem = f"invalid JSON: {err}"
+            else:
+                problem = _record_problem(record)
+            if problem:
+                log.warning("%s:%d: not a run record (%s); skipped", path, number, problem)
+            else:
                 records[record["key"]] = record
     return records
 
 
+def _record_problem(record: Any) -> str | None:
+    """Why a parsed ledger line is not a run record this module wrote, or None when it is one."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    wrong = [name for name, kind in RECORD_FIELDS.items() if not isinstance(record.get(name), kind)]
+    if wrong:
+        return f"missing or mistyped: {', '.join(wrong)}"
+    if record["status"] == "failed":
+        return None if isinstance(record.get("error"), str) else "a failed run without its error"
+    if record["status"] != "ok":
+        return f"status {record['status']!r} is neither 'ok' nor 'failed'"
+    if not _is_number(record.get("psnr")):
+        return "a finished run without its PSNR"
+    bad = [name for name in ("ssim", "lpips", "label_LnAcc") if record.get(name) is not None
+           and not _is_number(record[name])]
+    return f"{', '.join(bad)} not a number" if bad else None
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number (not a boolean)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _append(path: Path, record: dict) -> None:
-    with open(path, "a") as handle:  # one line per run; a torn last line is ignored on reload
-        handle.write(json.dumps(record) + "\n")
+    """Append one record as one line, on a line of its own even after a torn last line."""
+    line = json.dumps(record) + "\n"
+    with open(path, "a+b") as handle:  # writes go to the end wherever the read position is
+        if handle.seek(0, os.SEEK_END) > 0:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":  # a write cut short: do not glue this record onto it
+                line = "\n" + line
+        handle.write(line.encode())
         handle.flush()
 
 
@@ -111,11 +159,15 @@ def run_ablation(config_path: str | Path | None, overrides: list[str] = (), *, p
     """
     cfg = load_config(AblateConfig, config_path, overrides)
     plan = _plan(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with run_folder(cfg.out, (), keep=True) as out:  # checked and locked; the ledger is resumed, not moved
+        return _sweep(cfg, plan, out, progress=progress, lpips_metric=lpips_metric)
+
+
+def _sweep(cfg: DictConfig, plan: list, out: Path, *, progress: bool, lpips_metric: LPIPSMetric | None) -> dict:
+    """The runs of ``plan`` not yet finished in ``out``'s ledger, one after another (see :func:`run_ablation`)."""
     ledger = out / "runs.jsonl"
-    done = {k: r for k, r in _load_records(ledger).items() if r["status"] == "ok"}
-    todo = [run for run in plan if run[0] not in done]
+    records = _load_records(ledger)
+    todo = [run for run in plan if records.get(run[0], {}).get("status") != "ok"]
     metric = lpips_metric
     ran = 0
     bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="ablation", unit="run", disable=not progress)
@@ -126,30 +178,37 @@ def run_ablation(config_path: str | Path | None, overrides: list[str] = (), *, p
         try:
             if metric is None:
                 metric = LPIPSMetric(to_dict(run_cfg.data)["root"] or default_data_root())
-            done_run = run_inversion(_with_out(run_cfg, out / "runs" / key), progress=False, lpips_metric=metric)
-            results = done_run.results
-            record.update({
-                "status": "ok", "label_LnAcc": results["label_metrics"]["LnAcc"],
-                **{m: results["image_metrics"]["mean"][m] for m in METRICS},
-                "per_image_psnr": [image["psnr"] for image in results["image_metrics"]["per_image"]],
-                "steps": results["attack"]["steps"], "seconds": results["attack"]["seconds"],
-                "images": results["private"]["data_source"],
-            })
-        except KeyboardInterrupt:
+            record.update(_finished_run(run_cfg, out / "runs" / key, metric))
+        except KeyboardInterrupt:  # not recorded: the sweep stops and a re-run redoes this run
             bar.close()
+            _write_outputs(out, plan, records, cfg.baseline)
             raise
         except Exception as err:  # a failed run is recorded and the sweep goes on
             record.update({"status": "failed", "error": f"{type(err).__name__}: {err}",
                            "traceback": traceback.format_exc(limit=5)})
         _append(ledger, record)
+        records[key] = record
         ran += 1
         bar.update(1)
-        _write_outputs(out, plan, _load_records(ledger), cfg.baseline)
+        _write_outputs(out, plan, records, cfg.baseline)
     bar.close()
-    records = _load_records(ledger)
     _write_outputs(out, plan, records, cfg.baseline)
     return {"runs": [records[key] for key, _, _ in plan if key in records], "ran": ran,
             "skipped": len(plan) - len(todo), "out": out}
+
+
+def _finished_run(run_cfg: DictConfig, run_dir: Path, metric: LPIPSMetric) -> dict[str, Any]:
+    """Run one inversion into ``run_dir``; its record's results. Raises KeyboardInterrupt if it was stopped early."""
+    results = run_inversion(_with_out(run_cfg, run_dir), progress=False, lpips_metric=metric).results
+    if results["attack"]["interrupted"]:  # Ctrl-C inside the attack: a best-so-far result, not a finished run
+        raise KeyboardInterrupt(f"interrupted after {results['attack']['steps']} steps")
+    return {
+        "status": "ok", "label_LnAcc": results["label_metrics"]["LnAcc"],
+        **{m: results["image_metrics"]["mean"][m] for m in METRICS},
+        "per_image_psnr": [image["psnr"] for image in results["image_metrics"]["per_image"]],
+        "steps": results["attack"]["steps"], "seconds": results["attack"]["seconds"],
+        "images": results["private"]["data_source"],
+    }
 
 
 def _with_out(cfg: DictConfig, out: Path) -> DictConfig:

@@ -9,20 +9,23 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig
 
-from .config import CONFIG_DIR, InvertConfig, load_config
+from .config import CONFIG_DIR, ConfigError, InvertConfig, load_config
 from .data.fileio import atomic_write
 from .pipeline import InversionRun, run_inversion
+from .rundir import run_folder
 from .visualize import figure, save_image_rows
 
 
 __all__ = ["SECTIONS", "run_demo", "render_page"]
 
 SECTIONS = ("private-batch", "server-view", "labels", "reconstruction", "results")
+DEMO_OUTPUTS = ("demo.html", "demo.png")
 
 
 def _png(fig) -> str:
@@ -81,7 +84,7 @@ def render_page(with_labels: InversionRun, without_labels: InversionRun) -> str:
     truth01 = update.meta.denormalize(private.images).clamp(0, 1)
     batch = _file_png(save_image_rows([truth01], with_labels.out / "batch.png",
                                       captions=[[f"class {int(y)}" for y in private.labels]]))
-    num_classes = update.gradients["fc.bias"].numel()
+    num_classes = with_labels.plan.num_classes
     true_counts = np.bincount(private.labels.numpy(), minlength=num_classes)
     restored = np.bincount(np.asarray(with_labels.results["labels_used"]), minlength=num_classes)
     sizes = "".join(
@@ -150,18 +153,32 @@ td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; font-
 """
 
 
-def run_demo(out: str | Path, overrides: list[str] = (), *, progress: bool = True) -> Path:
+SNAPSHOTS = 4
+"""Snapshots of the dummies the page shows per run (every ``max_steps // SNAPSHOTS`` steps, unless
+``attack.snapshot_every`` is given)."""
+
+
+def _demo_config(overrides: Sequence[str]) -> DictConfig:
+    """The demo's attack config: 1000 steps, no checkpoints, snapshots spread over the run (``overrides`` win)."""
+    cfg = load_config(InvertConfig, CONFIG_DIR / "invert" / "default.yaml",
+                      ["attack.max_steps=1000", "attack.checkpoint_every=0", *overrides])
+    steps = cfg.attack.max_steps
+    if any(o.startswith("attack.snapshot_every=") for o in overrides):
+        if not 1 <= cfg.attack.snapshot_every <= steps:
+            raise ConfigError(f"the demo shows snapshots: attack.snapshot_every must be 1..attack.max_steps ({steps}), "
+                              f"got {cfg.attack.snapshot_every}")
+        return cfg
+    return load_config(InvertConfig, None, [f"attack.snapshot_every={max(1, steps // SNAPSHOTS)}"], base=cfg)
+
+
+def run_demo(out: str | Path, overrides: Sequence[str] = (), *, progress: bool = True) -> Path:
     """Run the paired attacks and write ``out/demo.html``; returns its path."""
-    out = Path(out)
-    runs = {}
-    for mode in ("ilrg", "shared"):
-        cfg: DictConfig = load_config(InvertConfig, CONFIG_DIR / "invert" / "default.yaml", [
-            "attack.max_steps=1000", "attack.snapshot_every=250", "attack.checkpoint_every=0",
-            *overrides, f"attack.labels={mode}", f"out={out / mode}",
-        ])
-        runs[mode] = run_inversion(cfg, progress=progress)
-    page = render_page(runs["ilrg"], runs["shared"])
-    path = out / "demo.html"
-    with atomic_write(path) as handle:
-        handle.write(page.encode())
+    with run_folder(out, DEMO_OUTPUTS) as out:
+        cfg = _demo_config(overrides)
+        runs = {mode: run_inversion(load_config(InvertConfig, None, [f"attack.labels={mode}", f"out={out / mode}"],
+                                                base=cfg), progress=progress)
+                for mode in ("ilrg", "shared")}
+        path = out / "demo.html"
+        with atomic_write(path) as handle:
+            handle.write(render_page(runs["ilrg"], runs["shared"]).encode())
     return path

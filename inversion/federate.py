@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from .config import ClientConfig, DataConfig, ModelConfig, save_config, to_dict
 from .data import default_data_root
 from .experiment import model_from_config, source_from_config
 from .fl.private import PrivateBatch
 from .fl.update import SharedUpdate
+from .rundir import run_folder
 
 __all__ = ["FederationSettings", "FederateConfig", "FederationRun", "run_federation"]
 
@@ -130,7 +132,6 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     for name in present:
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _versions() -> dict[str, str]:
@@ -212,53 +213,51 @@ def run_federation(cfg: DictConfig, *, progress: bool = True,
             flower.draw_batch(source.targets, partition, settings, spec.num_classes, 1, pid)
         except ValueError as err:
             raise ValueError(f"client {pid}'s partition ({len(partition)} images) cannot give its batch: {err}") from None
-    _prepare_out(out, cfg.overwrite)
+    with run_folder(out, OUTPUTS, keep=True):  # checked and locked; earlier outputs: refused or removed
+        _prepare_out(out, cfg.overwrite)
+        bar = tqdm(total=fed.rounds, desc="federation", unit="round", disable=not progress)
 
-    from tqdm.auto import tqdm
+        def finished(record: dict[str, Any]) -> None:
+            bar.update(1)
+            if on_round is not None:
+                on_round(record)
 
-    bar = tqdm(total=fed.rounds, desc="federation", unit="round", disable=not progress)
+        simulation_start = time.perf_counter()
+        try:
+            rounds = flower.run_fedsgd(
+                model, settings, num_clients=fed.clients, rounds=fed.rounds, lr=fed.lr, bn_mode=client["bn_mode"],
+                captured_dir=out / "captured", clients_per_round=fed.clients_per_round,
+                cpus_per_client=fed.cpus_per_client, on_round=finished, verbose=fed.verbose,
+            )
+        finally:
+            bar.close()
+        simulation_seconds = time.perf_counter() - simulation_start
 
-    def finished(record: dict[str, Any]) -> None:
-        bar.update(1)
-        if on_round is not None:
-            on_round(record)
+        for entry in rounds:
+            entry["global_model"] = _relative(entry["global_model"], out)
+            for c in entry["clients"]:
+                c["update"] = _relative(c["update"], out)
+                c["private"] = _relative(flower.update_path(out / "private", entry["round"], c["partition_id"]), out)
+        _check_links(out, rounds)
 
-    simulation_start = time.perf_counter()
-    try:
-        rounds = flower.run_fedsgd(
-            model, settings, num_clients=fed.clients, rounds=fed.rounds, lr=fed.lr, bn_mode=client["bn_mode"],
-            captured_dir=out / "captured", clients_per_round=fed.clients_per_round,
-            cpus_per_client=fed.cpus_per_client, on_round=finished, verbose=fed.verbose,
-        )
-    finally:
-        bar.close()
-    simulation_seconds = time.perf_counter() - simulation_start
-
-    for entry in rounds:
-        entry["global_model"] = _relative(entry["global_model"], out)
-        for c in entry["clients"]:
-            c["update"] = _relative(c["update"], out)
-            c["private"] = _relative(flower.update_path(out / "private", entry["round"], c["partition_id"]), out)
-    _check_links(out, rounds)
-
-    save_config(cfg, out / "config.yaml", header="# scripts/federate.py: the resolved config of this federation\n")
-    seconds = time.perf_counter() - started
-    summary = {
-        "config": to_dict(cfg),
-        "versions": _versions(),
-        "protocol": {
-            "kind": "fedsgd", "strategy": "FedAvg (flwr.serverapp.strategy), wrapped by CapturingStrategy",
-            "clients": fed.clients, "clients_per_round": fed.clients_per_round or fed.clients,
-            "rounds": fed.rounds, "lr": fed.lr, "batch_size": client["batch_size"], "bn_mode": client["bn_mode"],
-            "engine": "flwr.simulation.run_simulation, Ray backend, CPU",
-        },
-        "data_source": source.description,
-        "partitions": [{"partition_id": pid, "size": int(len(p))} for pid, p in enumerate(partitions)],
-        "layout": flower.LAYOUT,
-        "timings": {"total_s": round(seconds, 3), "simulation_s": round(simulation_seconds, 3),
-                    "rounds_s": [round(r["seconds"], 3) for r in rounds]},
-        "rounds": rounds,
-    }
-    summary_path = out / "federation.json"
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        save_config(cfg, out / "config.yaml", header="# scripts/federate.py: the resolved config of this federation\n")
+        seconds = time.perf_counter() - started
+        summary = {
+            "config": to_dict(cfg),
+            "versions": _versions(),
+            "protocol": {
+                "kind": "fedsgd", "strategy": "FedAvg (flwr.serverapp.strategy), wrapped by CapturingStrategy",
+                "clients": fed.clients, "clients_per_round": fed.clients_per_round or fed.clients,
+                "rounds": fed.rounds, "lr": fed.lr, "batch_size": client["batch_size"], "bn_mode": client["bn_mode"],
+                "engine": "flwr.simulation.run_simulation, Ray backend, CPU",
+            },
+            "data_source": source.description,
+            "partitions": [{"partition_id": pid, "size": int(len(p))} for pid, p in enumerate(partitions)],
+            "layout": flower.LAYOUT,
+            "timings": {"total_s": round(seconds, 3), "simulation_s": round(simulation_seconds, 3),
+                        "rounds_s": [round(r["seconds"], 3) for r in rounds]},
+            "rounds": rounds,
+        }
+        summary_path = out / "federation.json"
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     return FederationRun(out, summary_path, rounds, seconds, simulation_seconds, source.description)

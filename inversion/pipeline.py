@@ -8,15 +8,17 @@ progress bar's PSNR, the scores and the pictures, and a run without it gives the
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from label_restore import counts_from_labels, label_metrics
 
@@ -32,13 +34,17 @@ from .fl.private import PrivateBatch
 from .fl.server import check_model, model_from_update
 from .fl.update import SharedUpdate
 from .models import ClassifierModel
+from .rundir import check_out, run_folder
 from .visualize import save_image_rows
 
-__all__ = ["InversionRun", "run_inversion", "RECONSTRUCTION_FORMAT"]
+__all__ = ["InversionRun", "run_inversion", "run_identity", "RECONSTRUCTION_FORMAT", "RUN_OUTPUTS"]
 
 log = logging.getLogger("inversion.pipeline")
 
 CHECKPOINT = "checkpoint.pt"
+RUN_OUTPUTS = ("config.yaml", CHECKPOINT, "results.json", "reconstruction.pt", "reconstruction.png", "grid.png",
+               "snapshots.png")
+"""What a run writes into ``out`` (a fresh run moves an earlier run's copies to ``out/previous/``)."""
 RECONSTRUCTION_FORMAT = "gradleak.Reconstruction"
 
 
@@ -65,17 +71,23 @@ class InversionRun:
     out: Path
 
 
-def _check_resume(out: Path, cfg: DictConfig, resume: bool) -> bool:
-    """Whether to resume; refuses a checkpoint made with another config, or resuming without one."""
-    checkpoint, saved = out / CHECKPOINT, out / "config.yaml"
-    if not resume:
-        return False
-    if not checkpoint.is_file():
-        raise ConfigError(f"--resume: no checkpoint at {checkpoint}; run without --resume to start")
-    if saved.is_file() and to_dict(OmegaConf.load(saved)) != to_dict(cfg):
-        raise ConfigError(f"--resume: the checkpoint in {out} was made with a different config ({saved}); "
-                          "resume with the same options or choose another out")
-    return True
+def _check_resume(out: Path, resume: bool) -> bool:
+    """Whether to resume; refuses resuming without a checkpoint (its identity is checked when it is loaded)."""
+    if resume and not (out / CHECKPOINT).is_file():
+        raise ConfigError(f"--resume: no checkpoint at {out / CHECKPOINT}; run without --resume to start")
+    return resume
+
+
+def run_identity(cfg: DictConfig, update_sha256: str) -> str:
+    """The sha256 of what determines a run's attack: the resolved config and the update's content.
+
+    ``out`` and ``data.root`` (where files are, not what they hold) are left out, so a moved or
+    renamed run directory still resumes; the update's digest covers a swapped update file.
+    """
+    record = to_dict(cfg)
+    record.pop("out")
+    record["data"].pop("root")
+    return hashlib.sha256(json.dumps({"config": record, "update": update_sha256}, sort_keys=True).encode()).hexdigest()
 
 
 def _saved_update(run: InvertConfig) -> tuple[SharedUpdate, PrivateBatch | None, ClassifierModel]:
@@ -113,58 +125,73 @@ def run_inversion(
         device = resolve_device(settings.device)
     except ValueError as err:
         raise ConfigError(f"attack.device: {err}") from None
-    out = Path(run.out)
-    resuming = _check_resume(out, cfg, resume)
-    if run.update is None:
-        if run.private is not None:
-            raise ConfigError("private= scores a saved update: give update= too (a simulated client has its own)")
-        if run.client.parameters != "all":
-            raise ConfigError("inversion matches the full gradient: set client.parameters=all")
-        client = simulate_client(cfg, progress=progress)
-        update, private, model = client.update, client.private, client.model
-    else:
-        update, private, model = _saved_update(run)
+    out = check_out(run.out)
+    resuming = _check_resume(out, resume)
+    update, private, model = _client(cfg, run, progress)
     if settings.labels == "oracle" and private is None:
         raise ConfigError("label mode 'oracle' uses the true labels: give the private batch (private=...)")
     true_labels = private.labels if settings.labels == "oracle" else None
     plan = plan_labels(settings.labels, update, model, true_labels=true_labels)
+    digest = update.sha256  # hashes every gradient: once per run
     try:
-        inversion = Inversion(model, update, plan, settings, priors=to_dict(cfg.priors), device=device)
+        inversion = Inversion(model, update, plan, settings, priors=to_dict(cfg.priors), device=device,
+                              identity=run_identity(cfg, digest))
     except ValueError as err:
         raise ConfigError(f"priors: {err}" if "prior" in str(err) else str(err)) from None
-    out.mkdir(parents=True, exist_ok=True)
-    note = "" if run.update is None else (f"# attacked a saved update ({run.update}): the data and client sections "
-                                          "were not used; the model came from the update's metadata\n")
-    save_config(cfg, out / "config.yaml", header=note)
-    if resuming:
-        inversion.load_checkpoint(out / CHECKPOINT)
-        log.info("resuming from %s", out / CHECKPOINT)
-    monitor = None
-    if private is not None:
-        truth01 = update.meta.denormalize(private.images).clamp(0, 1)
-
-        def monitor(images: torch.Tensor) -> float:  # display only: never fed back to the attack
-            recon01 = update.meta.denormalize(images.detach().cpu()).clamp(0, 1)
-            return float(psnr(truth01, recon01[match_images(recon01, truth01)]).clamp(max=PSNR_CAP_DB).mean())
-
-    result = inversion.run(
-        progress=progress, monitor=monitor, monitor_every=settings.monitor_every, checkpoint=out / CHECKPOINT,
-        checkpoint_every=settings.checkpoint_every, snapshot_every=settings.snapshot_every,
-    )
-    inversion.save_checkpoint(out / CHECKPOINT)
-    scores = None
-    if private is not None:
-        metric = lpips_metric if lpips_metric is not None else LPIPSMetric(run.data.root or default_data_root())
-        scores = evaluate_reconstruction(result.images, private.images, update.meta.denormalize, lpips=metric)
-    digest = update.sha256  # hashes every gradient: once per run
-    results = _results(cfg, update, digest, private, plan, result, scores, device)
-    save_record(out / "reconstruction.pt", RECONSTRUCTION_FORMAT, 1,
-                {"label_mode": plan.mode, "update_sha256": digest, "matching_loss": result.loss},
-                {"images": result.images, "labels": torch.as_tensor(result.labels, dtype=torch.int64)})
-    with atomic_write(out / "results.json") as handle:
-        handle.write(json.dumps(results, indent=1).encode())
-    _pictures(out, update, private, result, scores, plan.mode)
+    with run_folder(out, RUN_OUTPUTS, keep=resuming):
+        note = "" if run.update is None else (f"# attacked a saved update ({run.update}): the data and client "
+                                              "sections were not used; the model came from the update's metadata\n")
+        if resuming:
+            try:
+                inversion.load_checkpoint(out / CHECKPOINT)
+            except ValueError as err:
+                raise ConfigError(f"--resume: {err}") from None
+            log.info("resuming from %s", out / CHECKPOINT)
+        save_config(cfg, out / "config.yaml", header=note)
+        result = inversion.run(
+            progress=progress, monitor=_psnr_monitor(update, private), monitor_every=settings.monitor_every,
+            checkpoint=out / CHECKPOINT, checkpoint_every=settings.checkpoint_every,
+            snapshot_every=settings.snapshot_every,
+        )
+        inversion.save_checkpoint(out / CHECKPOINT)
+        scores = None
+        if private is not None:
+            metric = lpips_metric if lpips_metric is not None else LPIPSMetric(run.data.root or default_data_root())
+            scores = evaluate_reconstruction(result.images, private.images, update.meta.denormalize, lpips=metric)
+        results = _results(cfg, update, digest, private, plan, result, scores, device)
+        save_record(out / "reconstruction.pt", RECONSTRUCTION_FORMAT, 1,
+                    {"label_mode": plan.mode, "update_sha256": digest, "matching_loss": result.loss},
+                    {"images": result.images, "labels": torch.as_tensor(result.labels, dtype=torch.int64)})
+        _pictures(out, update, private, result, scores, plan.mode)
+        with atomic_write(out / "results.json") as handle:  # last: its presence says the run finished
+            handle.write(json.dumps(results, indent=1).encode())
     return InversionRun(update, private, model, result, plan, results, out)
+
+
+def _client(cfg: DictConfig, run: InvertConfig, progress: bool
+            ) -> tuple[SharedUpdate, PrivateBatch | None, ClassifierModel]:
+    """The attacked update, the private batch (None when not given) and the server's model."""
+    if run.update is not None:
+        return _saved_update(run)
+    if run.private is not None:
+        raise ConfigError("private= scores a saved update: give update= too (a simulated client has its own)")
+    if run.client.parameters != "all":
+        raise ConfigError("inversion matches the full gradient: set client.parameters=all")
+    client = simulate_client(cfg, progress=progress)
+    return client.update, client.private, client.model
+
+
+def _psnr_monitor(update: SharedUpdate, private: PrivateBatch | None) -> Callable[[torch.Tensor], float] | None:
+    """The progress bar's PSNR against the truth (display only: never fed back to the attack); None without it."""
+    if private is None:
+        return None
+    truth01 = update.meta.denormalize(private.images).clamp(0, 1)
+
+    def monitor(images: torch.Tensor) -> float:
+        recon01 = update.meta.denormalize(images.detach().cpu()).clamp(0, 1)
+        return float(psnr(truth01, recon01[match_images(recon01, truth01)]).clamp(max=PSNR_CAP_DB).mean())
+
+    return monitor
 
 
 def _present(counts: np.ndarray) -> dict[str, int]:
@@ -187,6 +214,7 @@ def _results(cfg, update: SharedUpdate, digest: str, private: PrivateBatch | Non
     return {
         "config": record,
         "device": str(device),
+        "threads": torch.get_num_threads(),  # CPU results are bit-reproducible for a fixed thread count
         "update": {"sha256": digest, "kind": update.kind, "batch_size": update.batch_size,
                    "file": record["update"], "dataset": update.meta.dataset, "notes": update.meta.notes},
         "private": None if private is None else {"file": record["private"],

@@ -1,6 +1,10 @@
 """The teaching demo: one self-contained page with every section."""
 import re
 
+import pytest
+
+from inversion.config import ConfigError
+
 from inversion.demo import SECTIONS, run_demo
 
 
@@ -15,3 +19,13 @@ def test_demo_page_is_self_contained_and_complete(tmp_path, data_root):
     assert "http://" not in text and "https://" not in text and "url(" not in text
     assert text.count('src="data:image/png;base64,') >= 6
     assert "What the labels gained" in text and "restored by iLRG" in text
+
+
+def test_demo_spreads_its_snapshots_over_a_short_run(tmp_path, data_root):
+    """Fewer steps than the default snapshot interval: the snapshots follow the run's length."""
+    page = run_demo(tmp_path / "demo", [f"data.root={data_root}", "data.download=false", "client.batch_size=2",
+                                        "model.width=16", "attack.max_steps=6"], progress=False)
+    assert page.is_file() and (tmp_path / "demo" / "ilrg" / "snapshots.png").is_file()
+    with pytest.raises(ConfigError, match="snapshot_every must be 1..attack.max_steps"):
+        run_demo(tmp_path / "demo2", [f"data.root={data_root}", "attack.max_steps=6", "attack.snapshot_every=7"],
+                 progress=False)

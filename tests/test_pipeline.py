@@ -1,5 +1,6 @@
 """scripts/invert.py's pipeline: client -> labels -> inversion -> evaluation -> run directory."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,11 +39,67 @@ def test_run_writes_results_grid_and_checkpoint(data_root, tmp_path):
 def test_resume_refuses_another_config_and_a_missing_checkpoint(data_root, tmp_path):
     with pytest.raises(ConfigError, match="no checkpoint"):
         run_inversion(tiny(data_root, tmp_path / "a"), resume=True, progress=False)
-    run_inversion(tiny(data_root, tmp_path / "b"), progress=False)
-    with pytest.raises(ConfigError, match="different config"):
+    first = run_inversion(tiny(data_root, tmp_path / "b"), progress=False)
+    with pytest.raises(ConfigError, match="made by another attack"):
         run_inversion(tiny(data_root, tmp_path / "b", "attack.lr=0.5"), resume=True, progress=False)
     again = run_inversion(tiny(data_root, tmp_path / "b"), resume=True, progress=False)
-    assert again.result.steps == 0  # the checkpoint was at the end: nothing left to do
+    assert again.result.steps == first.result.steps == 40  # the checkpoint was at the end: no step added
+    assert again.result.restart_losses == first.result.restart_losses
+
+
+def test_resume_checks_the_checkpoint_itself_not_the_files_beside_it(data_root, tmp_path):
+    """A swapped checkpoint, a missing config.yaml, or a killed run's new config.yaml beside an old
+    checkpoint: resume trusts only the identity stored in the checkpoint; a moved folder still resumes."""
+    run_inversion(tiny(data_root, tmp_path / "a"), progress=False)
+    run_inversion(tiny(data_root, tmp_path / "b", "attack.lr=0.5"), progress=False)
+    results_before = (tmp_path / "a" / "results.json").read_bytes()
+    (tmp_path / "a" / "config.yaml").unlink()
+    shutil.copy(tmp_path / "b" / "checkpoint.pt", tmp_path / "a" / "checkpoint.pt")  # swapped
+    with pytest.raises(ConfigError, match="made by another attack"):
+        run_inversion(tiny(data_root, tmp_path / "a"), resume=True, progress=False)
+    assert (tmp_path / "a" / "results.json").read_bytes() == results_before  # never overwritten with wrong scores
+    shutil.copy(tmp_path / "b" / "config.yaml", tmp_path / "a" / "config.yaml")  # config.yaml agrees with it now
+    with pytest.raises(ConfigError, match="made by another attack"):
+        run_inversion(tiny(data_root, tmp_path / "a"), resume=True, progress=False)
+    (tmp_path / "b").rename(tmp_path / "moved")
+    resumed = run_inversion(tiny(data_root, tmp_path / "moved", "attack.lr=0.5"), resume=True, progress=False)
+    assert resumed.result.steps == 40
+
+
+def test_ctrl_c_keeps_the_step_count_and_resume_adds_no_phantom_restart(data_root, tmp_path, monkeypatch):
+    from inversion.attack.optimize import Inversion
+    straight = run_inversion(tiny(data_root, tmp_path / "straight", "attack.restarts=2"), progress=False)
+    real_step, calls = Inversion._step, []
+
+    def ctrl_c_at_step_25(self, *args):
+        calls.append(1)
+        if len(calls) == 25:
+            raise KeyboardInterrupt
+        return real_step(self, *args)
+
+    monkeypatch.setattr(Inversion, "_step", ctrl_c_at_step_25)
+    stopped = run_inversion(tiny(data_root, tmp_path / "run", "attack.restarts=2"), progress=False)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())["attack"]
+    assert saved["interrupted"] and saved["steps"] == 24 and len(saved["restart_losses"]) == 1
+    monkeypatch.setattr(Inversion, "_step", real_step)
+    resumed = run_inversion(tiny(data_root, tmp_path / "run", "attack.restarts=2"), resume=True, progress=False)
+    assert stopped.result.steps == 24 and resumed.result.steps == 80
+    assert len(resumed.result.restart_losses) == 2  # no phantom third restart from the interrupted one
+    assert resumed.result.restart_losses[1] == straight.result.restart_losses[1]
+
+
+def test_a_fresh_run_moves_an_earlier_runs_files_aside(data_root, tmp_path):
+    out = tmp_path / "run"
+    run_inversion(tiny(data_root, out, "attack.snapshot_every=0"), progress=False)
+    (out / "snapshots.png").write_bytes(b"an older run's picture")
+    (out / "notes.txt").write_text("mine")  # not a run output: left alone
+    first_results = (out / "results.json").read_bytes()
+    run_inversion(tiny(data_root, out, "attack.snapshot_every=0", "attack.lr=0.2"), progress=False)
+    previous = list((out / "previous").iterdir())
+    assert len(previous) == 1 and (previous[0] / "results.json").read_bytes() == first_results
+    assert (previous[0] / "snapshots.png").is_file() and not (out / "snapshots.png").exists()  # not stale beside
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "results.json").read_text())["config"]["attack"]["lr"] == 0.2
 
 
 @pytest.mark.parametrize("override,message", [

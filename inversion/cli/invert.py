@@ -42,7 +42,11 @@ def main() -> None:
     results, attack = done.results, done.results["attack"]
     print(f"labels ({results['label_mode']}): counts {results['label_counts']}"
           + ("" if results["label_metrics"] is None else
-             " - LeAcc {LeAcc:.3f} LnAcc {LnAcc:.3f} IRec {IRec:.3f}".format(**results["label_metrics"])))
+             " - used by the attack (sum to K): " + _label_scores(results["label_metrics"])))
+    restoration = results["restoration"]
+    if restoration is not None and restoration["raw_metrics"] is not None:
+        print(f"  {restoration['method']} raw counts (as the paper scores them): "
+              + _label_scores(restoration["raw_metrics"]))
     print(f"matching loss {attack['matching_loss']:.4g} after {attack['steps']} steps in {attack['seconds']:.0f} s"
           + (", interrupted" if attack["interrupted"] else ""))
     if results["image_metrics"] is not None:
@@ -53,6 +57,10 @@ def main() -> None:
         print("no private batch given: images and labels written, not scored (--private scores them)")
     files = sorted(p.name for p in done.out.iterdir() if not p.name.startswith("."))
     print(f"results in {done.out}/: {', '.join(files)}")
+
+
+def _label_scores(metrics: dict) -> str:
+    return "LeAcc {LeAcc:.3f} LnAcc {LnAcc:.3f} IRec {IRec:.3f}".format(**metrics)
 
 
 def run() -> None:

@@ -8,27 +8,30 @@ images, labels and how they were drawn, for scoring only), ``config.yaml`` (the 
 ``batch.png`` (the private batch). Attack it with ``scripts/invert.py --update OUT/update.pt
 [--private OUT/private.pt]``.
 """
-from pathlib import Path
-
 from . import config_parser, run_cli
 from ..config import ShareConfig, load_config, save_config
 from ..experiment import simulate_client
+from ..rundir import check_out, run_folder
 from ..visualize import save_image_rows
+
+
+OUTPUTS = ("update.pt", "private.pt", "config.yaml", "batch.png")
 
 
 def main() -> None:
     args = config_parser(__doc__.splitlines()[0], "configs/share.yaml").parse_intermixed_args()
     cfg = load_config(ShareConfig, args.config, args.overrides)
+    check_out(cfg.out)
     run = simulate_client(cfg)
-    out = Path(cfg.out)
-    update_path = run.update.save(out / "update.pt")
-    private_path = run.private.save(out / "private.pt")
-    save_config(cfg, out / "config.yaml")
-    picture = save_image_rows(
-        [run.source.spec.denormalize(run.batch.images)], out / "batch.png", row_names=["private batch"],
-        captions=[[str(int(y)) for y in run.batch.labels]],
-        title=f"{cfg.data.name} client batch, K={run.update.batch_size} (true labels above each image)",
-    )
+    with run_folder(cfg.out, OUTPUTS) as out:
+        update_path = run.update.save(out / "update.pt")
+        private_path = run.private.save(out / "private.pt")
+        save_config(cfg, out / "config.yaml")
+        picture = save_image_rows(
+            [run.source.spec.denormalize(run.batch.images)], out / "batch.png", row_names=["private batch"],
+            captions=[[str(int(y)) for y in run.batch.labels]],
+            title=f"{cfg.data.name} client batch, K={run.update.batch_size} (true labels above each image)",
+        )
     parameters = sum(p.numel() for p in run.model.parameters())
     print(run.update.summary())
     print(f"model: {run.model.config['name']} ({parameters:,} parameters); data: {run.batch.source}")
