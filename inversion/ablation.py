@@ -22,7 +22,7 @@ import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List
 
 import numpy as np
 from omegaconf import DictConfig
@@ -303,4 +303,5 @@ def _plot(path: Path, summary: dict, datasets: list[str], modes: list[str]) -> N
         ax.set_title(label, fontsize=10)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_write(path) as handle:
+        fig.savefig(handle, format="png", dpi=100)

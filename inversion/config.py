@@ -28,6 +28,7 @@ from label_restore import METHOD_NAMES
 
 from .attack.settings import AttackSettings, LabelMode
 from .choices import choices
+from .data.fileio import atomic_write
 from .fl.client import PARAMETER_SETS
 from .fl.update import BN_MODES
 from .data.samplers import SAMPLER_NAMES
@@ -96,6 +97,10 @@ class ModelConfig:
     dropout: bool = False
     weights: Optional[str] = None  # a trained state_dict file (tensors only)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer (or null for the dataset's), got {self.num_classes}")
 
 
 @dataclass
@@ -313,4 +318,5 @@ def to_dict(cfg: DictConfig | Any) -> dict:
 
 def save_config(cfg: DictConfig, path: str | Path, *, header: str = "") -> None:
     """Write the resolved config as YAML (a record of exactly what ran), after ``header`` (comment lines)."""
-    Path(path).write_text(header + OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
+    with atomic_write(path) as handle:
+        handle.write((header + OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))).encode())

@@ -5,8 +5,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
-from .config import ModelConfig, to_dict
+from .config import ConfigError, ModelConfig, to_dict
 from .data import Batch, ImageSource, load_source, sample_batch, sample_synthetic_batch
 from .fl.client import client_update
 from .fl.private import PrivateBatch
@@ -36,7 +37,7 @@ def build_from_model_config(model: ModelConfig, input_shape: Sequence[int], num_
     (tensors only) and recorded in ``model.config["weights"]``.
     """
     net = build_model(
-        str(model.name), num_classes=model.num_classes or num_classes, in_channels=int(input_shape[0]),
+        str(model.name), num_classes=num_classes if model.num_classes is None else model.num_classes, in_channels=int(input_shape[0]),
         image_size=tuple(input_shape[1:]), activation=None if model.activation is None else str(model.activation),
         seed=model.seed, width=model.width, depth=model.depth, final_bias=model.final_bias, dropout=model.dropout,
     )
@@ -73,6 +74,15 @@ def batch_from_config(client: DictConfig, source: ImageSource, model: Classifier
     return sample_synthetic_batch(source, c["batch_size"], final_layer(model).out_features, c["sampler"], **options)
 
 
+def _check_labels(labels: Tensor, model: ClassifierModel, source: ImageSource) -> None:
+    """ConfigError unless every label is one of the model's classes (the cross-entropy needs label < C)."""
+    num_classes = final_layer(model).out_features
+    top = int(labels.max())
+    if top >= num_classes:
+        raise ConfigError(f"model.num_classes={num_classes} but the batch has label {top}: "
+                          f"use num_classes >= {top + 1} (the dataset has {source.spec.num_classes} classes)")
+
+
 @dataclass
 class ClientRun:
     """Everything one simulated client produced: what it shares, and what stays private.
@@ -100,10 +110,14 @@ def simulate_client(cfg: DictConfig, *, progress: bool = True, source: ImageSour
     (the batch, the full config with its seeds, the data source, the sampled indices) goes
     into the :class:`PrivateBatch`, tied to the update by its digest. Pass ``source`` to reuse
     an image source already loaded from ``cfg.data`` (e.g. across the trials of a benchmark).
+
+    Raises:
+        ConfigError: ``model.num_classes`` is not positive, or smaller than a label of the batch.
     """
     source = source if source is not None else source_from_config(cfg.data)
     model = model_from_config(cfg.model, source)
     batch = batch_from_config(cfg.client, source, model)
+    _check_labels(batch.labels, model, source)
     client = to_dict(cfg.client)
     spec = source.spec
     update = client_update(

@@ -30,6 +30,8 @@ from tqdm.auto import tqdm
 
 from .config import ClientConfig, DataConfig, ModelConfig, save_config, to_dict
 from .data import default_data_root
+from .data.batch import check_fits_in_memory
+from .data.fileio import atomic_write
 from .experiment import model_from_config, source_from_config
 from .fl.private import PrivateBatch
 from .fl.update import SharedUpdate
@@ -207,6 +209,8 @@ def run_federation(cfg: DictConfig, *, progress: bool = True,
         chunk_size=client["chunk_size"], partition_seed=fed.partition_seed, private_dir=str(out / "private"),
         record={"config": to_dict(cfg)},
     )
+    if client["replacement"]:
+        check_fits_in_memory(source, client["batch_size"])
     partitions = flower.partition_indices(len(source), fed.clients, fed.partition_seed)
     for pid, partition in enumerate(partitions):  # a sampler request a partition cannot meet: fail now, clearly
         try:
@@ -259,5 +263,6 @@ def run_federation(cfg: DictConfig, *, progress: bool = True,
             "rounds": rounds,
         }
         summary_path = out / "federation.json"
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        with atomic_write(summary_path) as handle:
+            handle.write((json.dumps(summary, indent=2) + "\n").encode())
     return FederationRun(out, summary_path, rounds, seconds, simulation_seconds, source.description)

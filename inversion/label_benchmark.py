@@ -215,7 +215,7 @@ def _fmt(summary: dict[str, float], digits: int = 3) -> str:
 
 def format_markdown(results: dict) -> str:
     """Markdown tables of a results dict: one per setting and defense, methods as rows."""
-    lines = [f"# Label restoration benchmark", "", f"Measured {results['date']} on {results['machine']}.", ""]
+    lines = ["# Label restoration benchmark", "", f"Measured {results['date']} on {results['machine']}.", ""]
     if results.get("note"):
         lines += [f"Note: {results['note']}", ""]
     for record in results["settings"]:

@@ -4,8 +4,9 @@ Every script that writes a run directory goes through :func:`run_folder`:
 
 * ``out`` must be a folder it can create and write to; otherwise one :class:`OutputFolderError`
   line says what is wrong (an existing file, no permission) before any work is done;
-* a lock (``out/.lock``, an ``flock`` the kernel drops when the process dies, even by ``kill -9``)
-  makes a second run into the same ``out`` fail at once instead of interleaving its files;
+* a lock (``out/.lock``, an ``flock`` the kernel drops when the process dies, even by ``kill -9``;
+  the file is removed when the run ends) makes a second run into the same ``out`` fail at once
+  instead of interleaving its files;
 * a fresh run moves the files an earlier run left in ``out`` (only the names the script writes)
   into ``out/previous/<time>/``, so a new ``config.yaml`` never sits beside an older
   ``results.json``, and nothing is deleted. A resumed run keeps them.
@@ -34,38 +35,51 @@ class OutputFolderError(ValueError):
 
 
 def check_out(out: str | os.PathLike) -> Path:
-    """``out`` as a Path, created if missing; OutputFolderError if it is a file or not writable."""
+    """``out`` as a Path, if it is (or can be created as) a writable folder; creates nothing.
+
+    Raises:
+        OutputFolderError: ``out`` is a file, lies under a file, or cannot be written or created.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"out={out} is a file, not a folder: choose another out")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputFolderError(f"cannot create out={out}: {existing} is a file; choose another out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == out else f"cannot be created ({existing} is not writable)"
+        raise OutputFolderError(f"out={out} {what}: choose a folder you can write to")
+    return out
+
+
+def _create(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputFolderError(f"cannot create out={out} ({err.strerror}): choose a folder you can write to") \
             from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OutputFolderError(f"out={out} is not writable: choose a folder you can write to")
-    return out
 
 
 @contextmanager
 def _lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.lock`` (flock) for the block; the file is removed when the block ends."""
     path = out / LOCK_NAME
-    try:
+    while True:
         handle = open(path, "a+")
-    except OSError as err:
-        raise OutputFolderError(f"cannot write in out={out} ({err.strerror}): choose a folder you can write to") \
-            from None
-    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
-            if err.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
+            handle.close()
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
             raise OutputFolderError(f"another run (pid {holder}) is writing into out={out}: wait for it to finish "
                                     "or choose another out") from None
+        if path.exists() and os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+            break  # locked the file that is in place (not one a finishing run has just removed)
+        handle.close()
+    with handle:
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -73,8 +87,7 @@ def _lock(out: Path) -> Iterator[None]:
         try:
             yield
         finally:
-            handle.truncate(0)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            path.unlink(missing_ok=True)  # while still locked: a waiting run then locks a new file
 
 
 def _move_aside(out: Path, outputs: Sequence[str]) -> Path | None:
@@ -110,6 +123,7 @@ def run_folder(out: str | os.PathLike, outputs: Sequence[str], *, keep: bool = F
         OutputFolderError: ``out`` is a file, not writable, or locked by another run.
     """
     out = check_out(out)
+    _create(out)
     with _lock(out):
         if not keep:
             _move_aside(out, outputs)

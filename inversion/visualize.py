@@ -10,6 +10,8 @@ from typing import Any
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from .data.fileio import atomic_write
+
 __all__ = ["figure", "save_image_rows"]
 
 
@@ -64,6 +66,6 @@ def save_image_rows(
         fig.suptitle(textwrap.fill(title, width=int(14 * count + 10)), fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_write(path) as handle:
+        fig.savefig(handle, format="png", dpi=100)
     return path

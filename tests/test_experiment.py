@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from inversion.fl import PrivateBatch, SharedUpdate, client_gradients
-from inversion.config import CONFIG_DIR, ShareConfig, load_config
+from inversion.config import CONFIG_DIR, ConfigError, ShareConfig, load_config
 from inversion.experiment import simulate_client
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,3 +85,21 @@ def test_synthetic_labels_span_the_models_classes(data_root, tmp_path):
     trained = load_config(ShareConfig, CONFIG_DIR / "share.yaml", [*base, f"model.weights={weights}"])
     with pytest.raises(ValueError, match="only valid for untrained models"):
         simulate_client(trained, progress=False)
+
+
+@pytest.mark.parametrize("num_classes", [0, -3])
+def test_num_classes_must_be_positive(num_classes):
+    with pytest.raises(ConfigError, match=rf"model: num_classes must be a positive integer .*got {num_classes}"):
+        load_config(ShareConfig, CONFIG_DIR / "share.yaml", ["model=fcn3", f"model.num_classes={num_classes}"])
+
+
+@pytest.mark.parametrize("parameters", ["all", "final_layer"])
+def test_labels_beyond_the_models_classes_are_refused(data_root, parameters):
+    cfg = load_config(ShareConfig, CONFIG_DIR / "share.yaml", [
+        "model=fcn3", "model.width=8", "model.num_classes=5", f"data.root={data_root}", "data.download=false",
+        "client.batch_size=3", "client.sampler=counts", "client.counts={1: 1, 7: 2}",
+        f"client.parameters={parameters}"])
+    expected = "model.num_classes=5 but the batch has label 7: use num_classes >= 8 (the dataset has 10 classes)"
+    with pytest.raises(ConfigError) as caught:
+        simulate_client(cfg, progress=False)
+    assert str(caught.value) == expected

@@ -123,3 +123,12 @@ def test_partitions_are_disjoint_and_cover_the_data():
     assert all(np.array_equal(a, b) for a, b in zip(parts, flower.partition_indices(10, 3, seed=1)))
     with pytest.raises(ValueError, match="non-empty partitions"):
         flower.partition_indices(2, 3, seed=0)
+
+
+def test_an_impossible_batch_is_refused_before_the_federation_starts(data_root, tmp_path):
+    cfg = load_config(FederateConfig, CONFIG, [f"data.root={data_root}", "data.download=false",
+                                               "client.batch_size=1000000000000", "client.replacement=true",
+                                               f"out={tmp_path / 'fed'}"])
+    with pytest.raises(ValueError, match="batch size 1,000,000,000,000 cannot fit"):
+        run_federation(cfg, progress=False)
+    assert not (tmp_path / "fed").exists()

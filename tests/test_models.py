@@ -362,9 +362,48 @@ def test_load_weights_bad_files(tmp_path):
         load_weights(_build("lenet5"), tmp_path / "missing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="plain state_dict"):
+    with pytest.raises(ValueError, match="junk.pt holds something other than tensors and plain data"):
         load_weights(_build("lenet5"), junk)
     listed = tmp_path / "list.pt"
     torch.save([torch.zeros(1)], listed)
     with pytest.raises(ValueError, match="no state_dict"):
         load_weights(_build("lenet5"), listed)
+
+
+def test_load_weights_cut_file_is_called_truncated_not_unsafe(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save(_build("lenet5").state_dict(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt") as caught:
+        load_weights(_build("lenet5"), path)
+    message = str(caught.value)
+    assert str(path) in message and "\n" not in message and "security" not in message
+
+
+def test_load_weights_of_a_file_saved_from_cuda(tmp_path, monkeypatch):
+    source = _build("lenet5", seed=4)
+    path = tmp_path / "w.pt"
+    with monkeypatch.context() as patched:  # every storage tagged cuda:0, as torch.save on a GPU writes it
+        patched.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(source.state_dict(), path)
+    if not torch.cuda.is_available():  # the file really names a CUDA device
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)
+    loaded = load_weights(_build("lenet5"), path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), source.state_dict().values()))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_load_weights_refuses_non_finite_values(tmp_path, bad):
+    state = {name: value.clone() for name, value in _build("lenet5").state_dict().items()}
+    state["fc.weight"][2, 3] = bad
+    state["fc.bias"][0] = bad
+    path = tmp_path / "w.pt"
+    torch.save(state, path)
+    target = _build("lenet5", seed=1)
+    before = {name: value.clone() for name, value in target.state_dict().items()}
+    with pytest.raises(ValueError, match=r"w\.pt holds non-finite values \(NaN or inf\) in 'fc\.weight'") as caught:
+        load_weights(target, path)
+    assert "\n" not in str(caught.value)
+    assert all(torch.equal(before[name], value) for name, value in target.state_dict().items())  # left untouched

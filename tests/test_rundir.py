@@ -16,9 +16,10 @@ def test_out_must_be_a_folder_that_can_be_made(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputFolderError, match="is a file, not a folder"):
         check_out(tmp_path / "file")
-    with pytest.raises(OutputFolderError, match="cannot create out=.*choose a folder you can write to"):
+    with pytest.raises(OutputFolderError, match="cannot create out=.*file is a file; choose another out"):
         check_out(tmp_path / "file" / "run")
-    assert check_out(tmp_path / "new" / "run").is_dir()
+    assert check_out(tmp_path / "new" / "run") == tmp_path / "new" / "run"
+    assert not (tmp_path / "new").exists()  # checking creates nothing
 
 
 def test_a_second_run_into_the_same_out_is_refused_while_the_first_holds_it(tmp_path):
@@ -28,6 +29,7 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_holds_it(tmp_
                 pass
     with run_folder(tmp_path / "run", ["results.json"]):  # released when the first run ended
         pass
+    assert list((tmp_path / "run").iterdir()) == []  # and the lock file is gone
 
 
 def test_a_killed_run_does_not_leave_the_folder_locked(tmp_path):

@@ -1,13 +1,17 @@
 """The threat model in the types: public SharedUpdate files, private PrivateBatch files, checksums, digests."""
 import dataclasses
+import json
 import pickle
+from unittest import mock
 
 import pytest
 import torch
 
 from inversion import model_from_update
+from inversion.attack import plan_labels
 from inversion.fl import PrivateBatch, SharedUpdate, UpdateMeta, client_update
-from inversion.fl.update import FORMAT
+from inversion.fl._records import content_digest
+from inversion.fl.update import FORMAT, VERSION
 from inversion.models import build_model
 
 
@@ -96,13 +100,9 @@ def test_bad_files_are_explained(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="is not a gradleak.SharedUpdate file"):
         SharedUpdate.load(tmp_path / "other.pt")
-    _, update, private = make_pair()
+    _, _, private = make_pair()
     with pytest.raises(ValueError, match="is not a gradleak.SharedUpdate file"):
         SharedUpdate.load(private.save(tmp_path / "private.pt"))  # a private file is not an update
-    data = update.save(tmp_path / "u.pt").read_bytes()
-    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="truncated or corrupt"):
-        SharedUpdate.load(tmp_path / "cut.pt")
     with pytest.raises(FileNotFoundError):
         SharedUpdate.load(tmp_path / "absent.pt")
 
@@ -141,3 +141,123 @@ def test_the_server_refuses_a_model_in_another_state(tmp_path):
     relinked = dataclasses.replace(described, meta=dataclasses.replace(described.meta, weights="trained.pt"))
     loaded = SharedUpdate.load(relinked.save(tmp_path / "u.pt"))
     assert torch.equal(model_from_update(loaded).fc.bias, trained.fc.bias)  # meta.weights, relative to the file
+
+
+# ---- malformed, partial, CUDA-saved and cut files: one-line ValueErrors naming the file ----
+
+SPEC = {"name": "fcn", "num_classes": 3, "in_channels": 1, "image_size": [4, 4], "width": 5}
+HEADER = {"kind": "fedsgd", "batch_size": 2, "meta": {}}
+BIAS = {"fc.bias": torch.zeros(3)}
+
+
+def write_payload(path, header=HEADER, tensors=BIAS, *, header_json=None, sha256=None, drop=()):
+    """An update file built by hand; its checksum is correct whenever it can be computed."""
+    header_json = json.dumps(header) if header_json is None else header_json
+    if sha256 is None:
+        sha256 = content_digest(json.loads(header_json), tensors)
+    payload = {"format": FORMAT, "version": VERSION, "header_json": header_json, "tensors": tensors, "sha256": sha256}
+    torch.save({k: v for k, v in payload.items() if k not in drop}, path)
+    return path
+
+
+def one_line_error(call, path, match):
+    """Run ``call``; it must raise a one-line ValueError that names ``path`` and matches ``match``."""
+    with pytest.raises(ValueError, match=match) as caught:
+        call()
+    message = str(caught.value)
+    assert str(path) in message and "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("payload, match", [
+    ({"header_json": "{not json", "sha256": "0"}, "its header is not JSON"),
+    ({"header_json": 5, "sha256": "0"}, "its header is not JSON"),
+    ({"header": [1, 2]}, "its header is not a JSON object"),
+    ({"tensors": [torch.zeros(1)], "sha256": "0"}, "its tensors are a list, not a dict"),
+    ({"tensors": {"fc.bias": [1.0, 2.0]}, "sha256": "0"}, "'fc.bias' is a list, not a dense tensor"),
+    ({"tensors": {"fc.bias": torch.zeros(3).to_sparse()}, "sha256": "0"}, "'fc.bias' is a sparse_coo tensor"),
+    ({"tensors": {1: torch.zeros(1), "a": torch.zeros(1)}, "sha256": "0"}, "tensor name 1 is not a string"),
+    ({"drop": ("sha256",)}, "it has no 'sha256' entry"),
+    ({"header": {"kind": "fedsgd", "meta": {}}}, "its header has no 'batch_size'"),
+    ({"header": {**HEADER, "batch_size": "abc"}}, "batch_size must be a positive integer"),
+    ({"header": {**HEADER, "meta": [1]}}, "metadata must be a JSON object, got a list"),
+    ({"header": {**HEADER, "meta": {"model_sha256": 5}}}, "model_sha256 must be a str or None, got 5"),
+    ({"header": {**HEADER, "meta": {"weights": 5}}}, "weights must be a str or None, got 5"),
+    ({"header": {**HEADER, "meta": {"input_shape": 5}}}, "input_shape must be a list of ints, got 5"),
+    ({"header": {**HEADER, "meta": {"mean": "ab", "std": "ab"}}}, "mean must be a list of floats"),
+    ({"header": {**HEADER, "meta": {"notes": [1]}}}, "notes must be a Mapping"),
+    ({"tensors": {"fc.bias": None}}, "'fc.bias' is a NoneType, expected a torch.Tensor"),
+])
+def test_malformed_update_files_are_explained(tmp_path, payload, match):
+    path = write_payload(tmp_path / "bad.pt", **payload)
+    one_line_error(lambda: SharedUpdate.load(path), path, match)
+
+
+def test_an_update_that_does_not_fit_its_model_names_its_file(tmp_path):
+    wrong = write_payload(tmp_path / "wrong.pt", {**HEADER, "meta": {"model": SPEC}}, {"fc.bias": torch.zeros(7)})
+    one_line_error(lambda: model_from_update(SharedUpdate.load(wrong)), wrong, r"'fc.bias' of .* has shape \(7,\)")
+    unknown = write_payload(tmp_path / "unknown.pt", {**HEADER, "meta": {"model": {**SPEC, "name": "nope"}}})
+    one_line_error(lambda: model_from_update(SharedUpdate.load(unknown)), unknown, "cannot be built: unknown model")
+    extra = write_payload(tmp_path / "extra.pt", {**HEADER, "meta": {"model": {**SPEC, "colour": 1}}})
+    one_line_error(lambda: model_from_update(SharedUpdate.load(extra)), extra, "cannot be built: .*colour")
+
+
+def test_label_restoration_needs_the_final_layers_gradients(tmp_path):
+    model, update, _ = make_pair()
+    convs = {n: g for n, g in update.gradients.items() if not n.startswith("fc.")}
+    path = dataclasses.replace(update, gradients=convs).save(tmp_path / "convs.pt")
+    loaded = SharedUpdate.load(path)
+    match = r"no gradient for 'fc.weight', the final layer's weight: label restoration needs it.*labels=joint"
+    one_line_error(lambda: loaded.final_layer_gradients(model), path, match)
+    one_line_error(lambda: plan_labels("ilrg", loaded, model), path, match)
+    assert plan_labels("joint", loaded, model).learnable  # label modes that do not restore still work
+    no_bias = dataclasses.replace(update, gradients={"fc.weight": update.gradients["fc.weight"]})
+    with pytest.raises(ValueError, match="no gradient for 'fc.bias', the final layer's bias"):
+        no_bias.final_layer_gradients(model)
+
+
+def saved_as_if_on_cuda(save):
+    """Run ``save`` with every storage tagged ``cuda:0``, as torch.save on a GPU writes it."""
+    with mock.patch.object(torch.serialization, "location_tag", lambda storage: "cuda:0"):
+        return save()
+
+
+def test_files_saved_from_cuda_load_on_the_cpu(tmp_path):
+    model, update, private = make_pair()
+    update_path = saved_as_if_on_cuda(lambda: update.save(tmp_path / "update.pt"))
+    private_path = saved_as_if_on_cuda(lambda: private.save(tmp_path / "private.pt"))
+    if not torch.cuda.is_available():  # the files really name a CUDA device
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(update_path, weights_only=True)
+    loaded = SharedUpdate.load(update_path)
+    assert loaded.sha256 == update.sha256 and all(g.device.type == "cpu" for g in loaded.gradients.values())
+    assert PrivateBatch.load(private_path).images.device.type == "cpu"
+    weights = tmp_path / "weights.pt"
+    saved_as_if_on_cuda(lambda: torch.save(model.state_dict(), weights))
+    assert model_from_update(update, weights=weights).fc.weight.device.type == "cpu"
+
+
+def test_only_unreadable_files_are_called_truncated_or_corrupt(tmp_path, monkeypatch):
+    _, update, _ = make_pair()
+    data = update.save(tmp_path / "u.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    one_line_error(lambda: SharedUpdate.load(tmp_path / "cut.pt"), tmp_path / "cut.pt", "truncated or corrupt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    one_line_error(lambda: SharedUpdate.load(tmp_path / "empty.pt"), tmp_path / "empty.pt", "truncated or corrupt")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(torch, "load", denied)
+    path = tmp_path / "u.pt"
+    message = one_line_error(lambda: SharedUpdate.load(path), path, "cannot read .*Permission denied")
+    assert "corrupt" not in message
+
+
+def test_non_finite_weights_are_blamed_on_the_weights_file(tmp_path):
+    model, update, _ = make_pair()
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    state["fc.bias"][1] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    one_line_error(lambda: model_from_update(update, weights=tmp_path / "nan.pt"), tmp_path / "nan.pt",
+                   "non-finite values .* in 'fc.bias'")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import math
-import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from tqdm.auto import tqdm
 
 from priors import build_priors
 
-from ..data.fileio import atomic_write
+from ..data.fileio import atomic_write, load_tensor_file
 from ..fl.update import SharedUpdate
 from .labels import LabelPlan, batch_loss, labels_in_use
 from .objectives import GradientMatcher
@@ -49,15 +48,7 @@ _RESTART_KEYS = {"x": Tensor, "best_x": Tensor, "best_loss": float}
 
 def _read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint's payload, checked for format, version and completeness; ValueError names what is wrong."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except pickle.UnpicklingError:
-        raise ValueError(f"{path} holds pickled objects, not a plain checkpoint: refused (they could run code)") from None
-    except Exception as err:  # zip errors, EOF: the file was cut short or overwritten
-        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt? {str(err).splitlines()[0]})") \
-            from None
+    payload = load_tensor_file(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an inversion checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:

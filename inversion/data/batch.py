@@ -12,7 +12,7 @@ from torch import Tensor
 from .samplers import sample_indices, synthetic_counts
 from .image_source import ImageSource
 
-__all__ = ["Batch", "sample_batch", "sample_synthetic_batch"]
+__all__ = ["Batch", "check_fits_in_memory", "sample_batch", "sample_synthetic_batch"]
 
 
 @dataclass
@@ -55,7 +55,7 @@ def sample_batch(
     memory is refused before anything is allocated.
     """
     if replacement:
-        _check_fits_in_memory(source, batch_size)
+        check_fits_in_memory(source, batch_size)
     rng = np.random.default_rng(seed)
     indices = sample_indices(
         source.targets, source.spec.num_classes, batch_size, sampler, rng=rng,
@@ -108,7 +108,7 @@ def sample_synthetic_batch(
     return Batch(images, torch.as_tensor(labels, dtype=torch.int64), indices, False, description, True)
 
 
-def _check_fits_in_memory(source: ImageSource, batch_size: int) -> None:
+def check_fits_in_memory(source: ImageSource, batch_size: int) -> None:
     """ValueError if K float32 images of the source need more than this machine's physical memory."""
     channels, (height, width) = source.spec.channels, source.spec.image_size
     per_image = 4 * channels * height * width

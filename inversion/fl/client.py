@@ -49,8 +49,9 @@ def _client_mode(model: nn.Module, bn_mode: str):
             model.load_state_dict(saved_stats, strict=False)
 
 
-def _chunks(images: Tensor, labels: Tensor, bn_mode: str, chunk_size: int | None) -> tuple[int, range]:
-    """Validate a client batch; return (K, the start index of every chunk)."""
+def _chunks(model: nn.Module, images: Tensor, labels: Tensor, bn_mode: str, chunk_size: int | None
+            ) -> tuple[int, range]:
+    """Validate a client batch for ``model``; return (K, the start index of every chunk)."""
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
     if images.ndim < 2 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
@@ -60,6 +61,10 @@ def _chunks(images: Tensor, labels: Tensor, bn_mode: str, chunk_size: int | None
     batch_size = labels.shape[0]
     if batch_size < 1:
         raise ValueError("the batch is empty")
+    classes = final_layer(model).out_features
+    if labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(f"the model has {classes} classes but the batch has label "
+                         f"{int(labels.max() if labels.max() >= classes else labels.min())}: labels must be 0..{classes - 1}")
     chunk = batch_size if chunk_size is None else int(chunk_size)
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -104,7 +109,7 @@ def client_gradients(
     Returns:
         parameter name -> gradient (same shape and device as the parameter).
     """
-    batch_size, starts = _chunks(images, labels, bn_mode, chunk_size)
+    batch_size, starts = _chunks(model, images, labels, bn_mode, chunk_size)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     device = params[0].device
@@ -149,7 +154,7 @@ def final_layer_client_gradients(
     """
     if not (isinstance(getattr(model, "features", None), nn.Module) and isinstance(getattr(model, "fc", None), nn.Linear)):
         raise ValueError("final-layer-only gradients need a model with `features` and a final nn.Linear `fc`")
-    batch_size, starts = _chunks(images, labels, bn_mode, chunk_size)
+    batch_size, starts = _chunks(model, images, labels, bn_mode, chunk_size)
     layer = model.fc
     device = layer.weight.device
     step = starts.step

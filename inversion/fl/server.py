@@ -42,18 +42,19 @@ def model_from_update(update: SharedUpdate, *, weights: str | Path | None = None
     ``meta.weights``, relative to the update file) and checks the result with :func:`check_model`.
 
     Raises:
-        ValueError: the update names no architecture (build your model and use it directly), or the
-            rebuilt model is not the one the update was computed on.
+        ValueError: the update names no architecture (build your model and use it directly), its spec
+            cannot be built, the weights file is unreadable or holds NaN or inf, or the rebuilt model
+            is not the one the update was computed on.
         FileNotFoundError: the weights file does not exist.
     """
     spec = update.meta.model
     if spec is None:
-        raise ValueError("the update names no model architecture (meta.model is empty): build your own model and "
-                         "pass it, or give a model config")
+        raise ValueError(f"{update.display_name} names no model architecture (meta.model is empty): build your own "
+                         "model and pass it, or give a model config")
     try:
         model = build_model(**spec)
-    except TypeError as err:
-        raise ValueError(f"the update's model spec cannot be built: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"the model spec of {update.display_name} cannot be built: {err}") from None
     path = _weights_path(update, weights)
     if path is not None:
         load_weights(model, path)

@@ -33,8 +33,21 @@ UPDATE_KINDS = ("fedsgd",)
 """``fedsgd``: the gradient of the mean cross-entropy over the client's batch, at the server's model."""
 
 
-def _floats(values: Iterable[Any] | None) -> tuple[float, ...] | None:
-    return None if values is None else tuple(float(v) for v in values)
+_OPTIONAL_TYPES = {"model": Mapping, "model_sha256": str, "weights": str, "dataset": str}
+"""The type of each metadata field that may also be None (checked: update files are edited by hand)."""
+
+
+def _numbers(values: Iterable[Any] | None, kind: type, what: str) -> tuple[Any, ...] | None:
+    """``values`` as a tuple of ``kind`` (None stays None); ValueError naming ``what`` otherwise."""
+    if values is None:
+        return None
+    problem = ValueError(f"{what} must be a list of {kind.__name__}s, got {values!r}")
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise problem
+    try:
+        return tuple(kind(v) for v in values)
+    except (TypeError, ValueError):
+        raise problem from None
 
 
 @dataclass(frozen=True)
@@ -67,10 +80,15 @@ class UpdateMeta:
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.input_shape is not None:
-            object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
-        object.__setattr__(self, "mean", _floats(self.mean))
-        object.__setattr__(self, "std", _floats(self.std))
+        for name, kind in _OPTIONAL_TYPES.items():
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, kind):
+                raise ValueError(f"{name} must be a {kind.__name__} or None, got {value!r}")
+        if not isinstance(self.notes, Mapping):
+            raise ValueError(f"notes must be a Mapping (of JSON-serialisable facts), got {self.notes!r}")
+        object.__setattr__(self, "input_shape", _numbers(self.input_shape, int, "input_shape"))
+        object.__setattr__(self, "mean", _numbers(self.mean, float, "mean"))
+        object.__setattr__(self, "std", _numbers(self.std, float, "std"))
         if (self.mean is None) != (self.std is None) or (self.mean is not None and len(self.mean) != len(self.std)):
             raise ValueError("mean and std must both be given, with one value per channel")
         if self.std is not None and any(not s > 0 for s in self.std):
@@ -131,6 +149,8 @@ class UpdateMeta:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> UpdateMeta:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"update metadata must be a JSON object, got a {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -206,6 +226,11 @@ class SharedUpdate:
         return cls(grads, batch_size, meta if meta is not None else UpdateMeta.describe(**describe))
 
     @property
+    def display_name(self) -> str:
+        """How error messages name this update: ``"the update"``, with its file when it was loaded from one."""
+        return "the update" if self.origin is None else f"the update in {self.origin}"
+
+    @property
     def sha256(self) -> str:
         """Digest of everything saved (gradients, kind, K, metadata): names this exact update."""
         return content_digest(self._header(), self.gradients)
@@ -225,25 +250,33 @@ class SharedUpdate:
         missing = [n for n in params if n not in self.gradients]
         extra = [n for n in self.gradients if n not in params]
         if extra:
-            raise ValueError(f"the update has gradients for parameters the model lacks: {extra[:5]}")
+            raise ValueError(f"{self.display_name} has gradients for parameters the model lacks: {extra[:5]}")
         if missing and require_all:
-            raise ValueError(f"the update lacks gradients for model parameters: {missing[:5]}")
+            raise ValueError(f"{self.display_name} lacks gradients for model parameters: {missing[:5]}")
         for name, grad in self.gradients.items():
             if grad.shape != params[name].shape:
-                raise ValueError(
-                    f"gradient {name!r} has shape {tuple(grad.shape)}, the model's parameter {tuple(params[name].shape)}"
-                )
+                raise ValueError(f"gradient {name!r} of {self.display_name} has shape {tuple(grad.shape)}, "
+                                 f"the model's parameter {tuple(params[name].shape)}")
 
     def final_layer_gradients(self, model: nn.Module) -> tuple[Tensor, Tensor | None]:
-        """Gradients of the model's final linear layer: (grad_weight (C, M), grad_bias (C,) or None)."""
+        """Gradients of the model's final linear layer: (grad_weight (C, M), grad_bias (C,) or None).
+
+        Raises:
+            ValueError: the update lacks the gradient of the layer's weight (or of its bias, when it
+                has one), which label restoration reads.
+        """
         layer = final_layer(model)
         names = {id(p): n for n, p in model.named_parameters()}
-        missing = [names[id(p)] for p in (layer.weight, layer.bias) if p is not None and names[id(p)] not in self.gradients]
-        if missing:
-            raise ValueError(f"the update has no gradient for the final layer's {missing}")
-        grad_w = self.gradients[names[id(layer.weight)]]
-        grad_b = self.gradients[names[id(layer.bias)]] if layer.bias is not None else None
-        return grad_w, grad_b
+        roles = (("weight", layer.weight), ("bias", layer.bias))
+        wanted = {role: names[id(param)] for role, param in roles if param is not None}
+        for role, name in wanted.items():
+            if name not in self.gradients:
+                raise ValueError(
+                    f"{self.display_name} has no gradient for {name!r}, the final layer's {role}: label restoration "
+                    "needs it (share all gradients or the final layer's); without it, attack with labels=joint, "
+                    "shared or oracle"
+                )
+        return self.gradients[wanted["weight"]], (self.gradients[wanted["bias"]] if "bias" in wanted else None)
 
     def summary(self) -> str:
         """A few human-readable lines: sizes and norms of what the server received."""
@@ -271,8 +304,11 @@ class SharedUpdate:
                 version, a checksum mismatch, or invalid content.
         """
         header, tensors = load_record(path, FORMAT, VERSION, "shared-update")
+        missing = [key for key in ("kind", "batch_size", "meta") if key not in header]
+        if missing:
+            raise ValueError(f"{path} holds an invalid shared update: its header has no {missing[0]!r}; write it again")
         try:
             return cls(tensors, header["batch_size"], UpdateMeta.from_json(header["meta"]), header["kind"],
                        origin=Path(path))
-        except (KeyError, TypeError, ValueError) as err:
+        except (TypeError, ValueError) as err:
             raise ValueError(f"{path} holds an invalid shared update: {err}") from None

