@@ -210,6 +210,7 @@ def _results(cfg, update: SharedUpdate, digest: str, private: PrivateBatch | Non
             "seconds": plan.restoration.seconds,
             "counts": _present(np.asarray(plan.restoration.counts)),
             "raw_metrics": None if truth is None else label_metrics(plan.restoration.raw_counts, truth),
+            "diagnostics": list(plan.restoration.diagnostics),  # the input looked inconsistent: counts unreliable
         }
     return {
         "config": record,

@@ -8,18 +8,25 @@ itself (``weight``, ``bias``), recover how many samples of each class the batch 
 
     from label_restore import restore_labels, METHOD_NAMES, RestorationResult, label_metrics
     r = restore_labels("ilrg", grad_weight=gW, grad_bias=gb, weight=W, bias=b, batch_size=K)
-    r.counts, r.labels, r.present, r.raw_counts, r.seconds
+    r.counts, r.labels, r.present, r.raw_counts, r.seconds, r.diagnostics
+
+Inputs that contradict a mean cross-entropy gradient of ``K`` samples (e.g. rescaled gradients, a ``batch_size``
+smaller than the batch, noise) raise an :class:`InconsistentGradientWarning` and are listed, with the numbers,
+in ``r.diagnostics`` (:mod:`.consistency`); an all-zero gradient is refused with ``ValueError``.
 
 Methods (:data:`METHOD_NAMES`): ``ilrg`` (Ma et al., ICLR 2023), ``idlg`` (extended iDLG), ``gi``
 (GradInversion), ``rlg`` (Dang et al. 2021), ``llg`` (Wainakh et al. 2022), ``bias_corrected`` (LLG's counting
 on the bias gradient). Modules: :mod:`.api` (registry), :mod:`._inputs` (validation), :mod:`.ilrg`,
-:mod:`.linsolve`, :mod:`.counting`, :mod:`.existence`, :mod:`.rlg`, :mod:`.llg`, :mod:`.metrics`, :mod:`.result`.
+:mod:`.linsolve`, :mod:`.counting`, :mod:`.existence`, :mod:`.rlg`, :mod:`.llg`, :mod:`.metrics`, :mod:`.result`,
+:mod:`.consistency`.
 """
 from .api import METHOD_NAMES, available_methods, get_method, register_method, restore_labels
+from .consistency import InconsistentGradientWarning
 from .metrics import counts_from_labels, label_metrics
 from .result import RestorationResult, labels_from_counts
 
 __all__ = [
+    "InconsistentGradientWarning",
     "METHOD_NAMES",
     "RestorationResult",
     "available_methods",

@@ -8,8 +8,9 @@ embedding size :math:`M`, and the gradients of the *mean* cross-entropy over a b
 - ``weight`` :math:`W`, shape :math:`(C, M)`
 - ``bias`` :math:`b`, shape :math:`(C,)`
 
-as torch tensors (any device; moved to CPU, detached) or numpy arrays / nested sequences. Integer inputs
-become float64, half precision becomes float32; float32 and float64 are kept as they are.
+as torch tensors (any device holding values, e.g. cpu or cuda; moved to CPU, detached; ``meta`` tensors are
+refused) or numpy arrays / nested sequences. Integer inputs become float64, half precision becomes float32;
+float32 and float64 are kept as they are.
 """
 from __future__ import annotations
 
@@ -78,6 +79,11 @@ def _as_tensor(name: str, value: Any) -> torch.Tensor | None:
     if value is None:
         return None
     if isinstance(value, torch.Tensor):
+        if value.is_meta:
+            raise ValueError(
+                f"{name} is a meta tensor (a shape without values); label restoration needs real values: pass "
+                f"{_WHAT[name]} as a tensor on cpu or cuda, or a numpy array."
+            )
         t = value.detach()
         if t.layout != torch.strided:
             t = t.to_dense()
@@ -135,9 +141,9 @@ def validate_inputs(
         The validated :class:`LayerInputs`.
 
     Raises:
-        ValueError: a needed argument is ``None``; an argument has the wrong number of dimensions, or its
-            shape disagrees with the others (the message says which); an argument holds NaN or inf;
-            ``batch_size`` is not an integer >= 1.
+        ValueError: a needed argument is ``None``; an argument is a ``meta`` tensor, has the wrong number of
+            dimensions, or its shape disagrees with the others (the message says which); an argument holds NaN or
+            inf; the gradient the method reads the labels from is all zero; ``batch_size`` is not an integer >= 1.
     """
     k = check_batch_size(batch_size)
     raw = {"grad_weight": grad_weight, "grad_bias": grad_bias, "weight": weight, "bias": bias}
@@ -195,6 +201,7 @@ def validate_inputs(
                 f"{_WHAT[name]}. Check the gradient computation (e.g. a diverged loss) or clean the values "
                 "before calling."
             )
+    _check_not_all_zero(method, requires, tensors)
     return LayerInputs(
         grad_weight=gw,
         grad_bias=tensors["grad_bias"],
@@ -203,6 +210,19 @@ def validate_inputs(
         batch_size=k,
         num_classes=num_classes,
     )
+
+
+def _check_not_all_zero(method: str, requires: Sequence[str], tensors: dict[str, torch.Tensor | None]) -> None:
+    """Refuse an all-zero gradient where the method reads the labels: ``grad_bias`` if it needs it, else
+    ``grad_weight``. (An all-zero ``grad_weight`` next to a nonzero ``grad_bias`` is a real case, embeddings that
+    are all zero, e.g. dead ReLUs; iLRG is then exact.)"""
+    name = "grad_bias" if "grad_bias" in requires else "grad_weight"
+    t = tensors[name]
+    if t is not None and not bool(t.any()):
+        raise ValueError(
+            f"{name} is all zero: the final-layer gradient carries no label information, nothing to restore "
+            f"({method} reads the labels from {_WHAT[name]}). Check that the update holds this layer's gradients."
+        )
 
 
 def _missing_message(method: str, name: str) -> str:

@@ -5,22 +5,49 @@ The public function has the signature every registry entry shares::
     method(grad_weight, grad_bias, weight, bias, batch_size, **options) -> RestorationResult
 
 It checks the option names, validates the tensors (:func:`label_restore._inputs.validate_inputs`), runs the
-core and records its wall time in ``RestorationResult.seconds`` (validation excluded).
+core, records its wall time in ``RestorationResult.seconds`` (validation excluded) and, if the core's result
+has consistency findings (``RestorationResult.diagnostics``), raises one
+:class:`~label_restore.consistency.InconsistentGradientWarning` listing them, attributed to the first caller
+outside this package.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import inspect
+import sys
 import time
+import warnings
 from typing import Any, Callable, Sequence
 
 from ._inputs import LayerInputs, validate_inputs
+from .consistency import InconsistentGradientWarning
 from .result import RestorationResult
 
 __all__ = ["restoration_method"]
 
 Core = Callable[..., RestorationResult]
+
+_PACKAGE = __name__.partition(".")[0]
+
+
+def _outside_stacklevel() -> int:
+    """``stacklevel`` for a ``warnings.warn`` made by the caller of this function that names the first frame
+    outside this package (the user's call, whether through :func:`restore_labels` or a method directly)."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == _PACKAGE:
+        level, frame = level + 1, frame.f_back
+    return level
+
+
+def _warn_findings(result: RestorationResult) -> None:
+    """One :class:`InconsistentGradientWarning` listing ``result.diagnostics`` (none if it is empty)."""
+    if result.diagnostics:
+        message = (
+            f"{result.method} (K={result.batch_size}): the gradients, the batch size and the restored counts "
+            "contradict each other; the counts are unreliable: " + "; ".join(result.diagnostics)
+        )
+        warnings.warn(message, InconsistentGradientWarning, stacklevel=_outside_stacklevel())
 
 
 def restoration_method(name: str, requires: Sequence[str]) -> Callable[[Core], Callable[..., RestorationResult]]:
@@ -53,7 +80,9 @@ def restoration_method(name: str, requires: Sequence[str]) -> Callable[[Core], C
             start = time.perf_counter()
             result = core(inputs, **options)
             seconds = time.perf_counter() - start
-            return dataclasses.replace(result, method=name, seconds=seconds)
+            result = dataclasses.replace(result, method=name, seconds=seconds)
+            _warn_findings(result)
+            return result
 
         method.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             [

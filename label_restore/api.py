@@ -86,11 +86,17 @@ def restore_labels(
         **options: method options (see each method's docstring), e.g. ``solver="pinv"`` for iLRG.
 
     Returns:
-        :class:`RestorationResult` (``counts`` sums to ``K``; ``labels`` sorted).
+        :class:`RestorationResult` (``counts`` sums to ``K``; ``labels`` sorted; ``diagnostics`` lists the
+        consistency findings, empty for consistent inputs).
 
     Raises:
-        ValueError: unknown method or option, missing argument the method needs, shape mismatch, non-finite
-            values, ``batch_size`` not an integer >= 1.
+        ValueError: unknown method or option, missing argument the method needs, shape mismatch, ``meta``
+            tensors, non-finite values, an all-zero gradient where the method reads the labels,
+            ``batch_size`` not an integer >= 1.
+
+    Warns:
+        InconsistentGradientWarning: the inputs contradict a mean cross-entropy gradient of ``K`` samples
+            (:mod:`label_restore.consistency`); the findings are also in ``diagnostics``.
 
     Example:
         >>> r = restore_labels("ilrg", grad_weight=gW, grad_bias=gb, weight=W, bias=b, batch_size=8)  # doctest: +SKIP

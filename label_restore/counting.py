@@ -1,6 +1,6 @@
 """Integer counting rules shared by the methods.
 
-- :func:`round_counts`: iLRG's float solution -> raw integer counts (the paper's rule).
+- :func:`round_counts`: iLRG's float solution -> raw integer counts (the paper's rule), or clipped to ``K``.
 - :func:`correct_to_sum`: make raw counts sum exactly to ``K`` by largest remainder (iLRG's ``counts``).
 - :func:`ranked_cycle`: hand ``K`` instances out along a ranking, cycling (existence-only baselines).
 - :func:`greedy_counts`: LLG's greedy counting with a per-instance impact (``llg`` and ``bias_corrected``).
@@ -17,27 +17,32 @@ import numpy as np
 __all__ = ["round_counts", "correct_to_sum", "ranked_cycle", "greedy_counts"]
 
 
-def round_counts(float_counts: np.ndarray, batch_size: int) -> np.ndarray:
-    """iLRG's raw counts from the least-squares solution (as the paper's released code).
+def round_counts(float_counts: np.ndarray, batch_size: int, *, clip: bool = False) -> np.ndarray:
+    """iLRG's integer counts from the least-squares solution.
 
-    :math:`\\hat n_i = \\operatorname{round}(\\max(n_i, 0))`, then :math:`\\hat n_i \\leftarrow 0` where
-    :math:`\\hat n_i > K`. Rounding is half-to-even (``np.rint``, like ``np.round``). Non-finite entries
-    become 0.
+    :math:`\\hat n_i = \\operatorname{round}(\\max(n_i, 0))`, then, where :math:`\\hat n_i > K`,
+    :math:`\\hat n_i \\leftarrow 0` (the paper's released code: the *raw* counts the paper scores) or, with
+    ``clip=True``, :math:`\\hat n_i \\leftarrow K` (what the sum-to-``K`` step starts from: a class whose float
+    count exceeds the batch is the whole batch, not absent). Rounding is half-to-even (``np.rint``, like
+    ``np.round``). Non-finite entries become 0.
 
     Args:
         float_counts: float solution :math:`n`, shape :math:`(C,)`.
         batch_size: :math:`K`.
+        clip: counts above :math:`K` become :math:`K` instead of 0.
 
     Returns:
-        int64 raw counts, shape :math:`(C,)`, each in :math:`[0, K]`.
+        int64 counts, shape :math:`(C,)`, each in :math:`[0, K]`.
 
     Example:
         >>> round_counts(np.array([2.4, -0.3, 2.5, 9.0, np.nan]), 5).tolist()
         [2, 0, 2, 0, 0]
+        >>> round_counts(np.array([2.4, -0.3, 2.5, 9.0, np.nan]), 5, clip=True).tolist()
+        [2, 0, 2, 5, 0]
     """
     f = np.asarray(float_counts, dtype=np.float64)
-    r = np.rint(np.where(f > 0, f, 0.0))  # NaN > 0 is False -> 0
-    r = np.where(r <= batch_size, r, 0.0)  # +inf and counts above K -> 0
+    r = np.rint(np.where(np.isfinite(f) & (f > 0), f, 0.0))
+    r = np.where(r <= batch_size, r, float(batch_size) if clip else 0.0)
     return r.astype(np.int64)
 
 
@@ -65,7 +70,8 @@ def correct_to_sum(raw_counts: np.ndarray, float_counts: np.ndarray, batch_size:
     happens here.)
 
     Args:
-        raw_counts: int counts :math:`\\hat n` (>= 0), shape :math:`(C,)`.
+        raw_counts: int counts :math:`\\hat n` (>= 0), shape :math:`(C,)` (iLRG passes
+            ``round_counts(float_counts, K, clip=True)``).
         float_counts: the float solution :math:`n` they were rounded from, shape :math:`(C,)`
             (non-finite entries are treated as 0).
         batch_size: :math:`K`.

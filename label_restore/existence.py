@@ -13,6 +13,7 @@ import torch
 
 from ._inputs import LayerInputs
 from ._method import restoration_method
+from .consistency import presence_findings
 from .counting import ranked_cycle
 from .result import RestorationResult, make_result
 
@@ -60,12 +61,15 @@ def idlg(inputs: LayerInputs) -> RestorationResult:
     Args (public call): ``grad_weight`` :math:`(C, M)` (required), ``batch_size`` :math:`K`.
 
     Returns:
-        :class:`RestorationResult`; ``raw_counts`` is the 0/1 presence; ``details = {"scores": s}``.
+        :class:`RestorationResult`; ``raw_counts`` is the 0/1 presence; ``details = {"scores": s}``;
+        ``diagnostics`` notes more present classes than ``K`` (:func:`label_restore.consistency.presence_findings`).
     """
     s = inputs.grad_weight.sum(dim=1, dtype=torch.float64).numpy()
     present = s < 0
     counts = fill_present(present, s, inputs.batch_size)
-    return make_result("idlg", counts, present.astype(np.int64), present, inputs.batch_size, {"scores": s})
+    raw = present.astype(np.int64)
+    findings = presence_findings(raw, inputs.batch_size)
+    return make_result("idlg", counts, raw, present, inputs.batch_size, {"scores": s}, findings)
 
 
 @restoration_method("gi", requires=("grad_weight",))
@@ -83,10 +87,13 @@ def gi(inputs: LayerInputs) -> RestorationResult:
     Args (public call): ``grad_weight`` :math:`(C, M)` (required), ``batch_size`` :math:`K`.
 
     Returns:
-        :class:`RestorationResult`; ``raw_counts`` is the 0/1 presence; ``details = {"scores": m}``.
+        :class:`RestorationResult`; ``raw_counts`` is the 0/1 presence; ``details = {"scores": m}``;
+        ``diagnostics`` notes more present classes than ``K`` (:func:`label_restore.consistency.presence_findings`).
     """
     m = inputs.grad_weight.amin(dim=1).double().numpy()
     present = m < 0
     order = np.argsort(m, kind="stable")
     counts = ranked_cycle(order, inputs.batch_size, m.shape[0])
-    return make_result("gi", counts, present.astype(np.int64), present, inputs.batch_size, {"scores": m})
+    raw = present.astype(np.int64)
+    findings = presence_findings(raw, inputs.batch_size)
+    return make_result("gi", counts, raw, present, inputs.batch_size, {"scores": m}, findings)

@@ -15,8 +15,14 @@ a batch of :math:`K` samples, the gradients are
 3. Counts :math:`n` from the :math:`(C+1) \\times C` system (paper Eq. 9)
    :math:`\\sum_j n_j = K` and :math:`\\sum_j n_j (\\hat p_j[i] - \\delta_{ij}) = K \\nabla b_i`, minimum-norm
    least squares (:mod:`label_restore.linsolve`).
-4. Raw counts: negatives to 0, round, counts above :math:`K` to 0; present iff raw count > 0
-   (:func:`label_restore.counting.round_counts`), then :func:`label_restore.counting.correct_to_sum`.
+4. Raw counts (what the paper scores): negatives to 0, round, counts above :math:`K` to 0
+   (:func:`label_restore.counting.round_counts`). The counts start from the same rounding with counts above
+   :math:`K` clipped to :math:`K` (a float count of :math:`K + 0.7` is the whole batch, not an absent class);
+   present iff that start is > 0; then :func:`label_restore.counting.correct_to_sum` makes them sum to :math:`K`.
+5. Consistency (:func:`label_restore.consistency.bias_gradient_findings` and
+   :func:`~label_restore.consistency.count_system_findings`): the bounds of a mean cross-entropy bias
+   gradient, the system's residual and the mass of the float counts; findings go to
+   ``RestorationResult.diagnostics`` (and a warning).
 
 The system is exact (the restored counts equal the truth) when every class-wise probability equals the mean
 softmax of that class's samples, e.g. when all samples share one embedding or the model's outputs are uniform.
@@ -25,11 +31,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ._inputs import LayerInputs
 from ._method import restoration_method
+from .consistency import bias_gradient_findings, count_system_findings
 from .counting import correct_to_sum, round_counts
 from .linsolve import SOLVERS, solve_count_system
 from .result import RestorationResult, make_result
@@ -200,7 +206,8 @@ def ilrg(
             (:func:`label_restore.linsolve.solve_count_system`); all return :math:`A^+ y`.
 
     Returns:
-        :class:`RestorationResult` with ``details = {"float_counts": n (C,), "solver": ..., "rcond": ...}``.
+        :class:`RestorationResult` with ``details = {"float_counts": n (C,), "solver": ..., "rcond": ...,
+        "residual": ...}`` and the consistency findings in ``diagnostics``.
 
     Example:
         >>> r = ilrg(gW, gb, W, b, batch_size=8)  # doctest: +SKIP
@@ -219,5 +226,10 @@ def ilrg(
     probs = class_probabilities(emb, inputs.weight, inputs.bias, precision=precision, alpha=float(alpha))
     float_counts, info = solve_count_system(probs, grad_bias, k, solver=solver, overwrite=True)
     raw = round_counts(float_counts, k)
-    counts = correct_to_sum(raw, float_counts, k)
-    return make_result("ilrg", counts, raw, raw > 0, k, details={"float_counts": float_counts, **info})
+    start = round_counts(float_counts, k, clip=True)
+    counts = correct_to_sum(start, float_counts, k)
+    findings = bias_gradient_findings(grad_bias.double().numpy(), k) + count_system_findings(
+        float_counts, info["residual"], k
+    )
+    details = {"float_counts": float_counts, **info}
+    return make_result("ilrg", counts, raw, start > 0, k, details=details, diagnostics=findings)

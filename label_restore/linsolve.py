@@ -130,12 +130,17 @@ def min_norm_lstsq(a: Any, y: Any, driver: str = "gelsy") -> np.ndarray:
     raise ValueError(f"unknown least-squares driver {driver!r}; use 'gelsy', 'gelsd' or 'pinv'.")
 
 
-def _reduced_system(probs: torch.Tensor, rhs: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Square :math:`(S, t)` (see the module docstring); ``probs`` is overwritten.
+def _reduced_system(
+    probs: torch.Tensor, rhs: torch.Tensor, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Square :math:`(S, t)` (see the module docstring) and the right-hand side of the zeroed row; ``probs`` is
+    overwritten.
 
     Built in place on ``probs``: :math:`T = \\hat P - I` (rows :math:`\\hat p_j`) is :math:`(P - I)^\\top`;
     :math:`T H = T - \\beta (T v) v^\\top` is :math:`[H(P-I)]^\\top`; its column 0 (the zeroed row) is replaced
-    by ones. :math:`S = T^\\top` is returned as a (Fortran-ordered) view.
+    by ones. :math:`S = T^\\top` is returned as a (Fortran-ordered) view. The zeroed row's right-hand side
+    :math:`[H K \\nabla b]_1 = -K \\sum_i \\nabla b_i / \\sqrt C` no ``n`` can meet, so
+    :math:`\\lVert A n - y\\rVert^2 = \\lVert S n - t\\rVert^2 + [H K\\nabla b]_1^2`.
     """
     c = probs.shape[0]
     t_mat = probs
@@ -146,8 +151,21 @@ def _reduced_system(probs: torch.Tensor, rhs: torch.Tensor, batch_size: int) -> 
     t_mat.addr_(t_mat @ v, v, alpha=-beta)
     t_mat[:, 0] = 1.0
     t = rhs - (beta * float(v @ rhs)) * v
+    unmet = float(t[0])
     t[0] = float(batch_size)
-    return t_mat.mT, t
+    return t_mat.mT, t, unmet
+
+
+def _reduced_residual(s: torch.Tensor, t: torch.Tensor, unmet: float, sol: torch.Tensor) -> float:
+    """:math:`\\lVert A n - y\\rVert_2` from the reduced system (:func:`_reduced_system`), :math:`O(C^2)`."""
+    return math.hypot(float(torch.linalg.vector_norm(torch.addmv(t, s, sol, alpha=-1.0))), unmet)
+
+
+def _explicit_solve(p: torch.Tensor, grad_bias: Any, batch_size: int, driver: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`min_norm_lstsq` on the explicit system :math:`(A, y)`, with its residual."""
+    a, y = count_system(p, grad_bias, batch_size)
+    sol = min_norm_lstsq(a, y, driver=driver)
+    return sol, {"solver": driver, "rcond": None, "residual": float(np.linalg.norm(a @ sol - y))}
 
 
 def solve_count_system(
@@ -177,8 +195,9 @@ def solve_count_system(
 
     Returns:
         ``(n, info)``: the float solution, shape :math:`(C,)`, and ``{"solver": which ran ("lu-mixed", "lu",
-        "gelsy", "gelsd" or "pinv"), "rcond": the gecon estimate or None}`` (plus ``"iterations"`` of the
-        refinement for "lu-mixed").
+        "gelsy", "gelsd" or "pinv"), "rcond": the gecon estimate or None, "residual": ||A n - y||_2}`` (plus
+        ``"iterations"`` of the refinement for "lu-mixed"). The residual is in samples (rows of :math:`A` count
+        instances); for a nonsingular reduced system it is :math:`K |\\sum_i \\nabla b_i| / \\sqrt C`.
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}.")
@@ -186,20 +205,19 @@ def solve_count_system(
     if p.ndim != 2 or p.shape[0] != p.shape[1]:
         raise ValueError(f"probs must be a square (C, C) matrix; got shape {tuple(p.shape)}.")
     if solver in ("gelsy", "gelsd", "pinv"):
-        a, y = count_system(p, grad_bias, batch_size)
-        return min_norm_lstsq(a, y, driver=solver), {"solver": solver, "rcond": None}
+        return _explicit_solve(p, grad_bias, batch_size, solver)
 
     stochastic = bool((p.sum(dim=1) - 1.0).abs().max() <= 1e-12 * max(1, p.shape[0]))
     if not stochastic:  # the reduction needs 1^T (P - I) = 0; keep the explicit system
-        a, y = count_system(p, grad_bias, batch_size)
-        return min_norm_lstsq(a, y, driver="gelsy"), {"solver": "gelsy", "rcond": None}
+        return _explicit_solve(p, grad_bias, batch_size, "gelsy")
 
     work = p if overwrite else p.clone()
-    s, t = _reduced_system(work, float(batch_size) * _as_f64(grad_bias).reshape(-1), batch_size)
+    s, t, unmet = _reduced_system(work, float(batch_size) * _as_f64(grad_bias).reshape(-1), batch_size)
     if solver == "auto" and s.shape[0] >= MIXED_MIN_SIZE:
         sol, iterations = _mixed_precision_solve(s, t)
         if sol is not None:
-            return sol.numpy(), {"solver": "lu-mixed", "rcond": None, "iterations": iterations}
+            residual = _reduced_residual(s, t, unmet, sol)
+            return sol.numpy(), {"solver": "lu-mixed", "rcond": None, "iterations": iterations, "residual": residual}
     anorm = float(s.abs().sum(dim=0).max())
     lu, pivots, info = torch.linalg.lu_factor_ex(s)
     rcond = 0.0
@@ -207,8 +225,9 @@ def solve_count_system(
         rcond = float(lapack.dgecon(lu.numpy(), anorm, norm="1")[0])
     if int(info) == 0 and rcond > rcond_threshold:
         sol = torch.linalg.lu_solve(lu, pivots, t.reshape(-1, 1)).reshape(-1)
-        return sol.numpy(), {"solver": "lu", "rcond": rcond}
-    return _gelsy(s.numpy(), t.numpy()), {"solver": "gelsy", "rcond": rcond}
+        return sol.numpy(), {"solver": "lu", "rcond": rcond, "residual": _reduced_residual(s, t, unmet, sol)}
+    sol = torch.from_numpy(_gelsy(s.numpy(), t.numpy()))
+    return sol.numpy(), {"solver": "gelsy", "rcond": rcond, "residual": _reduced_residual(s, t, unmet, sol)}
 
 
 def _mixed_precision_solve(s: torch.Tensor, t: torch.Tensor, max_iter: int = 30) -> tuple[torch.Tensor | None, int]:

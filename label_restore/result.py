@@ -41,7 +41,12 @@ class RestorationResult:
             May not sum to ``K``.
         method: the method's registry name, e.g. ``"ilrg"``.
         seconds: wall time of the restoration itself (after input validation), in seconds.
-        details: method-specific diagnostics (e.g. iLRG's float solution and which solver ran).
+        details: method-specific diagnostics (e.g. iLRG's float solution, which solver ran and the count
+            system's residual).
+        diagnostics: the findings of the consistency checks (:mod:`label_restore.consistency`), one sentence
+            each with the numbers, e.g. ``"the non-negative float counts sum to 4.6e+06, batch size 8"``;
+            empty when the inputs look consistent. A result with findings was announced by one
+            :class:`~label_restore.consistency.InconsistentGradientWarning`.
     """
 
     counts: np.ndarray
@@ -51,6 +56,7 @@ class RestorationResult:
     method: str
     seconds: float = math.nan
     details: Mapping[str, Any] = field(default_factory=dict)
+    diagnostics: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -76,6 +82,7 @@ def make_result(
     present: np.ndarray,
     batch_size: int,
     details: Mapping[str, Any] | None = None,
+    diagnostics: tuple[str, ...] = (),
 ) -> RestorationResult:
     """Build a :class:`RestorationResult`, checking its invariants.
 
@@ -95,4 +102,5 @@ def make_result(
         raw_counts=raw_counts,
         method=method,
         details=dict(details or {}),
+        diagnostics=tuple(diagnostics),
     )

@@ -31,31 +31,33 @@ from scipy.optimize import linprog
 
 from ._inputs import LayerInputs
 from ._method import restoration_method
+from .consistency import presence_findings, rank_findings
 from .existence import fill_present
 from .result import RestorationResult, make_result
 
 __all__ = ["rlg", "class_subspace", "separation_margin"]
 
 
-def class_subspace(grad_weight: torch.Tensor, batch_size: int) -> np.ndarray:
-    """Rows :math:`c_i` of the top-:math:`r` right-singular vectors of :math:`\\nabla W^\\top`.
+def class_subspace(grad_weight: torch.Tensor, batch_size: int) -> tuple[np.ndarray, int]:
+    """Rows :math:`c_i` of the top-:math:`r` right-singular vectors of :math:`\\nabla W^\\top`, and the rank.
 
     Args:
         grad_weight: :math:`\\nabla W`, shape :math:`(C, M)`.
         batch_size: :math:`K` (caps :math:`r`).
 
     Returns:
-        float64 :math:`V`, shape :math:`(C, r)` with :math:`r = \\min(\\operatorname{rank}(\\nabla W), K)`; the
-        rank counts singular values above :math:`\\sigma_{\\max} \\max(C, M)\\, \\epsilon` with :math:`\\epsilon`
-        of the input's dtype (float32 gradients carry float32 rounding noise).
+        ``(V, rank)``: float64 :math:`V`, shape :math:`(C, r)` with :math:`r = \\min(\\operatorname{rank}, K)`,
+        and the numerical rank of :math:`\\nabla W` itself, which counts singular values above
+        :math:`\\sigma_{\\max} \\max(C, M)\\, \\epsilon` with :math:`\\epsilon` of the input's dtype (float32
+        gradients carry float32 rounding noise). A batch of :math:`K` samples gives rank :math:`\\le K`.
     """
     eps = torch.finfo(grad_weight.dtype).eps
     g = grad_weight.to(torch.float64)
     u, s, _ = torch.linalg.svd(g, full_matrices=False)  # g = U S V^T, so right-singular of g^T = U
     if s.numel() == 0 or float(s[0]) == 0.0:
-        return np.zeros((g.shape[0], 0))
+        return np.zeros((g.shape[0], 0)), 0
     rank = int((s > s[0] * max(g.shape) * eps).sum())
-    return u[:, : min(rank, batch_size)].numpy()
+    return u[:, : min(rank, batch_size)].numpy(), rank
 
 
 def separation_margin(subspace: np.ndarray, i: int) -> float:
@@ -94,12 +96,15 @@ def rlg(inputs: LayerInputs, *, tol: float = 1e-9) -> RestorationResult:
 
     Returns:
         :class:`RestorationResult`; ``raw_counts`` is the 0/1 presence;
-        ``details = {"margins": t* (C,), "rank": r}``.
+        ``details = {"margins": t* (C,), "rank": r}``; ``diagnostics`` notes a rank of :math:`\\nabla W` above
+        ``K`` and more present classes than ``K`` (:mod:`label_restore.consistency`).
     """
     k = inputs.batch_size
-    v = class_subspace(inputs.grad_weight, k)
+    v, rank = class_subspace(inputs.grad_weight, k)
     margins = np.array([separation_margin(v, i) for i in range(v.shape[0])])
     present = margins > -tol
     norms = inputs.grad_weight.to(torch.float64).norm(dim=1).numpy()
     counts = fill_present(present, -norms, k)
-    return make_result("rlg", counts, present.astype(np.int64), present, k, {"margins": margins, "rank": v.shape[1]})
+    raw = present.astype(np.int64)
+    details = {"margins": margins, "rank": v.shape[1]}
+    return make_result("rlg", counts, raw, present, k, details, rank_findings(rank, k) + presence_findings(raw, k))

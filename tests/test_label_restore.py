@@ -11,6 +11,7 @@ from torch import nn
 import label_restore
 from label_restore import (
     METHOD_NAMES,
+    InconsistentGradientWarning,
     RestorationResult,
     counts_from_labels,
     get_method,
@@ -77,6 +78,22 @@ def test_ilrg_hand_computed_three_classes_with_absent_class():
     assert r.present.tolist() == [True, False, True]
     assert r.labels.tolist() == [0, 0, 2, 2, 2]
     assert r.method == "ilrg" and r.seconds > 0
+
+
+def test_ilrg_one_class_batch_with_a_float_count_above_k():
+    # Uniform outputs (W = 0, b = 0), K = 5 samples all of class 0, C = 3: the system is exact, n = K/C - K grad b.
+    # Gradients scaled by 1.21 give n_0 = 5/3 + 5 * 1.21 * 2/3 = 5.7, which rounds above K, and
+    # n_1 = n_2 = (5 - 6.05)/3 = -0.35.
+    fc = linear_layer(np.zeros((3, 2)), np.zeros(3))
+    g = mean_ce_grads(fc, torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
+                      torch.zeros(5, dtype=torch.long))
+    g = {**g, "grad_weight": g["grad_weight"] * 1.21, "grad_bias": g["grad_bias"] * 1.21}
+    r = restore_labels("ilrg", **g)
+    np.testing.assert_allclose(r.details["float_counts"], [5.7, -0.35, -0.35], atol=1e-9)
+    assert r.raw_counts.tolist() == [0, 0, 0]  # the paper's rule (what it scores): above K -> 0
+    assert r.counts.tolist() == [5, 0, 0] and r.labels.tolist() == [0] * 5  # the whole batch, not spread out
+    assert r.present.tolist() == [True, False, False]
+    assert r.diagnostics == ()  # sum |grad b| = 1.21 * 4/3 < 2, no residual: consistent
 
 
 def test_ilrg_float32_inputs_of_the_hand_case():
@@ -254,11 +271,12 @@ def test_non_finite_values(hand_grads, name):
 def test_huge_finite_values_are_not_mistaken_for_inf(hand_grads):
     # the fast finite check sums the tensor; an overflowing sum of finite values must not raise
     big = torch.full((3, 2), 3e38, dtype=torch.float32)
-    r = restore_labels("idlg", grad_weight=-big, batch_size=2)
+    with pytest.warns(InconsistentGradientWarning, match="raw counts sum to 3, batch size 2"):  # 3 present, K=2
+        r = restore_labels("idlg", grad_weight=-big, batch_size=2)
     assert r.counts.sum() == 2
 
 
-@pytest.mark.parametrize("k", [0, -3, 2.5, 5.0, "5", None, True])
+@pytest.mark.parametrize("k", [0, -3, 2.5, 2.7, 5.0, "5", None, True, torch.tensor(2.7)])
 def test_bad_batch_size(hand_grads, k):
     with pytest.raises(ValueError, match="batch_size must be an integer K >= 1"):
         restore_labels("ilrg", **{**hand_grads, "batch_size": k})
@@ -331,7 +349,7 @@ def test_docstring_examples():
     import doctest
     import importlib
 
-    for name in ("counting", "metrics", "result", "ilrg", "existence", "llg", "rlg", "linsolve", "api"):
+    for name in ("counting", "metrics", "result", "ilrg", "existence", "llg", "rlg", "linsolve", "api", "consistency"):
         module = importlib.import_module(f"label_restore.{name}")
         result = doctest.testmod(module, extraglobs={"np": np, "torch": torch}, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, name

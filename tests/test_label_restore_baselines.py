@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from label_restore import counts_from_labels, restore_labels
+from label_restore import InconsistentGradientWarning, counts_from_labels, restore_labels
+from label_restore.counting import greedy_counts
 from label_restore.existence import fill_present
 from label_restore.llg import bias_impact, llg_impact
 from label_restore.rlg import class_subspace, separation_margin
@@ -55,9 +56,11 @@ def test_gi_with_silu_adds_absent_classes(seed):
     # SiLU embeddings have negative entries, so absent classes' rows have negative entries too
     g = mlp_grads(DISTINCT, 20, nn.SiLU(), seed)
     true = counts_from_labels(DISTINCT, 20)
-    r = restore_labels("gi", **g)
+    with pytest.warns(InconsistentGradientWarning, match=r"gi \(K=5\).*raw counts sum to \d+, batch size 5"):
+        r = restore_labels("gi", **g)
     assert r.present[true > 0].all()  # no present class missed ...
-    assert r.present.sum() > 5  # ... but absent ones reported present
+    assert r.present.sum() > 5  # ... but absent ones reported present, more than K: the result says so
+    assert len(r.diagnostics) == 1 and r.diagnostics[0].startswith(f"raw counts sum to {r.present.sum()}, batch size 5")
     # rlg does not depend on the sign of the embeddings
     assert np.array_equal(restore_labels("rlg", **g).present, true > 0)
 
@@ -155,6 +158,20 @@ def test_bias_impact_formula():
     assert bias_impact(np.zeros(5), 3) == 0.0
 
 
+def test_bias_corrected_impact_is_not_breachings():
+    # Dyadic hand case (exact in floating point): C = 4, K = 8, uniform outputs, counts (5, 3, 0, 0):
+    # grad b = 1/4 - n/8 = (-0.375, -0.125, 0.25, 0.25); the negatives sum to -0.5, P = 2.
+    n = np.array([5, 3, 0, 0])
+    g = 1 / 4 - n / 8
+    # ours: m = C / (K (C - P)) * (-0.5) = -1/8, one instance's true effect on its class; the counts come out right
+    r = restore_labels("bias_corrected", grad_bias=g, batch_size=8)
+    assert r.details["impact"] == -0.125 and r.counts.tolist() == [5, 3, 0, 0] and r.diagnostics == ()
+    # breaching's "bias-corrected": m_B = -0.5 / K = -1/16, too small by (C - P)/C = 1/2. Stage 1 leaves
+    # (-0.3125, -0.0625, ...); class 0 then takes four steps to climb to -0.0625, wins the tie and ends at 6
+    _, breaching = greedy_counts(g, 8, -0.5 / 8)
+    assert breaching.tolist() == [6, 2, 0, 0]
+
+
 def test_fill_present_rules():
     scores = np.array([-1.0, -3.0, 2.0, -2.0, 1.0])
     present = scores < 0
@@ -177,9 +194,12 @@ def test_rlg_subspace_rank_ignores_float32_noise_and_is_capped_at_k():
     resid = torch.softmax(torch.randn(3, 12), 1) - torch.eye(12)[[0, 4, 4]]
     gw = (resid.T @ torch.relu(torch.randn(3, 50))) / 3
     assert gw.dtype == torch.float32
-    assert class_subspace(gw, 10).shape == (12, 3)
-    assert class_subspace(gw, 2).shape == (12, 2)
-    assert class_subspace(torch.zeros(4, 5), 3).shape == (4, 0)
+    v, rank = class_subspace(gw, 10)
+    assert v.shape == (12, 3) and rank == 3
+    v, rank = class_subspace(gw, 2)
+    assert v.shape == (12, 2) and rank == 3  # r is capped at K; the rank is not
+    v, rank = class_subspace(torch.zeros(4, 5), 3)
+    assert v.shape == (4, 0) and rank == 0
 
 
 def test_separation_margin_by_hand():

@@ -42,6 +42,22 @@ def test_round_counts_rule():
     assert round_counts(f, 5).tolist() == [2, 0, 2, 4, 0, 0, 0, 0, 0]
     assert round_counts(np.array([5.2, 0.1]), 5).tolist() == [5, 0]  # exactly K is kept (the whole batch)
     assert round_counts(np.array([5.5, 0.1]), 5).tolist() == [0, 0]  # rounds to 6 > K
+    # clip=True: above K -> K, everything else the same
+    assert round_counts(f, 5, clip=True).tolist() == [2, 0, 2, 4, 5, 0, 0, 0, 0]
+    assert round_counts(np.array([5.5, 0.1]), 5, clip=True).tolist() == [5, 0]
+
+
+def test_one_class_batch_with_a_float_count_above_k_keeps_the_whole_batch():
+    # all K = 8 samples of class 1, and the solution overshoots: K + 0.3 rounds to K and is kept either way;
+    # K + 0.7 rounds to K + 1, which the paper's raw counts zero, but the sum-to-K step must start from K
+    # there, not spread the batch over every class
+    for overshoot, raw_class_1 in ((8.3, 8), (8.7, 0)):
+        f = np.array([-0.1, overshoot, -0.15, -0.05])
+        assert round_counts(f, 8).tolist() == [0, raw_class_1, 0, 0]
+        start = round_counts(f, 8, clip=True)
+        assert start.tolist() == [0, 8, 0, 0]
+        assert correct_to_sum(start, f, 8).tolist() == [0, 8, 0, 0]
+    assert correct_to_sum(round_counts(f, 8), f, 8).tolist() == [2, 2, 2, 2]  # what zeroing led to
 
 
 def test_short_by_two_with_five_eligible_adds_exactly_two_to_the_right_classes():

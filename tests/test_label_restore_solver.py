@@ -100,6 +100,8 @@ def test_rank_deficient_count_system_falls_back_and_equals_pinv(mixed, monkeypat
         got, info = solve_count_system(p, gb, 8, solver=solver)
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9, err_msg=solver)
         assert got[3] == pytest.approx(got[7], rel=1e-9)
+        # the residual ||A n - y|| (grad b does not sum to 0 here), whichever system was solved
+        assert info["residual"] == pytest.approx(np.linalg.norm(a @ got - y), rel=1e-9), solver
     assert solve_count_system(p, gb, 8)[1]["solver"] == "gelsy"
 
 
@@ -115,6 +117,7 @@ def test_reducible_probabilities_rank_deficient_block_system_equals_pinv(always_
     got, info = solve_count_system(p, gb, 10)
     assert info["solver"] == "gelsy"
     np.testing.assert_allclose(got, pinv_solution(a, y), rtol=1e-9, atol=1e-9)
+    assert info["residual"] == pytest.approx(np.linalg.norm(a @ got - y), rel=1e-9)
 
 
 @pytest.mark.parametrize("mixed", [False, True])

@@ -28,6 +28,7 @@ def test_run_writes_results_grid_and_checkpoint(data_root, tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["label_mode"] == "ilrg" and results["restoration"]["method"] == "ilrg"
     assert results["labels_used"] == results["true_labels"]  # restoration is exact here
+    assert results["restoration"]["diagnostics"] == []  # a consistent update: no finding
     assert results["label_metrics"]["LnAcc"] == 1.0
     assert len(results["image_metrics"]["per_image"]) == 3
     mean = results["image_metrics"]["mean"]
@@ -100,6 +101,22 @@ def test_a_fresh_run_moves_an_earlier_runs_files_aside(data_root, tmp_path):
     assert (previous[0] / "snapshots.png").is_file() and not (out / "snapshots.png").exists()  # not stale beside
     assert (out / "notes.txt").read_text() == "mine"
     assert json.loads((out / "results.json").read_text())["config"]["attack"]["lr"] == 0.2
+
+
+def test_an_inconsistent_update_is_flagged_in_the_results(data_root, tmp_path):
+    from inversion.experiment import simulate_client
+    from inversion.fl import SharedUpdate
+    from label_restore import InconsistentGradientWarning
+
+    client = simulate_client(tiny(data_root, tmp_path / "unused"), progress=False)
+    scaled = SharedUpdate.from_gradients({k: v * 1e6 for k, v in client.update.gradients.items()},
+                                         client.update.batch_size, client.update.meta)
+    scaled.save(tmp_path / "update.pt")
+    cfg = tiny(data_root, tmp_path / "run", f"update={tmp_path / 'update.pt'}", "attack.max_steps=2",
+               "attack.snapshot_every=0")
+    with pytest.warns(InconsistentGradientWarning, match="grad_bias"):
+        results = run_inversion(cfg, progress=False).results
+    assert any("sum |grad_bias|" in finding for finding in results["restoration"]["diagnostics"])
 
 
 @pytest.mark.parametrize("override,message", [

@@ -47,6 +47,8 @@ def main() -> None:
     if restoration is not None and restoration["raw_metrics"] is not None:
         print(f"  {restoration['method']} raw counts (as the paper scores them): "
               + _label_scores(restoration["raw_metrics"]))
+    for finding in restoration["diagnostics"] if restoration is not None else ():
+        print(f"  warning: {finding}")
     print(f"matching loss {attack['matching_loss']:.4g} after {attack['steps']} steps in {attack['seconds']:.0f} s"
           + (", interrupted" if attack["interrupted"] else ""))
     if results["image_metrics"] is not None:
