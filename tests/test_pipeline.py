@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from inversion.config import CONFIG_DIR, ConfigError, InvertConfig, load_config
 from inversion.pipeline import run_inversion
@@ -131,11 +132,15 @@ def test_config_errors(data_root, tmp_path, override, message):
 
 
 def test_script_prints_where_the_results_are(data_root, tmp_path):
+    """Overrides before, between and after the options (intermixed) all apply."""
     done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "invert.py"), "--labels", "shared", "--config", str(DEFAULT),
-         "--out", str(tmp_path / "s"), f"data.root={data_root}", "data.download=false", "client.batch_size=2",
-         "attack.max_steps=5"],
+        [sys.executable, str(REPO / "scripts" / "invert.py"), "client.batch_size=2", "--labels", "shared",
+         "--config", str(DEFAULT), "attack.max_steps=5", "--out", str(tmp_path / "s"), f"data.root={data_root}",
+         "data.download=false"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "labels (shared)" in done.stdout and f"results in {tmp_path / 's'}" in done.stdout
+    results = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert results["config"]["client"]["batch_size"] == 2 and results["attack"]["steps"] == 5
+    assert results["threads"] == torch.get_num_threads()

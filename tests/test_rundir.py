@@ -22,6 +22,16 @@ def test_out_must_be_a_folder_that_can_be_made(tmp_path):
     assert not (tmp_path / "new").exists()  # checking creates nothing
 
 
+def test_an_unwritable_out_is_refused(tmp_path, monkeypatch):
+    """(Simulated: the tests may run as root, whom permissions do not stop.)"""
+    (tmp_path / "locked").mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "locked")
+    with pytest.raises(OutputFolderError, match="out=.*locked is not writable: choose a folder you can write to"):
+        check_out(tmp_path / "locked")
+    with pytest.raises(OutputFolderError, match="cannot be created .*locked is not writable"):
+        check_out(tmp_path / "locked" / "run")
+
+
 def test_a_second_run_into_the_same_out_is_refused_while_the_first_holds_it(tmp_path):
     with run_folder(tmp_path / "run", ["results.json"]):
         with pytest.raises(OutputFolderError, match=f"another run \\(pid {os.getpid()}\\) is writing into"):
