@@ -30,7 +30,8 @@ from .attack.settings import AttackSettings, LabelMode
 from .choices import choices
 from .data.fileio import atomic_write
 from .fl.client import PARAMETER_SETS
-from .fl.update import BN_MODES
+from .fl.local import LocalTraining
+from .fl.update import BN_MODES, UPDATE_KINDS
 from .data.samplers import SAMPLER_NAMES
 from .data.specs import DATASET_NAMES
 from .models import ACTIVATIONS, MODEL_NAMES
@@ -62,6 +63,7 @@ SamplerName = choices("SamplerName", SAMPLER_NAMES)
 Split = choices("Split", ("train", "test"))
 BNMode = choices("BNMode", BN_MODES)
 ParameterSet = choices("ParameterSet", PARAMETER_SETS)
+UpdateKind = choices("UpdateKind", UPDATE_KINDS)
 MethodName = choices("MethodName", METHOD_NAMES)
 
 
@@ -105,7 +107,7 @@ class ModelConfig:
 
 @dataclass
 class ClientConfig:
-    """The FL client: its private batch and how it computes the FedSGD update."""
+    """The FL client: its private batch and how it computes its update (FedSGD gradient or FedAvg delta)."""
 
     batch_size: int = 8
     sampler: SamplerName = SamplerName.random
@@ -118,6 +120,21 @@ class ClientConfig:
     chunk_size: Optional[int] = None  # images per forward/backward; None: whole batch
     parameters: ParameterSet = ParameterSet.all  # final_layer: only the final layer's gradients
     synthetic_labels: bool = False  # untrained models only: labels drawn over C, independent of images
+    kind: UpdateKind = UpdateKind.fedsgd  # fedavg: local SGD steps, then the weight delta is shared
+    local_steps: int = 1  # fedavg: S, local SGD steps (mini-batches in order, cycling over the batch)
+    local_batch_size: Optional[int] = None  # fedavg: B, dividing batch_size; None: the whole batch
+    local_lr: float = 0.1  # fedavg: the local learning rate
+
+    def __post_init__(self) -> None:
+        self.local_training()  # validates the FedAvg schedule now
+
+    def local_training(self) -> LocalTraining | None:
+        """The FedAvg schedule (public, recorded with the update), or None for FedSGD."""
+        if self.kind == "fedsgd":
+            return None
+        local = LocalTraining(self.local_steps, self.local_batch_size or self.batch_size, self.local_lr)
+        local.check(self.batch_size)
+        return local
 
 
 @dataclass

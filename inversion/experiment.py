@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from .config import ConfigError, ModelConfig, to_dict
+from .config import ClientConfig, ConfigError, ModelConfig, to_dict
 from .data import Batch, ImageSource, load_source, sample_batch, sample_synthetic_batch
 from .fl.client import client_update
 from .fl.private import PrivateBatch
@@ -118,11 +118,12 @@ def simulate_client(cfg: DictConfig, *, progress: bool = True, source: ImageSour
     model = model_from_config(cfg.model, source)
     batch = batch_from_config(cfg.client, source, model)
     _check_labels(batch.labels, model, source)
-    client = to_dict(cfg.client)
+    client: ClientConfig = OmegaConf.to_object(cfg.client)
     spec = source.spec
     update = client_update(
-        model, batch.images, batch.labels, bn_mode=client["bn_mode"], chunk_size=client["chunk_size"],
-        parameters=client["parameters"], dataset=spec.name, mean=spec.mean, std=spec.std, progress=progress,
+        model, batch.images, batch.labels, bn_mode=client.bn_mode, chunk_size=client.chunk_size,
+        parameters=client.parameters, dataset=spec.name, mean=spec.mean, std=spec.std,
+        local=client.local_training(), progress=progress,
     )
     record = {
         "config": to_dict(cfg),

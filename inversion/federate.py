@@ -119,6 +119,9 @@ def _check_client(cfg: DictConfig) -> None:
     client = to_dict(cfg.client)
     if client["parameters"] != "all":
         raise ValueError("client.parameters must be 'all' in a federation: FedSGD clients share the whole model")
+    if client["kind"] != "fedsgd":
+        raise ValueError("the Flower federation runs FedSGD clients: set client.kind=fedsgd (FedAvg clients are "
+                         "simulated by scripts/share_update.py and scripts/invert.py)")
     if client["synthetic_labels"]:
         raise ValueError("client.synthetic_labels is not allowed in a federation: clients train on their real labels")
     chunk = client["chunk_size"]

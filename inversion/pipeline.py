@@ -217,6 +217,7 @@ def _results(cfg, update: SharedUpdate, digest: str, private: PrivateBatch | Non
         "device": str(device),
         "threads": torch.get_num_threads(),  # CPU results are bit-reproducible for a fixed thread count
         "update": {"sha256": digest, "kind": update.kind, "batch_size": update.batch_size,
+                   "local": None if update.meta.local is None else update.meta.local.to_json(),
                    "file": record["update"], "dataset": update.meta.dataset, "notes": update.meta.notes},
         "private": None if private is None else {"file": record["private"],
                                                  "data_source": private.record.get("data_source")},

@@ -97,17 +97,18 @@ def plan_labels(mode: str, update: SharedUpdate, model: nn.Module, *, true_label
     return plan
 
 
-def batch_loss(logits: Tensor, plan: LabelPlan, label_logits: Tensor | None) -> Tensor:
-    """The client's loss on the dummies: mean cross-entropy over the K dummies (as the client's update).
+def batch_loss(logits: Tensor, plan: LabelPlan, label_logits: Tensor | None, rows: slice = slice(None)) -> Tensor:
+    """The client's loss on the dummies: mean cross-entropy over the dummies ``rows`` (as the client's update).
 
     Args:
-        logits: model outputs on the dummies, (K, C).
+        logits: model outputs on the dummies ``rows`` of the K, (|rows|, C).
         plan: the label plan.
         label_logits: for learnable modes, (K, C) or (C,) logits whose softmax is the soft label.
+        rows: which of the K dummies ``logits`` are for (all by default; a FedAvg local mini-batch).
     """
     if plan.fixed is not None:
-        return F.cross_entropy(logits, plan.fixed.to(logits.device))
-    soft = torch.softmax(label_logits, dim=-1).expand_as(logits)
+        return F.cross_entropy(logits, plan.fixed[rows].to(logits.device))
+    soft = torch.softmax(label_logits if label_logits.ndim == 1 else label_logits[rows], dim=-1).expand_as(logits)
     return -(soft * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 

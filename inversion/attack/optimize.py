@@ -1,9 +1,11 @@
-"""The gradient-inversion attack: optimise dummy inputs until their gradient matches the shared one.
+"""The gradient-inversion attack: optimise dummy inputs until their update matches the shared one.
 
 The server's copy of the model computes, for a dummy batch ``x`` (K, C, H, W) and the
-label plan, the gradient of the same loss the client used (mean cross-entropy), and
-the optimiser moves ``x`` (and learnable labels) to minimise the matching objective
-plus the weighted image priors. Per restart: seeded initialisation, Adam (optionally on
+label plan, the update the client would have sent: for FedSGD the gradient of its loss
+(mean cross-entropy); for FedAvg the weight delta of its local SGD steps, unrolled
+differentiably on the dummies (Inverting Gradients' multi-step attack; the dummies fall into
+the local mini-batches in the order of the plan's labels). The optimiser moves ``x`` (and
+learnable labels) to minimise the matching objective plus the weighted image priors. Per restart: seeded initialisation, Adam (optionally on
 the sign of the image gradient) or L-BFGS, an LR schedule driven by the step count,
 projection onto the valid pixel box, the best iterate kept, early stop on a loss
 threshold. The best restart is chosen by its matching loss.
@@ -27,11 +29,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from priors import build_priors
 
 from ..data.fileio import atomic_write, load_tensor_file
+from ..fl.local import unroll_local_training
 from ..fl.update import SharedUpdate
 from .labels import LabelPlan, batch_loss, labels_in_use
 from .objectives import GradientMatcher
@@ -148,6 +152,7 @@ class Inversion:
         self.identity = identity
         self.model = copy.deepcopy(model).to(self.device)
         self.bn_mode = update.meta.bn_mode
+        self.local = update.meta.local  # FedAvg: the client's local training, unrolled by match()
         if self.bn_mode == "train":  # batch statistics as the client had, running statistics frozen
             for layer in self.model.modules():
                 if isinstance(layer, nn.modules.batchnorm._BatchNorm):
@@ -174,10 +179,20 @@ class Inversion:
 
     # --- losses -------------------------------------------------------------------------------------
     def match(self, x: Tensor, label_logits: Tensor | None) -> Tensor:
-        """Matching loss of the dummies' gradient (graph kept, to differentiate w.r.t. x)."""
-        loss = batch_loss(self.model(x), self.plan, label_logits)
-        grads = torch.autograd.grad(loss, self.params, create_graph=True)
-        return self.matcher(grads)
+        """Matching loss of the dummies' update (graph kept, to differentiate w.r.t. x).
+
+        FedSGD: the gradient of the mean loss over the dummies. FedAvg: the weight delta of the
+        client's local training unrolled on the dummies (:func:`~inversion.fl.local.unroll_local_training`).
+        """
+        if self.local is None:
+            loss = batch_loss(self.model(x), self.plan, label_logits)
+            return self.matcher(torch.autograd.grad(loss, self.params, create_graph=True))
+
+        def loss(theta, rows):
+            return batch_loss(functional_call(self.model, theta, (x[rows],)), self.plan, label_logits, rows)
+
+        delta = unroll_local_training(self.model, self.local, self.plan.batch_size, loss)
+        return self.matcher([delta[name] for name in self.names])
 
     def objective(self, x: Tensor, label_logits: Tensor | None) -> tuple[Tensor, Tensor, dict[str, float]]:
         """(total, matching loss, prior terms) for the current dummies."""

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..models import final_layer
+from .local import LocalTraining, local_training_delta
 from .update import BN_MODES, SharedUpdate, UpdateMeta
 
 __all__ = ["BN_MODES", "PARAMETER_SETS", "client_gradients", "final_layer_client_gradients", "client_update"]
@@ -185,9 +186,10 @@ def client_update(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     notes: Mapping[str, Any] | None = None,
+    local: LocalTraining | None = None,
     progress: bool = False,
 ) -> SharedUpdate:
-    """Simulate one FL client: compute the FedSGD update it shares for a batch.
+    """Simulate one FL client: compute the update it shares for a batch (FedSGD, or FedAvg with ``local``).
 
     The update carries public metadata only (:meth:`UpdateMeta.describe`: the model's spec and state
     digest, the input shape, the normalisation, ``bn_mode``); the batch itself stays with the
@@ -203,14 +205,26 @@ def client_update(
             needs, and much cheaper for large batches).
         dataset, mean, std: the task's dataset name and normalisation (public).
         notes: further public facts to record (e.g. ``{"parameters": "final_layer"}`` is added).
+        local: FedAvg: the client trains S local SGD steps (:mod:`inversion.fl.local`) and shares the
+            weight delta (kind ``fedavg``, the schedule in ``meta.local``); needs ``parameters="all"``
+            and no ``chunk_size``. None: FedSGD, the gradient.
 
     Returns:
         the :class:`SharedUpdate` the server receives.
     """
     if parameters not in PARAMETER_SETS:
         raise ValueError(f"parameters must be one of {PARAMETER_SETS}, got {parameters!r}")
-    gradients_of = final_layer_client_gradients if parameters == "final_layer" else client_gradients
-    grads = gradients_of(model, images, labels, bn_mode=bn_mode, chunk_size=chunk_size, progress=progress)
+    if local is None:
+        gradients_of = final_layer_client_gradients if parameters == "final_layer" else client_gradients
+        tensors = gradients_of(model, images, labels, bn_mode=bn_mode, chunk_size=chunk_size, progress=progress)
+    else:
+        if parameters != "all" or chunk_size is not None:
+            raise ValueError("a FedAvg client trains the whole model on its whole batch: use parameters='all' "
+                             "and no chunk_size")
+        _chunks(model, images, labels, bn_mode, None)
+        with _client_mode(model, bn_mode):
+            tensors = local_training_delta(model, images, labels, local)
     meta = UpdateMeta.describe(model, dataset=dataset, input_shape=tuple(images.shape[1:]), mean=mean, std=std,
-                               bn_mode=bn_mode, notes={**dict(notes or {}), "parameters": parameters})
-    return SharedUpdate({n: g.detach().cpu() for n, g in grads.items()}, int(labels.shape[0]), meta)
+                               bn_mode=bn_mode, local=local, notes={**dict(notes or {}), "parameters": parameters})
+    return SharedUpdate({n: t.detach().cpu() for n, t in tensors.items()}, int(labels.shape[0]), meta,
+                        "fedsgd" if local is None else "fedavg")

@@ -23,13 +23,14 @@ from torch import Tensor, nn
 from ..data.specs import SPECS
 from ..models import ClassifierModel, final_layer
 from ._records import content_digest, load_record, model_digest, save_record
+from .local import LocalTraining
 
 __all__ = ["BN_MODES", "UPDATE_KINDS", "UpdateMeta", "SharedUpdate"]
 
 FORMAT = "gradleak.SharedUpdate"
 VERSION = 2
 BN_MODES = ("eval", "train")
-UPDATE_KINDS = ("fedsgd",)
+UPDATE_KINDS = ("fedsgd", "fedavg")
 """``fedsgd``: the gradient of the mean cross-entropy over the client's batch, at the server's model."""
 
 
@@ -66,6 +67,8 @@ class UpdateMeta:
         mean, std: per-channel normalisation of [0, 1] images, or None when unknown.
         dataset: the task's dataset name (e.g. ``"mnist"``), or None.
         bn_mode: ``"eval"`` (running statistics) or ``"train"`` (batch statistics) on the client.
+        local: a FedAvg update's local training schedule (:class:`~inversion.fl.local.LocalTraining`:
+            steps S, local batch size B, learning rate η) where the protocol reveals it; None for FedSGD.
         notes: further public, JSON-serialisable facts (e.g. the defense, the round, the client id).
     """
 
@@ -77,6 +80,7 @@ class UpdateMeta:
     std: tuple[float, ...] | None = None
     dataset: str | None = None
     bn_mode: str = "eval"
+    local: LocalTraining | None = None
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -95,6 +99,8 @@ class UpdateMeta:
             raise ValueError(f"std must be > 0 per channel, got {self.std}")
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
+        if self.local is not None and not isinstance(self.local, LocalTraining):
+            object.__setattr__(self, "local", LocalTraining.from_json(self.local))
 
     @classmethod
     def describe(cls, model: nn.Module | None = None, *, dataset: str | None = None,
@@ -144,8 +150,11 @@ class UpdateMeta:
         return images * torch.tensor(self.std, **options).view(-1, 1, 1) + torch.tensor(self.mean, **options).view(-1, 1, 1)
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-                for f in dataclasses.fields(self)}
+        def plain(value: Any) -> Any:
+            return list(value) if isinstance(value, tuple) else value.to_json() if isinstance(value, LocalTraining) \
+                else value
+
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> UpdateMeta:
@@ -171,8 +180,9 @@ class SharedUpdate:
     """One client's update, as the server receives it. Holds nothing private.
 
     Attributes:
-        gradients: parameter name (as in ``model.named_parameters()``) -> gradient of the client's
-            mean cross-entropy, shaped as the parameter.
+        gradients: parameter name (as in ``model.named_parameters()``) -> for ``fedsgd``, the gradient
+            of the client's mean cross-entropy; for ``fedavg``, the weight delta
+            :math:`\theta_S - \theta_0` of its local training (``meta.local``); shaped as the parameter.
         batch_size: K, the number of samples averaged over, or None when the protocol does not reveal it.
         meta: the public :class:`UpdateMeta`.
         kind: one of :data:`UPDATE_KINDS`.
@@ -191,6 +201,9 @@ class SharedUpdate:
             raise ValueError(f"unknown update kind {self.kind!r}; known: {', '.join(UPDATE_KINDS)}")
         if not isinstance(self.meta, UpdateMeta):
             raise ValueError(f"meta must be an UpdateMeta, got {type(self.meta).__name__}")
+        if (self.kind == "fedavg") != (self.meta.local is not None):
+            raise ValueError("a fedavg update needs meta.local (its local steps, batch size and learning rate), "
+                             "and only a fedavg update has one")
         if not self.gradients:
             raise ValueError("a shared update needs at least one gradient")
         for name, grad in self.gradients.items():
@@ -258,8 +271,21 @@ class SharedUpdate:
                 raise ValueError(f"gradient {name!r} of {self.display_name} has shape {tuple(grad.shape)}, "
                                  f"the model's parameter {tuple(params[name].shape)}")
 
+    def pseudo_gradients(self) -> dict[str, Tensor]:
+        r"""The update as a gradient: FedSGD's gradients, or a FedAvg delta's :math:`-\Delta / (\eta S)`.
+
+        For FedAvg this is the mean of the S local mini-batch gradients (each at its own step's
+        weights); over whole local epochs every sample counts equally, as in the FedSGD gradient.
+        """
+        if self.kind == "fedsgd":
+            return self.gradients
+        scale = -1.0 / (self.meta.local.lr * self.meta.local.steps)
+        return {name: delta * scale for name, delta in self.gradients.items()}
+
     def final_layer_gradients(self, model: nn.Module) -> tuple[Tensor, Tensor | None]:
-        """Gradients of the model's final linear layer: (grad_weight (C, M), grad_bias (C,) or None).
+        """(Pseudo-)gradients of the model's final linear layer: (grad_weight (C, M), grad_bias (C,) or None).
+
+        For a FedAvg update, those of :meth:`pseudo_gradients`.
 
         Raises:
             ValueError: the update lacks the gradient of the layer's weight (or of its bias, when it
@@ -276,7 +302,8 @@ class SharedUpdate:
                     "needs it (share all gradients or the final layer's); without it, attack with labels=joint, "
                     "shared or oracle"
                 )
-        return self.gradients[wanted["weight"]], (self.gradients[wanted["bias"]] if "bias" in wanted else None)
+        grads = self.pseudo_gradients()
+        return grads[wanted["weight"]], (grads[wanted["bias"]] if "bias" in wanted else None)
 
     def summary(self) -> str:
         """A few human-readable lines: sizes and norms of what the server received."""
