@@ -217,7 +217,7 @@ def _with_out(cfg: DictConfig, out: Path) -> DictConfig:
 
 
 def summarize(records: list[dict], baseline: str) -> dict:
-    """Mean ± std per (dataset, mode), and each mode's paired PSNR gain over ``baseline`` and gap to oracle."""
+    """Mean ± std per (experiment, mode), and each mode's paired PSNR gain over ``baseline`` and gap to oracle."""
     table: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     by_pair: dict[tuple, dict[str, float]] = defaultdict(dict)
     for r in records:
@@ -225,26 +225,18 @@ def summarize(records: list[dict], baseline: str) -> dict:
             continue
         for m in (*METRICS, "label_LnAcc"):
             if r.get(m) is not None:
-                table[(r["dataset"], r["mode"])][m].append(float(r[m]))
+                table[(r["experiment"], r["mode"])][m].append(float(r[m]))
         by_pair[(r["experiment"], r["K"], r["seed"])][r["mode"]] = float(r["psnr"])
     summary = {}
-    for (dataset, mode), values in table.items():
+    for (experiment, mode), values in table.items():
         entry = {m: (float(np.mean(v)), float(np.std(v)), len(v)) for m, v in values.items()}
-        gains = [pair[mode] - pair[baseline] for key, pair in by_pair.items()
-                 if key and mode in pair and baseline in pair and _dataset_of(records, key) == dataset]
-        gaps = [pair["oracle"] - pair[mode] for key, pair in by_pair.items()
-                if mode in pair and "oracle" in pair and _dataset_of(records, key) == dataset]
+        pairs = [pair for key, pair in by_pair.items() if key[0] == experiment and mode in pair]
+        gains = [pair[mode] - pair[baseline] for pair in pairs if baseline in pair]
+        gaps = [pair["oracle"] - pair[mode] for pair in pairs if "oracle" in pair]
         entry["gain_db"] = (float(np.mean(gains)), float(np.std(gains)), len(gains)) if gains else None
         entry["gap_to_oracle_db"] = (float(np.mean(gaps)), float(np.std(gaps)), len(gaps)) if gaps else None
-        summary[(dataset, mode)] = entry
+        summary[(experiment, mode)] = entry
     return summary
-
-
-def _dataset_of(records: list[dict], pair_key: tuple) -> str | None:
-    for r in records:
-        if (r["experiment"], r["K"], r["seed"]) == pair_key:
-            return r["dataset"]
-    return None
 
 
 def _fmt(value: tuple[float, float, int] | None, digits: int = 2) -> str:
@@ -262,19 +254,19 @@ def _write_outputs(out: Path, plan: list, records: dict[str, dict], baseline: st
         handle.write(buffer.getvalue().encode())
     summary = summarize(ordered, baseline)
     modes = list(dict.fromkeys(r["mode"] for _, r, _ in plan))
-    datasets = list(dict.fromkeys(r["dataset"] for _, r, _ in plan))
+    experiments = list(dict.fromkeys((r["experiment"], r["dataset"]) for _, r, _ in plan))
     lines = ["# Known-versus-unknown-label ablation", "",
              f"{sum(r['status'] == 'ok' for r in ordered)} runs complete, "
              f"{sum(r['status'] == 'failed' for r in ordered)} failed, {len(plan)} planned. "
              f"Mean ± std over seeds and all images (not a best-image subset). Gain: paired PSNR difference "
              f"to `{baseline}` on the same batch and initialisation; gap: `oracle` minus the mode.", ""]
-    for dataset in datasets:
-        sources = sorted({r["images"] for r in ordered if r["dataset"] == dataset and r.get("images")})
-        lines += [f"## {dataset}", "", f"Images: {'; '.join(sources) or 'n/a'}", "",
+    for experiment, dataset in experiments:
+        sources = sorted({r["images"] for r in ordered if r["experiment"] == experiment and r.get("images")})
+        lines += [f"## {experiment} ({dataset})", "", f"Images: {'; '.join(sources) or 'n/a'}", "",
                   f"| mode | label LnAcc | PSNR (dB) | SSIM | LPIPS | gain over {baseline} (dB) | gap to oracle (dB) | runs |",
                   "|---|---|---|---|---|---|---|---|"]
         for mode in modes:
-            e = summary.get((dataset, mode))
+            e = summary.get((experiment, mode))
             if e is None:
                 continue
             lines.append(f"| {mode} | {_fmt(e.get('label_LnAcc'), 3)} | {_fmt(e.get('psnr'))} | "
@@ -287,18 +279,18 @@ def _write_outputs(out: Path, plan: list, records: dict[str, dict], baseline: st
                                            for r in failed] + [""]
     with atomic_write(out / "ablation.md") as handle:
         handle.write("\n".join(lines).encode())
-    _plot(out / "ablation.png", summary, datasets, modes)
+    _plot(out / "ablation.png", summary, [name for name, _ in experiments], modes)
 
 
-def _plot(path: Path, summary: dict, datasets: list[str], modes: list[str]) -> None:
+def _plot(path: Path, summary: dict, experiments: list[str], modes: list[str]) -> None:
     fig, axes = figure(1, 3, figsize=(4.2 * 3, 3.6))
-    width = 0.8 / max(len(datasets), 1)
+    width = 0.8 / max(len(experiments), 1)
     for ax, metric, label in zip(axes, METRICS, ("PSNR (dB) ↑", "SSIM ↑", "LPIPS ↓")):
-        for d, dataset in enumerate(datasets):
-            means = [summary.get((dataset, m), {}).get(metric, (np.nan, 0, 0))[0] for m in modes]
-            stds = [summary.get((dataset, m), {}).get(metric, (0, 0, 0))[1] for m in modes]
-            ax.bar(np.arange(len(modes)) + d * width, means, width, yerr=stds, capsize=3, label=dataset)
-        ax.set_xticks(np.arange(len(modes)) + width * (len(datasets) - 1) / 2)
+        for d, experiment in enumerate(experiments):
+            means = [summary.get((experiment, m), {}).get(metric, (np.nan, 0, 0))[0] for m in modes]
+            stds = [summary.get((experiment, m), {}).get(metric, (0, 0, 0))[1] for m in modes]
+            ax.bar(np.arange(len(modes)) + d * width, means, width, yerr=stds, capsize=3, label=experiment)
+        ax.set_xticks(np.arange(len(modes)) + width * (len(experiments) - 1) / 2)
         ax.set_xticklabels(modes, rotation=45, ha="right", fontsize=8)
         ax.set_title(label, fontsize=10)
     axes[0].legend(fontsize=8)

@@ -30,6 +30,7 @@ from .attack.settings import AttackSettings, LabelMode
 from .choices import choices
 from .data.fileio import atomic_write
 from .fl.client import PARAMETER_SETS
+from .fl.dp import DPSGD
 from .fl.local import LocalTraining
 from .fl.update import BN_MODES, UPDATE_KINDS
 from .data.samplers import SAMPLER_NAMES
@@ -124,9 +125,19 @@ class ClientConfig:
     local_steps: int = 1  # fedavg: S, local SGD steps (mini-batches in order, cycling over the batch)
     local_batch_size: Optional[int] = None  # fedavg: B, dividing batch_size; None: the whole batch
     local_lr: float = 0.1  # fedavg: the local learning rate
+    dp_noise_multiplier: Optional[float] = None  # DP-SGD through Opacus: sigma; None: no DP-SGD
+    dp_max_grad_norm: float = 1.0  # DP-SGD: per-sample clipping norm C (.inf: none, with sigma 0)
+    dp_delta: float = 1.0e-5  # DP-SGD: delta of the reported (epsilon, delta)
 
     def __post_init__(self) -> None:
-        self.local_training()  # validates the FedAvg schedule now
+        self.local_training()  # validates the FedAvg schedule and the DP-SGD settings now
+        self.dp_sgd()
+
+    def dp_sgd(self) -> DPSGD | None:
+        """The client's DP-SGD settings (public), or None without DP-SGD."""
+        if self.dp_noise_multiplier is None:
+            return None
+        return DPSGD(self.dp_noise_multiplier, self.dp_max_grad_norm, self.dp_delta)
 
     def local_training(self) -> LocalTraining | None:
         """The FedAvg schedule (public, recorded with the update), or None for FedSGD."""

@@ -123,7 +123,7 @@ def simulate_client(cfg: DictConfig, *, progress: bool = True, source: ImageSour
     update = client_update(
         model, batch.images, batch.labels, bn_mode=client.bn_mode, chunk_size=client.chunk_size,
         parameters=client.parameters, dataset=spec.name, mean=spec.mean, std=spec.std,
-        local=client.local_training(), progress=progress,
+        local=client.local_training(), dp=client.dp_sgd(), dp_seed=client.seed, progress=progress,
     )
     record = {
         "config": to_dict(cfg),

@@ -2,6 +2,7 @@
 import csv
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,3 +168,27 @@ def test_modes_are_paired_on_batch_model_and_initialisation(tmp_path, data_root,
     assert zero.private.record["indices"] != one.private.record["indices"]
     assert zero.update.meta.model_sha256 != one.update.meta.model_sha256
     assert not torch.equal(zero_starts[0], one_starts[0])
+
+
+def test_experiments_on_the_same_dataset_are_summarised_apart():
+    from inversion.ablation import summarize
+
+    def record(experiment, seed, mode, psnr):
+        return {"experiment": experiment, "dataset": "mnist", "K": 8, "seed": seed, "mode": mode, "status": "ok",
+                "psnr": psnr, "ssim": 0.5, "lpips": 0.1, "label_LnAcc": 1.0}
+
+    records = [record("fedsgd", 0, "ilrg", 40.0), record("fedsgd", 0, "shared", 20.0),
+               record("fedavg", 0, "ilrg", 16.0), record("fedavg", 0, "shared", 12.0)]
+    summary = summarize(records, "shared")
+    assert summary[("fedsgd", "ilrg")]["psnr"][0] == 40.0 and summary[("fedavg", "ilrg")]["psnr"][0] == 16.0
+    assert summary[("fedsgd", "ilrg")]["gain_db"][0] == 20.0 and summary[("fedavg", "ilrg")]["gain_db"][0] == 4.0
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("configs/ablate/*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_ablation_profile_plans_valid_runs(path):
+    from inversion.ablation import AblateConfig, _plan
+    from inversion.config import load_config
+
+    runs = _plan(load_config(AblateConfig, path))
+    assert runs and len({key for key, _, _ in runs}) == len(runs)  # every run distinct

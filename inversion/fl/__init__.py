@@ -3,6 +3,7 @@
 - :mod:`.update`: :class:`SharedUpdate` and its public :class:`UpdateMeta` (what the server receives);
 - :mod:`.private`: :class:`PrivateBatch` (what only the client knows; for scoring only);
 - :mod:`.client`: the client's FedSGD gradient and :func:`client_update` (FedSGD or FedAvg);
+- :mod:`.dp`: DP-SGD through Opacus (per-sample clipping, Gaussian noise, the RDP accountant's ε);
 - :mod:`.local`: FedAvg's local training (:class:`LocalTraining`), as the client runs it and unrolled for the attack;
 - :mod:`.defenses`: noise, clipping and sparsification of the shared gradients.
 """

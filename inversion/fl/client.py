@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..models import final_layer
+from .dp import DPSGD, dp_client_tensors
 from .local import LocalTraining, local_training_delta
 from .update import BN_MODES, SharedUpdate, UpdateMeta
 
@@ -187,6 +188,8 @@ def client_update(
     std: Sequence[float] | None = None,
     notes: Mapping[str, Any] | None = None,
     local: LocalTraining | None = None,
+    dp: DPSGD | None = None,
+    dp_seed: int = 0,
     progress: bool = False,
 ) -> SharedUpdate:
     """Simulate one FL client: compute the update it shares for a batch (FedSGD, or FedAvg with ``local``).
@@ -208,23 +211,30 @@ def client_update(
         local: FedAvg: the client trains S local SGD steps (:mod:`inversion.fl.local`) and shares the
             weight delta (kind ``fedavg``, the schedule in ``meta.local``); needs ``parameters="all"``
             and no ``chunk_size``. None: FedSGD, the gradient.
+        dp: DP-SGD through Opacus (:mod:`inversion.fl.dp`) for either kind; σ, C, δ and ε are recorded
+            in ``meta.notes["dp"]``. dp_seed: seeds its noise (private: not recorded in the update).
 
     Returns:
         the :class:`SharedUpdate` the server receives.
     """
     if parameters not in PARAMETER_SETS:
         raise ValueError(f"parameters must be one of {PARAMETER_SETS}, got {parameters!r}")
-    if local is None:
+    notes = {**dict(notes or {}), "parameters": parameters}
+    if local is None and dp is None:
         gradients_of = final_layer_client_gradients if parameters == "final_layer" else client_gradients
         tensors = gradients_of(model, images, labels, bn_mode=bn_mode, chunk_size=chunk_size, progress=progress)
     else:
         if parameters != "all" or chunk_size is not None:
-            raise ValueError("a FedAvg client trains the whole model on its whole batch: use parameters='all' "
-                             "and no chunk_size")
+            raise ValueError("a FedAvg or DP-SGD client trains the whole model on its whole batch: use "
+                             "parameters='all' and no chunk_size")
         _chunks(model, images, labels, bn_mode, None)
         with _client_mode(model, bn_mode):
-            tensors = local_training_delta(model, images, labels, local)
+            if dp is None:
+                tensors = local_training_delta(model, images, labels, local)
+            else:
+                tensors = dp_client_tensors(model, images, labels, dp, local=local, seed=dp_seed)
+                notes["dp"] = dp.record(int(labels.shape[0]), local)
     meta = UpdateMeta.describe(model, dataset=dataset, input_shape=tuple(images.shape[1:]), mean=mean, std=std,
-                               bn_mode=bn_mode, local=local, notes={**dict(notes or {}), "parameters": parameters})
+                               bn_mode=bn_mode, local=local, notes=notes)
     return SharedUpdate({n: t.detach().cpu() for n, t in tensors.items()}, int(labels.shape[0]), meta,
                         "fedsgd" if local is None else "fedavg")
