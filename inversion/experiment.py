@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from .config import ClientConfig, ConfigError, ModelConfig, to_dict
-from .data import Batch, ImageSource, load_source, sample_batch, sample_synthetic_batch
+from .data import Batch, ImageSource, default_data_root, load_source, sample_batch, sample_synthetic_batch
 from .fl.client import client_update
 from .fl.private import PrivateBatch
 from .fl.update import SharedUpdate
@@ -74,13 +76,23 @@ def batch_from_config(client: DictConfig, source: ImageSource, model: Classifier
     return sample_synthetic_batch(source, c["batch_size"], final_layer(model).out_features, c["sampler"], **options)
 
 
-def _check_labels(labels: Tensor, model: ClassifierModel, source: ImageSource) -> None:
-    """ConfigError unless every label is one of the model's classes (the cross-entropy needs label < C)."""
+def check_labels(labels: Tensor, model: ClassifierModel, source: ImageSource, what: str = "the batch") -> None:
+    """ConfigError unless every label of ``what`` is one of the model's classes (the cross-entropy needs label < C)."""
     num_classes = final_layer(model).out_features
     top = int(labels.max())
     if top >= num_classes:
-        raise ConfigError(f"model.num_classes={num_classes} but the batch has label {top}: "
+        raise ConfigError(f"model.num_classes={num_classes} but {what} has label {top}: "
                           f"use num_classes >= {top + 1} (the dataset has {source.spec.num_classes} classes)")
+
+
+def absolute_data(data: DictConfig) -> dict[str, Any]:
+    """The ``data`` group as a dict with ``root`` (default: the data root) and ``folder`` made absolute,
+    so that it reloads from any directory (a federation's clients, a training record)."""
+    record = to_dict(data)
+    record["root"] = str(Path(record["root"] or default_data_root()).expanduser().resolve())
+    if record["folder"] is not None:
+        record["folder"] = str(Path(record["folder"]).expanduser().resolve())
+    return record
 
 
 @dataclass
@@ -117,7 +129,7 @@ def simulate_client(cfg: DictConfig, *, progress: bool = True, source: ImageSour
     source = source if source is not None else source_from_config(cfg.data)
     model = model_from_config(cfg.model, source)
     batch = batch_from_config(cfg.client, source, model)
-    _check_labels(batch.labels, model, source)
+    check_labels(batch.labels, model, source)
     client: ClientConfig = OmegaConf.to_object(cfg.client)
     spec = source.spec
     update = client_update(

@@ -29,10 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from .config import ClientConfig, DataConfig, ModelConfig, save_config, to_dict
-from .data import default_data_root
 from .data.batch import check_fits_in_memory
 from .data.fileio import atomic_write
-from .experiment import model_from_config, source_from_config
+from .experiment import absolute_data, model_from_config, source_from_config
 from .fl.private import PrivateBatch
 from .fl.update import SharedUpdate
 from .rundir import run_folder
@@ -186,10 +185,7 @@ def run_federation(cfg: DictConfig, *, progress: bool = True,
     _check_client(cfg)
     fed: FederationSettings = OmegaConf.to_object(cfg.federation)
     client = to_dict(cfg.client)
-    data = to_dict(cfg.data)
-    data["root"] = str(Path(data["root"]).expanduser().resolve() if data["root"] else default_data_root().resolve())
-    if data["folder"] is not None:
-        data["folder"] = str(Path(data["folder"]).expanduser().resolve())
+    data = absolute_data(cfg.data)
 
     source = source_from_config(OmegaConf.create(data))  # may download once, here; the clients only read
     spec = source.spec

@@ -4,7 +4,6 @@ import torch
 from torch.func import functional_call
 
 from inversion.attack import AttackSettings, Inversion, plan_labels
-from inversion.attack.labels import batch_loss
 from inversion.fl import LocalTraining, SharedUpdate, client_update, unroll_local_training
 from inversion.models import build_model
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ("invert", "share", "restore", "ablate", "demo", "fetch-data", "federate")
+COMMANDS = ("invert", "share", "restore", "ablate", "demo", "fetch-data", "federate", "train")
 
 
 @pytest.fixture(scope="module")
