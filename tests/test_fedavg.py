@@ -102,3 +102,16 @@ def test_a_simulated_fedavg_client_is_configured_and_attacked_end_to_end(data_ro
     assert results["update"]["kind"] == "fedavg" and results["attack"]["steps"] == 30
     assert results["update"]["local"] == {"steps": 4, "batch_size": 2, "lr": 0.05}
     assert results["label_metrics"] is not None and results["image_metrics"]["mean"]["psnr"] > 5
+
+
+def test_the_fedavg_oracle_keeps_the_clients_order_which_decides_the_mini_batches():
+    model, images, labels = problem()
+    order = torch.tensor([3, 0, 6, 1, 7, 2, 5, 4])
+    update = client_update(model, images[order], labels[order], local=LocalTraining(steps=4, batch_size=2, lr=0.3))
+    plan = plan_labels("oracle", update, model, true_labels=labels[order])
+    assert plan.fixed.tolist() == labels[order].tolist()
+    inversion = Inversion(model, update, plan, AttackSettings(max_steps=1),
+                          bounds=(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)))
+    assert float(inversion.match(images[order].clone().requires_grad_(True), None).detach()) < 1e-6
+    fedsgd = client_update(model, images[order], labels[order])
+    assert plan_labels("oracle", fedsgd, model, true_labels=labels[order]).fixed.tolist() == sorted(labels.tolist())

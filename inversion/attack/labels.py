@@ -69,7 +69,9 @@ def plan_labels(mode: str, update: SharedUpdate, model: nn.Module, *, true_label
         mode: one of :data:`LABEL_MODES`.
         update: the shared update (public).
         model: the server's model.
-        true_labels: (K,) the client's labels, for ``oracle`` only (an evaluation upper bound).
+        true_labels: (K,) the client's labels in its batch order, for ``oracle`` only (an evaluation upper
+            bound). For a FedAvg update the oracle keeps that order, which decides the local mini-batches;
+            for FedSGD (order-free) it sorts them, like the restored labels.
         batch_size: K when the update does not reveal it (``update.batch_size`` is None).
 
     Raises:
@@ -90,7 +92,8 @@ def plan_labels(mode: str, update: SharedUpdate, model: nn.Module, *, true_label
                              "evaluation upper bound, not an attack)")
         if tuple(true_labels.shape) != (plan.batch_size,):
             raise ValueError(f"oracle labels have shape {tuple(true_labels.shape)}, expected ({plan.batch_size},)")
-        plan.fixed = torch.sort(true_labels.long().cpu()).values
+        labels = true_labels.long().cpu()
+        plan.fixed = labels.clone() if update.kind == "fedavg" else torch.sort(labels).values
     elif mode in METHOD_NAMES:
         plan.restoration = restore_from_update(str(mode), update, model, batch_size=plan.batch_size)
         plan.fixed = torch.as_tensor(plan.restoration.labels, dtype=torch.int64)
