@@ -65,6 +65,7 @@ Split = choices("Split", ("train", "test"))
 BNMode = choices("BNMode", BN_MODES)
 ParameterSet = choices("ParameterSet", PARAMETER_SETS)
 UpdateKind = choices("UpdateKind", UPDATE_KINDS)
+ImagesFrom = choices("ImagesFrom", ("all", "trained", "held_out"))
 MethodName = choices("MethodName", METHOD_NAMES)
 
 
@@ -121,6 +122,7 @@ class ClientConfig:
     chunk_size: Optional[int] = None  # images per forward/backward; None: whole batch
     parameters: ParameterSet = ParameterSet.all  # final_layer: only the final layer's gradients
     synthetic_labels: bool = False  # untrained models only: labels drawn over C, independent of images
+    images: ImagesFrom = ImagesFrom.all  # with model.weights from scripts/train.py: trained or held_out images only
     kind: UpdateKind = UpdateKind.fedsgd  # fedavg: local SGD steps, then the weight delta is shared
     local_steps: int = 1  # fedavg: S, local SGD steps (mini-batches in order, cycling over the batch)
     local_batch_size: Optional[int] = None  # fedavg: B, dividing batch_size; None: the whole batch

@@ -10,11 +10,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from .config import ClientConfig, ConfigError, ModelConfig, to_dict
-from .data import Batch, ImageSource, default_data_root, load_source, sample_batch, sample_synthetic_batch
+from .data import (Batch, ImageSource, SubsetSource, default_data_root, load_source, sample_batch,
+                   sample_synthetic_batch)
 from .fl.client import client_update
 from .fl.private import PrivateBatch
 from .fl.update import SharedUpdate
 from .models import ClassifierModel, build_model, final_layer, load_weights
+from .training_record import load_training_record
 
 __all__ = ["ClientRun", "source_from_config", "build_from_model_config", "model_from_config", "batch_from_config", "simulate_client"]
 
@@ -76,6 +78,35 @@ def batch_from_config(client: DictConfig, source: ImageSource, model: Classifier
     return sample_synthetic_batch(source, c["batch_size"], final_layer(model).out_features, c["sampler"], **options)
 
 
+def client_images(images: str, source: ImageSource, data: DictConfig, weights: str | None) -> ImageSource:
+    """The images a client draws its batch from: all of ``source``, or those the model in ``weights``
+    (a checkpoint of ``scripts/train.py``) was trained on (``trained``) or held out from (``held_out``).
+
+    ``data`` is the client's ``data`` group; it must name the images the model was trained on (the
+    same settings but ``download``).
+
+    Raises:
+        ConfigError: ``trained``/``held_out`` without such a checkpoint, or a model trained on other images.
+    """
+    if images == "all":
+        return source
+    if weights is None:
+        raise ConfigError(f"client.images={images} draws from a trained model's split: give model.weights=<a "
+                          "checkpoint of scripts/train.py>")
+    try:
+        record = load_training_record(weights)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"client.images={images}: {err}") from None
+    ours, theirs = ({k: v for k, v in d.items() if k != "download"} for d in (absolute_data(data), record.data))
+    if ours != theirs:
+        differ = sorted(k for k in ours if ours[k] != theirs.get(k))
+        raise ConfigError(f"client.images={images}: {weights} was trained on other images (data.{', data.'.join(differ)} "
+                          f"differ: {', '.join(f'{theirs.get(k)!r}' for k in differ)}); use the same data settings")
+    positions = record.train_indices if images == "trained" else record.held_out_indices
+    what = "trained on" if images == "trained" else "held out from"
+    return SubsetSource(source, positions, f"the {len(positions):,} images {weights} was {what}")
+
+
 def check_labels(labels: Tensor, model: ClassifierModel, source: ImageSource, what: str = "the batch") -> None:
     """ConfigError unless every label of ``what`` is one of the model's classes (the cross-entropy needs label < C)."""
     num_classes = final_layer(model).out_features
@@ -128,6 +159,7 @@ def simulate_client(cfg: DictConfig, *, progress: bool = True, source: ImageSour
     """
     source = source if source is not None else source_from_config(cfg.data)
     model = model_from_config(cfg.model, source)
+    source = client_images(cfg.client.images, source, cfg.data, cfg.model.weights)
     batch = batch_from_config(cfg.client, source, model)
     check_labels(batch.labels, model, source)
     client: ClientConfig = OmegaConf.to_object(cfg.client)
@@ -140,7 +172,7 @@ def simulate_client(cfg: DictConfig, *, progress: bool = True, source: ImageSour
     record = {
         "config": to_dict(cfg),
         "data_source": batch.source,
-        "indices": [int(i) for i in batch.indices],
+        "indices": [int(i) for i in source.original_indices(batch.indices)],
         "replacement": batch.replacement,
         "labels": "synthetic" if batch.synthetic_labels else "real",
     }

@@ -45,15 +45,14 @@ from .data.batch import check_fits_in_memory
 from .data.fileio import atomic_write, load_tensor_file, sha256_file
 from .experiment import absolute_data, check_labels, model_from_config, source_from_config
 from .rundir import check_out, run_folder
+from .training_record import LOG_FORMAT, LOG_NAME, TrainingRecord, indices_sha256, load_training_record
 
 __all__ = ["OPTIMIZERS", "TrainSettings", "TrainConfig", "Split", "TrainingRecord", "split_indices", "evaluate",
            "run_training", "load_training_record", "LOG_NAME", "RESUME_NAME"]
 
 log = logging.getLogger("inversion.train")
 
-LOG_NAME = "train_log.json"
 RESUME_NAME = "resume.pt"
-LOG_FORMAT = "gradleak.TrainingLog"
 RESUME_FORMAT = "gradleak.TrainState"
 OUTPUTS = ("config.yaml", LOG_NAME, RESUME_NAME)
 """The fixed names a run writes into ``out``, besides its ``epoch_EEE.pt`` checkpoints."""
@@ -131,11 +130,6 @@ def split_indices(num_images: int, held_out: float, seed: int, max_images: int |
     return Split(np.sort(order[cut:]), np.sort(order[:cut]))
 
 
-def _indices_sha256(indices: np.ndarray) -> str:
-    """sha256 of the indices as little-endian int64 bytes."""
-    return hashlib.sha256(np.asarray(indices, dtype="<i8").tobytes()).hexdigest()
-
-
 def _load_images(source: ImageSource, indices: np.ndarray) -> tuple[Tensor, Tensor]:
     """Normalised images (N, C, H, W) float32 and their labels (N,) int64."""
     return source.spec.normalize(source.images(indices)), torch.as_tensor(source.targets[indices], dtype=torch.int64)
@@ -201,7 +195,7 @@ def _identity(cfg: DictConfig, split: Split) -> str:
     record["data"].pop("root")
     for key in ("epochs", "checkpoint_epochs"):
         record["train"].pop(key)
-    split_digest = [_indices_sha256(split.train), _indices_sha256(split.held_out)]
+    split_digest = [indices_sha256(split.train), indices_sha256(split.held_out)]
     return hashlib.sha256(json.dumps({"config": record, "split": split_digest}, sort_keys=True).encode()).hexdigest()
 
 
@@ -286,7 +280,7 @@ def _header(cfg: DictConfig, source: ImageSource, model: nn.Module, split: Split
         "data_source": source.description, "source_images": len(source),
         "model": {k: v for k, v in model.config.items() if k != "weights"},
         "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "split": {name: {"count": len(indices), "sha256": _indices_sha256(indices), "indices": indices.tolist()}
+        "split": {name: {"count": len(indices), "sha256": indices_sha256(indices), "indices": indices.tolist()}
                   for name, indices in (("train", split.train), ("held_out", split.held_out))},
     }
 
@@ -389,77 +383,3 @@ def _epochs(out: Path, settings: TrainSettings, data: _Data, model: nn.Module, o
         raise
     finally:
         bar.close()
-
-
-@dataclass(frozen=True)
-class TrainingRecord:
-    """What a training run recorded in ``train_log.json``.
-
-    Attributes:
-        train_indices: (N_train,) int64, sorted positions in the data source of the images trained on.
-        held_out_indices: (N_held,) int64, sorted positions of the images kept out of training.
-        data_source: one line: where the images came from.
-        data: the ``data`` config group with absolute ``root`` and ``folder``:
-            ``source_from_config(OmegaConf.create(record.data))`` reloads the source.
-        model: the model's build arguments: ``build_model(**record.model)`` builds it untrained.
-        history: one dict per finished epoch (epoch 0: the untrained model): ``epoch``, ``train_loss``,
-            ``train_accuracy`` (mean over the epoch's batches while training; None for epoch 0),
-            ``held_out_loss``, ``held_out_accuracy`` (eval mode; None without held-out images), ``seconds``.
-        checkpoints: epoch -> its checkpoint file.
-        status: ``running``, ``interrupted`` or ``finished``.
-        log_path: the log file.
-    """
-
-    train_indices: np.ndarray
-    held_out_indices: np.ndarray
-    data_source: str
-    data: dict[str, Any]
-    model: dict[str, Any]
-    history: list[dict[str, Any]]
-    checkpoints: dict[int, Path]
-    status: str
-    log_path: Path
-
-
-def load_training_record(path: str | Path) -> TrainingRecord:
-    """The record of a training run, from its ``train_log.json``, one of its checkpoints or its ``out`` folder.
-
-    A checkpoint must be one the log lists, with the sha256 it was saved with; the index lists must match
-    their logged sha256.
-
-    Raises:
-        FileNotFoundError: no log there.
-        ValueError: not a training log, a checkpoint the log does not list (or that changed), or a split whose
-            indices do not match their sha256.
-    """
-    path = Path(path)
-    log_path = path / LOG_NAME if path.is_dir() else path if path.suffix == ".json" else path.parent / LOG_NAME
-    if not log_path.is_file():
-        raise FileNotFoundError(f"no training log at {log_path}")
-    try:
-        record = json.loads(log_path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{log_path} is not valid JSON ({err}); it is not a training log") from None
-    if not isinstance(record, dict) or record.get("format") != LOG_FORMAT:
-        raise ValueError(f"{log_path} is not a training log ({LOG_FORMAT})")
-    try:
-        return _record(record, path, log_path)
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"{log_path} is an incomplete training log (missing or malformed: {err})") from None
-
-
-def _record(record: dict[str, Any], path: Path, log_path: Path) -> TrainingRecord:
-    """The TrainingRecord of a parsed log, checking ``path`` if it is a checkpoint, and the split's digests."""
-    checkpoints = {c["epoch"]: log_path.parent / c["file"] for c in record["checkpoints"]}
-    if path.suffix == ".pt":
-        digests = {c["file"]: c["sha256"] for c in record["checkpoints"]}
-        if digests.get(path.name) != sha256_file(path):
-            raise ValueError(f"{path} is not a checkpoint listed in {log_path} (or it changed since it was saved)")
-    indices = {}
-    for name in ("train", "held_out"):
-        entry = record["split"][name]
-        indices[name] = np.asarray(entry["indices"], dtype=np.int64)
-        if _indices_sha256(indices[name]) != entry["sha256"]:
-            raise ValueError(f"{log_path}: the {name} indices do not match their sha256")
-    return TrainingRecord(indices["train"], indices["held_out"], record["data_source"], record["data"],
-                          record["model"], record["epochs"], checkpoints, record["status"], log_path)

@@ -178,3 +178,29 @@ def test_f_the_script_runs_end_to_end_and_refuses_a_file_as_out(data_root, tmp_p
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [f"error: out={taken} is a file, not a folder: choose another out"]
     assert taken.read_text() == "keep me"
+
+
+def test_a_client_draws_its_batch_from_the_images_the_model_was_trained_on_or_held_out(trained, data_root, tmp_path):
+    from inversion.config import ShareConfig
+    from inversion.experiment import simulate_client
+
+    checkpoint = trained.checkpoints[3]
+
+    def client(*overrides):
+        return simulate_client(load_config(ShareConfig, None, [
+            f"data.root={data_root}", "data.download=false", "model=fcn3", "model.width=32",
+            f"model.weights={checkpoint}", "client.batch_size=16", *overrides]), progress=False)
+
+    for images, allowed in (("trained", trained.train_indices), ("held_out", trained.held_out_indices)):
+        run = client(f"client.images={images}")
+        indices = run.private.record["indices"]
+        assert set(indices) <= set(allowed.tolist()) and len(set(indices)) == 16
+        source = source_from_config(OmegaConf.create(trained.data))  # the recorded indices are the dataset's
+        truth = source.spec.normalize(source.images(indices))
+        assert torch.equal(run.private.images, truth)
+        assert run.private.labels.tolist() == source.targets[indices].tolist()
+    with pytest.raises(ConfigError, match="client.images=trained draws from a trained model's split"):
+        simulate_client(load_config(ShareConfig, None, [f"data.root={data_root}", "data.download=false",
+                                                        "client.images=trained"]), progress=False)
+    with pytest.raises(ConfigError, match="was trained on other images .*data.split"):
+        client("client.images=trained", "data.split=train")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .batch import Batch, sample_batch, sample_synthetic_batch
 from .errors import DataRootError, DataUnavailableError, PackError
 from .folder import FolderSource
-from .image_source import ArraySource, ImageSource
+from .image_source import ArraySource, ImageSource, SubsetSource
 from .packs import PACKS, PackInfo, ensure_pack
 from .samplers import SAMPLER_NAMES, sample_indices, synthetic_counts
 from .sources import default_data_root, load_source
@@ -21,6 +21,7 @@ __all__ = [
     "DatasetSpec",
     "FolderSource",
     "ImageSource",
+    "SubsetSource",
     "PackError",
     "PackInfo",
     "SAMPLER_NAMES",

@@ -6,7 +6,7 @@ import torch
 
 from .specs import DatasetSpec
 
-__all__ = ["ArraySource", "ImageSource"]
+__all__ = ["ArraySource", "ImageSource", "SubsetSource"]
 
 
 class ImageSource:
@@ -44,6 +44,10 @@ class ImageSource:
         """uint8 (len(indices), H, W, C) pixels of the given valid indices."""
         raise NotImplementedError
 
+    def original_indices(self, indices) -> np.ndarray:
+        """Positions of ``indices`` in the underlying dataset (the same, except for a :class:`SubsetSource`)."""
+        return np.asarray(indices, dtype=np.int64)
+
 
 class ArraySource(ImageSource):
     """An ImageSource over in-memory arrays: images uint8 (N, H, W, C), labels int64 (N,)."""
@@ -60,3 +64,22 @@ class ArraySource(ImageSource):
 
     def _pixels(self, indices: np.ndarray) -> np.ndarray:
         return self._images[indices]
+
+
+class SubsetSource(ImageSource):
+    """The images at ``positions`` of another source (e.g. those a model was trained on), numbered 0..n-1."""
+
+    def __init__(self, source: ImageSource, positions, what: str) -> None:
+        self.parent = source
+        self.positions = np.asarray(positions, dtype=np.int64)
+        if self.positions.ndim != 1 or not self.positions.size:
+            raise ValueError(f"a subset of {source.description} needs a non-empty 1-D list of positions")
+        if self.positions.min() < 0 or self.positions.max() >= len(source):
+            raise ValueError(f"subset positions must lie in 0..{len(source) - 1} of {source.description}")
+        super().__init__(source.spec, source.targets[self.positions], f"{source.description}; {what}")
+
+    def _pixels(self, indices: np.ndarray) -> np.ndarray:
+        return self.parent._pixels(self.positions[indices])
+
+    def original_indices(self, indices) -> np.ndarray:
+        return self.parent.original_indices(self.positions[np.asarray(indices, dtype=np.int64)])
