@@ -54,18 +54,20 @@ def counts_from_labels(labels: Any, num_classes: int) -> np.ndarray:
 
 
 def label_metrics(pred_counts: Any, true_counts: Any) -> dict[str, float | bool]:
-    """LeAcc, LnAcc and IRec of predicted counts against the truth, and whether they sum to ``K``.
+    """LeAcc, LnAcc, IRec and the mean absolute count error of predicted counts, and whether they sum to ``K``.
+
+    ``count_mae`` is :math:`\frac1C \sum_c |\hat n_c - n_c|` (samples per class; 0 when exact).
 
     Args:
         pred_counts: restored counts :math:`\\hat n`, shape :math:`(C,)` (e.g. ``result.raw_counts``).
         true_counts: true counts :math:`n`, shape :math:`(C,)`, non-negative, :math:`K = \\sum n \\ge 1`.
 
     Returns:
-        ``{"LeAcc": float, "LnAcc": float, "IRec": float, "sums_to_k": bool}``.
+        ``{"LeAcc": float, "LnAcc": float, "IRec": float, "count_mae": float, "sums_to_k": bool}``.
 
     Example:
         >>> label_metrics([2, 1, 0, 0], [2, 0, 1, 0])
-        {'LeAcc': 0.5, 'LnAcc': 0.5, 'IRec': 0.6666666666666666, 'sums_to_k': True}
+        {'LeAcc': 0.5, 'LnAcc': 0.5, 'IRec': 0.6666666666666666, 'count_mae': 0.5, 'sums_to_k': True}
     """
     pred = _int_vector("pred_counts", pred_counts)
     true = _int_vector("true_counts", true_counts)
@@ -82,5 +84,6 @@ def label_metrics(pred_counts: Any, true_counts: Any) -> dict[str, float | bool]
         "LeAcc": float(np.mean((pred > 0) == (true > 0))),
         "LnAcc": float(np.mean(pred == true)),
         "IRec": float(np.minimum(pred, true).sum() / k),
+        "count_mae": float(np.abs(pred - true).mean()),
         "sums_to_k": bool(int(pred.sum()) == k),
     }

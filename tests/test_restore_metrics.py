@@ -23,16 +23,17 @@ def test_metrics_by_hand_four_classes():
     # predicted:    2  1  0  0
     # true:         2  0  1  0     K = 3
     # existence agrees on 0 and 3 -> LeAcc 2/4; counts agree on 0 and 3 -> LnAcc 2/4;
-    # IRec = (min(2,2) + min(1,0) + min(0,1) + 0) / 3 = 2/3; predicted sum 3 = K
+    # IRec = (min(2,2) + min(1,0) + min(0,1) + 0) / 3 = 2/3; count MAE (0 + 1 + 1 + 0) / 4; predicted sum 3 = K
     m = label_metrics([2, 1, 0, 0], [2, 0, 1, 0])
-    assert m == {"LeAcc": 0.5, "LnAcc": 0.5, "IRec": pytest.approx(2 / 3), "sums_to_k": True}
+    assert m == {"LeAcc": 0.5, "LnAcc": 0.5, "IRec": pytest.approx(2 / 3), "count_mae": 0.5, "sums_to_k": True}
 
 
 def test_metrics_by_hand_five_classes():
     # predicted 0 3 1 0 1, true 1 2 1 0 0 (K = 4): existence agrees on 1, 2, 3 -> 3/5;
-    # counts agree on 2, 3 -> 2/5; IRec = (0 + 2 + 1 + 0 + 0) / 4; predicted sum 5 != 4
+    # counts agree on 2, 3 -> 2/5; IRec = (0 + 2 + 1 + 0 + 0) / 4; count MAE (1 + 1 + 0 + 0 + 1) / 5;
+    # predicted sum 5 != 4
     m = label_metrics(np.array([0, 3, 1, 0, 1]), torch.tensor([1, 2, 1, 0, 0]))
-    assert m == {"LeAcc": 0.6, "LnAcc": 0.4, "IRec": 0.75, "sums_to_k": False}
+    assert m == {"LeAcc": 0.6, "LnAcc": 0.4, "IRec": 0.75, "count_mae": 0.6, "sums_to_k": False}
 
 
 def test_metrics_match_the_released_definitions_on_random_counts():
@@ -50,7 +51,8 @@ def test_metrics_match_the_released_definitions_on_random_counts():
 
 
 def test_perfect_and_empty_predictions():
-    assert label_metrics([0, 3, 1], [0, 3, 1]) == {"LeAcc": 1.0, "LnAcc": 1.0, "IRec": 1.0, "sums_to_k": True}
+    assert label_metrics([0, 3, 1], [0, 3, 1]) == {"LeAcc": 1.0, "LnAcc": 1.0, "IRec": 1.0, "count_mae": 0.0,
+                                                   "sums_to_k": True}
     m = label_metrics([0, 0, 0], [0, 3, 1])
     assert m["LeAcc"] == pytest.approx(1 / 3) and m["LnAcc"] == pytest.approx(1 / 3) and m["IRec"] == 0.0
 
