@@ -56,7 +56,7 @@ def counts_from_labels(labels: Any, num_classes: int) -> np.ndarray:
 def label_metrics(pred_counts: Any, true_counts: Any) -> dict[str, float | bool]:
     """LeAcc, LnAcc, IRec and the mean absolute count error of predicted counts, and whether they sum to ``K``.
 
-    ``count_mae`` is :math:`\frac1C \sum_c |\hat n_c - n_c|` (samples per class; 0 when exact).
+    ``count_mae`` is :math:`\\frac1C \\sum_c |\\hat n_c - n_c|` (samples per class; 0 when exact).
 
     Args:
         pred_counts: restored counts :math:`\\hat n`, shape :math:`(C,)` (e.g. ``result.raw_counts``).
