@@ -17,6 +17,8 @@ sampler, ...) raises :class:`ConfigError` naming the key and the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -40,7 +42,7 @@ from .models import ACTIVATIONS, MODEL_NAMES
 __all__ = [
     "CONFIG_DIR", "config_path", "ConfigError", "DataConfig", "ModelConfig", "ClientConfig", "ShareConfig",
     "RestoreSweep", "RestoreConfig", "AttackSettings", "PriorConfig", "InvertConfig",
-    "load_config", "resolve", "to_dict", "save_config",
+    "load_config", "resolve", "to_dict", "config_digest", "save_config",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -344,6 +346,19 @@ def to_dict(cfg: DictConfig | Any) -> dict:
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.structured(cfg)
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def config_digest(cfg: DictConfig, *, ignore: Sequence[str] = ("out", "data.root"), **extra: Any) -> str:
+    """The sha256 of a resolved config without the dotted keys ``ignore`` (where files are, not what a run
+    computes), together with ``extra`` facts (e.g. the digest of the input the run reads): a run's identity."""
+    record = to_dict(cfg)
+    for key in ignore:
+        *path, last = key.split(".")
+        node = record
+        for part in path:
+            node = node[part]
+        node.pop(last)
+    return hashlib.sha256(json.dumps({"config": record, **extra}, sort_keys=True).encode()).hexdigest()
 
 
 def save_config(cfg: DictConfig, path: str | Path, *, header: str = "") -> None:

@@ -8,7 +8,6 @@ progress bar's PSNR, the scores and the pictures, and a run without it gives the
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from label_restore import counts_from_labels, label_metrics
 
 from .attack import Inversion, InversionResult, LabelPlan, plan_labels
 from .attack.settings import resolve_device
-from .config import ConfigError, InvertConfig, ModelConfig, resolve, save_config, to_dict
+from .config import ConfigError, InvertConfig, ModelConfig, config_digest, resolve, save_config, to_dict
 from .data import default_data_root
 from .data.fileio import atomic_write
 from .evaluation import PSNR_CAP_DB, LPIPSMetric, evaluate_reconstruction, match_images, psnr, save_grid
@@ -84,10 +83,7 @@ def run_identity(cfg: DictConfig, update_sha256: str) -> str:
     ``out`` and ``data.root`` (where files are, not what they hold) are left out, so a moved or
     renamed run directory still resumes; the update's digest covers a swapped update file.
     """
-    record = to_dict(cfg)
-    record.pop("out")
-    record["data"].pop("root")
-    return hashlib.sha256(json.dumps({"config": record, "update": update_sha256}, sort_keys=True).encode()).hexdigest()
+    return config_digest(cfg, update=update_sha256)
 
 
 def _saved_update(run: InvertConfig) -> tuple[SharedUpdate, PrivateBatch | None, ClassifierModel]:

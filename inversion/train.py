@@ -22,7 +22,6 @@ model was trained on, or from held-out ones.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -39,7 +38,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .choices import choices
-from .config import ConfigError, DataConfig, ModelConfig, save_config, to_dict
+from .config import ConfigError, DataConfig, ModelConfig, config_digest, save_config, to_dict
 from .data import ImageSource
 from .data.batch import check_fits_in_memory
 from .data.fileio import atomic_write, load_tensor_file, sha256_file
@@ -190,13 +189,8 @@ def _identity(cfg: DictConfig, split: Split) -> str:
     """The sha256 of what determines the training trajectory: the config (without ``out``, ``data.root``,
     ``train.epochs`` and ``train.checkpoint_epochs``, so a moved run resumes and a finished one trains on)
     and the split."""
-    record = to_dict(cfg)
-    record.pop("out")
-    record["data"].pop("root")
-    for key in ("epochs", "checkpoint_epochs"):
-        record["train"].pop(key)
-    split_digest = [indices_sha256(split.train), indices_sha256(split.held_out)]
-    return hashlib.sha256(json.dumps({"config": record, "split": split_digest}, sort_keys=True).encode()).hexdigest()
+    return config_digest(cfg, ignore=("out", "data.root", "train.epochs", "train.checkpoint_epochs"),
+                         split=[indices_sha256(split.train), indices_sha256(split.held_out)])
 
 
 @dataclass(frozen=True)
