@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .local import LocalTraining
+from .local import LocalTraining, run_local_training
 
 __all__ = ["DPSGD", "dp_client_tensors", "per_sample_gradients"]
 
@@ -128,26 +128,19 @@ def dp_client_tensors(model: nn.Module, images: Tensor, labels: Tensor, dp: DPSG
 
     _check_model(model)
     k = labels.shape[0]
-    if local is not None:
-        local.check(k)
     client = GradSampleModule(copy.deepcopy(model).train())
     named = [(n, p) for n, p in client._module.named_parameters() if p.requires_grad]  # the model's own names
-    before = [p.detach().clone() for _, p in named]
-    steps, batch = (1, k) if local is None else (local.steps, local.batch_size)
+    device = named[0][1].device
     optimizer = DPOptimizer(
         torch.optim.SGD([p for _, p in named], lr=1.0 if local is None else local.lr),
         noise_multiplier=dp.noise_multiplier,
         max_grad_norm=sys.float_info.max if math.isinf(dp.max_grad_norm) else dp.max_grad_norm,  # σ·C = 0, not nan
-        expected_batch_size=batch, generator=torch.Generator(device=before[0].device).manual_seed(seed),
+        expected_batch_size=k if local is None else local.batch_size,
+        generator=torch.Generator(device=device).manual_seed(seed),
     )
-    device = before[0].device
-    for step in range(steps):
-        rows = slice(None) if local is None else local.rows(step, k)
-        optimizer.zero_grad()
-        with _quiet_hooks():
-            F.cross_entropy(client(images[rows].to(device)), labels[rows].to(device)).backward()
-        if local is None:
-            optimizer.pre_step()  # clip, add noise, scale: p.grad is the privatized gradient
-            return {n: p.grad.detach().clone() for n, p in named}
-        optimizer.step()
-    return {n: p.detach() - start for (n, p), start in zip(named, before)}
+    with _quiet_hooks():
+        if local is not None:
+            return run_local_training(client, named, optimizer, images, labels, local)
+        F.cross_entropy(client(images.to(device)), labels.to(device)).backward()
+    optimizer.pre_step()  # clip, add noise, scale: p.grad is the privatized gradient
+    return {n: p.grad.detach().clone() for n, p in named}

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LocalTraining", "local_training_delta", "unroll_local_training"]
+__all__ = ["LocalTraining", "local_training_delta", "run_local_training", "unroll_local_training"]
 
 
 def _positive(value: Any, what: str) -> int:
@@ -93,12 +93,29 @@ def local_training_delta(model: nn.Module, images: Tensor, labels: Tensor, local
     Returns:
         parameter name -> :math:`\\Delta` (shaped as the parameter) for every trainable parameter.
     """
-    k = labels.shape[0]
-    local.check(k)
     client = copy.deepcopy(model)
     named = [(n, p) for n, p in client.named_parameters() if p.requires_grad]
+    return run_local_training(client, named, torch.optim.SGD([p for _, p in named], lr=local.lr),
+                              images, labels, local)
+
+
+def run_local_training(client: nn.Module, named: list[tuple[str, nn.Parameter]], optimizer: torch.optim.Optimizer,
+                       images: Tensor, labels: Tensor, local: LocalTraining) -> dict[str, Tensor]:
+    """The schedule's S steps of ``optimizer`` on ``client`` (the client's own copy, trained in place).
+
+    Args:
+        client: the module to train (e.g. a copy of the model, or Opacus's wrapper of one).
+        named: (name, parameter) of the parameters ``optimizer`` steps, named as in the shared model.
+        optimizer: an SGD optimizer (or Opacus's DP-SGD one) over those parameters, at ``local.lr``.
+        images, labels: the client's batch, (K, C, H, W) and (K,).
+        local: the schedule.
+
+    Returns:
+        name -> :math:`\theta_S - \theta_0` of each parameter in ``named``.
+    """
+    k = labels.shape[0]
+    local.check(k)
     before = [p.detach().clone() for _, p in named]
-    optimizer = torch.optim.SGD([p for _, p in named], lr=local.lr)
     device = before[0].device
     for step in range(local.steps):
         rows = local.rows(step, k)
