@@ -277,10 +277,13 @@ class SharedUpdate:
         For FedAvg this is the mean of the S local mini-batch gradients (each at its own step's
         weights); over whole local epochs every sample counts equally, as in the FedSGD gradient.
         """
+        return {name: self._as_gradient(tensor) for name, tensor in self.gradients.items()}
+
+    def _as_gradient(self, tensor: Tensor) -> Tensor:
+        """One shared tensor as a (pseudo-)gradient (see :meth:`pseudo_gradients`)."""
         if self.kind == "fedsgd":
-            return self.gradients
-        scale = -1.0 / (self.meta.local.lr * self.meta.local.steps)
-        return {name: delta * scale for name, delta in self.gradients.items()}
+            return tensor
+        return tensor * (-1.0 / (self.meta.local.lr * self.meta.local.steps))
 
     def final_layer_gradients(self, model: nn.Module) -> tuple[Tensor, Tensor | None]:
         """(Pseudo-)gradients of the model's final linear layer: (grad_weight (C, M), grad_bias (C,) or None).
@@ -302,8 +305,8 @@ class SharedUpdate:
                     "needs it (share all gradients or the final layer's); without it, attack with labels=joint, "
                     "shared or oracle"
                 )
-        grads = self.pseudo_gradients()
-        return grads[wanted["weight"]], (grads[wanted["bias"]] if "bias" in wanted else None)
+        grad_weight = self._as_gradient(self.gradients[wanted["weight"]])  # only these two are read: scale no more
+        return grad_weight, (self._as_gradient(self.gradients[wanted["bias"]]) if "bias" in wanted else None)
 
     def summary(self) -> str:
         """A few human-readable lines: sizes and norms of what the server received."""
