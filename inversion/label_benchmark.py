@@ -32,10 +32,13 @@ from .data.fileio import atomic_write
 from .fl.defenses import defend_update, parse_defense
 from .experiment import simulate_client, source_from_config
 from .restore import restore_from_update
+from .rundir import run_folder
 
-__all__ = ["run_sweep", "format_markdown", "METRICS"]
+__all__ = ["run_sweep", "format_markdown", "METRICS", "OUTPUTS"]
 
 METRICS = ("LeAcc", "LnAcc", "IRec", "count_mae")
+OUTPUTS = ("results.json", "results.md")
+"""What a sweep writes into ``out``."""
 
 
 def _settings(sweep: dict) -> list[dict[str, Any]]:
@@ -119,8 +122,13 @@ def run_sweep(
         setting_overrides = _setting_overrides(setting, overrides)
         configs.append((setting, setting_overrides, load_config(RestoreConfig, config_path, setting_overrides)))
         _check(configs[-1][2])
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with run_folder(cfg.out, OUTPUTS) as out:  # checked, locked; an earlier sweep's files moved aside
+        return _sweep(cfg, config_path, configs, sweep, defenses, out, progress=progress, on_setting=on_setting)
+
+
+def _sweep(cfg: DictConfig, config_path: str | Path | None, configs: list, sweep: dict, defenses: list, out: Path, *,
+           progress: bool, on_setting: Callable[[dict], None] | None) -> dict:
+    """Every setting of ``configs`` in turn; the result files in ``out`` rewritten after each (see :func:`run_sweep`)."""
     results = {
         "config": to_dict(cfg),
         "note": sweep["note"],

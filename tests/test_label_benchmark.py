@@ -65,3 +65,14 @@ def test_script_prints_json(data_root, tmp_path):
     results = json.loads(done.stdout)
     assert results["settings"][0]["results"]["none"]["ilrg"]["LnAcc"]["mean"] == 1.0
     assert "| method | LeAcc |" in done.stderr
+
+
+def test_a_new_sweep_moves_an_earlier_sweeps_results_aside(data_root, tmp_path):
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "results.md").write_text("an earlier, larger sweep")
+    run_sweep(DEFAULT, [f"data.root={data_root}", "data.download=false", f"out={out}", "restore.trials=1",
+                        "restore.methods=[ilrg]"], progress=False)
+    moved = list((out / "previous").iterdir())
+    assert len(moved) == 1 and (moved[0] / "results.md").read_text() == "an earlier, larger sweep"
+    assert (out / "results.md").read_text().startswith("# Label restoration benchmark")

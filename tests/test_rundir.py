@@ -80,6 +80,7 @@ def test_earlier_outputs_are_moved_aside_only_for_a_fresh_run(tmp_path):
 
 @pytest.mark.parametrize("script,out_option", [
     ("invert.py", ["--out"]), ("share_update.py", []), ("demo.py", ["--out"]), ("ablate.py", []), ("train.py", []),
+    ("restore_labels.py", []),
 ])
 def test_every_script_refuses_a_file_as_out_in_one_line(tmp_path, script, out_option):
     target = tmp_path / "taken"
