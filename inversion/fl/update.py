@@ -1,8 +1,8 @@
 """What the server receives from one client: :class:`SharedUpdate` and its public :class:`UpdateMeta`.
 
 The threat model lives in these types. A shared update holds only what an honest-but-curious
-server sees in a FedSGD round: parameter name -> gradient of the client's mean cross-entropy,
-the update kind, the batch size K where the protocol reveals it, and public metadata (the model's
+server sees in a round: parameter name -> the gradient of the client's mean cross-entropy (FedSGD)
+or the weight delta of its local training (FedAvg, with its public schedule), the update kind, the batch size K where the protocol reveals it, and public metadata (the model's
 architecture spec and state digest, the input shape, the data normalisation, the client's
 batch-norm mode). What only the client knows (images, labels, how they were sampled, seeds) is a
 :class:`~inversion.fl.private.PrivateBatch`, saved to its own file and used only to score.
@@ -31,7 +31,8 @@ FORMAT = "gradleak.SharedUpdate"
 VERSION = 2
 BN_MODES = ("eval", "train")
 UPDATE_KINDS = ("fedsgd", "fedavg")
-"""``fedsgd``: the gradient of the mean cross-entropy over the client's batch, at the server's model."""
+"""``fedsgd``: the gradient of the mean cross-entropy over the client's batch, at the server's model;
+``fedavg``: the weight delta of the client's local SGD steps (:mod:`inversion.fl.local`)."""
 
 
 _OPTIONAL_TYPES = {"model": Mapping, "model_sha256": str, "weights": str, "dataset": str}

@@ -28,9 +28,7 @@ from .lenet import lenet5_features, lenet_zhu_features, uniform_init_
 from .resnet import RESNET_LAYOUTS, resnet_features
 from .vgg import VGG_STAGE_DEPTHS, vgg_features
 
-__all__ = [
-    "ACTIVATIONS", "MODEL_NAMES", "ClassifierModel", "build_model", "final_layer", "load_weights",
-]
+__all__ = ["ACTIVATIONS", "MODEL_NAMES", "ClassifierModel", "build_model", "final_layer", "load_weights"]
 
 
 @dataclass(frozen=True)
