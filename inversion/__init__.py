@@ -15,13 +15,14 @@ from . import _torchvision_compat  # noqa: F401  (must run before any torchvisio
 
 from .api import Reconstruction, invert, load_private, load_update, score, simulate  # noqa: E402
 from .attack import AttackSettings  # noqa: E402
+from .auxiliary import AuxiliaryData, draw_auxiliary  # noqa: E402
 from .fl import PrivateBatch, SharedUpdate, UpdateMeta  # noqa: E402
 from .fl.server import model_from_update  # noqa: E402
 from .presets import Preset, load_preset, preset_names  # noqa: E402
 from .restore import restore_from_update  # noqa: E402
 
 __all__ = [
-    "AttackSettings", "Preset", "PrivateBatch", "Reconstruction", "SharedUpdate", "UpdateMeta",
-    "invert", "load_preset", "load_private", "load_update", "model_from_update", "preset_names",
+    "AttackSettings", "AuxiliaryData", "Preset", "PrivateBatch", "Reconstruction", "SharedUpdate", "UpdateMeta",
+    "draw_auxiliary", "invert", "load_preset", "load_private", "load_update", "model_from_update", "preset_names",
     "restore_from_update", "score", "simulate",
 ]

@@ -24,6 +24,7 @@ from label_restore import RestorationResult, counts_from_labels, label_metrics
 
 from .attack import Inversion, InversionResult, plan_labels
 from .attack.settings import AttackSettings, resolve_device
+from .auxiliary import AuxiliaryData
 from .config import InvertConfig, load_config
 from .data import default_data_root
 from .evaluation import LPIPSMetric, evaluate_reconstruction
@@ -97,6 +98,7 @@ def invert(
     preset: str | Path = "default",
     priors: dict[str, float] | None = None,
     batch_size: int | None = None,
+    aux: AuxiliaryData | None = None,
     progress: bool = True,
     **settings: Any,
 ) -> Reconstruction:
@@ -111,6 +113,7 @@ def invert(
             priors, and the pixel box when the update does not carry its normalisation.
         priors: ``{name: weight}`` replacing the preset's priors.
         batch_size: K, when the update does not reveal it.
+        aux: the server's labelled auxiliary data, for ``labels="aux"`` (:func:`~inversion.auxiliary.draw_auxiliary`).
         progress: show a progress bar.
         settings: :class:`AttackSettings` fields to change, e.g. ``max_steps=500, device="cuda"``.
 
@@ -132,7 +135,7 @@ def invert(
                          "dataset= or mean=/std= (SharedUpdate.from_gradients)")
     shape = meta.input_shape if meta.input_shape is not None else (spec.channels, *spec.image_size) if spec else None
     meta = dataclasses.replace(meta, mean=mean, std=std)
-    plan = plan_labels(mode, update, model, true_labels=known, batch_size=batch_size)
+    plan = plan_labels(mode, update, model, true_labels=known, batch_size=batch_size, aux=aux)
     inversion = Inversion(model, update, plan, attack, bounds=meta.bounds(), image_shape=shape,
                           priors=chosen.priors if priors is None else priors, device=resolve_device(attack.device))
     result = inversion.run(progress=progress)

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
 from label_restore import METHOD_NAMES
+from label_restore.aux import MISSING_CLASS_RULES
 
 from .attack.settings import AttackSettings, LabelMode
 from .choices import choices
@@ -40,7 +41,7 @@ from .data.specs import DATASET_NAMES
 from .models import ACTIVATIONS, MODEL_NAMES
 
 __all__ = [
-    "CONFIG_DIR", "config_path", "ConfigError", "DataConfig", "ModelConfig", "ClientConfig", "ShareConfig",
+    "CONFIG_DIR", "config_path", "ConfigError", "DataConfig", "ModelConfig", "ClientConfig", "AuxConfig", "ShareConfig",
     "RestoreSweep", "RestoreConfig", "AttackSettings", "PriorConfig", "InvertConfig",
     "load_config", "resolve", "to_dict", "config_digest", "save_config",
 ]
@@ -69,6 +70,7 @@ ParameterSet = choices("ParameterSet", PARAMETER_SETS)
 UpdateKind = choices("UpdateKind", UPDATE_KINDS)
 ImagesFrom = choices("ImagesFrom", ("all", "trained", "held_out"))
 MethodName = choices("MethodName", METHOD_NAMES)
+MissingClassRule = choices("MissingClassRule", MISSING_CLASS_RULES)
 
 
 class ConfigError(ValueError):
@@ -153,6 +155,23 @@ class ClientConfig:
 
 
 @dataclass
+class AuxConfig:
+    """The server's labelled auxiliary data, read only by the ``aux`` label method (a stronger server than iLRG's).
+
+    Drawn at random from the images the client draws from, without the client's batch (a simulated client), or
+    from ``data`` without the private batch's images (a saved update with ``private=``).
+    """
+
+    size: int = 2000  # N; all remaining images when fewer are left
+    seed: int = 0  # the draw's seed
+    missing_classes: MissingClassRule = MissingClassRule.error  # a class without auxiliary images: error or overall_mean
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"size must be a positive integer, got {self.size}")
+
+
+@dataclass
 class ShareConfig:
     """``scripts/share_update.py``: sample a batch, compute and save the client's shared update."""
 
@@ -186,6 +205,7 @@ class RestoreConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     restore: RestoreSweep = field(default_factory=RestoreSweep)
+    aux: AuxConfig = field(default_factory=AuxConfig)
     out: str = "runs/restore"
 
 
@@ -214,6 +234,7 @@ class InvertConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     attack: AttackSettings = field(default_factory=AttackSettings)
     priors: PriorConfig = field(default_factory=PriorConfig)
+    aux: AuxConfig = field(default_factory=AuxConfig)
     update: Optional[str] = None
     private: Optional[str] = None
     out: str = "runs/invert"

@@ -9,7 +9,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from .config import ClientConfig, ConfigError, ModelConfig, to_dict
+from .auxiliary import AuxiliaryData, draw_auxiliary
+from .config import AuxConfig, ClientConfig, ConfigError, ModelConfig, to_dict
 from .data import (Batch, ImageSource, SubsetSource, default_data_root, load_source, sample_batch,
                    sample_synthetic_batch)
 from .fl.client import client_update
@@ -18,7 +19,7 @@ from .fl.update import SharedUpdate
 from .models import ClassifierModel, build_model, final_layer, load_weights
 from .training_record import load_training_record
 
-__all__ = ["ClientRun", "source_from_config", "build_from_model_config", "model_from_config", "batch_from_config", "simulate_client"]
+__all__ = ["ClientRun", "auxiliary_from_config", "source_from_config", "build_from_model_config", "model_from_config", "batch_from_config", "simulate_client"]
 
 
 def _tuple(values):
@@ -179,3 +180,16 @@ def simulate_client(cfg: DictConfig, *, progress: bool = True, source: ImageSour
     private = PrivateBatch(batch.images.detach().cpu().clone(), batch.labels.detach().cpu().clone(), record,
                            update.sha256)
     return ClientRun(update, private, model, source, batch)
+
+
+def auxiliary_from_config(aux: AuxConfig, source: ImageSource, exclude: Sequence[int] = ()) -> AuxiliaryData:
+    """The server's auxiliary set of an ``aux`` config group: ``aux.size`` images of ``source`` (seed ``aux.seed``),
+    none at the positions ``exclude`` (the client's batch).
+
+    Raises:
+        ConfigError: nothing is left to draw from.
+    """
+    try:
+        return draw_auxiliary(source, aux.size, aux.seed, exclude)
+    except ValueError as err:
+        raise ConfigError(f"aux: {err}") from None

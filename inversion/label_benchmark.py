@@ -8,6 +8,7 @@ restored counts against the truth with the paper's metrics.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -22,15 +23,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from label_restore import METHOD_NAMES, InconsistentGradientWarning, label_metrics
 
-from .config import ConfigError, RestoreConfig, load_config, to_dict
+from .auxiliary import AuxiliaryData
+from .config import AuxConfig, ConfigError, RestoreConfig, load_config, to_dict
 from .data.fileio import atomic_write
 from .fl.defenses import defend_update, parse_defense
-from .experiment import simulate_client, source_from_config
+from .experiment import auxiliary_from_config, simulate_client, source_from_config
 from .restore import restore_from_update
 from .rundir import run_folder
 
@@ -173,6 +175,8 @@ def _run_setting(
     scores = {d.spec: {m: {k: [] for k in keys} for m in methods} for d in defenses}
     client_seconds, sources, labels_kind = [], set(), set()
     images = source_from_config(cfg.data)  # the same for every trial: only seeds change
+    aux_cfg: AuxConfig = OmegaConf.to_object(cfg.aux)
+    aux_records = []
     for trial in range(sweep["trials"]):
         trial_cfg = trial_config(trial)
         start = time.perf_counter()
@@ -182,13 +186,18 @@ def _run_setting(
         labels_kind.add(run.private.record["labels"])
         num_classes = run.update.final_layer_gradients(run.model)[0].shape[0]
         truth = np.bincount(run.private.labels.numpy(), minlength=num_classes)
+        aux = None
+        if "aux" in methods:  # the server's own labelled images: new ones per trial, never the client's batch
+            aux = auxiliary_from_config(dataclasses.replace(aux_cfg, seed=aux_cfg.seed + trial), run.source,
+                                        run.batch.indices)
+            aux_records.append(aux.record)
         for defense in defenses:
             defended = defend_update(run.update, defense, seed=trial)
             for method in methods:
                 start = time.perf_counter()
                 with warnings.catch_warnings():  # counted in "flagged" instead of one warning per trial
                     warnings.simplefilter("ignore", InconsistentGradientWarning)
-                    result = restore_from_update(method, defended, run.model)
+                    result = restore_from_update(method, defended, run.model, **_aux_options(method, aux, aux_cfg))
                 elapsed = time.perf_counter() - start
                 metrics = label_metrics(result.raw_counts, truth)
                 corrected = label_metrics(result.counts, truth)
@@ -213,12 +222,21 @@ def _run_setting(
         "model_per_trial": not sweep["fixed_model"],
         "model_seed": model_cfg["seed"],
         "client_seconds": _summary(client_seconds),
+        "aux": None if not aux_records else {**aux_records[0], "seed": f"{aux_cfg.seed} + trial",
+                                              "size": _summary([r["size"] for r in aux_records])},
         "peak_memory_mb": _peak_memory_mb(),
         "results": {
             spec: {m: {k: _summary(v) for k, v in per_method.items()} for m, per_method in by_method.items()}
             for spec, by_method in scores.items()
         },
     }
+
+
+def _aux_options(method: str, aux: AuxiliaryData | None, aux_cfg: AuxConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`restore_from_update` for ``method``: the auxiliary set for ``aux``."""
+    if method != "aux":
+        return {}
+    return {"aux": aux, "missing_classes": str(aux_cfg.missing_classes)}
 
 
 def _fmt(summary: dict[str, float], digits: int = 3) -> str:
@@ -243,7 +261,10 @@ def format_markdown(results: dict) -> str:
             f"{record['trials']} trials ({'a new' if record['model_per_trial'] else 'one fixed'} untrained model per "
             f"trial); labels: {', '.join(record['labels'])}; images: {record['data_source']}; "
             f"client computation {_fmt(record['client_seconds'], 2)} s per trial; "
-            f"peak memory {record['peak_memory_mb']:,.0f} MiB.",
+            f"peak memory {record['peak_memory_mb']:,.0f} MiB."
+            + ("" if not record.get("aux") else
+               f" aux: {record['aux']['size']['mean']:,.0f} labelled auxiliary images per trial from the client's "
+               f"images without its batch ({record['aux']['classes']} classes)."),
             "",
         ]
         for spec, by_method in record["results"].items():

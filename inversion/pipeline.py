@@ -27,7 +27,8 @@ from .config import ConfigError, InvertConfig, ModelConfig, config_digest, resol
 from .data import default_data_root
 from .data.fileio import atomic_write
 from .evaluation import PSNR_CAP_DB, LPIPSMetric, evaluate_reconstruction, match_images, psnr, save_grid
-from .experiment import build_from_model_config, simulate_client
+from .auxiliary import AuxiliaryData
+from .experiment import ClientRun, auxiliary_from_config, build_from_model_config, simulate_client, source_from_config
 from .fl._records import save_record
 from .fl.private import PrivateBatch
 from .fl.server import check_model, model_from_update
@@ -123,11 +124,20 @@ def run_inversion(
         raise ConfigError(f"attack.device: {err}") from None
     out = check_out(run.out)
     resuming = _check_resume(out, resume)
-    update, private, model = _client(cfg, run, progress)
+    update, private, model, client = _client(cfg, run, progress)
     if settings.labels == "oracle" and private is None:
         raise ConfigError("label mode 'oracle' uses the true labels: give the private batch (private=...)")
     true_labels = private.labels if settings.labels == "oracle" else None
-    plan = plan_labels(settings.labels, update, model, true_labels=true_labels)
+    aux, options = None, {}
+    if settings.labels == "aux":
+        aux = _auxiliary(cfg, run, client, private)
+        options = {"missing_classes": str(run.aux.missing_classes)}
+    try:
+        plan = plan_labels(settings.labels, update, model, true_labels=true_labels, aux=aux, **options)
+    except ValueError as err:
+        if aux is None:
+            raise
+        raise ConfigError(f"labels=aux: {err}") from None
     digest = update.sha256  # hashes every gradient: once per run
     try:
         inversion = Inversion(model, update, plan, settings, priors=to_dict(cfg.priors), device=device,
@@ -165,16 +175,27 @@ def run_inversion(
 
 
 def _client(cfg: DictConfig, run: InvertConfig, progress: bool
-            ) -> tuple[SharedUpdate, PrivateBatch | None, ClassifierModel]:
-    """The attacked update, the private batch (None when not given) and the server's model."""
+            ) -> tuple[SharedUpdate, PrivateBatch | None, ClassifierModel, ClientRun | None]:
+    """The attacked update, the private batch (None when not given), the server's model and the simulated
+    client (None for a saved update)."""
     if run.update is not None:
-        return _saved_update(run)
+        return (*_saved_update(run), None)
     if run.private is not None:
         raise ConfigError("private= scores a saved update: give update= too (a simulated client has its own)")
     if run.client.parameters != "all":
         raise ConfigError("inversion matches the full gradient: set client.parameters=all")
     client = simulate_client(cfg, progress=progress)
-    return client.update, client.private, client.model
+    return client.update, client.private, client.model, client
+
+
+def _auxiliary(cfg: DictConfig, run: InvertConfig, client: ClientRun | None, private: PrivateBatch | None
+               ) -> AuxiliaryData:
+    """The server's auxiliary set: from the simulated client's images without its batch, or from ``data``
+    without the private batch's images (a saved update)."""
+    if client is not None:
+        return auxiliary_from_config(run.aux, client.source, client.batch.indices)
+    exclude = () if private is None else private.record.get("indices", ())
+    return auxiliary_from_config(run.aux, source_from_config(cfg.data), exclude)
 
 
 def _psnr_monitor(update: SharedUpdate, private: PrivateBatch | None) -> Callable[[torch.Tensor], float] | None:
@@ -188,6 +209,12 @@ def _psnr_monitor(update: SharedUpdate, private: PrivateBatch | None) -> Callabl
         return float(psnr(truth01, recon01[match_images(recon01, truth01)]).clamp(max=PSNR_CAP_DB).mean())
 
     return monitor
+
+
+#: What ``results.json`` records of an ``aux`` restoration's details: the auxiliary set used, the server's time
+#: (forward passes and FedAvg simulation included), the FedAvg first pass, classes without auxiliary images.
+_SERVER_DETAILS = ("aux", "server_seconds", "first_pass_counts", "simulated_steps", "simulations", "last_change",
+                   "missing_classes", "solver")
 
 
 def _present(counts: np.ndarray) -> dict[str, int]:
@@ -207,6 +234,7 @@ def _results(cfg, update: SharedUpdate, digest: str, private: PrivateBatch | Non
             "counts": _present(np.asarray(plan.restoration.counts)),
             "raw_metrics": None if truth is None else label_metrics(plan.restoration.raw_counts, truth),
             "diagnostics": list(plan.restoration.diagnostics),  # the input looked inconsistent: counts unreliable
+            **{key: plan.restoration.details[key] for key in _SERVER_DETAILS if key in plan.restoration.details},
         }
     return {
         "config": record,

@@ -7,6 +7,7 @@ from torch import nn
 
 from label_restore import RestorationResult, restore_labels
 
+from .auxiliary import AuxiliaryData, aux_restoration
 from .fl.update import SharedUpdate
 from .models import final_layer
 
@@ -14,7 +15,7 @@ __all__ = ["restore_from_update"]
 
 
 def restore_from_update(method: str, update: SharedUpdate, model: nn.Module, *, batch_size: int | None = None,
-                        **options: Any) -> RestorationResult:
+                        aux: AuxiliaryData | None = None, **options: Any) -> RestorationResult:
     """Restore the batch's label counts from a shared update, as the server would.
 
     Reads only what the server has: the final layer's gradients from ``update``, its
@@ -26,11 +27,19 @@ def restore_from_update(method: str, update: SharedUpdate, model: nn.Module, *, 
         update: the client's shared update (full or final-layer only).
         model: the shared model (its final layer is found by :func:`~inversion.models.final_layer`).
         batch_size: K, needed only when ``update.batch_size`` is None.
-        options: method-specific keyword arguments.
+        aux: the server's labelled auxiliary data, for ``method="aux"`` only (see :mod:`inversion.auxiliary`).
+        options: method-specific keyword arguments (for ``aux``: ``missing_classes``, ``max_passes``).
     """
     k = update.batch_size if update.batch_size is not None else batch_size
     if k is None:
         raise ValueError("the update does not reveal the batch size K; pass batch_size (your guess of K)")
+    if method == "aux":
+        if aux is None:
+            raise ValueError("label method 'aux' needs the server's labelled auxiliary data: pass aux= "
+                             "(inversion.auxiliary.draw_auxiliary)")
+        return aux_restoration(update, model, aux, int(k), **options)
+    if aux is not None:
+        raise ValueError(f"aux= is auxiliary data for the 'aux' method; {method!r} does not read it")
     grad_weight, grad_bias = update.final_layer_gradients(model)
     layer = final_layer(model)
     return restore_labels(

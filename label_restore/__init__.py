@@ -14,9 +14,10 @@ Inputs that contradict a mean cross-entropy gradient of ``K`` samples (e.g. resc
 smaller than the batch, noise) raise an :class:`InconsistentGradientWarning` and are listed, with the numbers,
 in ``r.diagnostics`` (:mod:`.consistency`); an all-zero gradient is refused with ``ValueError``.
 
-Methods (:data:`METHOD_NAMES`): ``ilrg`` (Ma et al., ICLR 2023), ``idlg`` (extended iDLG), ``gi``
+Methods (:data:`METHOD_NAMES`): ``ilrg`` (Ma et al., ICLR 2023), ``aux`` (class-conditional softmax means of
+labelled auxiliary data the server owns, RLU-style: a stronger threat model; ``aux_probs=``, ``aux_labels=``), ``idlg`` (extended iDLG), ``gi``
 (GradInversion), ``rlg`` (Dang et al. 2021), ``llg`` (Wainakh et al. 2022), ``bias_corrected`` (LLG's counting
-on the bias gradient). Modules: :mod:`.api` (registry), :mod:`._inputs` (validation), :mod:`.ilrg`,
+on the bias gradient). Modules: :mod:`.api` (registry), :mod:`._inputs` (validation), :mod:`.ilrg`, :mod:`.aux`,
 :mod:`.linsolve`, :mod:`.counting`, :mod:`.existence`, :mod:`.rlg`, :mod:`.llg`, :mod:`.metrics`, :mod:`.result`,
 :mod:`.consistency`.
 """

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from .aux import aux
 from .existence import gi, idlg
 from .ilrg import ilrg
 from .llg import bias_corrected, llg
@@ -22,10 +23,11 @@ __all__ = ["METHOD_NAMES", "restore_labels", "get_method", "register_method", "a
 Method = Callable[..., RestorationResult]
 
 #: The built-in methods.
-METHOD_NAMES = ("ilrg", "idlg", "gi", "rlg", "llg", "bias_corrected")
+METHOD_NAMES = ("ilrg", "aux", "idlg", "gi", "rlg", "llg", "bias_corrected")
 
 _REGISTRY: dict[str, Method] = {
     "ilrg": ilrg,
+    "aux": aux,
     "idlg": idlg,
     "gi": gi,
     "rlg": rlg,

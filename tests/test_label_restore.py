@@ -30,6 +30,15 @@ def mean_ce_grads(fc: nn.Linear, emb: torch.Tensor, labels: torch.Tensor) -> dic
                 batch_size=len(labels))
 
 
+def options_for(method: str, g: dict) -> dict:
+    """The extra inputs a method needs beyond the gradients: for ``aux``, auxiliary data of a model that ignores
+    its input (one sample per class, softmax(b)); none for the others."""
+    if method != "aux":
+        return {}
+    c = g["bias"].shape[0]
+    return {"aux_probs": torch.softmax(g["bias"], 0).expand(c, c), "aux_labels": torch.arange(c)}
+
+
 def linear_layer(weight, bias) -> nn.Linear:
     w = torch.as_tensor(weight, dtype=torch.float64)
     fc = nn.Linear(w.shape[1], w.shape[0]).double()
@@ -159,7 +168,7 @@ def test_result_fields_and_dtypes():
     fc = linear_layer(W3, B3)
     g = mean_ce_grads(fc, torch.tensor([X3] * 5, dtype=torch.float64), torch.tensor([0, 0, 2, 2, 2]))
     for name in METHOD_NAMES:
-        r = restore_labels(name, **g)
+        r = restore_labels(name, **g, **options_for(name, g))
         assert isinstance(r, RestorationResult)
         assert r.method == name
         assert r.counts.dtype == np.int64 and r.counts.shape == (3,)
@@ -303,7 +312,7 @@ def test_methods_that_need_only_grad_weight_ignore_the_rest(hand_grads):
 
 
 def test_registry():
-    assert METHOD_NAMES == ("ilrg", "idlg", "gi", "rlg", "llg", "bias_corrected")
+    assert METHOD_NAMES == ("ilrg", "aux", "idlg", "gi", "rlg", "llg", "bias_corrected")
     with pytest.raises(ValueError, match="already registered"):
         register_method("ilrg", lambda *a, **k: None)
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from label_restore import METHOD_NAMES, InconsistentGradientWarning, counts_from_labels, get_method, restore_labels
-from test_label_restore import linear_layer, mean_ce_grads
+from test_label_restore import linear_layer, mean_ce_grads, options_for
 from test_label_restore_baselines import mlp_grads
 
 RELU_METHODS = METHOD_NAMES  # every method's assumptions hold for ReLU embeddings
@@ -22,7 +22,7 @@ def restore_silently(method, g, **changes):
     """restore_labels, failing the test on any InconsistentGradientWarning."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", InconsistentGradientWarning)
-        return restore_labels(method, **{**g, **changes})
+        return restore_labels(method, **{**g, **options_for(method, g), **changes})
 
 
 # ---------------------------------------------------------------- consistent inputs: silent
@@ -136,9 +136,9 @@ def test_warning_names_the_callers_line():
 def test_all_zero_gradients_are_refused(method):
     g = mlp_grads(LABELS, 10, nn.ReLU(), 0)
     zero = {**g, "grad_weight": torch.zeros_like(g["grad_weight"]), "grad_bias": torch.zeros_like(g["grad_bias"])}
-    name = "grad_bias" if method in ("ilrg", "bias_corrected") else "grad_weight"
+    name = "grad_bias" if method in ("ilrg", "aux", "bias_corrected") else "grad_weight"
     with pytest.raises(ValueError, match=f"^{name} is all zero: .*nothing to restore"):
-        restore_labels(method, **zero)
+        restore_labels(method, **zero, **options_for(method, zero))
 
 
 def test_ilrg_is_exact_with_all_zero_embeddings():

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from label_restore import METHOD_NAMES, RestorationResult
 
+from ..auxiliary import AuxiliaryData
 from ..fl.update import SharedUpdate
 from ..models import final_layer
 from ..restore import restore_from_update
@@ -62,7 +64,7 @@ class LabelPlan:
 
 
 def plan_labels(mode: str, update: SharedUpdate, model: nn.Module, *, true_labels: Tensor | None = None,
-                batch_size: int | None = None) -> LabelPlan:
+                batch_size: int | None = None, aux: AuxiliaryData | None = None, **options: Any) -> LabelPlan:
     """The label plan of a mode for an update (restoration runs here, on the server's side).
 
     Args:
@@ -73,6 +75,8 @@ def plan_labels(mode: str, update: SharedUpdate, model: nn.Module, *, true_label
             bound). For a FedAvg update the oracle keeps that order, which decides the local mini-batches;
             for FedSGD (order-free) it sorts them, like the restored labels.
         batch_size: K when the update does not reveal it (``update.batch_size`` is None).
+        aux: the server's labelled auxiliary data, for mode ``aux`` (:mod:`inversion.auxiliary`).
+        options: the restoration method's options (e.g. ``missing_classes`` for ``aux``).
 
     Raises:
         ValueError: unknown mode, ``oracle`` without ``true_labels``, or an unknown or conflicting K.
@@ -95,7 +99,8 @@ def plan_labels(mode: str, update: SharedUpdate, model: nn.Module, *, true_label
         labels = true_labels.long().cpu()
         plan.fixed = labels.clone() if update.kind == "fedavg" else torch.sort(labels).values
     elif mode in METHOD_NAMES:
-        plan.restoration = restore_from_update(str(mode), update, model, batch_size=plan.batch_size)
+        plan.restoration = restore_from_update(str(mode), update, model, batch_size=plan.batch_size, aux=aux,
+                                               **options)
         plan.fixed = torch.as_tensor(plan.restoration.labels, dtype=torch.int64)
     return plan
 
