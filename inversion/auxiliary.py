@@ -21,20 +21,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from label_restore import RestorationResult, restore_labels
+from label_restore.aux import class_conditional_probabilities
+from label_restore.result import make_result
 
 from .data import ImageSource
 from .fl.local import LocalTraining
 from .fl.update import SharedUpdate
 
-__all__ = ["AuxiliaryData", "draw_auxiliary", "softmax_outputs", "trajectory_softmax", "aux_restoration"]
+__all__ = ["AuxiliaryData", "draw_auxiliary", "softmax_outputs", "simulated_client_softmax", "aux_restoration"]
 
 #: Images per forward pass over the auxiliary set.
 CHUNK = 1024
 
-#: At most this many simulated FedAvg clients per restoration, and the change of the float counts (in samples)
-#: below which the iteration stops.
-MAX_PASSES = 30
-TOLERANCE = 1e-3
+#: FedAvg: at most this many rounds of simulation per restoration (until the counts repeat), the simulated
+#: clients pooled per round, and the auxiliary images per absent class evaluated along their trajectories.
+MAX_PASSES = 5
+REPEATS = 8
+PROBES = 32
+
+#: FedAvg local search: the classes tried as the source and as the target of a moved sample.
+MOVES = 3
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,8 @@ class AuxiliaryData:
         return int(self.labels.shape[0])
 
 
-def draw_auxiliary(source: ImageSource, size: int, seed: int, exclude: Sequence[int] = ()) -> AuxiliaryData:
+def draw_auxiliary(source: ImageSource, size: int, seed: int, exclude: Sequence[int] = (),
+                   synthetic_classes: int | None = None) -> AuxiliaryData:
     """``size`` images of ``source`` drawn at random (seeded), none of those at positions ``exclude``.
 
     Args:
@@ -69,6 +76,8 @@ def draw_auxiliary(source: ImageSource, size: int, seed: int, exclude: Sequence[
         seed: the draw's seed.
         exclude: positions in ``source`` that must not be drawn (the client's batch: the simulation's guarantee
             that the auxiliary set is disjoint from it).
+        synthetic_classes: for a client with synthetic labels (an untrained model, labels drawn over C classes
+            independently of the images), C: the auxiliary labels are drawn the same way, uniformly.
 
     Raises:
         ValueError: ``size`` < 1, or nothing is left after ``exclude``.
@@ -83,9 +92,13 @@ def draw_auxiliary(source: ImageSource, size: int, seed: int, exclude: Sequence[
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(pool, size=size, replace=False)) if size < pool.size else pool
     images = source.spec.normalize(source.images(chosen))
-    labels = torch.as_tensor(source.targets[chosen], dtype=torch.int64)
+    if synthetic_classes is None:
+        labels, kind = source.targets[chosen], "real"
+    else:
+        labels, kind = rng.integers(0, synthetic_classes, chosen.size), f"synthetic (uniform over {synthetic_classes})"
     record = {"source": source.description, "requested": size, "size": int(chosen.size), "seed": seed,
-              "excluded": int(excluded.size), "classes": int(np.unique(source.targets[chosen]).size)}
+              "excluded": int(excluded.size), "labels": kind, "classes": int(np.unique(labels).size)}
+    labels = torch.as_tensor(labels, dtype=torch.int64)
     return AuxiliaryData(images, labels, record)
 
 
@@ -102,56 +115,92 @@ def softmax_outputs(model: nn.Module, images: Tensor) -> Tensor:
         model.train(was_training)
 
 
-def trajectory_softmax(model: nn.Module, aux: AuxiliaryData, local: LocalTraining, counts: Any,
-                       bn_mode: str = "eval") -> Tensor:
-    """The auxiliary softmax outputs along a simulated FedAvg client's local trajectory, (S, N, C).
+def simulated_client_softmax(model: nn.Module, aux: AuxiliaryData, local: LocalTraining, counts: Any, seed: int,
+                             repeats: int = REPEATS, bn_mode: str = "eval") -> tuple[Tensor, Tensor]:
+    """Softmax outputs of simulated FedAvg clients, taken where the real client's pseudo-gradient takes them.
 
-    The simulated client has the class counts ``counts`` (floats allowed) and runs the public schedule's S steps
-    at rate η from the shared model, each on the *expected* loss of such a batch: the cross-entropy of every
-    auxiliary image, weighted so that class :math:`j` carries :math:`n_j / K` of the loss, split evenly among its
-    auxiliary images. (The real client's mini-batches of B samples scatter around that path; a DP-SGD client's
-    clipping and noise are not simulated.) Row ``s`` is the softmax of the N auxiliary images at
-    :math:`\\theta_s`, the weights at which the client took its step ``s``.
+    The pseudo-gradient :math:`-\\Delta/(\\eta S) = \\frac1S \\sum_s \\frac1B \\sum_{k \\in b_s} (p_k^{(s)} - y_k)`
+    averages the softmax of each local mini-batch's samples at the weights :math:`\\theta_s` of that step. A
+    simulated client holds K auxiliary images with the class counts ``counts`` (drawn per class, in a random
+    order) and runs the public schedule from the shared model with plain SGD; every step's mini-batch softmax is
+    recorded, one row per visit of a sample (including the effect of having trained on it before, as the real
+    client's are). ``repeats`` clients with independent draws are pooled. Classes without a sample in the
+    simulated batch get rows too: up to :data:`PROBES` of their auxiliary images, evaluated (not trained on) at
+    every step. (A DP-SGD client's clipping and noise are not simulated.)
 
     Args:
         model: the shared model :math:`\\theta_0` (not changed).
-        aux: the auxiliary data (every class with a positive count needs an image; others are ignored).
-        local: the client's public schedule (its S and η).
-        counts: (C,) class counts of the simulated client, non-negative, not all zero.
+        aux: the auxiliary data.
+        local: the client's public schedule (S, B, η).
+        counts: (C,) int, the simulated batch's class counts (e.g. a first restoration), summing to K.
+        seed: seed of the first simulated client (the others: ``seed + 1``, ...).
+        repeats: how many simulated clients are pooled.
         bn_mode: the client's batch-norm mode during its local steps (``update.meta.bn_mode``).
+
+    Returns:
+        ``(probs, labels)``: (V, C) float32 softmax rows and their (V,) int64 classes.
     """
-    counts = torch.as_tensor(np.asarray(counts, dtype=np.float64))
-    per_class = torch.bincount(aux.labels, minlength=counts.numel()).to(torch.float64)
-    weights = (counts / counts.sum() / per_class.clamp(min=1))[aux.labels]
-    client = copy.deepcopy(model).train(bn_mode == "train")
-    device = next(client.parameters()).device
-    optimizer = torch.optim.SGD([p for p in client.parameters() if p.requires_grad], lr=local.lr)
-    outputs = []
-    for _ in range(local.steps):
-        optimizer.zero_grad()
-        logits = torch.cat([client(aux.images[i:i + CHUNK].to(device)) for i in range(0, len(aux), CHUNK)])
-        outputs.append(torch.softmax(logits.detach().float(), dim=1).cpu())
-        losses = F.cross_entropy(logits, aux.labels.to(device), reduction="none")
-        (weights.to(device=device, dtype=losses.dtype) * losses).sum().backward()
-        optimizer.step()
-    return torch.stack(outputs)
+    counts = np.asarray(counts, dtype=np.int64)
+    labels = aux.labels.numpy()
+    probes = np.concatenate([np.flatnonzero(labels == c)[:PROBES] for c in np.flatnonzero(counts == 0)] or
+                            [np.zeros(0, dtype=np.int64)])
+    rows, row_labels = [], []
+    for repeat in range(repeats):
+        generator = np.random.default_rng(seed + repeat)
+        picked = np.concatenate([
+            generator.choice(pool, size=int(n), replace=bool(n > pool.size))
+            for c, n in enumerate(counts) if n > 0
+            for pool in [np.flatnonzero(labels == c) if (labels == c).any() else np.arange(labels.size)]])
+        picked_labels = np.repeat(np.arange(counts.size), counts)
+        order = generator.permutation(picked.size)
+        images = torch.cat([aux.images[picked[order]], aux.images[probes]])
+        targets = torch.as_tensor(picked_labels[order], dtype=torch.int64)
+        client = copy.deepcopy(model).train(bn_mode == "train")
+        device = next(client.parameters()).device
+        optimizer = torch.optim.SGD([p for p in client.parameters() if p.requires_grad], lr=local.lr)
+        for step in range(local.steps):
+            batch = local.rows(step, picked.size)
+            indices = torch.cat([torch.arange(picked.size)[batch], torch.arange(picked.size, images.shape[0])])
+            optimizer.zero_grad()
+            logits = client(images[indices].to(device))
+            rows.append(torch.softmax(logits.detach().float(), dim=1).cpu())
+            row_labels += [targets[batch], torch.as_tensor(labels[probes], dtype=torch.int64)]
+            F.cross_entropy(logits[:local.batch_size], targets[batch].to(device)).backward()
+            optimizer.step()
+    return torch.cat(rows), torch.cat(row_labels)
+
+
+def _misfit(probs: Tensor, labels: Tensor, counts: np.ndarray, grad_bias: Tensor, batch_size: int
+            ) -> tuple[float, Tensor]:
+    """How badly counts explain the bias gradient under the statistics of clients simulated with those counts:
+    the norm (samples) and the vector :math:`\\sum_j n_j (q_j(n) - e_j) - K \\nabla b`, (C,); an entry below 0
+    says class :math:`i` has too many samples (roughly :math:`-r_i` of them)."""
+    q, _, _ = class_conditional_probabilities(probs, labels, counts.size, missing_classes="overall_mean")
+    n = torch.as_tensor(counts, dtype=torch.float64)
+    residual = q.T @ n - n - batch_size * grad_bias.double().cpu()
+    return float(torch.linalg.vector_norm(residual)), residual
 
 
 def aux_restoration(update: SharedUpdate, model: nn.Module, aux: AuxiliaryData, batch_size: int, *,
-                    missing_classes: str = "error", max_passes: int = MAX_PASSES) -> RestorationResult:
+                    missing_classes: str = "error", max_passes: int = MAX_PASSES, seed: int = 0) -> RestorationResult:
     """The ``aux`` method on a shared update, with the auxiliary statistics it needs.
 
     FedSGD: one restoration with the model's softmax outputs on ``aux``. FedAvg: that restoration gives first
-    (float) counts; then a client with the current counts is simulated through the update's public schedule
-    (:func:`trajectory_softmax`) and the counts are restored again with the class means along that trajectory
-    and the update's pseudo-gradient :math:`-\\Delta/(\\eta S)`, until no float count moves by more than
-    :data:`TOLERANCE` (a fixed point; at most ``max_passes`` simulations, fewer the smaller η).
+    counts; then clients with the current counts are simulated through the update's public schedule
+    (:func:`simulated_client_softmax`) and the counts are restored again with the class means of their
+    mini-batch softmax outputs and the update's pseudo-gradient :math:`-\\Delta/(\\eta S)`, until the counts
+    repeat (at most ``max_passes`` rounds). This iteration need not converge to the truth (a class
+    overestimated makes the simulated model surer of it, which asks for still more of it), so it only proposes
+    candidates: the counts that explain the pseudo-gradient best under their own simulation win (:func:`_misfit`),
+    and from them single samples move between the :data:`MOVES` classes the misfit points at while it falls. Over whole local epochs (S·B a multiple of K) every sample
+    counts equally in the pseudo-gradient; otherwise the first mini-batches count more, which no server can
+    undo without the client's order.
 
     Returns:
         the restoration, with ``details["aux"]`` = ``aux.record``, ``details["server_seconds"]`` (forward passes
         and simulation included) and, for FedAvg, ``details["first_pass_counts"]``, ``details["simulated_steps"]``
-        ``details["simulations"]`` (how many were run) and ``details["last_change"]`` (the largest change of a
-        float count in the last one: above :data:`TOLERANCE` when the iteration did not settle).
+        ``details["simulations"]`` (how many were run) and ``details["misfit"]`` (the winner's, in samples); the
+        FedAvg counts are integers from the search (raw counts = counts; no float solution in ``details``).
     """
     start = time.perf_counter()
     _, grad_bias = update.final_layer_gradients(model)
@@ -163,12 +212,36 @@ def aux_restoration(update: SharedUpdate, model: nn.Module, aux: AuxiliaryData, 
         local = update.meta.local
         extra.update(first_pass_counts={str(c): int(n) for c, n in enumerate(result.counts) if n},
                      simulated_steps=local.steps, simulations=0)
-        for _ in range(max_passes):
-            trajectory = trajectory_softmax(model, aux, local, result.details["float_counts"], update.meta.bn_mode)
-            previous, result = result.details["float_counts"], restore_labels("aux", aux_probs=trajectory, **options)
+        def simulate(counts: np.ndarray) -> tuple[float, Tensor, np.ndarray, np.ndarray]:
+            """(misfit, residual vector, counts, the counts restored with these clients' statistics)."""
+            probs, labels = simulated_client_softmax(model, aux, local, counts, seed, bn_mode=update.meta.bn_mode)
             extra["simulations"] += 1
-            extra["last_change"] = float(np.abs(result.details["float_counts"] - previous).max())
-            if extra["last_change"] <= TOLERANCE:
+            restored = restore_labels("aux", aux_probs=probs, **{**options, "aux_labels": labels}).counts
+            return (*_misfit(probs, labels, counts, grad_bias, batch_size), counts, restored)
+
+        counts, scored = result.counts, []
+        for _ in range(max_passes):  # fixed-point rounds: simulate with the counts, restore again
+            if any(np.array_equal(counts, entry[2]) for entry in scored):
                 break
+            scored.append(simulate(counts))
+            counts = scored[-1][3]
+        best = min(scored, key=lambda entry: entry[0])
+        for _ in range(batch_size):  # then move one sample at a time, where the residual points, while it helps
+            misfit, residual, counts, _ = best
+            sources = [int(c) for c in torch.argsort(residual) if counts[c] > 0][:MOVES]
+            targets = [int(c) for c in torch.argsort(residual, descending=True)][:MOVES]
+            tries = []
+            for a, b in ((a, b) for a in sources for b in targets if a != b):
+                moved = counts.copy()
+                moved[a] -= 1
+                moved[b] += 1
+                tries.append(simulate(moved))
+            if not tries or min(entry[0] for entry in tries) >= misfit:
+                break
+            best = min(tries, key=lambda entry: entry[0])
+        counts = best[2]
+        first_details = {key: value for key, value in result.details.items() if key != "float_counts"}
+        result = make_result("aux", counts, counts, counts > 0, batch_size, details=first_details)
+        extra["misfit"] = best[0]
     extra["server_seconds"] = time.perf_counter() - start
     return dataclasses.replace(result, details={**result.details, **extra})

@@ -19,7 +19,7 @@ from .fl.update import SharedUpdate
 from .models import ClassifierModel, build_model, final_layer, load_weights
 from .training_record import load_training_record
 
-__all__ = ["ClientRun", "auxiliary_from_config", "source_from_config", "build_from_model_config", "model_from_config", "batch_from_config", "simulate_client"]
+__all__ = ["ClientRun", "auxiliary_from_config", "client_auxiliary", "source_from_config", "build_from_model_config", "model_from_config", "batch_from_config", "simulate_client"]
 
 
 def _tuple(values):
@@ -182,14 +182,23 @@ def simulate_client(cfg: DictConfig, *, progress: bool = True, source: ImageSour
     return ClientRun(update, private, model, source, batch)
 
 
-def auxiliary_from_config(aux: AuxConfig, source: ImageSource, exclude: Sequence[int] = ()) -> AuxiliaryData:
+def auxiliary_from_config(aux: AuxConfig, source: ImageSource, exclude: Sequence[int] = (),
+                          synthetic_classes: int | None = None) -> AuxiliaryData:
     """The server's auxiliary set of an ``aux`` config group: ``aux.size`` images of ``source`` (seed ``aux.seed``),
-    none at the positions ``exclude`` (the client's batch).
+    none at the positions ``exclude`` (the client's batch); labels drawn over ``synthetic_classes`` classes
+    when the client's are synthetic.
 
     Raises:
         ConfigError: nothing is left to draw from.
     """
     try:
-        return draw_auxiliary(source, aux.size, aux.seed, exclude)
+        return draw_auxiliary(source, aux.size, aux.seed, exclude, synthetic_classes)
     except ValueError as err:
         raise ConfigError(f"aux: {err}") from None
+
+
+def client_auxiliary(aux: AuxConfig, client: ClientRun) -> AuxiliaryData:
+    """The server's auxiliary set for a simulated client: from the images it draws from, without its batch,
+    with synthetic labels over the model's classes if the client's labels are synthetic."""
+    synthetic = final_layer(client.model).out_features if client.batch.synthetic_labels else None
+    return auxiliary_from_config(aux, client.source, client.batch.indices, synthetic)

@@ -32,7 +32,7 @@ from .auxiliary import AuxiliaryData
 from .config import AuxConfig, ConfigError, RestoreConfig, load_config, to_dict
 from .data.fileio import atomic_write
 from .fl.defenses import defend_update, parse_defense
-from .experiment import auxiliary_from_config, simulate_client, source_from_config
+from .experiment import client_auxiliary, simulate_client, source_from_config
 from .restore import restore_from_update
 from .rundir import run_folder
 
@@ -188,8 +188,7 @@ def _run_setting(
         truth = np.bincount(run.private.labels.numpy(), minlength=num_classes)
         aux = None
         if "aux" in methods:  # the server's own labelled images: new ones per trial, never the client's batch
-            aux = auxiliary_from_config(dataclasses.replace(aux_cfg, seed=aux_cfg.seed + trial), run.source,
-                                        run.batch.indices)
+            aux = client_auxiliary(dataclasses.replace(aux_cfg, seed=aux_cfg.seed + trial), run)
             aux_records.append(aux.record)
         for defense in defenses:
             defended = defend_update(run.update, defense, seed=trial)
@@ -264,7 +263,7 @@ def format_markdown(results: dict) -> str:
             f"peak memory {record['peak_memory_mb']:,.0f} MiB."
             + ("" if not record.get("aux") else
                f" aux: {record['aux']['size']['mean']:,.0f} labelled auxiliary images per trial from the client's "
-               f"images without its batch ({record['aux']['classes']} classes)."),
+               f"images without its batch ({record['aux']['classes']} classes, {record['aux']['labels']} labels)."),
             "",
         ]
         for spec, by_method in record["results"].items():

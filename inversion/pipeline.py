@@ -28,7 +28,8 @@ from .data import default_data_root
 from .data.fileio import atomic_write
 from .evaluation import PSNR_CAP_DB, LPIPSMetric, evaluate_reconstruction, match_images, psnr, save_grid
 from .auxiliary import AuxiliaryData
-from .experiment import ClientRun, auxiliary_from_config, build_from_model_config, simulate_client, source_from_config
+from .experiment import (ClientRun, auxiliary_from_config, build_from_model_config, client_auxiliary, simulate_client,
+                         source_from_config)
 from .fl._records import save_record
 from .fl.private import PrivateBatch
 from .fl.server import check_model, model_from_update
@@ -193,7 +194,7 @@ def _auxiliary(cfg: DictConfig, run: InvertConfig, client: ClientRun | None, pri
     """The server's auxiliary set: from the simulated client's images without its batch, or from ``data``
     without the private batch's images (a saved update)."""
     if client is not None:
-        return auxiliary_from_config(run.aux, client.source, client.batch.indices)
+        return client_auxiliary(run.aux, client)
     exclude = () if private is None else private.record.get("indices", ())
     return auxiliary_from_config(run.aux, source_from_config(cfg.data), exclude)
 
@@ -213,7 +214,7 @@ def _psnr_monitor(update: SharedUpdate, private: PrivateBatch | None) -> Callabl
 
 #: What ``results.json`` records of an ``aux`` restoration's details: the auxiliary set used, the server's time
 #: (forward passes and FedAvg simulation included), the FedAvg first pass, classes without auxiliary images.
-_SERVER_DETAILS = ("aux", "server_seconds", "first_pass_counts", "simulated_steps", "simulations", "last_change",
+_SERVER_DETAILS = ("aux", "server_seconds", "first_pass_counts", "simulated_steps", "simulations", "misfit",
                    "missing_classes", "solver")
 
 

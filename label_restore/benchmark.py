@@ -6,6 +6,8 @@ Two kinds of inputs, float32 like a real model's:
   :math:`\\nabla W \\sim \\mathcal N(0, 10^{-6})`, :math:`\\nabla b \\sim \\mathcal N(0, 10^{-6})` centred to sum to 0.
 - ``batch``: the exact mean-CE gradients of a batch of :math:`K` ReLU embeddings with random labels
   (the same :math:`W, b`), so the restored counts can be checked.
+- ``aux_layer``: a batch and a labelled auxiliary set whose embeddings are a class prototype plus noise (so
+  the class-conditional softmax means differ between classes), for the ``aux`` method.
 
 :func:`time_call` gives the median and minimum wall time over several runs after a warm-up. No timing is
 asserted anywhere in the tests.
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 
-__all__ = ["random_layer", "batch_layer", "time_call"]
+__all__ = ["random_layer", "batch_layer", "aux_layer", "time_call"]
 
 
 def random_layer(num_classes: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -41,6 +43,27 @@ def batch_layer(num_classes: int, dim: int, batch_size: int, seed: int = 0) -> t
     labels = torch.randint(0, num_classes, (batch_size,), generator=g)
     resid = torch.softmax(emb @ weight.T + bias, dim=1) - torch.nn.functional.one_hot(labels, num_classes).float()
     return resid.T @ emb / batch_size, resid.mean(dim=0), weight, bias, labels
+
+
+def aux_layer(num_classes: int, dim: int, batch_size: int, aux_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A batch and an auxiliary set with embeddings :math:`\\operatorname{relu}(\\mu_y + \\epsilon)`,
+    :math:`\\mu_y \\sim \\mathcal N(0, 1)` per class, :math:`\\epsilon \\sim \\mathcal N(0, 1)` per sample.
+
+    Returns:
+        ``{"grad_bias" (C,), "weight" (C, M), "bias" (C,), "labels" (K,), "aux_embeddings" (N, M),
+        "aux_labels" (N,)}``; the auxiliary softmax is ``softmax(aux_embeddings @ weight.T + bias)``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(num_classes, dim, generator=g) * 0.02
+    bias = torch.randn(num_classes, generator=g) * 0.02
+    prototypes = torch.randn(num_classes, dim, generator=g)
+    labels = torch.randint(0, num_classes, (batch_size,), generator=g)
+    aux_labels = torch.randint(0, num_classes, (aux_size,), generator=g)
+    emb = torch.relu(prototypes[labels] + torch.randn(batch_size, dim, generator=g))
+    aux_emb = torch.relu(prototypes[aux_labels] + torch.randn(aux_size, dim, generator=g))
+    resid = torch.softmax(emb @ weight.T + bias, dim=1) - torch.nn.functional.one_hot(labels, num_classes).float()
+    return {"grad_bias": resid.mean(dim=0), "weight": weight, "bias": bias, "labels": labels,
+            "aux_embeddings": aux_emb, "aux_labels": aux_labels}
 
 
 def time_call(fn: Callable[[], object], repeats: int = 15, warmup: int = 2) -> tuple[float, float]:

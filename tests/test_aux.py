@@ -9,12 +9,14 @@ import torch.nn.functional as F
 from scipy.optimize import nnls
 from torch import nn
 
-from inversion.auxiliary import AuxiliaryData, aux_restoration, draw_auxiliary, softmax_outputs, trajectory_softmax
-from inversion.config import ConfigError, InvertConfig, load_config
+from inversion.auxiliary import (AuxiliaryData, aux_restoration, draw_auxiliary, simulated_client_softmax,
+                                 softmax_outputs)
+from inversion.config import CONFIG_DIR, ConfigError, InvertConfig, load_config
 from inversion.data import ArraySource
 from inversion.data.specs import SPECS
 from inversion.fl.client import client_update
 from inversion.fl.local import LocalTraining
+from inversion.label_benchmark import run_sweep
 from inversion.pipeline import run_inversion
 from inversion.restore import restore_from_update
 from label_restore import restore_labels
@@ -142,28 +144,32 @@ def tiny_aux(seed=0):
     return AuxiliaryData(images[labels], labels, {"source": "prototypes"})
 
 
-def test_trajectory_softmax_matches_a_hand_written_gradient_descent():
+def test_simulated_client_softmax_matches_a_hand_written_sgd_loop():
     model, aux = tiny_model(), tiny_aux()
-    local = LocalTraining(steps=4, batch_size=6, lr=0.5)
-    counts = np.array([2.0, 0.0, 4.0])
-    got = trajectory_softmax(model, aux, local, counts)
-    # brute force: explicit steps on a parameter list; the expected loss of a batch with 2 images of class 0 and
-    # 4 of class 2, whose images are the prototypes, is (2 CE(class 0) + 4 CE(class 2)) / 6
+    local = LocalTraining(steps=5, batch_size=2, lr=0.5)
+    counts = np.array([2, 0, 4])
+    probs, labels = simulated_client_softmax(model, aux, local, counts, seed=1, repeats=1)
+    # brute force: the same draw, explicit SGD on a parameter list, each mini-batch's softmax before its step,
+    # and the absent class 1's first 32 auxiliary images (all 10) evaluated at every step
+    rng = np.random.default_rng(1)
+    picked = np.concatenate([rng.choice(np.arange(0, 10), 2, replace=False), rng.choice(np.arange(20, 30), 4, replace=False)])
+    order = rng.permutation(6)
+    x, y = aux.images[picked[order]], torch.tensor([0, 0, 2, 2, 2, 2])[order]
     params = [p.detach().clone().requires_grad_() for p in model.parameters()]
 
     def forward(inputs):
         h = torch.tanh(inputs.flatten(1) @ params[0].T + params[1])
         return h @ params[2].T + params[3]
 
-    batch = aux.images[[0, 0, 20, 20, 20, 20]]
-    expected = []
-    for _ in range(4):
-        expected.append(torch.softmax(forward(aux.images), 1).detach())
-        loss = F.cross_entropy(forward(batch), torch.tensor([0, 0, 2, 2, 2, 2]))
-        grads = torch.autograd.grad(loss, params)
+    expected, expected_labels = [], []
+    for step in range(5):
+        rows = slice(2 * (step % 3), 2 * (step % 3) + 2)
+        expected += [torch.softmax(forward(x[rows]), 1).detach(), torch.softmax(forward(aux.images[10:20]), 1).detach()]
+        expected_labels += [y[rows], torch.ones(10, dtype=torch.int64)]
+        grads = torch.autograd.grad(F.cross_entropy(forward(x[rows]), y[rows]), params)
         params = [(p - 0.5 * g).detach().requires_grad_() for p, g in zip(params, grads)]
-    assert got.shape == (4, 30, 3)
-    torch.testing.assert_close(got, torch.stack(expected).float())
+    torch.testing.assert_close(probs, torch.cat(expected).float())
+    assert torch.equal(labels, torch.cat(expected_labels))
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), tiny_model().parameters()))  # not changed
 
 
@@ -178,12 +184,11 @@ def test_fedavg_variant_is_exact_on_prototypes_where_the_first_pass_is_not(local
     update = client_update(model, images, labels, local=local)
     result = aux_restoration(update, model, aux, 12)
     assert result.counts.tolist() == counts and result.details["simulated_steps"] == local_steps
-    assert result.details["last_change"] <= 1e-3
     first = restore_labels("aux", grad_bias=update.final_layer_gradients(model)[1], batch_size=12,
                            aux_probs=softmax_outputs(model, aux.images), aux_labels=aux.labels)
     assert first.counts.tolist() != counts  # the initial model's class means are not enough at this rate
-    if local_batch == 12:  # full-batch steps: the simulated trajectory is the client's, the counts exact
-        np.testing.assert_allclose(result.details["float_counts"], counts, atol=5e-3)
+    if local_batch == 12:  # full-batch steps: clients simulated with the true counts follow the client's path
+        assert result.details["misfit"] < 1e-4
 
 
 def array_source(n=60, seed=0):
@@ -228,3 +233,21 @@ def test_an_auxiliary_set_without_some_class_is_a_config_error(data_root, tmp_pa
         "aux.size=3", f"out={tmp_path}"])
     with pytest.raises(ConfigError, match="labels=aux: the auxiliary data has no sample of"):
         run_inversion(cfg, progress=False, lpips_metric=None)
+
+
+def test_synthetic_client_labels_get_synthetic_auxiliary_labels():
+    aux = draw_auxiliary(array_source(), 40, seed=1, synthetic_classes=100)
+    assert aux.record["labels"] == "synthetic (uniform over 100)" and int(aux.labels.max()) >= 10
+    again = draw_auxiliary(array_source(), 40, seed=1, synthetic_classes=100)
+    assert torch.equal(aux.labels, again.labels)
+
+
+def test_benchmark_scores_aux_and_records_the_auxiliary_set(data_root, tmp_path):
+    results = run_sweep(CONFIG_DIR / "restore" / "default.yaml", [
+        f"data.root={data_root}", "data.download=false", f"out={tmp_path}", "restore.trials=2",
+        "restore.batch_sizes=[64]", "restore.methods=[ilrg, aux]", "model=fcn3", "data=mnist", "aux.size=500"],
+        progress=False)
+    setting = results["settings"][0]
+    assert setting["aux"]["size"]["mean"] == 500 and setting["aux"]["labels"] == "real"
+    assert setting["results"]["none"]["aux"]["LnAcc"]["mean"] == 1.0
+    assert "500 labelled auxiliary images per trial" in (tmp_path / "results.md").read_text()
