@@ -125,8 +125,8 @@ def simulated_client_softmax(model: nn.Module, aux: AuxiliaryData, local: LocalT
     order) and runs the public schedule from the shared model with plain SGD; every step's mini-batch softmax is
     recorded, one row per visit of a sample (including the effect of having trained on it before, as the real
     client's are). ``repeats`` clients with independent draws are pooled. Classes without a sample in the
-    simulated batch get rows too: up to :data:`PROBES` of their auxiliary images, evaluated (not trained on) at
-    every step. (A DP-SGD client's clipping and noise are not simulated.)
+    simulated batch (all classes, when S·B < K leaves samples unvisited) get rows too: up to :data:`PROBES` of
+    their auxiliary images, evaluated (not trained on) at every step. (A DP-SGD client's clipping and noise are not simulated.)
 
     Args:
         model: the shared model :math:`\\theta_0` (not changed).
@@ -142,8 +142,9 @@ def simulated_client_softmax(model: nn.Module, aux: AuxiliaryData, local: LocalT
     """
     counts = np.asarray(counts, dtype=np.int64)
     labels = aux.labels.numpy()
-    probes = np.concatenate([np.flatnonzero(labels == c)[:PROBES] for c in np.flatnonzero(counts == 0)] or
-                            [np.zeros(0, dtype=np.int64)])
+    visits_all = local.steps * local.batch_size >= counts.sum()  # else only the first mini-batches are seen
+    unvisited = np.flatnonzero(counts == 0) if visits_all else np.arange(counts.size)
+    probes = np.concatenate([np.flatnonzero(labels == c)[:PROBES] for c in unvisited] or [np.zeros(0, dtype=np.int64)])
     rows, row_labels = [], []
     for repeat in range(repeats):
         generator = np.random.default_rng(seed + repeat)

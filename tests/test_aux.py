@@ -251,3 +251,10 @@ def test_benchmark_scores_aux_and_records_the_auxiliary_set(data_root, tmp_path)
     assert setting["aux"]["size"]["mean"] == 500 and setting["aux"]["labels"] == "real"
     assert setting["results"]["none"]["aux"]["LnAcc"]["mean"] == 1.0
     assert "500 labelled auxiliary images per trial" in (tmp_path / "results.md").read_text()
+
+
+def test_a_schedule_that_visits_part_of_the_batch_still_gives_every_class_rows():
+    # S * B = 1 < K = 12: the simulated client trains on one sample; the other classes are probed at every step
+    probs, labels = simulated_client_softmax(tiny_model(), tiny_aux(), LocalTraining(steps=1, batch_size=1, lr=0.5),
+                                             np.array([1, 1, 10]), seed=0, repeats=1)
+    assert set(labels.tolist()) == {0, 1, 2} and probs.shape == (1 + 30, 3)
