@@ -171,3 +171,30 @@ def test_save_grid_writes_true_images_above_reconstructions(cifar, tmp_path):
         assert image.format == "PNG" and image.height > 150 and image.width > image.height
     with pytest.raises(ValueError, match="differ in shape"):
         save_grid(cifar[:6], cifar[:5], tmp_path / "bad.png")
+
+
+def test_grid_draws_every_image_of_a_batch_of_50_in_lines_of_16(tmp_path, monkeypatch):
+    import inversion.visualize as visualize
+
+    drawn = {}
+    real_figure = visualize.figure
+
+    def keep(*args, **kwargs):
+        drawn["fig"], drawn["axes"] = real_figure(*args, **kwargs)
+        return drawn["fig"], drawn["axes"]
+
+    monkeypatch.setattr(visualize, "figure", keep)
+    truth = torch.rand(50, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    recon = 1 - truth
+    save_grid(truth, recon, tmp_path / "grid.png", captions=[[f"t{i}" for i in range(50)], [f"r{i}" for i in range(50)]])
+    axes = drawn["axes"]
+    assert axes.shape == (8, 16)  # 4 blocks of 16 (the last holds 2), each a true line above a reconstructed one
+    shown = [ax for ax in axes.flat if ax.images]
+    assert len(shown) == 100
+    for i in range(50):  # image i: block i // 16, column i % 16; truth above its reconstruction
+        block, column = divmod(i, 16)
+        top, bottom = axes[2 * block][column], axes[2 * block + 1][column]
+        assert top.get_title() == f"t{i}" and bottom.get_title() == f"r{i}"
+        np.testing.assert_allclose(top.images[0].get_array(), truth[i, 0].numpy())
+        np.testing.assert_allclose(bottom.images[0].get_array(), recon[i, 0].numpy())
+    assert axes[6][0].get_ylabel() == "true 49-50" and axes[7][0].get_ylabel() == "reconstructed 49-50"

@@ -55,7 +55,8 @@ def save_grid(truth01: Tensor, recon01_matched: Tensor, path: str | Path, *,
     """PNG of the true images (top row) above their matched reconstructions (bottom row),
     both (B, C, H, W) in [0, 1] with ``recon01_matched[i]`` matched to ``truth01[i]`` (e.g.
     ``unit_images(recon, dn)[result["permutation"]]``). ``captions``: per row, one caption per
-    image. At most ``max_columns`` pairs are drawn. Returns the path written."""
+    image. Every pair is drawn, ``max_columns`` pairs per line (a larger batch wraps into further
+    true/reconstructed line pairs). Returns the path written."""
     if truth01.shape != recon01_matched.shape:
         raise ValueError(f"true images {tuple(truth01.shape)} and reconstructions "
                          f"{tuple(recon01_matched.shape)} differ in shape")
