@@ -91,3 +91,14 @@ def test_share_then_invert_from_the_command_line(data_root, tmp_path):
     assert wrong.returncode == 2 and "does not apply to --update" in wrong.stderr and "Traceback" not in wrong.stderr
     swapped = run_script("invert.py", "--update", str(private), cwd=tmp_path)
     assert swapped.returncode == 2 and "is not a gradleak.SharedUpdate file" in swapped.stderr
+
+
+def test_aux_labels_on_a_saved_update_draw_from_data_without_the_private_images(shared, data_root, tmp_path):
+    update_path, private_path = shared
+    overrides = ["attack.labels=aux", "aux.size=400", "attack.max_steps=2", "attack.snapshot_every=0"]
+    blind = run_inversion(attack_cfg(data_root, tmp_path / "blind", update_path, None, *overrides), progress=False)
+    scored = run_inversion(attack_cfg(data_root, tmp_path / "scored", update_path, private_path, *overrides),
+                           progress=False)
+    assert blind.plan.restoration.details["aux"]["excluded"] == 0  # the server alone cannot know them
+    assert scored.plan.restoration.details["aux"]["excluded"] == 3  # a simulation keeps them out
+    assert scored.results["label_metrics"]["LnAcc"] == 1.0
