@@ -126,7 +126,8 @@ def simulated_client_softmax(model: nn.Module, aux: AuxiliaryData, local: LocalT
     recorded, one row per visit of a sample (including the effect of having trained on it before, as the real
     client's are). ``repeats`` clients with independent draws are pooled. Classes without a sample in the
     simulated batch (all classes, when S·B < K leaves samples unvisited) get rows too: up to :data:`PROBES` of
-    their auxiliary images, evaluated (not trained on) at every step. (A DP-SGD client's clipping and noise are not simulated.)
+    their auxiliary images, evaluated (not trained on) at every step. (A DP-SGD client's clipping and noise are
+    not simulated.)
 
     Args:
         model: the shared model :math:`\\theta_0` (not changed).
@@ -148,10 +149,12 @@ def simulated_client_softmax(model: nn.Module, aux: AuxiliaryData, local: LocalT
     rows, row_labels = [], []
     for repeat in range(repeats):
         generator = np.random.default_rng(seed + repeat)
-        picked = np.concatenate([
-            generator.choice(pool, size=int(n), replace=bool(n > pool.size))
-            for c, n in enumerate(counts) if n > 0
-            for pool in [np.flatnonzero(labels == c) if (labels == c).any() else np.arange(labels.size)]])
+        draws = []
+        for c in np.flatnonzero(counts):
+            pool = np.flatnonzero(labels == c)
+            pool = pool if pool.size else np.arange(labels.size)  # no image of the class: any, labelled c
+            draws.append(generator.choice(pool, size=int(counts[c]), replace=bool(counts[c] > pool.size)))
+        picked = np.concatenate(draws)
         picked_labels = np.repeat(np.arange(counts.size), counts)
         order = generator.permutation(picked.size)
         images = torch.cat([aux.images[picked[order]], aux.images[probes]])
@@ -193,15 +196,16 @@ def aux_restoration(update: SharedUpdate, model: nn.Module, aux: AuxiliaryData, 
     repeat (at most ``max_passes`` rounds). This iteration need not converge to the truth (a class
     overestimated makes the simulated model surer of it, which asks for still more of it), so it only proposes
     candidates: the counts that explain the pseudo-gradient best under their own simulation win (:func:`_misfit`),
-    and from them single samples move between the :data:`MOVES` classes the misfit points at while it falls. Over whole local epochs (S·B a multiple of K) every sample
-    counts equally in the pseudo-gradient; otherwise the first mini-batches count more, which no server can
-    undo without the client's order.
+    and from them single samples move between the :data:`MOVES` classes the misfit points at while it falls.
+    Over whole local epochs (S·B a multiple of K) every sample counts equally in the pseudo-gradient; otherwise
+    the first mini-batches count more, which no server can undo without the client's order.
 
     Returns:
         the restoration, with ``details["aux"]`` = ``aux.record``, ``details["server_seconds"]`` (forward passes
         and simulation included) and, for FedAvg, ``details["first_pass_counts"]``, ``details["simulated_steps"]``
         ``details["simulations"]`` (how many were run) and ``details["misfit"]`` (the winner's, in samples); the
-        FedAvg counts are integers from the search (raw counts = counts; no float solution in ``details``).
+        FedAvg counts are integers from the search (raw counts = counts; no float solution in ``details``;
+        ``seconds`` is the whole search's).
     """
     start = time.perf_counter()
     _, grad_bias = update.final_layer_gradients(model)
@@ -213,6 +217,7 @@ def aux_restoration(update: SharedUpdate, model: nn.Module, aux: AuxiliaryData, 
         local = update.meta.local
         extra.update(first_pass_counts={str(c): int(n) for c, n in enumerate(result.counts) if n},
                      simulated_steps=local.steps, simulations=0)
+
         def simulate(counts: np.ndarray) -> tuple[float, Tensor, np.ndarray, np.ndarray]:
             """(misfit, residual vector, counts, the counts restored with these clients' statistics)."""
             probs, labels = simulated_client_softmax(model, aux, local, counts, seed, bn_mode=update.meta.bn_mode)
@@ -241,8 +246,9 @@ def aux_restoration(update: SharedUpdate, model: nn.Module, aux: AuxiliaryData, 
                 break
             best = min(tries, key=lambda entry: entry[0])
         counts = best[2]
-        first_details = {key: value for key, value in result.details.items() if key != "float_counts"}
-        result = make_result("aux", counts, counts, counts > 0, batch_size, details=first_details)
-        extra["misfit"] = best[0]
+        kept = {key: result.details[key] for key in ("aux_samples", "aux_per_class_min", "missing_classes")}
+        result = make_result("aux", counts, counts, counts > 0, batch_size, details=kept)
+        extra.update(misfit=best[0], solver="simulation search")
     extra["server_seconds"] = time.perf_counter() - start
-    return dataclasses.replace(result, details={**result.details, **extra})
+    seconds = extra["server_seconds"] if update.kind == "fedavg" else result.seconds
+    return dataclasses.replace(result, seconds=seconds, details={**result.details, **extra})

@@ -164,7 +164,8 @@ class AuxConfig:
 
     size: int = 2000  # N; all remaining images when fewer are left
     seed: int = 0  # the draw's seed
-    missing_classes: MissingClassRule = MissingClassRule.error  # a class without auxiliary images: error or overall_mean
+    # a class without auxiliary images: error, or overall_mean (the mean softmax of all auxiliary images)
+    missing_classes: MissingClassRule = MissingClassRule.error
 
     def __post_init__(self) -> None:
         if self.size < 1:

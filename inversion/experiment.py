@@ -19,7 +19,8 @@ from .fl.update import SharedUpdate
 from .models import ClassifierModel, build_model, final_layer, load_weights
 from .training_record import load_training_record
 
-__all__ = ["ClientRun", "auxiliary_from_config", "client_auxiliary", "source_from_config", "build_from_model_config", "model_from_config", "batch_from_config", "simulate_client"]
+__all__ = ["ClientRun", "auxiliary_from_config", "client_auxiliary", "source_from_config", "build_from_model_config",
+           "model_from_config", "batch_from_config", "simulate_client"]
 
 
 def _tuple(values):

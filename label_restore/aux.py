@@ -149,7 +149,8 @@ def class_conditional_probabilities(aux_probs: Any, aux_labels: Any, num_classes
 
 
 def project_to_simplex(u: np.ndarray, total: float) -> np.ndarray:
-    """Euclidean projection of ``u`` onto :math:`\\{x \\ge 0, \\sum x = \\text{total}\\}` (sort-based, :math:`O(C \\log C)`).
+    """Euclidean projection of ``u`` onto :math:`\\{x \\ge 0, \\sum x = \\text{total}\\}` (sort-based,
+    :math:`O(C \\log C)`).
 
     Example:
         >>> project_to_simplex(np.array([3.0, 1.0, -1.0]), 2.0).tolist()
