@@ -3,8 +3,9 @@
 ``aux`` (:mod:`label_restore.aux`) assumes a stronger server than iLRG: one that owns a few thousand labelled
 images from the clients' distribution (a public split, never the client's batch). This module draws that set
 (:func:`draw_auxiliary`), evaluates the model on it (:func:`softmax_outputs`) and, for a FedAvg update,
-simulates the client's local training on it (:func:`trajectory_softmax`, RLU's idea): the pseudo-gradient is the
-mean of the S local gradients, so the class means of the softmax must be taken along the local trajectory.
+simulates the client's local training on it (:func:`simulated_client_softmax`, RLU's idea): the pseudo-gradient
+is the mean of the S local gradients, so the class means of the softmax must be taken along the local trajectory
+(:func:`aux_restoration`).
 """
 from __future__ import annotations
 

@@ -29,9 +29,10 @@ softmax, tiny for an untrained model and larger for a trained one.
 
 **FedAvg.** For a FedAvg update the gradient is the pseudo-gradient :math:`-\\Delta / (\\eta S)` (the mean of
 the S local gradients) and :math:`\\bar p_j` is the class mean of the softmax *along the local trajectory*.
-Pass ``aux_probs`` of shape :math:`(T, N, C)`: the auxiliary softmax outputs at T models of a simulated local
-trajectory (RLU's idea; the simulation needs the model and lives in :func:`inversion.auxiliary.aux_statistics`).
-The estimate averages over the T models and the class's samples.
+Pass as ``aux_probs`` / ``aux_labels`` the softmax rows of simulated clients' local mini-batches, one per visit
+of a sample (RLU's idea; the simulation needs the model and lives in
+:func:`inversion.auxiliary.simulated_client_softmax`), or the auxiliary outputs at T models of a trajectory as
+:math:`(T, N, C)`, which are averaged over the T models.
 """
 from __future__ import annotations
 
