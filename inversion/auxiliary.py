@@ -219,18 +219,21 @@ def aux_restoration(update: SharedUpdate, model: nn.Module, aux: AuxiliaryData, 
         extra.update(first_pass_counts={str(c): int(n) for c, n in enumerate(result.counts) if n},
                      simulated_steps=local.steps, simulations=0)
 
-        def simulate(counts: np.ndarray) -> tuple[float, Tensor, np.ndarray, np.ndarray]:
-            """(misfit, residual vector, counts, the counts restored with these clients' statistics)."""
+        def simulate(counts: np.ndarray, restore: bool) -> tuple[float, Tensor, np.ndarray, np.ndarray | None]:
+            """(misfit, residual vector, counts, with ``restore`` the counts restored with these clients'
+            statistics, else None)."""
             probs, labels = simulated_client_softmax(model, aux, local, counts, seed, bn_mode=update.meta.bn_mode)
             extra["simulations"] += 1
-            restored = restore_labels("aux", aux_probs=probs, **{**options, "aux_labels": labels}).counts
+            restored = None
+            if restore:
+                restored = restore_labels("aux", aux_probs=probs, **{**options, "aux_labels": labels}).counts
             return (*_misfit(probs, labels, counts, grad_bias, batch_size), counts, restored)
 
         counts, scored = result.counts, []
         for _ in range(max_passes):  # fixed-point rounds: simulate with the counts, restore again
             if any(np.array_equal(counts, entry[2]) for entry in scored):
                 break
-            scored.append(simulate(counts))
+            scored.append(simulate(counts, restore=True))
             counts = scored[-1][3]
         best = min(scored, key=lambda entry: entry[0])
         for _ in range(batch_size):  # then move one sample at a time, where the residual points, while it helps
@@ -242,7 +245,7 @@ def aux_restoration(update: SharedUpdate, model: nn.Module, aux: AuxiliaryData, 
                 moved = counts.copy()
                 moved[a] -= 1
                 moved[b] += 1
-                tries.append(simulate(moved))
+                tries.append(simulate(moved, restore=False))  # only its misfit is read
             if not tries or min(entry[0] for entry in tries) >= misfit:
                 break
             best = min(tries, key=lambda entry: entry[0])
