@@ -261,6 +261,7 @@ def _results(cfg, update: SharedUpdate, digest: str, private: PrivateBatch | Non
             "seconds": result.seconds,
             "steps_per_second": result.steps / result.seconds if result.seconds > 0 else None,
             "interrupted": result.interrupted,
+            "span": result.span,
         },
     }
 

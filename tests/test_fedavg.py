@@ -62,9 +62,9 @@ def test_the_attack_inverts_a_fedavg_update():
     model, images, labels = problem()
     update = client_update(model, images, labels, local=LocalTraining(steps=4, batch_size=4, lr=0.1))
     plan = plan_labels("oracle", update, model, true_labels=labels)
-    inversion = Inversion(model, update, plan, AttackSettings(max_steps=200, lr=0.05, init="rand"),
+    inversion = Inversion(model, update, plan, AttackSettings(max_steps=200, lr=0.05, init="rand", span="never"),
                           bounds=(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)))
-    start = inversion._fresh_restart(0)["x"]
+    start = inversion.images(inversion._fresh_restart(0)["x"])
     start_loss = float(inversion.match(start.clone().requires_grad_(True), None).detach())
     result = inversion.run(progress=False)
     assert result.loss < 0.1 * start_loss  # measured: 0.027 from 0.59

@@ -79,3 +79,13 @@ class GradientMatcher:
         dot = (self.weights * torch.stack([torch.dot(g, t) for g, t in zip(flat, self.targets)])).sum()
         norm = torch.sqrt((self.weights * torch.stack([torch.dot(g, g) for g in flat])).sum())
         return 1.0 - dot / (norm * self.target_norm + 1e-12)
+
+    def batched(self, gradients: Sequence[Tensor]) -> Tensor:
+        """The losses (R,) of R stacked dummy gradients, each (R, *shape), in ``names`` order."""
+        flat = [g.reshape(g.shape[0], -1) for g in gradients]
+        weights = self.weights[:, None]
+        if self.objective == "l2":
+            return (weights * torch.stack([((g - t) ** 2).sum(dim=1) for g, t in zip(flat, self.targets)])).sum(0)
+        dot = (weights * torch.stack([g @ t for g, t in zip(flat, self.targets)])).sum(0)
+        norm = torch.sqrt((weights * torch.stack([(g * g).sum(dim=1) for g in flat])).sum(0))
+        return 1.0 - dot / (norm * self.target_norm + 1e-12)

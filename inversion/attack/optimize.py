@@ -37,9 +37,11 @@ from priors import build_priors
 from ..data.fileio import atomic_write, load_tensor_file
 from ..fl.local import unroll_local_training
 from ..fl.update import SharedUpdate
+from .batched import BatchedMatch, batching_obstacle
 from .labels import LabelPlan, batch_loss, labels_in_use
 from .objectives import GradientMatcher
 from .settings import AttackSettings
+from .span import FirstLayerSpan, span_for_update
 
 __all__ = ["InversionResult", "Inversion", "lr_factor"]
 
@@ -48,6 +50,7 @@ CHECKPOINT_VERSION = 2
 _CHECKPOINT_KEYS = {"identity": str, "generator": Tensor, "finished": list, "restart": int, "step": int,
                     "steps": int, "seconds": float}
 _RESTART_KEYS = {"x": Tensor, "best_x": Tensor, "best_loss": float}
+_BATCHED_KEYS = {"x": Tensor, "best_x": Tensor, "best_loss": Tensor, "done": Tensor}
 
 
 def _read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -58,7 +61,8 @@ def _read_checkpoint(path: str | Path) -> dict[str, Any]:
     if payload.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path} is a version-{payload.get('version')} checkpoint; this version resumes only "
                          f"version {CHECKPOINT_VERSION}: start the run afresh")
-    wanted = {**_CHECKPOINT_KEYS, **(_RESTART_KEYS if "x" in payload else {})}
+    running = (_BATCHED_KEYS if payload.get("batched") else _RESTART_KEYS) if "x" in payload else {}
+    wanted = {**_CHECKPOINT_KEYS, **running}
     bad = [k for k, kind in wanted.items() if not isinstance(payload.get(k), kind)]
     if bad or ("x" not in payload and not payload["finished"]):
         raise ValueError(f"{path} is an incomplete checkpoint (missing or malformed: {', '.join(bad) or 'x'}): "
@@ -91,6 +95,7 @@ class InversionResult:
         seconds: wall time of the optimisation (all sessions).
         interrupted: True when stopped early by Ctrl-C.
         snapshots: (restart, step, images) kept every ``snapshot_every`` steps.
+        span: the first-layer span constraint's record (layer, rank r, dimension D), None when not used.
     """
 
     images: Tensor
@@ -102,6 +107,7 @@ class InversionResult:
     seconds: float
     interrupted: bool = False
     snapshots: list[tuple[int, int, Tensor]] = field(default_factory=list)
+    span: dict[str, Any] | None = None
 
 
 def _select(names: Sequence[str], wanted: Sequence[str] | None) -> list[str]:
@@ -171,11 +177,34 @@ class Inversion:
         if image_shape is None:
             raise ValueError("the input shape is unknown: the update's metadata has no input_shape; pass image_shape")
         self.shape = (plan.batch_size, *image_shape)
+        self.span: FirstLayerSpan | None = span_for_update(
+            str(settings.span), self.model, update.gradients, plan.batch_size, image_shape)
+        if self.span is not None:
+            self.span.to(self.device)
+        # what the optimiser moves: the dummies themselves, or their coefficients in the span (K, r)
+        self.leaf_shape = self.shape if self.span is None else (plan.batch_size, self.span.rank)
         self.lower, self.upper = (b.to(self.device) for b in (bounds if bounds is not None else update.meta.bounds()))
+        self.batched = self._batched_match() if settings.restarts > 1 else None
         self.generator = torch.Generator().manual_seed(settings.seed)  # priors' randomness (augmentations)
         self.state: dict[str, Any] = {}
         self._optimizer_in_use: torch.optim.Optimizer | None = None
         self._session: tuple[float, float] | None = None  # (seconds before this run() call, its start time)
+
+    def _batched_match(self) -> BatchedMatch | None:
+        """The batched matching of all restarts where ``batch_restarts`` asks for it and it applies, else None."""
+        mode = str(self.settings.batch_restarts)
+        if mode == "never" or (mode == "auto" and self.device.type != "cuda"):
+            return None
+        obstacle = batching_obstacle(
+            self.settings, self.plan, self.prior_weights, fedavg=self.local is not None,
+            train_mode_batch_norm=self.bn_mode == "train" and any(
+                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()))
+        if obstacle is None:
+            return BatchedMatch(self.model, self.names, self.plan, self.matcher, self.settings.restarts)
+        if mode == "always":
+            raise ValueError(f"attack.batch_restarts=always: restarts cannot run batched with {obstacle}; "
+                             "set attack.batch_restarts=auto or never")
+        return None
 
     # --- losses -------------------------------------------------------------------------------------
     def match(self, x: Tensor, label_logits: Tensor | None) -> Tensor:
@@ -202,6 +231,19 @@ class Inversion:
         extra, terms = self.priors(x, match=lambda z: self.match(z, label_logits), generator=self.generator)
         return matching + extra, matching, terms
 
+    def images(self, leaf: Tensor) -> Tensor:
+        """The dummies (K, C, H, W) of the optimised variable: itself, or its span coefficients (K, r) mapped."""
+        return leaf if self.span is None else self.span(leaf)
+
+    def _project(self, leaf: Tensor) -> None:
+        """Boxed attacks: clamp the dummies to the pixel box; in the span, the span's nearest point to that."""
+        with torch.no_grad():
+            if self.span is None:
+                torch.maximum(torch.minimum(leaf, self.upper, out=leaf), self.lower, out=leaf)
+            else:
+                leaf.copy_(self.span.coefficients(torch.maximum(torch.minimum(self.span(leaf), self.upper),
+                                                                self.lower)))
+
     # --- state ----------------------------------------------------------------------------------------
     def _fresh_restart(self, restart: int) -> dict[str, Any]:
         init_gen = torch.Generator().manual_seed(self.settings.seed * 1000 + restart)
@@ -212,8 +254,9 @@ class Inversion:
         else:
             x = torch.zeros(self.shape)
         logits = self.plan.initial_logits(init_gen)
-        return {"restart": restart, "step": 0, "x": x, "label_logits": logits, "optimizer": None,
-                "best_x": x.clone(), "best_loss": math.inf, "best_logits": logits}
+        leaf = x if self.span is None else self.span.coefficients(x.to(self.device)).cpu()
+        return {"restart": restart, "step": 0, "x": leaf, "label_logits": logits, "optimizer": None,
+                "best_x": self.images(leaf.to(self.device)).cpu(), "best_loss": math.inf, "best_logits": logits}
 
     def _optimizer(self, x: Tensor, logits: Tensor | None) -> torch.optim.Optimizer:
         params = [x] if logits is None else [x, logits]
@@ -246,9 +289,15 @@ class Inversion:
         if payload["identity"] != self.identity:
             raise ValueError(f"checkpoint {path} was made by another attack (another config or update): "
                              "resume with the same config and update, or start afresh")
-        dummies = payload["x"] if "x" in payload else payload["finished"][-1][2]  # after the last restart: no x
-        if tuple(dummies.shape) != self.shape:
-            raise ValueError(f"checkpoint {path} is for dummies of shape {tuple(dummies.shape)}, not {self.shape}")
+        if "x" in payload and bool(payload.get("batched")) != (self.batched is not None):
+            how = "batched" if payload.get("batched") else "one after another"
+            raise ValueError(f"checkpoint {path} ran its restarts {how}; resume with the same attack.batch_restarts "
+                             "on the same kind of device, or start afresh")
+        # the optimised variable(s), or after the last restart (no x) the last restart's best dummies
+        leaf_shape = self.leaf_shape if self.batched is None else (self.settings.restarts, *self.leaf_shape)
+        dummies, shape = (payload["x"], leaf_shape) if "x" in payload else (payload["finished"][-1][2], self.shape)
+        if tuple(dummies.shape) != shape:
+            raise ValueError(f"checkpoint {path} is for dummies of shape {tuple(dummies.shape)}, not {shape}")
         self.generator.set_state(payload.pop("generator"))
         for key in ("format", "version", "identity"):
             payload.pop(key)
@@ -288,17 +337,20 @@ class Inversion:
         self.model.train(self.bn_mode == "train")
         self.priors = build_priors(self.prior_weights, model=self.model) if self.prior_weights else None
         bar = tqdm(total=s.max_steps * s.restarts, desc="inversion", unit="step", disable=not progress)
-        bar.update(first * s.max_steps + st.get("step", 0))
+        bar.update(first * s.max_steps + st.get("step", 0) * (s.restarts if st.get("batched") else 1))
         self._session = (st["seconds"], time.perf_counter())
+        loop_args = (bar, monitor, monitor_every, checkpoint, checkpoint_every, snapshot_every, snapshots)
         try:
-            for restart in range(first, s.restarts):
+            if self.batched is not None and first < s.restarts:  # all restarts at once
+                if "x" not in st:
+                    st.update(self._fresh_batch())
+                self._run_batched(*loop_args)
+                self._close_restarts(s.restarts)
+            for restart in range(first, s.restarts if self.batched is None else first):  # one after another
                 if st.get("restart") != restart or "x" not in st:
                     st.update(self._fresh_restart(restart))
-                self._run_restart(bar, monitor, monitor_every, checkpoint, checkpoint_every, snapshot_every,
-                                  snapshots)
-                st["finished"].append([restart, float(st["best_loss"]), st["best_x"], st["best_logits"]])
-                st.update({"restart": restart + 1, "step": 0})
-                st.pop("x", None)
+                self._run_restart(*loop_args)
+                self._close_restarts(restart + 1)
         except KeyboardInterrupt:
             interrupted = True
             if self._optimizer_in_use is not None:  # keep the optimiser's state with the restart's, to resume
@@ -311,16 +363,96 @@ class Inversion:
                 self.priors = None
             self.model.train(was_training)
         runs = list(st["finished"])
-        if interrupted and "x" in st and math.isfinite(st["best_loss"]):  # the interrupted restart's best so far
-            runs.append([st["restart"], float(st["best_loss"]), st["best_x"], st["best_logits"]])
+        if interrupted and "x" in st:  # the interrupted restart's (or batch's) best so far
+            runs += [run for run in self._finished_restarts() if math.isfinite(run[1])]
         if not runs:
             raise KeyboardInterrupt("interrupted before the first step finished")
         restart, loss, best_x, best_logits = min(runs, key=lambda r: r[1])
         return InversionResult(
             images=best_x.detach().cpu(), labels=labels_in_use(self.plan, best_logits), loss=loss, restart=restart,
             restart_losses=[r[1] for r in runs], steps=st["steps"], seconds=st["seconds"], interrupted=interrupted,
-            snapshots=snapshots,
+            snapshots=snapshots, span=None if self.span is None else self.span.record(),
         )
+
+    def _close_restarts(self, following: int) -> None:
+        """File the restart(s) just run among the finished ones; the next to run is ``following``."""
+        self.state["finished"].extend(self._finished_restarts())
+        self.state.update({"restart": following, "step": 0})
+        self.state.pop("x", None)
+
+    def _finished_restarts(self) -> list[list]:
+        """[restart, best loss, best dummies, best label logits] of the restart(s) in ``state``."""
+        st = self.state
+        if not st.get("batched"):
+            return [[st["restart"], float(st["best_loss"]), st["best_x"], st["best_logits"]]]
+        return [[r, float(loss), st["best_x"][r].cpu(), None] for r, loss in enumerate(st["best_loss"].tolist())]
+
+    def _fresh_batch(self) -> dict[str, Any]:
+        """The state of all restarts at step 0, stacked: x (R, *leaf), best_x (R, K, C, H, W), best_loss (R,)."""
+        fresh = [self._fresh_restart(r) for r in range(self.settings.restarts)]
+        return {"batched": True, "restart": 0, "step": 0, "label_logits": None, "optimizer": None,
+                "x": torch.stack([f["x"] for f in fresh]), "best_x": torch.stack([f["best_x"] for f in fresh]),
+                "best_loss": torch.full((len(fresh),), math.inf), "done": torch.zeros(len(fresh), dtype=torch.bool),
+                "best_logits": None}
+
+    def _run_batched(self, bar, monitor, monitor_every, checkpoint, checkpoint_every, snapshot_every,
+                     snapshots) -> None:
+        """All restarts at once (see :mod:`inversion.attack.batched`); a restart that reaches ``stop_loss`` is frozen."""
+        s, st = self.settings, self.state
+        x = st["x"].to(self.device).requires_grad_(True)
+        for key in ("best_x", "best_loss", "done"):
+            st[key] = st[key].to(self.device)
+        optimizer = self._optimizer(x, None)
+        if st["optimizer"] is not None:
+            optimizer.load_state_dict(st["optimizer"])
+        self._optimizer_in_use = optimizer
+        restarts = s.restarts
+        for step in range(st["step"], s.max_steps):
+            for group in optimizer.param_groups:
+                group["lr"] = s.lr * lr_factor(s.schedule, step, s.max_steps)
+            matching = self._batched_step(optimizer, x)
+            st.update({"step": step + 1, "steps": st["steps"] + restarts, "x": x.detach()})
+            if snapshot_every and (step + 1) % snapshot_every == 0:
+                images = self.images(x.detach()).cpu()
+                snapshots.extend((r, step + 1, images[r].clone()) for r in range(restarts))
+            shown = {}
+            if monitor is not None and (step % monitor_every == 0 or step + 1 == s.max_steps):
+                shown["psnr"] = f"{monitor(st['best_x'][int(st['best_loss'].argmin())].cpu()):.2f}"
+            if bar.disable is False:
+                bar.set_postfix(restarts=restarts, loss=f"{float(matching.min()):.4g}", **shown, refresh=False)
+            bar.update(restarts)
+            if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+                self.save_checkpoint(checkpoint)
+            if s.stop_loss is not None and bool(st["done"].all()):
+                bar.update((s.max_steps - step - 1) * restarts)
+                break
+        self._optimizer_in_use = None
+
+    def _batched_step(self, optimizer: torch.optim.Optimizer, x: Tensor) -> Tensor:
+        """One step of every restart; returns their matching losses (R,) before the step (best iterates kept)."""
+        s, st = self.settings, self.state
+        images = self.images(x)
+        matching = self.batched(images)
+        total = matching.sum()
+        if self.priors is not None:
+            total = total + sum(self.priors(images[r], generator=self.generator)[0] for r in range(len(images)))
+        matching = matching.detach()
+        better = matching < st["best_loss"]  # no boolean indexing: nothing here waits for the GPU
+        st["best_loss"] = torch.where(better, matching, st["best_loss"])
+        st["best_x"] = torch.where(better.view(-1, *[1] * len(self.shape)), images.detach(), st["best_x"])
+        (grad,) = torch.autograd.grad(total, [x])
+        x.grad = grad.contiguous()  # vmap's gradient may come back strided; fused Adam reads it as laid out like x
+        if s.signed:
+            x.grad.sign_()
+        before = x.detach().clone() if s.stop_loss is not None else None
+        optimizer.step()
+        if s.boxed:
+            self._project(x)
+        if before is not None:  # a restart at or below stop_loss stays at that iterate
+            st["done"] |= matching <= s.stop_loss
+            with torch.no_grad():
+                x.copy_(torch.where(st["done"].view(-1, *[1] * len(self.leaf_shape)), before, x))
+        return matching
 
     def _seconds(self) -> float:
         """Time spent by the attack: earlier sessions' plus, while :meth:`run` runs, this one's so far."""
@@ -345,7 +477,7 @@ class Inversion:
             matching = self._step(optimizer, x, logits)
             st.update({"step": step + 1, "steps": st["steps"] + 1, "x": x.detach(), "label_logits": None if logits is None else logits.detach()})
             if snapshot_every and (step + 1) % snapshot_every == 0:
-                snapshots.append((st["restart"], step + 1, x.detach().cpu().clone()))
+                snapshots.append((st["restart"], step + 1, self.images(x.detach()).cpu().clone()))
             if monitor is not None and (step % monitor_every == 0 or step + 1 == s.max_steps):
                 shown["psnr"] = f"{monitor(st['best_x']):.2f}"
             if bar.disable is False:
@@ -370,11 +502,12 @@ class Inversion:
         leaves = [x] if logits is None else [x, logits]
 
         def closure() -> Tensor:
-            total, matching, _ = self.objective(x, logits)
+            images = self.images(x)
+            total, matching, _ = self.objective(images, logits)
             if not record:
                 record["matching"] = float(matching.detach())
                 if record["matching"] < st["best_loss"]:
-                    st.update({"best_loss": record["matching"], "best_x": x.detach().cpu().clone(),
+                    st.update({"best_loss": record["matching"], "best_x": images.detach().cpu().clone(),
                                "best_logits": None if logits is None else logits.detach().cpu().clone()})
             # gradients w.r.t. the dummies only: not the (unused) second-order ones of the model's parameters
             for leaf, grad in zip(leaves, torch.autograd.grad(total, leaves)):
@@ -389,6 +522,5 @@ class Inversion:
             closure()
             optimizer.step()
         if s.boxed:
-            with torch.no_grad():
-                torch.maximum(torch.minimum(x, self.upper, out=x), self.lower, out=x)
+            self._project(x)
         return record["matching"]

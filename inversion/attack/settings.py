@@ -9,14 +9,17 @@ import torch
 from ..choices import choices, coerce
 from .labels import LABEL_MODES
 from .objectives import OBJECTIVES
+from .span import SPAN_MODES
 
 __all__ = ["AttackSettings", "resolve_device", "INITS", "OPTIMIZERS", "SCHEDULES", "DEVICES",
-           "LabelMode", "Objective", "Optimizer", "Schedule", "Init", "Device"]
+           "LabelMode", "Objective", "Optimizer", "Schedule", "Init", "Device", "Span",
+           "BatchRestarts", "BATCH_RESTART_MODES"]
 
 INITS = ("randn", "rand", "zeros")
 OPTIMIZERS = ("adam", "lbfgs")
 SCHEDULES = ("step", "cosine", "none")
 DEVICES = ("auto", "cpu", "cuda")
+BATCH_RESTART_MODES = ("auto", "always", "never")
 
 LabelMode = choices("LabelMode", LABEL_MODES)
 Objective = choices("Objective", OBJECTIVES)
@@ -24,6 +27,8 @@ Optimizer = choices("Optimizer", OPTIMIZERS)
 Schedule = choices("Schedule", SCHEDULES)
 Init = choices("Init", INITS)
 Device = choices("Device", DEVICES)
+Span = choices("Span", SPAN_MODES)
+BatchRestarts = choices("BatchRestarts", BATCH_RESTART_MODES)
 
 
 @dataclass
@@ -43,7 +48,11 @@ class AttackSettings:
         boxed: project the dummies onto the valid pixel range after each step.
         schedule: ``step`` (x0.1 at 3/8, 5/8, 7/8 of ``max_steps``), ``cosine`` or ``none``.
         max_steps: steps per restart; restarts: independent starts, the best matching loss wins.
+        batch_restarts: run the restarts as one batched problem (:mod:`inversion.attack.batched`): ``auto``
+            on a CUDA device where it applies, ``always`` (an error where it does not apply), ``never``.
         init: ``randn``, ``rand`` (uniform in the pixel box) or ``zeros``.
+        span: the first-layer span constraint (:mod:`inversion.attack.span`): ``auto`` uses it where the
+            model's first trainable layer is linear on the flattened input, ``always`` insists (an error where it does not apply), ``never`` turns it off.
         stop_loss: stop a restart once the matching loss is this low; None: never.
         seed: seeds the initialisations and the priors' randomness.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
@@ -63,7 +72,9 @@ class AttackSettings:
     schedule: Schedule = Schedule.step
     max_steps: int = 2000
     restarts: int = 1
+    batch_restarts: BatchRestarts = BatchRestarts.auto
     init: Init = Init.randn
+    span: Span = Span.auto
     stop_loss: Optional[float] = None
     seed: int = 0
     device: Device = Device.auto
@@ -73,7 +84,8 @@ class AttackSettings:
 
     def __post_init__(self) -> None:
         for name, kind in (("labels", LabelMode), ("objective", Objective), ("optimizer", Optimizer),
-                           ("schedule", Schedule), ("init", Init), ("device", Device)):
+                           ("schedule", Schedule), ("init", Init), ("device", Device), ("span", Span),
+                           ("batch_restarts", BatchRestarts)):
             setattr(self, name, coerce(kind, getattr(self, name), name if name != "labels" else "label mode"))
         if self.max_steps < 1 or self.restarts < 1:
             raise ValueError(f"max_steps and restarts must be >= 1, got {self.max_steps} and {self.restarts}")
