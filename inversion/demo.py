@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from .attack.span import span_for_update
 from .config import CONFIG_DIR, ConfigError, InvertConfig, load_config
 from .data.fileio import atomic_write
 from .pipeline import InversionRun, run_inversion
@@ -72,6 +73,30 @@ def _labels_figure(true_counts: np.ndarray, restored: np.ndarray) -> str:
     return _png(fig)
 
 
+def _span_paragraph(run: InversionRun) -> str:
+    """What the first-layer span constraint is, with its leading directions drawn as images; "" when unused."""
+    record = run.results["attack"]["span"]
+    if record is None:
+        return ""
+    update = run.update  # the span is the attack's: recomputed from public data, as the attack did
+    span = span_for_update("always", run.model, update.gradients, run.plan.batch_size, update.meta.input_shape)
+    shown = min(8, span.rank)
+    directions = span.basis.T[:shown].reshape(shown, *span.image_shape)
+    low = directions.amin(dim=(1, 2, 3), keepdim=True)
+    high = directions.amax(dim=(1, 2, 3), keepdim=True)
+    picture = save_image_rows([(directions - low) / (high - low).clamp_min(1e-12)], run.out / "span.png",
+                              captions=[[f"direction {i + 1}" for i in range(shown)]])
+    return f"""
+<p><b>A shortcut the gradient gives away.</b> This model's first layer is fully connected
+(<code>{html.escape(record['layer'])}</code>): each of its outputs multiplies the flattened image by a row of
+weights, so each row of that weight's gradient is a weighted sum of the {run.plan.batch_size} private images.
+All private images therefore lie in the space spanned by those rows: {record['rank']} directions out of
+{record['dimension']:,} pixels. The attack searches only there ({record['rank']} numbers per dummy instead of
+{record['dimension']:,}; <code>attack.span</code>), which is why it converges so fast here. Below, the leading
+directions of that space, drawn as images: already blends of the private digits.</p>
+{_img(_file_png(picture), "leading directions of the first-layer span")}"""
+
+
 def _metrics_row(name: str, results: dict) -> str:
     mean, labels = results["image_metrics"]["mean"], results["label_metrics"]
     return (f"<tr><td>{html.escape(name)}</td><td>{labels['LnAcc']:.3f}</td><td>{mean['psnr']:.2f}</td>"
@@ -123,6 +148,7 @@ how many images of each class the batch holds. Here it restored the label counts
 matches the one it received ({steps} steps of Adam on the cosine distance between gradients, with a
 small total-variation prior). On the left the dummies carry the restored labels; on the right the
 attacker does not know the labels and must learn one label vector for the whole batch at the same time.</p>
+{_span_paragraph(with_labels)}
 <div class="pair"><figure>{_img(_file_png(with_labels.out / "snapshots.png"), "with restored labels")}
 <figcaption>with iLRG labels</figcaption></figure>
 <figure>{_img(_file_png(without_labels.out / "snapshots.png"), "without labels")}

@@ -17,8 +17,11 @@ def test_demo_page_is_self_contained_and_complete(tmp_path, data_root):
         assert f'<section id="{section}">' in text
     assert not re.search(r"(src|href)=\"(?!data:)", text)  # every image and link is embedded
     assert "http://" not in text and "https://" not in text and "url(" not in text
-    assert text.count('src="data:image/png;base64,') >= 6
+    assert text.count('src="data:image/png;base64,') >= 7
     assert "What the labels gained" in text and "restored by iLRG" in text
+    # FCN-3's first layer is linear: the page explains the span constraint and draws its directions
+    assert re.search(r"3 directions out of\s+784 pixels", text)
+    assert (tmp_path / "demo" / "ilrg" / "span.png").is_file()
 
 
 def test_demo_spreads_its_snapshots_over_a_short_run(tmp_path, data_root):
