@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,flower,dp]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,flower,dp,ray]'
 	touch $(STAMP)
 
 data: $(STAMP)

@@ -3,12 +3,11 @@
 Every experiment (an inversion config plus overrides) runs for every batch size, seed and
 label mode. For one experiment, batch size and seed, all modes see the same client batch
 (client seed), the same model (model seed) and the same dummy initialisation (attack seed),
-so the comparison between modes is paired. Each finished or failed run is appended to
-``runs.jsonl`` under a key derived from its resolved config: re-running the sweep skips
-the finished ones, so an interrupted sweep resumes without redoing or losing work. A run
-stopped by Ctrl-C is not recorded (the sweep stops; a re-run redoes it), and a torn or
-corrupt ledger line is reported and skipped (its run is redone). The tables and the figure
-are rebuilt from ``runs.jsonl`` after every run.
+so the comparison between modes is paired. The sweep runs on :mod:`inversion.sweep`: each run
+is keyed by its resolved config (without ``out``) in the ledger ``runs.jsonl``, so re-running
+the sweep skips the finished runs, retries the failed ones and redoes a run stopped by Ctrl-C
+(see :mod:`inversion.sweep.engine` and :mod:`inversion.sweep.ledger`). The runs execute in this
+process or as Ray tasks; the tables and the figure are rebuilt from the ledger after every run.
 """
 from __future__ import annotations
 
@@ -16,36 +15,33 @@ import csv
 import hashlib
 import io
 import json
-import logging
-import os
-import traceback
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, List
 
 import numpy as np
-from omegaconf import DictConfig
-from tqdm.auto import tqdm
+from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, InvertConfig, LabelMode, load_config, to_dict
 from .data import default_data_root
 from .data.fileio import atomic_write
 from .evaluation import LPIPSMetric
 from .pipeline import run_inversion
-from .rundir import run_folder
+from .sweep import RecordSchema, Run, Sweep, execute
+from .sweep.executors import Executor
 from .visualize import figure
 
 
-__all__ = ["AblateConfig", "Experiment", "run_ablation", "summarize", "CSV_COLUMNS"]
-
-log = logging.getLogger("inversion.ablation")
+__all__ = ["AblateConfig", "Experiment", "run_ablation", "summarize", "CSV_COLUMNS", "OUTPUTS"]
 
 CSV_COLUMNS = ("dataset", "model", "K", "seed", "mode", "status", "label_LnAcc", "psnr", "ssim", "lpips",
                "steps", "seconds", "images", "error")
 METRICS = ("psnr", "ssim", "lpips")
-RECORD_FIELDS = {"key": str, "status": str, "experiment": str, "dataset": str, "model": str, "K": int, "seed": int,
-                 "mode": str}  # every ledger record's fields and their types
+OUTPUTS = ("ablation.csv", "ablation.md", "ablation.png")
+"""The result files a sweep rebuilds in ``out`` from its ledger."""
 
 
 @dataclass
@@ -69,8 +65,9 @@ class AblateConfig:
     out: str = "runs/ablate"
 
 
-def _plan(cfg: DictConfig) -> list[tuple[str, dict[str, Any], DictConfig]]:
-    """Every run of the sweep as (key, description, validated InvertConfig), built before any work."""
+def _plan(cfg: DictConfig) -> list[Run]:
+    """Every run of the sweep, its config built and validated before any work; the payload is that config,
+    resolved, with the run's own folder ``out/runs/<key>`` as its ``out`` (the key does not depend on it)."""
     sweep = to_dict(cfg)
     if not sweep["experiments"] or not sweep["modes"] or not sweep["seeds"]:
         raise ConfigError("ablation: experiments, seeds and modes must each list at least one entry")
@@ -90,41 +87,12 @@ def _plan(cfg: DictConfig) -> list[tuple[str, dict[str, Any], DictConfig]]:
                     description = {"experiment": experiment["name"], "dataset": resolved["data"]["name"],
                                    "model": resolved["model"]["name"], "K": resolved["client"]["batch_size"],
                                    "seed": seed, "mode": mode}
-                    runs.append((key, description, run_cfg))
+                    runs.append(Run(key, description, {**resolved, "out": str(Path(sweep["out"]) / "runs" / key)}))
     return runs
 
 
-def _load_records(path: Path) -> dict[str, dict]:
-    """The run records of the ledger by key (a later line wins); bad lines are logged and skipped."""
-    records = {}
-    if path.is_file():
-        for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as err:  # a torn write, or bytes that are not JSON
-                problem = f"invalid JSON: {err}"
-            else:
-                problem = _record_problem(record)
-            if problem:
-                log.warning("%s:%d: not a run record (%s); skipped", path, number, problem)
-            else:
-                records[record["key"]] = record
-    return records
-
-
-def _record_problem(record: Any) -> str | None:
-    """Why a parsed ledger line is not a run record this module wrote, or None when it is one."""
-    if not isinstance(record, dict):
-        return f"a JSON {type(record).__name__}, not an object"
-    wrong = [name for name, kind in RECORD_FIELDS.items() if not isinstance(record.get(name), kind)]
-    if wrong:
-        return f"missing or mistyped: {', '.join(wrong)}"
-    if record["status"] == "failed":
-        return None if isinstance(record.get("error"), str) else "a failed run without its error"
-    if record["status"] != "ok":
-        return f"status {record['status']!r} is neither 'ok' nor 'failed'"
+def _results_problem(record: dict) -> str | None:
+    """Why a finished run's record lacks its metrics, or None (the rest is checked by the ledger)."""
     if not _is_number(record.get("psnr")):
         return "a finished run without its PSNR"
     bad = [name for name in ("ssim", "lpips", "label_LnAcc") if record.get(name) is not None
@@ -137,21 +105,18 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _append(path: Path, record: dict) -> None:
-    """Append one record as one line, on a line of its own even after a torn last line."""
-    line = json.dumps(record) + "\n"
-    with open(path, "a+b") as handle:  # writes go to the end wherever the read position is
-        if handle.seek(0, os.SEEK_END) > 0:
-            handle.seek(-1, os.SEEK_END)
-            if handle.read(1) != b"\n":  # a write cut short: do not glue this record onto it
-                line = "\n" + line
-        handle.write(line.encode())
-        handle.flush()
+SCHEMA = RecordSchema(fields={"experiment": str, "dataset": str, "model": str, "K": int, "seed": int, "mode": str},
+                      results_problem=_results_problem)
+"""What every ledger record holds besides its key and status, and what a finished one holds."""
 
 
 def run_ablation(config_path: str | Path | None, overrides: list[str] = (), *, progress: bool = True,
-                 lpips_metric: LPIPSMetric | None = None) -> dict:
+                 executor: Executor | None = None) -> dict:
     """Run (or resume) the sweep; write ``runs.jsonl``, ``ablation.csv``, ``ablation.md``, ``ablation.png``.
+
+    Args:
+        executor: where the runs execute (default: one after another in this process; see
+            :func:`inversion.sweep.make_executor`). The results do not depend on it.
 
     Returns:
         ``{"runs": records in sweep order, "ran": how many ran now, "skipped": how many were done,
@@ -159,61 +124,39 @@ def run_ablation(config_path: str | Path | None, overrides: list[str] = (), *, p
     """
     cfg = load_config(AblateConfig, config_path, overrides)
     plan = _plan(cfg)
-    with run_folder(cfg.out, (), keep=True) as out:  # checked and locked; the ledger is resumed, not moved
-        return _sweep(cfg, plan, out, progress=progress, lpips_metric=lpips_metric)
+    write = partial(_write_outputs, descriptions=[run.description for run in plan], baseline=cfg.baseline)
+    sweep = Sweep(plan=plan, worker=f"{__name__}:_finished_run", schema=SCHEMA, write=write, outputs=OUTPUTS,
+                  name="ablation", label=_label)
+    return execute(sweep, cfg.out, executor=executor, progress=progress)
 
 
-def _sweep(cfg: DictConfig, plan: list, out: Path, *, progress: bool, lpips_metric: LPIPSMetric | None) -> dict:
-    """The runs of ``plan`` not yet finished in ``out``'s ledger, one after another (see :func:`run_ablation`)."""
-    ledger = out / "runs.jsonl"
-    records = _load_records(ledger)
-    todo = [run for run in plan if records.get(run[0], {}).get("status") != "ok"]
-    metric = lpips_metric
-    ran = 0
-    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="ablation", unit="run", disable=not progress)
-    for key, description, run_cfg in todo:
-        bar.set_postfix_str(f"{description['experiment']} K={description['K']} seed={description['seed']} "
-                            f"{description['mode']}")
-        record = {"key": key, **description}
-        try:
-            if metric is None:
-                metric = LPIPSMetric(to_dict(run_cfg.data)["root"] or default_data_root())
-            record.update(_finished_run(run_cfg, out / "runs" / key, metric))
-        except KeyboardInterrupt:  # not recorded: the sweep stops and a re-run redoes this run
-            bar.close()
-            _write_outputs(out, plan, records, cfg.baseline)
-            raise
-        except Exception as err:  # a failed run is recorded and the sweep goes on
-            record.update({"status": "failed", "error": f"{type(err).__name__}: {err}",
-                           "traceback": traceback.format_exc(limit=5)})
-        _append(ledger, record)
-        records[key] = record
-        ran += 1
-        bar.update(1)
-        _write_outputs(out, plan, records, cfg.baseline)
-    bar.close()
-    _write_outputs(out, plan, records, cfg.baseline)
-    return {"runs": [records[key] for key, _, _ in plan if key in records], "ran": ran,
-            "skipped": len(plan) - len(todo), "out": out}
+def _label(description: dict) -> str:
+    return f"{description['experiment']} K={description['K']} seed={description['seed']} {description['mode']}"
 
 
-def _finished_run(run_cfg: DictConfig, run_dir: Path, metric: LPIPSMetric) -> dict[str, Any]:
-    """Run one inversion into ``run_dir``; its record's results. Raises KeyboardInterrupt if it was stopped early."""
-    results = run_inversion(_with_out(run_cfg, run_dir), progress=False, lpips_metric=metric).results
+_LPIPS: dict[str, LPIPSMetric] = {}
+"""The LPIPS metric of each data root, built once per process (the sweep's, or each Ray worker's)."""
+
+
+def _finished_run(config: dict, advance: Callable[[int], None]) -> dict[str, Any]:
+    """The sweep's worker: one inversion of ``config`` (resolved, ``out`` its run directory); its record's results.
+
+    Raises KeyboardInterrupt if it was stopped early. ``advance``: unused (a run is one unit of the bar).
+    """
+    cfg = load_config(InvertConfig, base=OmegaConf.create(config))
+    root = str(to_dict(cfg.data)["root"] or default_data_root())
+    if root not in _LPIPS:
+        _LPIPS[root] = LPIPSMetric(root)
+    results = run_inversion(cfg, progress=False, lpips_metric=_LPIPS[root]).results
     if results["attack"]["interrupted"]:  # Ctrl-C inside the attack: a best-so-far result, not a finished run
         raise KeyboardInterrupt(f"interrupted after {results['attack']['steps']} steps")
     return {
-        "status": "ok", "label_LnAcc": results["label_metrics"]["LnAcc"],
+        "label_LnAcc": results["label_metrics"]["LnAcc"],
         **{m: results["image_metrics"]["mean"][m] for m in METRICS},
         "per_image_psnr": [image["psnr"] for image in results["image_metrics"]["per_image"]],
         "steps": results["attack"]["steps"], "seconds": results["attack"]["seconds"],
         "images": results["private"]["data_source"],
     }
-
-
-def _with_out(cfg: DictConfig, out: Path) -> DictConfig:
-    """The run's config with its own run directory (the key excludes ``out``)."""
-    return load_config(InvertConfig, None, [f"out={out}"], base=cfg)
 
 
 def summarize(records: list[dict], baseline: str) -> dict:
@@ -243,8 +186,8 @@ def _fmt(value: tuple[float, float, int] | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
 
 
-def _write_outputs(out: Path, plan: list, records: dict[str, dict], baseline: str) -> None:
-    ordered = [records[key] for key, _, _ in plan if key in records]
+def _write_outputs(out: Path, ordered: list[dict], *, descriptions: list[dict], baseline: str) -> None:
+    """Rewrite ablation.csv, ablation.md and ablation.png from the records (in plan order) of the planned runs."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
@@ -253,11 +196,11 @@ def _write_outputs(out: Path, plan: list, records: dict[str, dict], baseline: st
     with atomic_write(out / "ablation.csv") as handle:
         handle.write(buffer.getvalue().encode())
     summary = summarize(ordered, baseline)
-    modes = list(dict.fromkeys(r["mode"] for _, r, _ in plan))
-    experiments = list(dict.fromkeys((r["experiment"], r["dataset"]) for _, r, _ in plan))
+    modes = list(dict.fromkeys(r["mode"] for r in descriptions))
+    experiments = list(dict.fromkeys((r["experiment"], r["dataset"]) for r in descriptions))
     lines = ["# Known-versus-unknown-label ablation", "",
              f"{sum(r['status'] == 'ok' for r in ordered)} runs complete, "
-             f"{sum(r['status'] == 'failed' for r in ordered)} failed, {len(plan)} planned. "
+             f"{sum(r['status'] == 'failed' for r in ordered)} failed, {len(descriptions)} planned. "
              f"Mean ± std over seeds and all images (not a best-image subset). Gain: paired PSNR difference "
              f"to `{baseline}` on the same batch and initialisation; gap: `oracle` minus the mode.", ""]
     for experiment, dataset in experiments:

@@ -5,6 +5,17 @@ A sweep runs T trials (each a new client batch, and a new model unless
 dataset x model x activation x K x sampler, applies every defense to the shared
 update and every restoration method to the defended update, and scores the
 restored counts against the truth with the paper's metrics.
+
+Each setting is one run of :mod:`inversion.sweep`, keyed by its setting and resolved config
+(trials, methods, defenses, seeds and every other computed-on value; not ``out``, ``data.root``,
+the note or the swept lists, which the setting's own values replace). Its record in the ledger
+``out/runs.jsonl`` holds the setting's results, so an interrupted sweep resumes, a failed setting
+is recorded with its error (the sweep goes on) and retried by the next sweep, and a sweep with
+other settings into the same ``out`` reuses the finished settings it shares. ``results.json`` and
+``results.md`` are rebuilt from the ledger after every setting and list this sweep's settings
+only, in plan order. Result files found in ``out`` without a ledger (from a sweep before the
+ledger) are moved aside to ``out/previous/<time>/``. The settings run in this process, one after
+another, or as Ray tasks; the scores do not depend on where.
 """
 from __future__ import annotations
 
@@ -18,29 +29,44 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from label_restore import METHOD_NAMES, InconsistentGradientWarning, label_metrics
 
 from .auxiliary import AuxiliaryData
-from .config import AuxConfig, ConfigError, RestoreConfig, load_config, to_dict
+from .config import AuxConfig, ConfigError, RestoreConfig, config_digest, load_config, to_dict
 from .data.fileio import atomic_write
 from .fl.defenses import defend_update, parse_defense
 from .experiment import client_auxiliary, simulate_client, source_from_config
 from .restore import restore_from_update
-from .rundir import run_folder
+from .sweep import RecordSchema, Run, Sweep, execute
+from .sweep.executors import Executor
 
 __all__ = ["run_sweep", "format_markdown", "METRICS", "OUTPUTS"]
 
 METRICS = ("LeAcc", "LnAcc", "IRec", "count_mae")
 OUTPUTS = ("results.json", "results.md")
-"""What a sweep writes into ``out``."""
+"""The result files a sweep rebuilds in ``out`` from its ledger."""
+NOT_IN_KEY = ("out", "data.root", "restore.note", "restore.datasets", "restore.models", "restore.activations",
+              "restore.batch_sizes", "restore.samplers")
+"""What a setting's key leaves out: where files are, the note, and the swept lists (the setting has its values)."""
+
+
+def _results_problem(record: dict) -> str | None:
+    """Why a finished setting's record lacks its results, or None (the rest is checked by the ledger)."""
+    result = record.get("result")
+    return None if isinstance(result, dict) and isinstance(result.get("results"), dict) else \
+        "a finished setting without its results"
+
+
+SCHEMA = RecordSchema(fields={"setting": dict}, results_problem=_results_problem)
+"""A ledger record: the setting (its swept values), and for a finished one its results."""
 
 
 def _settings(sweep: dict) -> list[dict[str, Any]]:
@@ -107,69 +133,72 @@ def run_sweep(
     *,
     progress: bool = True,
     on_setting: Callable[[dict], None] | None = None,
+    executor: Executor | None = None,
 ) -> dict:
-    """Run the benchmark of a config; write ``results.json`` and ``results.md`` into ``out``.
+    """Run (or resume) the benchmark of a config; write ``runs.jsonl``, ``results.json`` and ``results.md``.
 
     Every setting's config is built and validated before any work starts, so a typo
     fails at once and never leaves partial results. The result files are rewritten
     atomically after each finished setting.
 
+    Args:
+        on_setting: called with the results of each setting finished now.
+        executor: where the settings run (default: one after another in this process; see
+            :func:`inversion.sweep.make_executor`). The scores do not depend on it.
+
     Returns:
         the results as written to ``results.json``.
     """
     cfg = load_config(RestoreConfig, config_path, overrides)
-    sweep, defenses = _check(cfg)
-    configs = []
+    sweep, _ = _check(cfg)
+    plan = []
     for setting in _settings(sweep):
-        setting_overrides = _setting_overrides(setting, overrides)
-        configs.append((setting, setting_overrides, load_config(RestoreConfig, config_path, setting_overrides)))
-        _check(configs[-1][2])
-    with run_folder(cfg.out, OUTPUTS) as out:  # checked, locked; an earlier sweep's files moved aside
-        return _sweep(cfg, config_path, configs, sweep, defenses, out, progress=progress, on_setting=on_setting)
+        setting_cfg = load_config(RestoreConfig, config_path, _setting_overrides(setting, overrides))
+        _check(setting_cfg)
+        key = config_digest(setting_cfg, ignore=NOT_IN_KEY, setting=setting)[:16]
+        plan.append(Run(key, {"setting": setting}, {"setting": setting, "config": to_dict(setting_cfg)},
+                        units=sweep["trials"]))
+    done = execute(Sweep(plan=plan, worker=f"{__name__}:_setting_results", schema=SCHEMA,
+                         write=partial(_write_results, config=to_dict(cfg)), outputs=OUTPUTS,
+                         name="label restoration", unit="trial"),
+                   cfg.out, executor=executor, progress=progress,
+                   on_record=None if on_setting is None else partial(_finished_setting, on_setting))
+    return json.loads((done["out"] / "results.json").read_text())
 
 
-def _sweep(cfg: DictConfig, config_path: str | Path | None, configs: list, sweep: dict, defenses: list, out: Path, *,
-           progress: bool, on_setting: Callable[[dict], None] | None) -> dict:
-    """Every setting of ``configs`` in turn; the result files in ``out`` rewritten after each (see :func:`run_sweep`)."""
+def _finished_setting(on_setting: Callable[[dict], None], record: dict) -> None:
+    if record["status"] == "ok":
+        on_setting(record["result"])
+
+
+def _write_results(out: Path, records: list[dict], *, config: dict) -> None:
+    """Rewrite results.json and results.md from the records (in plan order) of the planned settings."""
     results = {
-        "config": to_dict(cfg),
-        "note": sweep["note"],
+        "config": config,
+        "note": config["restore"]["note"],
         "machine": _machine(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": [],
+        "settings": [r["result"] for r in records if r["status"] == "ok"],
+        "failed": [{"setting": r["setting"], "error": r["error"]} for r in records if r["status"] == "failed"],
     }
-    total = len(configs) * sweep["trials"]
-    bar = tqdm(total=total, desc="label restoration", unit="trial", disable=not progress)
-    for setting, setting_overrides, setting_cfg in configs:
-        trial_config = _trial_configs(config_path, setting_overrides, setting_cfg, sweep["fixed_model"])
-        record = _run_setting(setting, setting_cfg, trial_config, sweep, defenses, bar)
-        results["settings"].append(record)
-        _write_text(out / "results.json", json.dumps(results, indent=1))
-        _write_text(out / "results.md", format_markdown(results))
-        if on_setting is not None:
-            on_setting(record)
-    bar.close()
-    return results
+    _write_text(out / "results.json", json.dumps(results, indent=1))
+    _write_text(out / "results.md", format_markdown(results))
 
 
-def _trial_configs(
-    config_path: str | Path | None, setting_overrides: list[str], cfg: DictConfig, fixed_model: bool
-) -> Callable[[int], DictConfig]:
-    """Trial number -> the setting's config with that trial's seeds (new batch; new model unless fixed)."""
-
-    def trial_config(trial: int) -> DictConfig:
-        seeds = [f"client.seed={cfg.client.seed + trial}"]
-        if not fixed_model:
-            seeds.append(f"model.seed={cfg.model.seed + trial}")
-        return load_config(RestoreConfig, config_path, [*setting_overrides, *seeds])
-
-    return trial_config
+def _setting_results(payload: dict, advance: Callable[[int], None]) -> dict:
+    """The sweep's worker: every trial of one setting (``payload``: the setting and its resolved config)."""
+    cfg = load_config(RestoreConfig, base=OmegaConf.create(payload["config"]))
+    sweep, defenses = _check(cfg)
+    return {"result": _run_setting(payload["setting"], cfg, sweep, defenses, advance)}
 
 
 def _run_setting(
-    setting: dict, cfg: DictConfig, trial_config: Callable[[int], DictConfig], sweep: dict, defenses: list, bar
+    setting: dict, cfg: DictConfig, sweep: dict, defenses: list, advance: Callable[[int], None]
 ) -> dict:
-    """All trials of one setting; per defense and method, mean and std of every score."""
+    """All trials of one setting (``advance(1)`` after each); per defense and method, mean and std of every score.
+
+    Trial t uses the setting's config with seeds + t: a new batch, and a new model unless ``fixed_model``.
+    """
     methods = sweep["methods"]
     keys = (*METRICS, "LnAcc_corrected", "sums_to_k", "flagged", "ms")
     scores = {d.spec: {m: {k: [] for k in keys} for m in methods} for d in defenses}
@@ -178,7 +207,10 @@ def _run_setting(
     aux_cfg: AuxConfig = OmegaConf.to_object(cfg.aux)
     aux_records = []
     for trial in range(sweep["trials"]):
-        trial_cfg = trial_config(trial)
+        seeds = [f"client.seed={cfg.client.seed + trial}"]
+        if not sweep["fixed_model"]:
+            seeds.append(f"model.seed={cfg.model.seed + trial}")
+        trial_cfg = load_config(RestoreConfig, None, seeds, base=cfg)
         start = time.perf_counter()
         run = simulate_client(trial_cfg, progress=False, source=images)
         client_seconds.append(time.perf_counter() - start)
@@ -207,7 +239,7 @@ def _run_setting(
                 entry["sums_to_k"].append(float(corrected["sums_to_k"]))
                 entry["flagged"].append(float(bool(result.diagnostics)))
                 entry["ms"].append(1000.0 * elapsed)
-        bar.update(1)
+        advance(1)
     model_cfg = to_dict(cfg.model)
     return {
         "setting": setting,
@@ -236,6 +268,10 @@ def _aux_options(method: str, aux: AuxiliaryData | None, aux_cfg: AuxConfig) -> 
     if method != "aux":
         return {}
     return {"aux": aux, "missing_classes": str(aux_cfg.missing_classes)}
+
+
+def _setting_name(setting: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in setting.items()) or "the single setting"
 
 
 def _fmt(summary: dict[str, float], digits: int = 3) -> str:
@@ -279,4 +315,7 @@ def format_markdown(results: dict) -> str:
                     f"{_fmt(m['ms'], 1)} |"
                 )
             lines.append("")
+    if results.get("failed"):
+        lines += ["## Failed settings", ""] + [f"- {_setting_name(f['setting'])}: {f['error']}"
+                                               for f in results["failed"]] + [""]
     return "\n".join(lines)

@@ -114,7 +114,7 @@ def test_bad_ledger_lines_are_reported_skipped_and_redone(tmp_path, data_root, c
     bad = ["[1, 2]", '{"key": 3}', json.dumps(no_status), json.dumps(no_psnr), '{"key": "torn", "sta']
     ledger = tmp_path / "out" / "runs.jsonl"
     ledger.write_text("\n".join([json.dumps(oracle), *bad]))  # no newline at the end: a torn last line
-    with caplog.at_level(logging.WARNING, logger="inversion.ablation"):
+    with caplog.at_level(logging.WARNING, logger="inversion.sweep"):
         resumed = run_ablation(path, progress=False)
     warned = [m for m in caplog.messages if "not a run record" in m]
     assert len(warned) == len(bad) and all(m.startswith(f"{ledger}:{line}: not a run record (")
@@ -191,4 +191,4 @@ def test_every_shipped_ablation_profile_plans_valid_runs(path):
     from inversion.config import load_config
 
     runs = _plan(load_config(AblateConfig, path))
-    assert runs and len({key for key, _, _ in runs}) == len(runs)  # every run distinct
+    assert runs and len({run.key for run in runs}) == len(runs)  # every run distinct

@@ -67,12 +67,49 @@ def test_script_prints_json(data_root, tmp_path):
     assert "| method | LeAcc |" in done.stderr
 
 
-def test_a_new_sweep_moves_an_earlier_sweeps_results_aside(data_root, tmp_path):
+def bench(data_root, out, *overrides):
+    """A quick sweep's overrides: one trial, iLRG only."""
+    return [f"data.root={data_root}", "data.download=false", f"out={out}", "restore.trials=1", "restore.methods=[ilrg]",
+            *overrides]
+
+
+def test_results_without_a_ledger_are_moved_aside(data_root, tmp_path):
     out = tmp_path / "bench"
     out.mkdir()
-    (out / "results.md").write_text("an earlier, larger sweep")
-    run_sweep(DEFAULT, [f"data.root={data_root}", "data.download=false", f"out={out}", "restore.trials=1",
-                        "restore.methods=[ilrg]"], progress=False)
+    (out / "results.md").write_text("an earlier sweep, from before the ledger")
+    run_sweep(DEFAULT, bench(data_root, out), progress=False)
     moved = list((out / "previous").iterdir())
-    assert len(moved) == 1 and (moved[0] / "results.md").read_text() == "an earlier, larger sweep"
+    assert len(moved) == 1 and (moved[0] / "results.md").read_text() == "an earlier sweep, from before the ledger"
     assert (out / "results.md").read_text().startswith("# Label restoration benchmark")
+    assert (out / "runs.jsonl").is_file()
+
+
+def test_a_sweep_resumes_from_its_ledger_and_lists_only_its_own_settings(data_root, tmp_path):
+    out, ran = tmp_path / "bench", []
+    first = run_sweep(DEFAULT, bench(data_root, out, "restore.batch_sizes=[4, 8, 20000]"), progress=False,
+                      on_setting=ran.append)
+    assert [s["batch_size"] for s in ran] == [4, 8]  # K=20000 > the 10,000 digits: recorded as failed, sweep goes on
+    (failed,) = first["failed"]
+    assert failed["setting"] == {"batch_size": 20000} and "asked for 20000 distinct images" in failed["error"]
+    assert "## Failed settings\n\n- batch_size=20000: ValueError: asked for" in (out / "results.md").read_text()
+    # the same sweep again: no finished setting is redone, the failed one is retried
+    ran.clear()
+    again = run_sweep(DEFAULT, bench(data_root, out, "restore.batch_sizes=[4, 8, 20000]"), progress=False,
+                      on_setting=ran.append)
+    assert ran == [] and again["settings"] == first["settings"] and len(again["failed"]) == 1
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 3 + 1
+    # another sweep into the same out reuses the setting it shares; its files list only its own settings
+    second = run_sweep(DEFAULT, bench(data_root, out, "restore.batch_sizes=[8, 2]"), progress=False,
+                       on_setting=ran.append)
+    assert [s["batch_size"] for s in ran] == [2]
+    assert [s["batch_size"] for s in second["settings"]] == [8, 2] and second["failed"] == []
+    assert second["settings"][0] == first["settings"][1]
+    assert json.loads((out / "results.json").read_text())["settings"] == second["settings"]
+    table = (out / "results.md").read_text()
+    assert "K=8," in table and "K=2," in table and "K=4," not in table and "Failed" not in table
+    assert not (out / "previous").exists()
+    # more trials compute something else: a new run, not the finished K=8
+    ran.clear()
+    more = run_sweep(DEFAULT, bench(data_root, out, "restore.batch_sizes=[8]", "restore.trials=2"), progress=False,
+                     on_setting=ran.append)
+    assert [s["trials"] for s in ran] == [2] and [s["trials"] for s in more["settings"]] == [2]

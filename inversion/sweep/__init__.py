@@ -1,0 +1,12 @@
+"""One sweep engine for the ablation and the label-restoration benchmark.
+
+* :mod:`.engine`: a plan of runs -> the ones not yet finished -> execute -> record -> rewrite the result files;
+* :mod:`.ledger`: the validated, append-only JSON-lines ledger ``runs.jsonl`` that makes a sweep resumable;
+* :mod:`.executors`: where runs execute, in this process (the default) or as Ray tasks;
+* :mod:`.options`: the executor options of the sweep commands (``--executor``, ``--address``, ...).
+"""
+from .engine import Run, Sweep, execute
+from .executors import EXECUTORS, ExecutorError, make_executor
+from .ledger import LEDGER_NAME, RecordSchema
+
+__all__ = ["Run", "Sweep", "execute", "RecordSchema", "LEDGER_NAME", "EXECUTORS", "ExecutorError", "make_executor"]
