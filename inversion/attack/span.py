@@ -12,11 +12,12 @@ the private inputs, of dimension at most K. A FedAvg weight delta is a sum of su
 the local steps, with the same span; DP-SGD's clipping rescales per-sample terms and keeps it.
 The attack then needs only K x r coefficients :math:`c` instead of K x D pixels:
 
-.. math:: x = c\, V^\top, \qquad V \in \mathbb{R}^{D \times r}
+.. math:: x = s\, c\, V^\top, \qquad V \in \mathbb{R}^{D \times r}, \quad s = \sqrt{D / r}
 
 with :math:`V` an orthonormal basis of that row space (the right singular vectors whose singular
-values exceed ``rtol`` times the largest, at most K of them). The true batch is a point of this
-parameterisation (:math:`c^\star = x^\star V`), and the search space shrinks from :math:`K D` to
+values exceed ``rtol`` times the largest, at most K of them; :math:`s` keeps a coefficient step as large
+as a pixel step, see :class:`FirstLayerSpan`). The true batch is a point of this
+parameterisation (:math:`c^\star = x^\star V / s`), and the search space shrinks from :math:`K D` to
 :math:`K r \le K^2` numbers. With DP noise the gradient has full rank; the K leading singular
 vectors are then a denoised estimate of the span, not the span.
 
@@ -25,6 +26,7 @@ computes :math:`V`, and :class:`FirstLayerSpan` maps coefficients to images and 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -100,7 +102,12 @@ def row_space_basis(weight_grad: Tensor, max_rank: int, rtol: float = RTOL) -> T
 
 
 class FirstLayerSpan(nn.Module):
-    r"""Dummies :math:`x = c V^\top` in the span of the basis :math:`V` (D, r).
+    r"""Dummies :math:`x = s\, c V^\top` in the span of the basis :math:`V` (D, r), with :math:`s = \sqrt{D / r}`.
+
+    The scale :math:`s` makes a step of the same size on every coefficient change the dummies' norm as much
+    as that step on every pixel would: without it, a signed optimiser that moves each of the K·D pixels by
+    the learning rate would move each of the K·r coefficients by it, :math:`\sqrt{D / r}` times slower, and
+    the coefficients of real images (of norm about :math:`\sqrt{D}`) would be out of reach of its budget.
 
     Args:
         basis: (D, r) orthonormal columns (:func:`row_space_basis`).
@@ -114,6 +121,7 @@ class FirstLayerSpan(nn.Module):
         if basis.dim() != 2 or basis.shape[0] != torch.Size(self.image_shape).numel():
             raise ValueError(f"a basis of shape {tuple(basis.shape)} does not fit images of shape {self.image_shape}")
         self.register_buffer("basis", basis)
+        self.scale = math.sqrt(basis.shape[0] / max(basis.shape[1], 1))
         self.layer = layer
 
     @property
@@ -123,12 +131,12 @@ class FirstLayerSpan(nn.Module):
 
     def forward(self, coefficients: Tensor) -> Tensor:
         """Images (..., K, C, H, W) of coefficients (..., K, r)."""
-        return (coefficients @ self.basis.T).reshape(*coefficients.shape[:-1], *self.image_shape)
+        return (self.scale * coefficients @ self.basis.T).reshape(*coefficients.shape[:-1], *self.image_shape)
 
     def coefficients(self, images: Tensor) -> Tensor:
         """Coefficients (..., K, r) of the orthogonal projection of images (..., K, C, H, W) onto the span."""
         flat = images.reshape(*images.shape[: images.dim() - len(self.image_shape)], -1)
-        return flat @ self.basis
+        return flat @ self.basis / self.scale
 
     def residual(self, images: Tensor) -> Tensor:
         """Per-image relative distance to the span, ||x - P x|| / ||x||, shape (..., K)."""
