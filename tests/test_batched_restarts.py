@@ -17,10 +17,10 @@ def problem():
     return model, client_update(model, images, labels), labels
 
 
-def attack(mode="oracle", **settings):
+def attack(mode="oracle", priors=None, **settings):
     model, update, labels = problem()
     plan = plan_labels(mode, update, model, true_labels=labels if mode == "oracle" else None)
-    return Inversion(model, update, plan, AttackSettings(**settings), bounds=BOX, image_shape=(1, 6, 6))
+    return Inversion(model, update, plan, AttackSettings(**settings), bounds=BOX, image_shape=(1, 6, 6), priors=priors)
 
 
 def loss_of(inversion, images):
@@ -51,6 +51,13 @@ def test_batched_restarts_follow_the_sequential_ones_and_the_lowest_loss_wins(sp
     assert lowest not in (0, RESTARTS - 1)  # the premise: neither the first nor the last restart wins here
     assert together.restart == lowest and together.loss == together.restart_losses[lowest]
     assert loss_of(batched, together.images) == pytest.approx(together.loss, rel=1e-4)
+
+
+def test_batched_restarts_weigh_the_image_priors_as_each_restart_would():
+    settings = dict(max_steps=10, restarts=3, init="rand", span="never", priors={"tv": 0.1, "l2": 0.01})
+    one = attack(batch_restarts="never", **settings).run(progress=False)
+    together = attack(batch_restarts="always", **settings).run(progress=False)
+    assert together.restart_losses == pytest.approx(one.restart_losses, rel=1e-4)
 
 
 def test_an_interrupted_batched_attack_resumes_bit_identically(tmp_path):

@@ -434,8 +434,8 @@ class Inversion:
         images = self.images(x)
         matching = self.batched(images)
         total = matching.sum()
-        if self.priors is not None:
-            total = total + sum(self.priors(images[r], generator=self.generator)[0] for r in range(len(images)))
+        if self.priors is not None:  # tv and l2 only (batching_obstacle): batch means, so R x the mean over all R·K
+            total = total + len(images) * self.priors(images.flatten(0, 1), generator=self.generator)[0]
         matching = matching.detach()
         better = matching < st["best_loss"]  # no boolean indexing: nothing here waits for the GPU
         st["best_loss"] = torch.where(better, matching, st["best_loss"])
