@@ -1,7 +1,13 @@
 """Time one attack step against one client forward+backward on the same model and batch
 (issue target: a step costs at most 3x the client's computation), with steps per second and peak memory.
 
-    python scripts/bench_attack_speed.py [--batch-size 8] [--steps 20] [--device auto|cpu|cuda] [--restarts R]
+    python scripts/bench_attack_speed.py [--batch-size 8] [--steps 20] [--min-seconds 2] [--device auto|cpu|cuda]
+                                         [--restarts R]
+
+A step's time is that of a warm attack: the time of a run of W + N steps less that of a run of W steps
+(W = 3), so that the run's set-up and first steps cancel; N is ``--steps``, or more where a model's steps
+are fast, so that the timed steps last at least ``--min-seconds``. The client's time is the median of 20
+forward+backward passes after 3 more.
 
 Untrained LeNet-5, ConvNet (width 64) and ResNet-18 with 100 classes on random 3x32x32 images; the attack
 uses oracle labels, cosine matching, signed Adam, box constraints and a TV prior, as the shipped configs.
@@ -12,6 +18,7 @@ the paper's FCN-3 (MNIST-sized, K=50).
 import inversion  # noqa: F401  (first: the torchvision compatibility shim)
 
 import argparse
+import math
 import platform
 import resource
 
@@ -34,7 +41,8 @@ def peak_memory_mib(device: torch.device) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per model (at least)")
+    parser.add_argument("--min-seconds", type=float, default=2.0, help="time at least this long per model")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--restarts", type=int, default=1, help="R > 1: also time R sequential vs batched restarts")
     args = parser.parse_args()
@@ -44,13 +52,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, options in MODELS:
         model, images, labels = problem(name, options, args.batch_size, 3, device)
-        client_ms, _ = time_call(lambda: client_gradients(model, images, labels), repeats=10, warmup=2)
-        result = attack(model, images, labels, args.steps + 2, device).run(progress=False)
-        step_ms = 1e3 * result.seconds / result.steps
+        client_ms, _ = time_call(lambda: client_gradients(model, images, labels), repeats=20, warmup=3)
+        step_ms = warm_step_ms(model, images, labels, args.steps, args.min_seconds, device)
         print(f"| {name} | {client_ms:.1f} | {step_ms:.1f} | {step_ms / client_ms:.2f}x | {1e3 / step_ms:.1f} | "
               f"{peak_memory_mib(device):,.0f} |")
     if args.restarts > 1:
-        restarts_table(args.restarts, args.batch_size, args.steps, device)
+        restarts_table(args.restarts, args.batch_size, args.steps, args.min_seconds, device)
 
 
 MODELS = (("lenet5", {}), ("convnet", {"width": 64}), ("resnet18", {}))
@@ -77,9 +84,26 @@ def attack(model, images, labels, steps: int, device: torch.device, **settings) 
     )
 
 
-def restarts_table(restarts: int, batch_size: int, steps: int, device: torch.device) -> None:
+WARMUP = 3
+"""Steps of the run whose time is subtracted (set-up, first steps)."""
+
+
+def warm_step_ms(model, images, labels, steps: int, min_seconds: float, device: torch.device, **settings) -> float:
+    """Milliseconds per step (of all restarts) of a warm attack: a run of WARMUP + N steps less a run of WARMUP.
+
+    N is ``steps``, or more, so that the N steps last about ``min_seconds`` at the warm-up's pace.
+    """
+    restarts = settings.get("restarts", 1)
+    short = attack(model, images, labels, WARMUP, device, **settings).run(progress=False)
+    pace = short.seconds / (short.steps / restarts)
+    timed = max(steps, math.ceil(min_seconds / pace))
+    long = attack(model, images, labels, WARMUP + timed, device, **settings).run(progress=False)
+    return 1e3 * (long.seconds - short.seconds) / timed
+
+
+def restarts_table(restarts: int, batch_size: int, steps: int, min_seconds: float, device: torch.device) -> None:
     """Milliseconds per step of all R restarts, one after another and batched, and their ratio."""
-    print(f"\n{restarts} restarts, {steps + 2} steps each, ms per step of all restarts:\n")
+    print(f"\n{restarts} restarts, ms per warm step of all restarts:\n")
     print("| model | K | sequential (ms) | batched (ms) | sequential / batched | peak memory batched (MiB) |")
     print("|---|---|---|---|---|---|")
     cases = [(name, options, batch_size, 3, 32) for name, options in MODELS]
@@ -88,12 +112,10 @@ def restarts_table(restarts: int, batch_size: int, steps: int, device: torch.dev
         model, images, labels = problem(name, options, k, channels, device, size)
         timings = {}
         for mode in ("never", "always"):
-            run = attack(model, images, labels, steps + 2, device, restarts=restarts, batch_restarts=mode,
-                         span="never")
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            result = run.run(progress=False)
-            timings[mode] = 1e3 * result.seconds / (result.steps / restarts)
+            timings[mode] = warm_step_ms(model, images, labels, steps, min_seconds, device, restarts=restarts,
+                                         batch_restarts=mode, span="never")
         print(f"| {name} | {k} | {timings['never']:.1f} | {timings['always']:.1f} | "
               f"{timings['never'] / timings['always']:.2f}x | {peak_memory_mib(device):,.0f} |")
 
