@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -318,7 +318,8 @@ def _data(source: ImageSource, settings: TrainSettings) -> _Data:
     return _Data(split, _load_images(source, split.train), held_out)
 
 
-def run_training(cfg: DictConfig, *, resume: bool = False, progress: bool = True) -> TrainingRecord:
+def run_training(cfg: DictConfig, *, resume: bool = False, progress: bool = True,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainingRecord:
     """Train as a :class:`TrainConfig` says and write ``out`` (module docstring); Ctrl-C stops after saving
     the last finished epoch (the log says ``interrupted``) and re-raises.
 
@@ -326,6 +327,7 @@ def run_training(cfg: DictConfig, *, resume: bool = False, progress: bool = True
         cfg: a config loaded with ``load_config(TrainConfig, ...)``.
         resume: continue from ``out/resume.pt`` (the same run; ``train.epochs`` may grow).
         progress: show a progress bar over the training steps.
+        on_epoch: called with each epoch's log row (as in ``TrainingRecord.history``) once the epoch is saved.
 
     Returns:
         the run's :class:`TrainingRecord`.
@@ -350,13 +352,15 @@ def run_training(cfg: DictConfig, *, resume: bool = False, progress: bool = True
         done = _load_state(out, identity, settings, model, optimizer) if resume else _Finished()
         save_config(cfg, out / "config.yaml", header="# scripts/train.py: the resolved config of this training run\n")
         _epochs(out, settings, data, model, optimizer, identity, _header(cfg, source, model, data.split), done,
-                progress)
+                progress, on_epoch)
     return load_training_record(out / LOG_NAME)
 
 
 def _epochs(out: Path, settings: TrainSettings, data: _Data, model: nn.Module, optimizer: torch.optim.Optimizer,
-            identity: str, header: dict[str, Any], done: _Finished, progress: bool) -> None:
-    """The epochs after ``done`` up to ``settings.epochs``, each committed to ``out`` as it finishes."""
+            identity: str, header: dict[str, Any], done: _Finished, progress: bool,
+            on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
+    """The epochs after ``done`` up to ``settings.epochs``, each committed to ``out`` as it finishes (then
+    ``on_epoch`` is called with its row)."""
     steps = len(data.train[1]) // settings.batch_size
     first = done.epoch + 1
     bar = tqdm(total=steps * (settings.epochs - max(first, 1) + 1), desc="training", unit="step", disable=not progress)
@@ -370,6 +374,8 @@ def _epochs(out: Path, settings: TrainSettings, data: _Data, model: nn.Module, o
             done = _commit(out, epoch, row, done, settings.saved_epochs, identity, model, optimizer)
             _write_log(out / LOG_NAME, header, done, "running")
             bar.set_postfix(epoch=epoch, held_out_acc=row["held_out_accuracy"])
+            if on_epoch is not None:
+                on_epoch(row)
         _write_log(out / LOG_NAME, header, done, "finished")
     except KeyboardInterrupt:
         _write_log(out / LOG_NAME, header, done, "interrupted")

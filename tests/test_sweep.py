@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import inversion.cli.ablate
 from inversion.ablation import run_ablation
@@ -14,8 +15,10 @@ from inversion.config import CONFIG_DIR
 from inversion.label_benchmark import run_sweep
 from inversion.sweep import LEDGER_NAME, RecordSchema, Run, Sweep, execute, make_executor
 from inversion.sweep.executors import ExecutorError
+from inversion.train_sweep import run_train_sweep
 
 from test_ablation import sweep_yaml
+from test_train_sweep import sweep_yaml as train_sweep_yaml, without_timings
 
 DEFAULT = CONFIG_DIR / "restore" / "default.yaml"
 CALLS = []  # payloads the in-process worker ran, in order
@@ -166,8 +169,9 @@ def test_executor_options_are_checked_before_any_work(monkeypatch, tmp_path, cap
     assert capsys.readouterr().err == "error: the ray executor needs ray: pip install 'gradleak[ray]'\n"
 
 
-def test_ray_tasks_run_apart_record_failures_and_stop_on_ctrl_c(tmp_path, monkeypatch):
+def test_ray_tasks_run_apart_record_failures_and_stop_on_ctrl_c(tmp_path, monkeypatch, data_root):
     ray = pytest.importorskip("ray")
+    trainings = train_sweep_yaml(tmp_path, data_root)  # a training sweep on the same Ray (its start costs seconds)
     out = tmp_path / "out"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -180,8 +184,17 @@ def test_ray_tasks_run_apart_record_failures_and_stop_on_ctrl_c(tmp_path, monkey
         with pytest.raises(KeyboardInterrupt, match="stopped"):
             execute(tiny({"x": 4, "stop": True}, worker="probe"), out, progress=False, executor=make_executor("ray"))
         assert ray.is_initialized()
+        trained = run_train_sweep(trainings, [f"out={tmp_path / 'ray'}"], progress=False, executor=make_executor("ray"))
     finally:
         ray.shutdown()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a Ray task: then training is bit-identical
+    try:
+        here = run_train_sweep(trainings, [f"out={tmp_path / 'here'}"], progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert trained["ran"] == here["ran"] == 4 and [r["status"] for r in here["runs"]] == ["ok"] * 4
+    assert without_timings(trained["runs"]) == without_timings(here["runs"])  # keys, accuracies, checkpoint sha256
     one, failed, three = done["runs"]
     assert failed["status"] == "failed" and failed["error"] == "RuntimeError: probe failed"
     assert "probe" in failed["traceback"]

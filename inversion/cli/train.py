@@ -1,6 +1,8 @@
 """Train a zoo model on real images: checkpoints at chosen epochs, a log of train and held-out accuracy.
 
     python scripts/train.py [--config configs/train/default.yaml] [--resume] [key=value | group=name ...]
+    python scripts/train.py --sweep configs/train/sweeps/fcn3_mnist_seeds.yaml [--executor {in-process,ray}]
+                            [--address ADDR] [--num-cpus N] [--gpus-per-run G] [--cpus-per-run N] [key=value ...]
 
 Splits the data source's images (seeded) into training and held-out images, trains the model with SGD
 or Adam on the CPU and writes into ``out`` (default runs/train/default): ``epoch_EEE.pt`` (the model's
@@ -8,17 +10,42 @@ state_dict after the chosen epochs; 000 is the untrained model; load with ``mode
 ``train_log.json`` (config, data source, per-epoch train and held-out accuracy, checkpoint sha256s and
 the image indices trained on and held out), ``resume.pt`` and ``config.yaml``. --resume continues from
 the last finished epoch (bit-identically; train.epochs may be raised); Ctrl-C stops after saving it.
+
+``--sweep FILE`` trains every experiment of a training sweep once per seed (the overrides apply to the
+sweep file: ``seeds=[0,1]``, ``out=...``), each into ``out/<experiment>/seed<S>/``, and writes
+training.json, training.md (held-out accuracy per run and mean ± std over seeds), training.png and
+runs.jsonl (the ledger: re-running skips finished runs and continues interrupted ones from their
+resume.pt). ``--executor ray`` runs one Ray task per run; the results are the same.
 """
 from . import config_parser, run_cli
-from ..config import load_config
+from ..config import ConfigError, load_config
+from ..sweep.options import add_executor_options, executor_from_args
 from ..train import TrainConfig, run_training
+from ..train_sweep import OUTPUTS, run_train_sweep
+
+DEFAULT_CONFIG = "configs/train/default.yaml"
 
 
 def main() -> None:
-    parser = config_parser(__doc__.splitlines()[0], "configs/train/default.yaml")
+    parser = config_parser(__doc__.splitlines()[0], DEFAULT_CONFIG)
+    parser.set_defaults(config=None)  # DEFAULT_CONFIG unless given: --sweep refuses a given --config
     parser.add_argument("--resume", action="store_true", help="continue from OUT/resume.pt")
+    parser.add_argument("--sweep", metavar="FILE", help="a training sweep (configs/train/sweeps/*.yaml): "
+                                                        "experiments x seeds; the overrides apply to it")
+    add_executor_options(parser)
     args = parser.parse_intermixed_args()
-    cfg = load_config(TrainConfig, args.config, args.overrides)
+    if args.sweep is not None:
+        _sweep(args)
+    else:
+        _train(args)
+
+
+def _train(args) -> None:
+    """One training run, as ``--config`` and the overrides say."""
+    if args.executor != "in-process":
+        raise ConfigError(f"--executor {args.executor}: only with --sweep")
+    executor_from_args(args)  # refuses the Ray options without --executor ray
+    cfg = load_config(TrainConfig, args.config or DEFAULT_CONFIG, args.overrides)
     record = run_training(cfg, resume=args.resume)
     print(f"trained {record.model['name']} on {len(record.train_indices):,} images, "
           f"{len(record.held_out_indices):,} held out, from {record.data_source}")
@@ -27,6 +54,20 @@ def main() -> None:
     out = record.log_path.parent
     files = ", ".join(path.name for _, path in sorted(record.checkpoints.items()))
     print(f"checkpoints in {out}/: {files}; log {record.log_path}")
+
+
+def _sweep(args) -> None:
+    """A training sweep, as the ``--sweep`` file and the overrides say."""
+    given = [flag for flag, value in (("--config", args.config), ("--resume", args.resume)) if value]
+    if given:
+        raise ConfigError(f"--sweep with {' and '.join(given)}: a sweep file names its configs, and a sweep "
+                          "resumes by itself")
+    done = run_train_sweep(args.sweep, args.overrides, executor=executor_from_args(args))
+    failed = sum(r["status"] == "failed" for r in done["runs"])
+    out = done["out"]
+    print((out / "training.md").read_text())
+    print(f"{done['ran']} runs now, {done['skipped']} already done, {failed} failed; results in {out}/: "
+          f"{', '.join(OUTPUTS)}, runs.jsonl; each run's checkpoints in {out}/<experiment>/seed<S>/")
 
 
 def _epoch_line(row: dict) -> str:

@@ -1,4 +1,4 @@
-"""One sweep engine for the ablation and the label-restoration benchmark.
+"""One sweep engine for the ablation, the label-restoration benchmark and the training sweeps.
 
 * :mod:`.engine`: a plan of runs -> the ones not yet finished -> execute -> record -> rewrite the result files;
 * :mod:`.ledger`: the validated, append-only JSON-lines ledger ``runs.jsonl`` that makes a sweep resumable;

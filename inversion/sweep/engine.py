@@ -1,8 +1,8 @@
 """The sweep engine: plan -> the runs not yet finished -> execute -> record -> rewrite the result files.
 
-A driver (the ablation, the label-restoration benchmark) describes its sweep as a :class:`Sweep`:
-a plan of runs (:class:`Run`), each with a stable key derived from what it computes, the worker that
-runs one, the :class:`~inversion.sweep.ledger.RecordSchema` of its records and the function that
+A driver (the ablation, the label-restoration benchmark, the training sweeps) describes its sweep as a
+:class:`Sweep`: a plan of runs (:class:`Run`), each with a stable key derived from what it computes, the
+worker that runs one, the :class:`~inversion.sweep.ledger.RecordSchema` of its records and the function that
 writes its result files from the records. :func:`execute` enters the executor
 (:mod:`inversion.sweep.executors`: in this process, or one Ray task per run), holds ``out``
 (checked and locked, see :func:`inversion.rundir.run_folder`), skips every run the ledger

@@ -1,4 +1,5 @@
-"""The executor options of the sweep commands (``scripts/ablate.py``, ``scripts/restore_labels.py``)."""
+"""The executor options of the sweep commands (``scripts/ablate.py``, ``scripts/restore_labels.py``,
+``scripts/train.py --sweep``)."""
 from __future__ import annotations
 
 import argparse
