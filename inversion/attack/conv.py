@@ -12,8 +12,8 @@ consulted for that term). The attack never asks for it: it moves the dummies, no
 pieces: gI is a transposed convolution and gW a weight-gradient convolution, each a node of its
 own whose derivatives PyTorch computes only where they are used, and each input's gradient is
 computed only when the autograd engine will use it. Per convolution and attack step that saves
-the weight-sized term of the double backward (measured: ConvNet-64 and ResNet-18 steps 20-25 %
-faster on the CPU; ``scripts/bench_attack_speed.py``). The attack converts the convolutions of its
+the weight-sized term of the double backward (measured on the CPU with ``scripts/bench_attack_speed.py``:
+ConvNet-64 steps 24 % and ResNet-18 steps 15 % faster). The attack converts the convolutions of its
 private copy of the model (:func:`use_lean_convolutions`); its results do not change.
 """
 from __future__ import annotations
@@ -97,7 +97,7 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: _Pair 
 
 MIN_MULTIPLY_ADDS = 2**24
 """Convolutions with fewer multiply-adds per forward keep PyTorch's own: for them the term saved costs less
-than the Python around the split (about 0.1 ms per convolution and step here)."""
+than the Python around the split (about 0.15 ms per convolution and step here)."""
 
 
 def multiply_adds(x: Tensor, layer: nn.Conv2d) -> int:
