@@ -79,14 +79,17 @@ def test_double_backward_skips_exactly_the_weight_term(every_size):
     assert flops[0] - flops[1] == 2 * batch * channels_out * channels_in * kernel * pixels
 
 
-def test_only_plain_zero_padded_convolutions_turn():
+def test_only_plain_zero_padded_convolutions_turn(monkeypatch):
     class Custom(nn.Conv2d):
         pass
 
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3, padding="same"),
                           nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), Custom(2, 2, 3), nn.Linear(2, 2))
+    plain = copy.deepcopy(model)
     assert use_lean_convolutions(model) == 1
     assert [type(m) for m in model] == [LeanConv2d, nn.Conv2d, nn.Conv2d, Custom, nn.Linear]
+    monkeypatch.delattr(torch._C, "_will_engine_execute_node")  # a torch without it: nothing turns
+    assert use_lean_convolutions(plain) == 0 and type(plain[0]) is nn.Conv2d
 
 
 def test_small_convolutions_keep_conv2d(monkeypatch):

@@ -122,8 +122,11 @@ def use_lean_convolutions(model: nn.Module) -> int:
     :class:`LeanConv2d` (same parameters, values and gradients); returns how many were turned.
 
     Subclasses of ``nn.Conv2d`` (they may compute otherwise), other padding modes and ``"same"`` /
-    ``"valid"`` padding stay as they are.
+    ``"valid"`` padding stay as they are; so does everything with a torch that cannot say which gradients
+    its engine will use (``torch._C._will_engine_execute_node``, private, present since torch 2.0).
     """
+    if not hasattr(torch._C, "_will_engine_execute_node"):
+        return 0
     turned = 0
     for module in model.modules():
         if type(module) is nn.Conv2d and module.padding_mode == "zeros" and not isinstance(module.padding, str):
