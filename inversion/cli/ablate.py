@@ -11,7 +11,7 @@ ledger: re-running skips finished runs, so an interrupted sweep resumes) and run
 ``--address``); the results are the same.
 """
 from ..ablation import run_ablation
-from ..sweep.options import add_executor_options, executor_from_args
+from ..sweep.options import add_executor_options, executor_from_args, report
 from . import config_parser, run_cli
 
 
@@ -20,11 +20,7 @@ def main() -> None:
     add_executor_options(parser)
     args = parser.parse_intermixed_args()
     done = run_ablation(args.config, args.overrides, executor=executor_from_args(args))
-    failed = sum(r["status"] == "failed" for r in done["runs"])
-    out = done["out"]
-    print((out / "ablation.md").read_text())
-    print(f"{done['ran']} runs now, {done['skipped']} already done, {failed} failed; "
-          f"results in {out}/: ablation.csv, ablation.md, ablation.png, runs.jsonl")
+    report(done, "ablation.md", "ablation.csv, ablation.md, ablation.png, runs.jsonl")
 
 
 def run() -> None:

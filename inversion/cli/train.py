@@ -19,7 +19,7 @@ resume.pt). ``--executor ray`` runs one Ray task per run; the results are the sa
 """
 from . import config_parser, run_cli
 from ..config import ConfigError, load_config
-from ..sweep.options import add_executor_options, executor_from_args
+from ..sweep.options import add_executor_options, executor_from_args, report
 from ..train import TrainConfig, run_training
 from ..train_sweep import OUTPUTS, run_train_sweep
 
@@ -63,11 +63,8 @@ def _sweep(args) -> None:
         raise ConfigError(f"--sweep with {' and '.join(given)}: a sweep file names its configs, and a sweep "
                           "resumes by itself")
     done = run_train_sweep(args.sweep, args.overrides, executor=executor_from_args(args))
-    failed = sum(r["status"] == "failed" for r in done["runs"])
-    out = done["out"]
-    print((out / "training.md").read_text())
-    print(f"{done['ran']} runs now, {done['skipped']} already done, {failed} failed; results in {out}/: "
-          f"{', '.join(OUTPUTS)}, runs.jsonl; each run's checkpoints in {out}/<experiment>/seed<S>/")
+    report(done, "training.md", f"{', '.join(OUTPUTS)}, runs.jsonl; each run's checkpoints in "
+                                f"{done['out']}/<experiment>/seed<S>/")
 
 
 def _epoch_line(row: dict) -> str:

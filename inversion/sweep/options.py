@@ -6,7 +6,7 @@ import argparse
 
 from .executors import EXECUTORS, Executor, make_executor
 
-__all__ = ["add_executor_options", "executor_from_args"]
+__all__ = ["add_executor_options", "executor_from_args", "report"]
 
 
 def add_executor_options(parser: argparse.ArgumentParser) -> None:
@@ -27,3 +27,17 @@ def executor_from_args(args: argparse.Namespace) -> Executor:
     """The executor the parsed options ask for; ExecutorError (one line, exit code 2) if they do not fit."""
     return make_executor(args.executor, address=args.address, num_cpus=args.num_cpus,
                          gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run)
+
+
+def report(done: dict, table: str, files: str) -> None:
+    """Print a finished sweep's markdown ``table`` (a file in its out) and what ran, was skipped and failed.
+
+    Args:
+        done: what :func:`inversion.sweep.execute` returned.
+        table: the name of the markdown result file to print.
+        files: the result files, as the line names them.
+    """
+    failed = sum(r["status"] == "failed" for r in done["runs"])
+    out = done["out"]
+    print((out / table).read_text())
+    print(f"{done['ran']} runs now, {done['skipped']} already done, {failed} failed; results in {out}/: {files}")
