@@ -12,7 +12,10 @@ when a federation runs), and writes into ``out``::
     config.yaml                         the resolved config
 
 ``captured/`` is exactly what the server holds; ``private/`` and ``federation.json`` (it records the
-seeds) belong to the simulation and are for scoring only. Attack a captured update with
+seeds) belong to the simulation and are for scoring only. With DP-SGD (``client.dp_noise_multiplier``)
+every client shares its privatized gradient (:mod:`inversion.fl.dp`); ``federation.json`` records σ, C,
+δ and ε, and each client's noise seed (fresh OS entropy unless ``client.dp_noise_seed`` fixes it) is
+written only to its private file. Attack a captured update with
 ``scripts/invert.py --update OUT/captured/round_001/client_0.pt --private OUT/private/round_001/client_0.pt``.
 """
 from __future__ import annotations
@@ -32,6 +35,7 @@ from .config import ClientConfig, DataConfig, ModelConfig, save_config, to_dict
 from .data.batch import check_fits_in_memory
 from .data.fileio import atomic_write
 from .experiment import absolute_data, model_from_config, source_from_config
+from .fl.dp import DPSGD, check_dp_model
 from .fl.private import PrivateBatch
 from .fl.update import SharedUpdate
 from .rundir import run_folder
@@ -75,7 +79,10 @@ class FederateConfig:
     ``client.batch_size`` is K; the client's sampler draws within its own partition, seeded by
     ``[client.seed, round, partition id]``; ``client.bn_mode`` is sent to the clients as part of the
     protocol. ``client.parameters`` must be ``all`` (FedSGD shares the whole model) and
-    ``client.synthetic_labels`` false (clients train on their real labels).
+    ``client.synthetic_labels`` false (clients train on their real labels). ``client.dp_noise_multiplier``
+    σ, ``client.dp_max_grad_norm`` C and ``client.dp_delta`` δ make every client run DP-SGD (no
+    ``client.chunk_size``, no batch norm); ``client.dp_noise_seed`` fixes its noise (reproducible, and
+    removable by whoever knows the seed); null draws it from OS entropy for every client and round.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -99,6 +106,7 @@ class FederationRun:
         seconds: wall time of the whole run (setup, simulation, checks).
         simulation_seconds: wall time of the Flower simulation (Ray start and stop included).
         data_source: where the images came from.
+        dp: the clients' DP-SGD as ``federation.json`` records it (σ, C, δ, ε; :func:`_dp_record`), or None.
     """
 
     out: Path
@@ -107,6 +115,7 @@ class FederationRun:
     seconds: float
     simulation_seconds: float
     data_source: str
+    dp: dict[str, Any] | None = None
 
     @property
     def updates(self) -> list[Path]:
@@ -126,6 +135,17 @@ def _check_client(cfg: DictConfig) -> None:
     chunk = client["chunk_size"]
     if chunk is not None and (chunk < 1 or (client["bn_mode"] == "train" and chunk < client["batch_size"])):
         raise ValueError(f"client.chunk_size must be null or >= 1 (>= client.batch_size with bn_mode=train), got {chunk}")
+    if chunk is not None and client["dp_noise_multiplier"] is not None:
+        raise ValueError("client.chunk_size must be null with DP-SGD (client.dp_noise_multiplier): its per-sample "
+                         "gradients are computed over the whole batch")
+
+
+def _dp_record(dp: DPSGD, batch_size: int, rounds: int) -> dict[str, Any]:
+    """The public facts of the clients' DP-SGD: σ, C, δ, ε of one update (one step at rate 1), and ε of a
+    client that takes part in every round (``rounds`` steps at rate 1, composed)."""
+    return {**dp.record(batch_size, None), "epsilon_all_rounds": dp.epsilon(1.0, rounds),
+            "accountant_all_rounds": f"opacus RDP, {rounds} step(s) at sampling rate 1: a client in every round, "
+                                     "without amplification by the sampling of batches or clients"}
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -185,14 +205,18 @@ def run_federation(cfg: DictConfig, *, progress: bool = True,
     _check_client(cfg)
     fed: FederationSettings = OmegaConf.to_object(cfg.federation)
     client = to_dict(cfg.client)
+    dp = OmegaConf.to_object(cfg.client).dp_sgd()
     data = absolute_data(cfg.data)
 
     source = source_from_config(OmegaConf.create(data))  # may download once, here; the clients only read
     spec = source.spec
     model = model_from_config(cfg.model, source)
+    if dp is not None:
+        check_dp_model(model)
 
     try:
         from .fl import flower
+        dp_record = None if dp is None else _dp_record(dp, client["batch_size"], fed.rounds)  # imports opacus
     except ImportError as err:
         raise ValueError(str(err)) from None
 
@@ -206,7 +230,7 @@ def run_federation(cfg: DictConfig, *, progress: bool = True,
         sampler=client["sampler"], counts=client["counts"], classes=client["classes"],
         target_class=client["target_class"], replacement=client["replacement"], seed=client["seed"],
         chunk_size=client["chunk_size"], partition_seed=fed.partition_seed, private_dir=str(out / "private"),
-        record={"config": to_dict(cfg)},
+        record={"config": to_dict(cfg)}, dp=dp, dp_noise_seed=client["dp_noise_seed"],
     )
     if client["replacement"]:
         check_fits_in_memory(source, client["batch_size"])
@@ -252,7 +276,7 @@ def run_federation(cfg: DictConfig, *, progress: bool = True,
                 "kind": "fedsgd", "strategy": "FedAvg (flwr.serverapp.strategy), wrapped by CapturingStrategy",
                 "clients": fed.clients, "clients_per_round": fed.clients_per_round or fed.clients,
                 "rounds": fed.rounds, "lr": fed.lr, "batch_size": client["batch_size"], "bn_mode": client["bn_mode"],
-                "engine": "flwr.simulation.run_simulation, Ray backend, CPU",
+                "dp": dp_record, "engine": "flwr.simulation.run_simulation, Ray backend, CPU",
             },
             "data_source": source.description,
             "partitions": [{"partition_id": pid, "size": int(len(p))} for pid, p in enumerate(partitions)],
@@ -264,4 +288,4 @@ def run_federation(cfg: DictConfig, *, progress: bool = True,
         summary_path = out / "federation.json"
         with atomic_write(summary_path) as handle:
             handle.write((json.dumps(summary, indent=2) + "\n").encode())
-    return FederationRun(out, summary_path, rounds, seconds, simulation_seconds, source.description)
+    return FederationRun(out, summary_path, rounds, seconds, simulation_seconds, source.description, dp_record)

@@ -8,7 +8,9 @@ the new weights with a stock FedAvg. The server recovers each client's gradient 
 keeps it. Writes into ``out`` (default runs/federate): ``captured/round_RRR/client_P.pt`` (what the
 server saw: SharedUpdate files) and ``captured/round_RRR/global_model.pt`` (the model they belong
 to), ``private/round_RRR/client_P.pt`` (the clients' batches, for scoring only), ``federation.json``
-(config, timings, files and sha256s) and ``config.yaml``. Needs ``pip install 'flwr[simulation]'``.
+(config, timings, files and sha256s) and ``config.yaml``. ``client.dp_noise_multiplier=σ`` makes the
+clients run DP-SGD (Opacus; ``client.dp_max_grad_norm`` C, ``client.dp_delta`` δ); ``federation.json`` records
+σ, C, δ and ε. Needs ``pip install 'flwr[simulation]'`` (and ``opacus`` for DP-SGD).
 """
 from . import config_parser, run_cli
 from ..config import load_config
@@ -25,6 +27,11 @@ def main() -> None:
           f"on {run.data_source}")
     print(f"captured {len(updates)} client updates (what the server saw) under {run.out / 'captured'}; "
           f"private batches (scoring only) under {run.out / 'private'}; summary {run.summary_path}")
+    if run.dp is not None:
+        per_update, all_rounds = ("inf (no noise)" if run.dp[key] is None else f"{run.dp[key]:.3g}"
+                                  for key in ("epsilon", "epsilon_all_rounds"))
+        print(f"DP-SGD (sigma {run.dp['noise_multiplier']}, C {run.dp['max_grad_norm']}, delta {run.dp['delta']}): "
+              f"epsilon {per_update} per update, {all_rounds} for a client in all {fed.rounds} rounds")
     print(f"took {run.seconds:.1f} s ({run.simulation_seconds:.1f} s in the Flower simulation, Ray start included)")
     first = run.rounds[0]["clients"][0]
     print(f"attack one: python scripts/invert.py --update {run.out / first['update']} "

@@ -189,7 +189,7 @@ def client_update(
     notes: Mapping[str, Any] | None = None,
     local: LocalTraining | None = None,
     dp: DPSGD | None = None,
-    dp_seed: int = 0,
+    dp_seed: int | None = None,
     progress: bool = False,
 ) -> SharedUpdate:
     """Simulate one FL client: compute the update it shares for a batch (FedSGD, or FedAvg with ``local``).
@@ -212,7 +212,8 @@ def client_update(
             weight delta (kind ``fedavg``, the schedule in ``meta.local``); needs ``parameters="all"``
             and no ``chunk_size``. None: FedSGD, the gradient.
         dp: DP-SGD through Opacus (:mod:`inversion.fl.dp`) for either kind; σ, C, δ and ε are recorded
-            in ``meta.notes["dp"]``. dp_seed: seeds its noise (private: not recorded in the update).
+            in ``meta.notes["dp"]``. dp_seed: seeds its noise (private: not recorded in the update); None: a
+            fresh high-entropy seed (:func:`~inversion.fl.dp.noise_seed`; pass one drawn by it to record it).
 
     Returns:
         the :class:`SharedUpdate` the server receives.

@@ -5,7 +5,9 @@ At every local step (one for FedSGD, S for FedAvg) Opacus computes each sample's
 Gaussian noise of standard deviation σ·C (``noise_multiplier`` σ) and divides by the mini-batch
 size (:class:`opacus.optimizers.DPOptimizer`). A FedSGD client shares that privatized gradient; a
 FedAvg client steps with it and shares its weight delta. The noise comes from a generator seeded
-by the client (private); σ, C, δ and the accountant's ε are public.
+with 63 bits of OS entropy (:func:`noise_seed`) unless the experiment fixes the seed; the seed is the
+client's secret (whoever knows it regenerates the noise and subtracts it exactly); σ, C, δ and the
+accountant's ε are public.
 
 ε comes from Opacus's RDP accountant for ``steps`` compositions at sampling rate ``B/K``. The
 accountant assumes Poisson sampling; this client takes its mini-batches in order, so the ε is the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+import secrets
 import sys
 import warnings
 from contextlib import contextmanager
@@ -31,7 +34,7 @@ from torch import Tensor, nn
 
 from .local import LocalTraining, run_local_training
 
-__all__ = ["DPSGD", "dp_client_tensors", "per_sample_gradients"]
+__all__ = ["DPSGD", "noise_seed", "check_dp_model", "dp_client_tensors", "per_sample_gradients"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,14 @@ def _quiet_hooks():
         yield
 
 
-def _check_model(model: nn.Module) -> None:
+def noise_seed(fixed: int | None = None) -> int:
+    """The seed of a client's DP noise: ``fixed`` (a reproducible experiment; anyone who knows it can regenerate
+    the noise and remove it) or, when None, 63 fresh bits of OS entropy (:func:`secrets.randbits`)."""
+    return secrets.randbits(63) if fixed is None else int(fixed)
+
+
+def check_dp_model(model: nn.Module) -> None:
+    """ValueError if ``model`` has batch norm (DP-SGD needs per-sample gradients)."""
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ValueError("DP-SGD needs per-sample gradients, and batch norm mixes the samples of a batch: "
                          "use a model without batch norm (e.g. fcn3, lenet5)")
@@ -98,7 +108,7 @@ def per_sample_gradients(model: nn.Module, images: Tensor, labels: Tensor) -> di
     """
     from opacus import GradSampleModule
 
-    _check_model(model)
+    check_dp_model(model)
     wrapped = GradSampleModule(copy.deepcopy(model).train())  # Opacus records activations in train mode only
     with _quiet_hooks():
         F.cross_entropy(wrapped(images), labels).backward()  # mean, as the client: Opacus rescales by K
@@ -106,7 +116,7 @@ def per_sample_gradients(model: nn.Module, images: Tensor, labels: Tensor) -> di
 
 
 def dp_client_tensors(model: nn.Module, images: Tensor, labels: Tensor, dp: DPSGD, *,
-                      local: LocalTraining | None = None, seed: int = 0) -> dict[str, Tensor]:
+                      local: LocalTraining | None = None, seed: int | None = None) -> dict[str, Tensor]:
     """What a DP-SGD client shares: the privatized gradient (FedSGD) or the weight delta of S privatized steps.
 
     Trains a copy of ``model`` in train mode (Opacus records activations only there; without batch
@@ -118,7 +128,7 @@ def dp_client_tensors(model: nn.Module, images: Tensor, labels: Tensor, dp: DPSG
         labels: (K,) int64.
         dp: σ, C, δ.
         local: FedAvg's schedule; None: FedSGD (one step over the whole batch).
-        seed: seeds the noise (the client's secret).
+        seed: seeds the noise (the client's secret); None: a fresh high-entropy seed (:func:`noise_seed`).
 
     Returns:
         parameter name -> the privatized gradient (FedSGD) or :math:`\\theta_S - \\theta_0` (FedAvg).
@@ -126,7 +136,7 @@ def dp_client_tensors(model: nn.Module, images: Tensor, labels: Tensor, dp: DPSG
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
-    _check_model(model)
+    check_dp_model(model)
     k = labels.shape[0]
     client = GradSampleModule(copy.deepcopy(model).train())
     named = [(n, p) for n, p in client._module.named_parameters() if p.requires_grad]  # the model's own names
@@ -136,7 +146,7 @@ def dp_client_tensors(model: nn.Module, images: Tensor, labels: Tensor, dp: DPSG
         noise_multiplier=dp.noise_multiplier,
         max_grad_norm=sys.float_info.max if math.isinf(dp.max_grad_norm) else dp.max_grad_norm,  # σ·C = 0, not nan
         expected_batch_size=k if local is None else local.batch_size,
-        generator=torch.Generator(device=device).manual_seed(seed),
+        generator=torch.Generator(device=device).manual_seed(noise_seed(seed)),
     )
     with _quiet_hooks():
         if local is not None:

@@ -11,9 +11,11 @@ The protocol (FedSGD as one local SGD step under standard FedAvg):
    train :class:`~flwr.app.ConfigRecord` holding the public learning rate ``lr`` = η and the client's
    batch-norm mode (``bn-mode``); FedAvg adds ``server-round``.
 2. Each client (:func:`fedsgd_client_app`) draws K images from its own partition, computes the gradient
-   g of the mean cross-entropy (:func:`~inversion.fl.client.client_gradients`) and replies
-   ``w' = w - η g`` with a :class:`~flwr.app.MetricRecord` ``{num-examples: K, partition-id: p}``.
-   FedAvg of these replies is exactly FedSGD.
+   g of the mean cross-entropy, or with DP-SGD (:attr:`ClientSettings.dp`) the privatized gradient
+   (per-sample clipping, Gaussian noise seeded by :func:`dp_noise_seed`), as the simulated FedSGD
+   client does (:func:`~inversion.fl.client.client_update`), and replies ``w' = w - η g`` with a
+   :class:`~flwr.app.MetricRecord` ``{num-examples: K, partition-id: p}``. FedAvg of these replies is
+   exactly FedSGD.
 3. :class:`CapturingStrategy` wraps the strategy. Its ``configure_train`` saves the global state of
    the round; its ``aggregate_train`` recovers ``g = (w - w') / η`` from every reply (float64, stored
    as float32) and saves it as a :class:`~inversion.fl.update.SharedUpdate` *before* handing the
@@ -60,14 +62,15 @@ from ..data import load_source, sample_indices  # noqa: E402
 from ..data.fileio import atomic_write  # noqa: E402
 from ..models import ClassifierModel, build_model  # noqa: E402
 from ._records import model_digest  # noqa: E402
-from .client import client_gradients  # noqa: E402
+from .client import client_update  # noqa: E402
+from .dp import DPSGD, noise_seed  # noqa: E402
 from .private import PrivateBatch  # noqa: E402
 from .update import SharedUpdate, UpdateMeta  # noqa: E402
 
 __all__ = [
     "LR_KEY", "BN_MODE_KEY", "NUM_EXAMPLES_KEY", "PARTITION_KEY", "GLOBAL_MODEL", "LAYOUT",
     "TaskInfo", "ClientSettings", "CapturingStrategy",
-    "round_dir", "update_path", "partition_indices", "draw_batch", "sgd_step", "recover_gradients",
+    "round_dir", "update_path", "partition_indices", "draw_batch", "dp_noise_seed", "sgd_step", "recover_gradients",
     "captured_update", "fedsgd_train", "fedsgd_client_app", "capturing_server_app", "run_fedsgd",
 ]
 
@@ -142,6 +145,9 @@ class ClientSettings:
         partition_seed: seed of the split of the source into disjoint partitions.
         private_dir: where each client writes its :class:`PrivateBatch` files (absolute), or None.
         record: further JSON facts stored in every private record (e.g. the experiment's config).
+        dp: DP-SGD settings (σ, C, δ): every client shares its privatized gradient; None: no DP-SGD.
+        dp_noise_seed: fixes the DP noise of every client and round (:func:`dp_noise_seed`); None: fresh
+            OS entropy. The seed used is written only to the client's private file.
     """
 
     task: TaskInfo
@@ -158,6 +164,8 @@ class ClientSettings:
     partition_seed: int = 0
     private_dir: str | None = None
     record: dict[str, Any] = field(default_factory=dict)
+    dp: DPSGD | None = None
+    dp_noise_seed: int | None = None
 
 
 def partition_indices(num_items: int, num_partitions: int, seed: int) -> list[np.ndarray]:
@@ -183,6 +191,16 @@ def draw_batch(targets: np.ndarray, partition: np.ndarray, settings: ClientSetti
         replacement=settings.replacement,
     )
     return partition[local]
+
+
+def dp_noise_seed(settings: ClientSettings, server_round: int, partition_id: int) -> int:
+    """The seed of the client's DP noise in a round: 63 fresh bits of OS entropy, or, when
+    ``settings.dp_noise_seed`` fixes it (a reproducible experiment), one drawn from
+    ``[dp_noise_seed, server_round, partition_id]``, so that no two clients or rounds share their noise."""
+    if settings.dp_noise_seed is None:
+        return noise_seed()
+    rng = np.random.default_rng([int(settings.dp_noise_seed), int(server_round), int(partition_id)])
+    return int(rng.integers(2 ** 63))
 
 
 def sgd_step(model: nn.Module, gradients: Mapping[str, Tensor], lr: float) -> dict[str, Tensor]:
@@ -260,8 +278,9 @@ def fedsgd_train(message: Message, context: Context, settings: ClientSettings) -
 
     Reads w, η, the round and the batch-norm mode from the message; draws the client's batch from its
     partition (``partition-id`` / ``num-partitions`` of the node config); replies w' = w - η g with
-    ``{num-examples: K, partition-id: p}``. When ``settings.private_dir`` is set, also writes the
-    batch as a :class:`PrivateBatch` tied to the update the server will capture.
+    ``{num-examples: K, partition-id: p}``, g privatized by DP-SGD when ``settings.dp`` is set. When
+    ``settings.private_dir`` is set, also writes the batch as a :class:`PrivateBatch` tied to the update
+    the server will capture (with the DP noise's seed, ``dp_noise_seed``, under DP-SGD).
 
     The private link: the server's capture (:func:`captured_update` on w, w', η and public facts) is a
     deterministic function of data the client holds bit for bit (Flower's ArrayRecord carries the
@@ -288,7 +307,9 @@ def fedsgd_train(message: Message, context: Context, settings: ClientSettings) -
     images = source.spec.normalize(source.images(indices))
     labels = torch.as_tensor(source.targets[indices], dtype=torch.int64)
 
-    gradients = client_gradients(model, images, labels, bn_mode=bn_mode, chunk_size=settings.chunk_size)
+    seed = None if settings.dp is None else dp_noise_seed(settings, server_round, partition_id)
+    gradients = client_update(model, images, labels, bn_mode=bn_mode, chunk_size=settings.chunk_size,
+                              dp=settings.dp, dp_seed=seed).gradients  # the simulated client's computation
     after = sgd_step(model, gradients, lr)
     if settings.private_dir is not None:
         expected = captured_update(model, after, task, lr=lr, server_round=server_round, partition_id=partition_id,
@@ -308,6 +329,7 @@ def fedsgd_train(message: Message, context: Context, settings: ClientSettings) -
             "indices": [int(i) for i in indices],
             "data_source": source.description,
             "labels": "real",
+            **({} if seed is None else {"dp_noise_seed": seed}),
         }
         PrivateBatch(images, labels, record, expected.sha256).save(
             update_path(settings.private_dir, server_round, partition_id))
