@@ -25,9 +25,10 @@ from label_restore import RestorationResult, restore_labels
 from label_restore.aux import class_conditional_probabilities
 from label_restore.result import make_result
 
-from .data import ImageSource
+from .data import DatasetSpec, ImageSource
 from .fl.local import LocalTraining
 from .fl.update import SharedUpdate
+from .models import final_layer
 
 __all__ = ["AuxiliaryData", "draw_auxiliary", "softmax_outputs", "simulated_client_softmax", "aux_restoration"]
 
@@ -52,11 +53,14 @@ class AuxiliaryData:
         images: (N, C, H, W) float32, normalised like the clients' inputs.
         labels: (N,) int64.
         record: how they were drawn (source, size, seed, how many images were excluded), for the results.
+        spec: the dataset they come from (its classes and normalisation; the classes the labels are drawn
+            over, for synthetic labels), or None when unknown; :meth:`check_fits` compares it with the update.
     """
 
     images: Tensor
     labels: Tensor
     record: dict[str, Any] = field(default_factory=dict)
+    spec: DatasetSpec | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.labels.shape != (self.images.shape[0],) or self.images.shape[0] < 1:
@@ -65,6 +69,29 @@ class AuxiliaryData:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def check_fits(self, update: SharedUpdate, model: nn.Module) -> None:
+        """Raise ValueError unless these images could come from the update's task: the same input shape and
+        normalisation (where both sides know them) and no more classes than the model's. (Dataset names are not
+        compared: the same images may come from a torchvision file and from an image ``folder``.)"""
+        meta, spec, shape = update.meta, self.spec, tuple(self.images.shape[1:])
+        fix = "draw the auxiliary set from the update's dataset"
+        if meta.input_shape is not None and shape != meta.input_shape:
+            raise ValueError(f"the auxiliary images are {shape} (C, H, W) but the inputs of {update.display_name} "
+                             f"{meta.input_shape}: {fix}")
+        if spec is not None and meta.mean is not None and not (_same(spec.mean, meta.mean)
+                                                               and _same(spec.std, meta.std)):
+            raise ValueError(f"the auxiliary images are normalised with mean {spec.mean}, std {spec.std} but the "
+                             f"inputs of {update.display_name} with mean {meta.mean}, std {meta.std}: {fix}")
+        classes = final_layer(model).out_features
+        if spec is not None and spec.num_classes > classes:
+            raise ValueError(f"the auxiliary set has {spec.num_classes} classes ({spec.name}) but the model {classes}: "
+                             f"{fix}")
+
+
+def _same(values: Sequence[float], others: Sequence[float]) -> bool:
+    """Whether two per-channel statistics agree (to float32 rounding, in case one went through a tensor)."""
+    return len(values) == len(others) and np.allclose(values, others, rtol=1e-6, atol=0)
 
 
 def draw_auxiliary(source: ImageSource, size: int, seed: int, exclude: Sequence[int] = (),
@@ -81,11 +108,19 @@ def draw_auxiliary(source: ImageSource, size: int, seed: int, exclude: Sequence[
             independently of the images), C: the auxiliary labels are drawn the same way, uniformly.
 
     Raises:
-        ValueError: ``size`` < 1, or nothing is left after ``exclude``.
+        ValueError: ``size`` < 1, ``exclude`` holds a position that is not an integer in [0, len(source)), or
+            nothing is left after ``exclude``.
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"the auxiliary set size must be a positive integer, got {size!r}")
-    excluded = np.unique(np.asarray(exclude, dtype=np.int64))
+    positions = np.asarray(exclude)
+    if positions.size and positions.dtype.kind not in "iu":
+        raise ValueError(f"exclude must hold integer positions in the source, got {positions.dtype} values")
+    excluded = np.unique(positions.astype(np.int64))
+    if excluded.size and (excluded[0] < 0 or excluded[-1] >= len(source)):
+        raise ValueError(f"exclude holds positions outside the {len(source)} images of {source.description} "
+                         f"(min {excluded[0]}, max {excluded[-1]}): give positions in this source (the client's "
+                         "batch must come from it)")
     pool = np.setdiff1d(np.arange(len(source), dtype=np.int64), excluded)
     if not pool.size:
         raise ValueError(f"no auxiliary images are left: all {len(source)} images of {source.description} "
@@ -100,7 +135,8 @@ def draw_auxiliary(source: ImageSource, size: int, seed: int, exclude: Sequence[
     record = {"source": source.description, "requested": size, "size": int(chosen.size), "seed": seed,
               "excluded": int(excluded.size), "labels": kind, "classes": int(np.unique(labels).size)}
     labels = torch.as_tensor(labels, dtype=torch.int64)
-    return AuxiliaryData(images, labels, record)
+    spec = source.spec if synthetic_classes is None else dataclasses.replace(source.spec, num_classes=synthetic_classes)
+    return AuxiliaryData(images, labels, record, spec)
 
 
 @torch.no_grad()
@@ -207,7 +243,12 @@ def aux_restoration(update: SharedUpdate, model: nn.Module, aux: AuxiliaryData, 
         ``details["simulations"]`` (how many were run) and ``details["misfit"]`` (the winner's, in samples); the
         FedAvg counts are integers from the search (raw counts = counts; no float solution in ``details``;
         ``seconds`` is the whole search's).
+
+    Raises:
+        ValueError: ``aux`` is of another dataset than the update (:meth:`AuxiliaryData.check_fits`), or the
+            restoration's input is invalid.
     """
+    aux.check_fits(update, model)
     start = time.perf_counter()
     _, grad_bias = update.final_layer_gradients(model)
     options = {"grad_bias": grad_bias, "batch_size": batch_size, "aux_labels": aux.labels,

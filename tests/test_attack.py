@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
+import inversion as gl
 from inversion.attack import AttackSettings, GradientMatcher, Inversion, lr_factor, plan_labels
 from inversion.fl import client_update
-from inversion.fl import SharedUpdate
+from inversion.fl import PrivateBatch, SharedUpdate
 from inversion.models import build_model
 
 TARGET = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([[2.0]])}
@@ -142,6 +143,20 @@ def test_hidden_batch_size_needs_a_guess():
     assert plan_labels("ilrg", hidden, model, batch_size=3).fixed.tolist() == [0, 2, 3]
     with pytest.raises(ValueError, match="contradicts the update"):
         plan_labels("ilrg", update, model, batch_size=4)
+
+
+def test_known_labels_must_be_k_class_indices_of_the_model():
+    model, update, images, labels = tiny_problem()  # C = 4 classes, K = 3
+    for bad, match in [(torch.tensor([0, 2, 4]), r"must lie in \[0, 4\) .* got min 0, max 4"),
+                       (torch.tensor([0, -100, 3]), r"must lie in \[0, 4\)"),  # -100: cross_entropy's ignore_index
+                       (torch.tensor([0.0, 2.0, 3.0]), "integer class indices, got dtype torch.float32"),
+                       (torch.tensor([0, 2]), r"shape \(2,\), expected \(3,\)")]:
+        with pytest.raises(ValueError, match=match):
+            gl.invert(update, model, labels=bad, max_steps=1, progress=False)
+    result = gl.invert(update, model, labels=labels, max_steps=1, progress=False)
+    assert result.label_mode == "given" and result.labels.tolist() == [0, 2, 3]
+    with pytest.raises(ValueError, match="tied to no update"):  # a private batch not linked to the update
+        gl.score(result, PrivateBatch(images, labels), lpips=False)
 
 
 def test_the_attack_leaves_the_callers_model_alone():

@@ -1,5 +1,6 @@
 """The ``aux`` label method (label_restore.aux) and its server side (inversion.auxiliary): exact cases, the
 non-negative solver, refusals, the FedAvg trajectory variant and the drivers."""
+import dataclasses
 import json
 
 import numpy as np
@@ -17,6 +18,7 @@ from inversion.data.specs import SPECS
 from inversion.fl.client import client_update
 from inversion.fl.local import LocalTraining
 from inversion.label_benchmark import run_sweep
+from inversion.models import build_model
 from inversion.pipeline import run_inversion
 from inversion.restore import restore_from_update
 from label_restore import InconsistentGradientWarning, restore_labels
@@ -207,6 +209,39 @@ def test_draw_auxiliary_excludes_the_batch_and_records_the_draw():
     torch.testing.assert_close(sorted(every.labels.tolist()), sorted((np.arange(10, 60) % 10).tolist()))
     with pytest.raises(ValueError, match="no auxiliary images are left"):
         draw_auxiliary(source, 5, seed=0, exclude=range(60))
+
+
+def test_draw_auxiliary_refuses_positions_outside_the_source():
+    source = array_source()
+    for exclude, match in [([3, 60], r"outside the 60 images of 60 random images \(min 3, max 60\)"),
+                           ([-1, 3], r"outside the 60 images .*\(min -1, max 3\)"),
+                           ([1.5], "integer positions in the source, got float64")]:
+        with pytest.raises(ValueError, match=match):
+            draw_auxiliary(source, 5, seed=0, exclude=exclude)
+    assert draw_auxiliary(source, 5, seed=0, exclude=np.array([0, 59])).record["excluded"] == 2
+
+
+def test_an_auxiliary_set_of_another_dataset_is_refused():
+    model = build_model("fcn", num_classes=10, in_channels=1, image_size=(28, 28), width=8)
+    source = array_source()
+    update = client_update(model, source.spec.normalize(source.images([0, 1, 2])), torch.tensor([0, 1, 2]),
+                           dataset="mnist", mean=source.spec.mean, std=source.spec.std)
+    assert restore_from_update("aux", update, model, aux=draw_auxiliary(source, 30, seed=0)).counts.sum() == 3
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 28, 28, 1), dtype=np.uint8)
+    others = [
+        (ArraySource(SPECS["cifar10"], np.zeros((20, 32, 32, 3), dtype=np.uint8), np.arange(20) % 10, "cifar"),
+         r"the auxiliary images are \(3, 32, 32\) \(C, H, W\) but the inputs of the update \(1, 28, 28\)"),
+        (ArraySource(dataclasses.replace(SPECS["mnist"], image_size=(14, 14)), pixels[:, :14, :14], np.arange(20) % 10,
+                     "small"), r"the auxiliary images are \(1, 14, 14\) \(C, H, W\) but the inputs of the update "
+                               r"\(1, 28, 28\)"),
+        (ArraySource(dataclasses.replace(SPECS["mnist"], mean=(0.5,), std=(0.5,)), pixels, np.arange(20) % 10, "half"),
+         r"normalised with mean \(0.5,\), std \(0.5,\) but the inputs of the update with mean \(0.1307,\)"),
+        (ArraySource(dataclasses.replace(SPECS["mnist"], num_classes=100), pixels, np.arange(20) % 10, "many"),
+         "the auxiliary set has 100 classes \\(mnist\\) but the model 10"),
+    ]
+    for other, match in others:
+        with pytest.raises(ValueError, match=match):
+            restore_from_update("aux", update, model, aux=draw_auxiliary(other, 20, seed=0))
 
 
 def test_restore_from_update_wants_aux_data_only_for_aux():

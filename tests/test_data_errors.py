@@ -208,8 +208,9 @@ def _png(array: np.ndarray) -> bytes:
 def test_unreadable_image_in_folder_is_named(tmp_path, corruption):
     good = _png(rng.integers(0, 256, (8, 6, 3), dtype=np.uint8))
     bad = b"not an image" if corruption == "not an image" else good[:len(good) // 2]
-    (tmp_path / "cat").mkdir()
-    (tmp_path / "cat/a.png").write_bytes(good)
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "a.png").write_bytes(good)
     (tmp_path / "cat/x.png").write_bytes(bad)
     source = load_source("folder", folder=tmp_path)
     assert source.images([0]).shape == (1, 3, 8, 6)
@@ -221,6 +222,8 @@ def test_unreadable_image_in_folder_is_named(tmp_path, corruption):
 def test_unreadable_first_image_in_folder_is_named(tmp_path):
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat/a.png").write_bytes(b"not an image")  # its header is read when the source is made
+    (tmp_path / "dog").mkdir()
+    (tmp_path / "dog/b.png").write_bytes(_png(rng.integers(0, 256, (8, 6, 3), dtype=np.uint8)))
     with pytest.raises(ValueError) as error:
         load_source("folder", folder=tmp_path)
     assert _one_line(error).startswith(f"{tmp_path / 'cat/a.png'}: not a readable image (")

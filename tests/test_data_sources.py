@@ -367,9 +367,35 @@ def test_folder_decodes_only_requested_images(image_folder, monkeypatch):
 
 def test_folder_sixteen_bit_images_are_scaled(tmp_path):
     _save(tmp_path / "x/a.png", np.array([[0, 257, 65535]], dtype=np.uint16))
+    _save(tmp_path / "y/b.png", np.array([[0, 0, 0]], dtype=np.uint16))
     source = load_source("folder", folder=tmp_path)
     assert source.spec.channels == 1
     assert (source.images([0])[0, 0, 0] * 255).round().tolist() == [0, 1, 255]
+
+
+def test_folder_lists_each_real_file_once(tmp_path):
+    """Links are followed, but a link loop, a second link to a file or to a folder add no image: a batch of
+    distinct images must never hold one twice. One file in two classes is refused."""
+    root = tmp_path / "images"
+    for path in ("cat/a.png", "cat/sub/b.png", "dog/c.png", "../elsewhere/d.png"):
+        _save(root / path, rng.integers(0, 256, (4, 4), dtype=np.uint8))
+    (root / "cat/sub/loop").symlink_to("..", target_is_directory=True)  # cat/sub/loop/sub/loop/... is cat again
+    (root / "cat/again.png").symlink_to("a.png")
+    (root / "dog/linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "dog/twice").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    source = load_source("folder", folder=root)
+    assert source.paths == [str(root / p) for p in ("cat/a.png", "cat/sub/b.png", "dog/c.png", "dog/linked/d.png")]
+    assert source.targets.tolist() == [0, 0, 1, 1] and "4 images in 2 classes" in source.description
+    (root / "dog/stolen.png").symlink_to(root / "cat/a.png")
+    with pytest.raises(ValueError, match=r"dog/stolen.png is the same file as .*cat/a.png of another class"):
+        load_source("folder", folder=root)
+
+
+def test_a_folder_of_one_class_is_refused(tmp_path):
+    _save(tmp_path / "cat/a.png", rng.integers(0, 256, (4, 4), dtype=np.uint8))
+    _save(tmp_path / "cat/b.png", rng.integers(0, 256, (4, 4), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"has one class \(cat\); a classifier needs at least two"):
+        load_source("folder", folder=tmp_path)
 
 
 def test_folder_errors(tmp_path, image_folder):

@@ -61,6 +61,9 @@ def test_mixed_or_missing_private_data_is_refused(shared, data_root, tmp_path):
     other_path = other.save(tmp_path / "other.pt")
     with pytest.raises(ValueError, match="belongs to another update"):
         run_inversion(attack_cfg(data_root, tmp_path / "a", update_path, other_path), progress=False)
+    unlinked_path = PrivateBatch(private.images, private.labels, private.record).save(tmp_path / "unlinked.pt")
+    with pytest.raises(ValueError, match="tied to no update"):  # an empty link would score any update
+        run_inversion(attack_cfg(data_root, tmp_path / "a", update_path, unlinked_path), progress=False)
     with pytest.raises(ConfigError, match="uses the true labels"):
         run_inversion(attack_cfg(data_root, tmp_path / "b", update_path, None, "attack.labels=oracle"), progress=False)
     oracle = run_inversion(attack_cfg(data_root, tmp_path / "c", update_path, private_path, "attack.labels=oracle"),

@@ -7,10 +7,12 @@ from unittest import mock
 import pytest
 import torch
 
+import inversion as gl
 from inversion import model_from_update
 from inversion.attack import plan_labels
 from inversion.fl import PrivateBatch, SharedUpdate, UpdateMeta, client_update
 from inversion.fl._records import content_digest
+from inversion.data.specs import SPECS
 from inversion.fl.update import FORMAT, VERSION
 from inversion.models import build_model
 
@@ -112,7 +114,9 @@ def test_gradients_captured_elsewhere():
     grads = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     update = SharedUpdate.from_gradients(grads, batch_size=3, model=model, dataset="cifar10")
     update.check_compatible(model)
-    assert update.meta.model == model.config and update.meta.input_shape == (3, 32, 32)  # the dataset's shape
+    assert update.meta.model == model.config and update.meta.input_shape == (3, 16, 16)  # the model's, not cifar10's
+    model_from_update(update)  # the update fits the model it names
+    assert SharedUpdate.from_gradients(grads, 3, dataset="cifar10").meta.input_shape == (3, 32, 32)  # no model
     hidden = SharedUpdate.from_gradients(grads, batch_size=None)  # a protocol that does not reveal K
     assert hidden.batch_size is None and hidden.meta == UpdateMeta()
     partial = SharedUpdate.from_gradients([("fc.weight", grads["fc.weight"]), ("fc.bias", grads["fc.bias"])], 3)
@@ -261,3 +265,60 @@ def test_non_finite_weights_are_blamed_on_the_weights_file(tmp_path):
     torch.save(state, tmp_path / "nan.pt")
     one_line_error(lambda: model_from_update(update, weights=tmp_path / "nan.pt"), tmp_path / "nan.pt",
                    "non-finite values .* in 'fc.bias'")
+
+
+# ---- inputs that cannot be right: refused where they enter, in one line naming the cause ----
+
+def test_a_private_batch_tied_to_no_update_is_never_scored(tmp_path):
+    _, update, private = make_pair()
+    unlinked = PrivateBatch.load(PrivateBatch(private.images, private.labels, private.record).save(tmp_path / "p.pt"))
+    assert unlinked.update_sha256 is None
+    with pytest.raises(ValueError, match="tied to no update"):
+        unlinked.check_matches(update)
+    with pytest.raises(ValueError, match="tied to no update"):
+        unlinked.check_link(update.sha256)
+    private.check_matches(update)  # the linked file still scores
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float16, torch.bfloat16, torch.bool])
+def test_gradients_that_are_not_float32_or_float64_are_refused(dtype):
+    grads = {n: g.to(dtype) for n, g in make_pair()[1].gradients.items()}
+    with pytest.raises(ValueError, match=f"has dtype {dtype}, expected float32 or float64"):
+        SharedUpdate.from_gradients(grads, 6)
+    assert SharedUpdate.from_gradients({n: g.double() for n, g in grads.items()}, 6).batch_size == 6
+
+
+def test_an_unknown_dataset_name_needs_its_normalisation(tmp_path):
+    grads = make_pair()[1].gradients
+    with pytest.raises(ValueError, match=r"unknown dataset 'cifar-100' .*mnist, cifar100, cifar10, or give mean="):
+        SharedUpdate.from_gradients(grads, 6, dataset="cifar-100")
+    own = SharedUpdate.from_gradients(grads, 6, dataset="mine", mean=(0.5,), std=(0.25,))
+    assert own.meta.mean == (0.5,) and own.meta.input_shape is None
+    assert SharedUpdate.from_gradients(grads, 6, dataset="cifar100").meta.mean == SPECS["cifar100"].mean
+    path = write_payload(tmp_path / "u.pt", {**HEADER, "meta": {"dataset": "cifar-100"}})
+    one_line_error(lambda: SharedUpdate.load(path), path, "unknown dataset 'cifar-100'")
+
+
+def test_normalisation_and_input_shape_must_fit_each_other_and_the_model(tmp_path):
+    model, update, _ = make_pair()  # convnet for (3, 16, 16)
+    with pytest.raises(ValueError, match=r"mean and std have 3 value\(s\) but the inputs \(1, 16, 16\) have 1"):
+        dataclasses.replace(update.meta, input_shape=(1, 16, 16))
+    with pytest.raises(ValueError, match="input_shape must be \\(C, H, W\\)"):
+        UpdateMeta(input_shape=(16, 16))
+    for meta, match in [({"input_shape": (3, 8, 8)}, r"is for inputs \(3, 8, 8\) .* the model takes \(3, 16, 16\)"),
+                        ({"input_shape": None, "mean": (0.5,), "std": (0.5,)}, "normalises 1 channel.* model takes 3")]:
+        shifted = dataclasses.replace(update, meta=dataclasses.replace(update.meta, **meta))
+        path = shifted.save(tmp_path / "shifted.pt")
+        one_line_error(lambda: model_from_update(SharedUpdate.load(path)), path, match)
+        with pytest.raises(ValueError, match=match):
+            gl.invert(shifted, model, labels="joint", max_steps=1, progress=False)
+
+
+def test_the_api_normalises_as_the_updates_dataset_before_the_presets():
+    model, update, _ = make_pair()  # 3 x 16 x 16 inputs; the default preset is for MNIST (one channel)
+    named = dataclasses.replace(update, meta=UpdateMeta(dataset="cifar10", input_shape=(3, 16, 16)))
+    result = gl.invert(named, model, labels="joint", max_steps=1, progress=False)
+    assert result.meta.mean == SPECS["cifar10"].mean and result.meta.std == SPECS["cifar10"].std
+    unnamed = dataclasses.replace(update, meta=UpdateMeta(input_shape=(3, 16, 16)))
+    with pytest.raises(ValueError, match="no normalisation and that of mnist \\(preset default\\) does not fit it"):
+        gl.invert(unnamed, model, labels="joint", max_steps=1, progress=False)

@@ -79,7 +79,8 @@ def plan_labels(mode: str, update: SharedUpdate, model: nn.Module, *, true_label
         options: the restoration method's options (e.g. ``missing_classes`` for ``aux``).
 
     Raises:
-        ValueError: unknown mode, ``oracle`` without ``true_labels``, or an unknown or conflicting K.
+        ValueError: unknown mode, ``oracle`` without ``true_labels`` or with labels that are not K integers in
+            [0, C), or an unknown or conflicting K.
     """
     if mode not in LABEL_MODES:
         raise ValueError(f"unknown label mode {mode!r}; choose one of {', '.join(LABEL_MODES)}")
@@ -94,15 +95,29 @@ def plan_labels(mode: str, update: SharedUpdate, model: nn.Module, *, true_label
         if true_labels is None:
             raise ValueError("label mode 'oracle' needs the true labels: give the private batch (it is an "
                              "evaluation upper bound, not an attack)")
-        if tuple(true_labels.shape) != (plan.batch_size,):
-            raise ValueError(f"oracle labels have shape {tuple(true_labels.shape)}, expected ({plan.batch_size},)")
-        labels = true_labels.long().cpu()
+        labels = _known_labels(true_labels, plan)
         plan.fixed = labels.clone() if update.kind == "fedavg" else torch.sort(labels).values
     elif mode in METHOD_NAMES:
         plan.restoration = restore_from_update(str(mode), update, model, batch_size=plan.batch_size, aux=aux,
                                                **options)
         plan.fixed = torch.as_tensor(plan.restoration.labels, dtype=torch.int64)
     return plan
+
+
+def _known_labels(labels: Tensor, plan: LabelPlan) -> Tensor:
+    """``labels`` as a (K,) int64 CPU tensor, checked: K integer class indices of the model's C classes."""
+    integer = isinstance(labels, Tensor) and not (labels.is_floating_point() or labels.is_complex()
+                                                  or labels.dtype == torch.bool)
+    if not integer:
+        kind = f"dtype {labels.dtype}" if isinstance(labels, Tensor) else f"a {type(labels).__name__}"
+        raise ValueError(f"known labels must be a tensor of integer class indices, got {kind}")
+    if tuple(labels.shape) != (plan.batch_size,):
+        raise ValueError(f"oracle labels have shape {tuple(labels.shape)}, expected ({plan.batch_size},)")
+    labels = labels.long().cpu()
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= plan.num_classes):
+        raise ValueError(f"known labels must lie in [0, {plan.num_classes}) (the model's {plan.num_classes} classes); "
+                         f"got min {int(labels.min())}, max {int(labels.max())}")
+    return labels
 
 
 def batch_loss(logits: Tensor, plan: LabelPlan, label_logits: Tensor | None, rows: slice = slice(None)) -> Tensor:

@@ -21,9 +21,12 @@ _GRAY_MODES = ("L", "1", *_SIXTEEN_BIT_MODES)
 def list_image_folder(folder: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray]:
     """(class names, image paths, targets int64 (N,)) of an ImageFolder layout.
 
-    Classes are the sorted subfolder names (index 0..n-1); the images of a class are all
-    files below its folder (nested ones included) with an extension in IMAGE_EXTENSIONS
-    (any case), sorted by path. Nothing is decoded."""
+    Classes are the sorted subfolder names (index 0..n-1), at least two (with one class the
+    cross-entropy, and so every update, is identically zero); the images of a class are all
+    files below its folder (nested ones and symbolic links included) with an extension in
+    IMAGE_EXTENSIONS (any case), sorted by path. Each real file counts once: a second path to
+    it (a link, a folder reached twice, a link loop) is skipped, and one file in two classes
+    is refused. Nothing is decoded."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
@@ -31,18 +34,55 @@ def list_image_folder(folder: str | os.PathLike) -> tuple[list[str], list[str], 
     if not classes:
         raise ValueError(f"image folder {root} has no class subfolders; put the images of each "
                          f"class in their own subfolder, e.g. {root / 'cat'}/0001.png")
+    if len(classes) < 2:
+        raise ValueError(f"image folder {root} has one class ({classes[0]}); a classifier needs at least two "
+                         "(with one, the cross-entropy and every update are zero): add a class subfolder")
     paths: list[str] = []
     targets: list[int] = []
+    owners: dict[tuple[int, int], str] = {}  # (device, inode) of every image file -> its first path
     for index, name in enumerate(classes):
-        files = sorted(os.path.join(directory, file)
-                       for directory, _, files in os.walk(root / name, followlinks=True)
-                       for file in files if file.lower().endswith(IMAGE_EXTENSIONS))
+        files = _class_images(root / name, owners)
         if not files:
             raise ValueError(f"class folder {root / name} holds no images (extensions: "
                              f"{' '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
         paths += files
         targets += [index] * len(files)
     return classes, paths, np.asarray(targets, dtype=np.int64)
+
+
+def _class_images(folder: Path, owners: dict[tuple[int, int], str]) -> list[str]:
+    """The image paths below ``folder``, sorted, each real file once; follows links to folders, but never
+    into a folder already walked (a loop). ``owners`` (file identity -> path) spans all classes: a file
+    already listed under another class raises ValueError."""
+    visited = {_identity(str(folder))}
+    found = []
+    for directory, subfolders, files in os.walk(folder, followlinks=True):
+        subfolders.sort()
+        for sub in list(subfolders):
+            identity = _identity(os.path.join(directory, sub))
+            if identity in visited:
+                subfolders.remove(sub)
+            visited.add(identity)
+        found += [os.path.join(directory, file) for file in files if file.lower().endswith(IMAGE_EXTENSIONS)]
+    unique = []
+    for path in sorted(found):
+        identity = _identity(path)
+        first = owners.setdefault(identity, path)
+        if first == path:
+            unique.append(path)
+        elif not first.startswith(os.path.join(str(folder), "")):
+            raise ValueError(f"{path} is the same file as {first} of another class; an image belongs to one "
+                             "class: remove one of them")
+    return unique
+
+
+def _identity(path: str) -> tuple[int, int]:
+    """(device, inode) of the file or folder ``path`` names, links followed; a broken link raises ValueError."""
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror}); fix or remove it") from None
+    return info.st_dev, info.st_ino
 
 
 class FolderSource(ImageSource):

@@ -26,9 +26,11 @@ class PrivateBatch:
         images: normalised inputs, (K, C, H, W).
         labels: class indices, (K,), int64.
         record: JSON-serialisable record of how the batch was drawn (data source, sampler, seeds,
-            indices, the experiment's config).
+            indices, the experiment's config) and, under DP-SGD, ``dp_noise_seed``: the seed of the
+            noise actually used (the client's secret: never in the update).
         update_sha256: :attr:`SharedUpdate.sha256` of the update computed from this batch, so that a
-            private file is never scored against another update; None if not tied to one.
+            private file is never scored against another update; None if not tied to one (such a batch
+            is never scored: :meth:`check_link`).
     """
 
     images: Tensor
@@ -49,13 +51,21 @@ class PrivateBatch:
         """True class counts, (C,) int64."""
         return torch.bincount(self.labels, minlength=num_classes)
 
-    def check_matches(self, update: SharedUpdate) -> None:
-        """Raise ValueError unless this batch is the one ``update`` was computed from (by digest and shape)."""
-        if self.update_sha256 is not None and self.update_sha256 != update.sha256:
+    def check_link(self, update_sha256: str) -> None:
+        """Raise ValueError unless this batch is tied to the update whose :attr:`SharedUpdate.sha256` is given
+        (a batch tied to no update is refused too: nothing says which update it belongs to)."""
+        if not self.update_sha256:
+            raise ValueError("the private batch is tied to no update (its update_sha256 is empty): score an update "
+                             "only against the private file written with it")
+        if self.update_sha256 != update_sha256:
             raise ValueError(
                 f"the private batch belongs to another update (update sha256 {self.update_sha256[:12]}, this update "
-                f"{update.sha256[:12]}): score an update only against the private file written with it"
+                f"{update_sha256[:12]}): score an update only against the private file written with it"
             )
+
+    def check_matches(self, update: SharedUpdate) -> None:
+        """Raise ValueError unless this batch is the one ``update`` was computed from (by digest and shape)."""
+        self.check_link(update.sha256)
         if update.batch_size is not None and update.batch_size != self.labels.shape[0]:
             raise ValueError(f"the private batch has {self.labels.shape[0]} images but the update says K={update.batch_size}")
         shape = update.meta.input_shape

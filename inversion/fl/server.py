@@ -23,10 +23,28 @@ def _weights_path(update: SharedUpdate, weights: str | Path | None) -> Path | No
     return path
 
 
+def _check_inputs(update: SharedUpdate, model: nn.Module) -> None:
+    """Raise ValueError unless the update's input shape and normalisation fit the (C, H, W) a
+    :class:`ClassifierModel` was built for (other modules do not say what they take)."""
+    config = model.config if isinstance(model, ClassifierModel) else {}
+    if "in_channels" not in config or "image_size" not in config:
+        return
+    takes = (int(config["in_channels"]), *(int(side) for side in config["image_size"]))
+    shape, mean = update.meta.input_shape, update.meta.mean
+    if shape is not None and tuple(shape) != takes:
+        raise ValueError(f"{update.display_name} is for inputs {tuple(shape)} (C, H, W) but the model takes {takes}: "
+                         "use the model the update was computed on")
+    if mean is not None and len(mean) != takes[0]:
+        raise ValueError(f"{update.display_name} normalises {len(mean)} channel(s) (mean/std) but the model takes "
+                         f"{takes[0]}: use the model the update was computed on")
+
+
 def check_model(update: SharedUpdate, model: nn.Module) -> None:
-    """Raise ValueError unless ``model`` fits the update: parameter names and shapes, and (when the
-    update records it) the exact state the client computed the update on."""
+    """Raise ValueError unless ``model`` fits the update: parameter names and shapes, the input shape and
+    number of channels (for a :class:`ClassifierModel`), and (when the update records it) the exact state
+    the client computed the update on."""
     update.check_compatible(model, require_all=False)
+    _check_inputs(update, model)
     expected = update.meta.model_sha256
     if expected is not None and model_digest(model) != expected:
         raise ValueError(

@@ -33,6 +33,8 @@ BN_MODES = ("eval", "train")
 UPDATE_KINDS = ("fedsgd", "fedavg")
 """``fedsgd``: the gradient of the mean cross-entropy over the client's batch, at the server's model;
 ``fedavg``: the weight delta of the client's local SGD steps (:mod:`inversion.fl.local`)."""
+GRADIENT_DTYPES = (torch.float32, torch.float64)
+"""The dtypes a shared tensor may have (integer ones are no gradients; float16/bfloat16 are refused, not upcast)."""
 
 
 _OPTIONAL_TYPES = {"model": Mapping, "model_sha256": str, "weights": str, "dataset": str}
@@ -66,7 +68,8 @@ class UpdateMeta:
             rounds); or None.
         input_shape: (C, H, W) of one input, or None when unknown.
         mean, std: per-channel normalisation of [0, 1] images, or None when unknown.
-        dataset: the task's dataset name (e.g. ``"mnist"``), or None.
+        dataset: the task's dataset name (e.g. ``"mnist"``), or None; a name that is not a known dataset
+            (:data:`~inversion.data.specs.SPECS`) needs ``mean`` and ``std``.
         bn_mode: ``"eval"`` (running statistics) or ``"train"`` (batch statistics) on the client.
         local: a FedAvg update's local training schedule (:class:`~inversion.fl.local.LocalTraining`:
             steps S, local batch size B, learning rate η) where the protocol reveals it; None for FedSGD.
@@ -98,6 +101,14 @@ class UpdateMeta:
             raise ValueError("mean and std must both be given, with one value per channel")
         if self.std is not None and any(not s > 0 for s in self.std):
             raise ValueError(f"std must be > 0 per channel, got {self.std}")
+        if self.input_shape is not None and (len(self.input_shape) != 3 or min(self.input_shape) < 1):
+            raise ValueError(f"input_shape must be (C, H, W) with three positive ints, got {self.input_shape}")
+        if self.input_shape is not None and self.mean is not None and len(self.mean) != self.input_shape[0]:
+            raise ValueError(f"mean and std have {len(self.mean)} value(s) but the inputs {self.input_shape} have "
+                             f"{self.input_shape[0]} channel(s): give one value per channel")
+        if self.dataset is not None and self.dataset not in SPECS and self.mean is None:
+            raise ValueError(f"unknown dataset {self.dataset!r} and no normalisation: name one of "
+                             f"{', '.join(SPECS)}, or give mean= and std= for a dataset of your own")
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
         if self.local is not None and not isinstance(self.local, LocalTraining):
@@ -111,9 +122,10 @@ class UpdateMeta:
 
         Args:
             model: the model the update was computed on; a :class:`ClassifierModel` also gives its spec
-                and input shape.
-            dataset: a named dataset (``mnist``, ``cifar10``, ``cifar100``): its mean, std and input
-                shape unless given explicitly.
+                and input shape (before the dataset's).
+            dataset: a named dataset (``mnist``, ``cifar10``, ``cifar100``): its mean, std and (for a model
+                that does not give it) input shape unless given explicitly; any other name (your own data)
+                needs ``mean`` and ``std``.
             input_shape, mean, std, fields: as the attributes; explicit values win.
         """
         spec = SPECS.get(dataset) if dataset is not None else None
@@ -121,10 +133,10 @@ class UpdateMeta:
         loaded_from = config.pop("weights", None) if config is not None else None  # set by trained-model loaders
         if loaded_from and "weights" not in fields:
             fields["weights"] = str(Path(loaded_from).resolve())
+        if input_shape is None and config is not None:  # what the model takes, before the dataset's own size
+            input_shape = (config["in_channels"], *config["image_size"])
         if input_shape is None and spec is not None:
             input_shape = (spec.channels, *spec.image_size)
-        if input_shape is None and config is not None:
-            input_shape = (config["in_channels"], *config["image_size"])
         return cls(model=config, model_sha256=None if model is None else model_digest(model),
                    input_shape=None if input_shape is None else tuple(input_shape),
                    mean=mean if mean is not None else (spec.mean if spec else None),
@@ -183,7 +195,8 @@ class SharedUpdate:
     Attributes:
         gradients: parameter name (as in ``model.named_parameters()``) -> for ``fedsgd``, the gradient
             of the client's mean cross-entropy; for ``fedavg``, the weight delta
-            :math:`\theta_S - \theta_0` of its local training (``meta.local``); shaped as the parameter.
+            :math:`\theta_S - \theta_0` of its local training (``meta.local``); shaped as the parameter,
+            float32 or float64 (:data:`GRADIENT_DTYPES`).
         batch_size: K, the number of samples averaged over, or None when the protocol does not reveal it.
         meta: the public :class:`UpdateMeta`.
         kind: one of :data:`UPDATE_KINDS`.
@@ -210,6 +223,9 @@ class SharedUpdate:
         for name, grad in self.gradients.items():
             if not isinstance(grad, Tensor):
                 raise ValueError(f"gradient {name!r} is a {type(grad).__name__}, expected a torch.Tensor")
+            if grad.dtype not in GRADIENT_DTYPES:
+                raise ValueError(f"gradient {name!r} has dtype {grad.dtype}, expected float32 or float64: share the "
+                                 "gradients as computed, not cast to integers or half precision")
             if not torch.isfinite(grad).all():
                 raise ValueError(f"gradient {name!r} holds non-finite values (NaN or inf)")
 
