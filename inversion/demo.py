@@ -201,9 +201,12 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), *, progress: bool =
     """Run the paired attacks and write ``out/demo.html``; returns its path."""
     with run_folder(out, DEMO_OUTPUTS) as out:
         cfg = _demo_config(overrides)
-        runs = {mode: run_inversion(load_config(InvertConfig, None, [f"attack.labels={mode}", f"out={out / mode}"],
-                                                base=cfg), progress=progress)
-                for mode in ("ilrg", "shared")}
+        runs = {}
+        for mode in ("ilrg", "shared"):
+            runs[mode] = run_inversion(load_config(InvertConfig, None, [f"attack.labels={mode}", f"out={out / mode}"],
+                                                   base=cfg), progress=progress)
+            if runs[mode].result.interrupted:  # Ctrl-C: no second attack, no page of half a comparison
+                raise KeyboardInterrupt(f"the demo stopped during its {mode} attack; no demo.html written")
         path = out / "demo.html"
         with atomic_write(path) as handle:
             handle.write(render_page(runs["ilrg"], runs["shared"]).encode())

@@ -96,6 +96,10 @@ def _check(cfg: DictConfig) -> tuple[dict, list]:
         raise ConfigError(f"restore.trials must be >= 1, got {sweep['trials']}")
     if not sweep["methods"]:
         raise ConfigError("restore.methods is empty; name at least one of " + ", ".join(METHOD_NAMES))
+    bad = [k for k in sweep["batch_sizes"] if k < 1]
+    if bad:
+        raise ConfigError(f"restore.batch_sizes holds {bad[0]}: a batch size K is a positive number of images "
+                          "(leave the list empty for client.batch_size)")
     try:
         defenses = [parse_defense(d) for d in sweep["defenses"] or ["none"]]
     except ValueError as err:

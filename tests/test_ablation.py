@@ -2,6 +2,7 @@
 import csv
 import json
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -64,15 +65,26 @@ def test_bad_sweep_fails_before_any_run(tmp_path, data_root):
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="baseline"):
         run_ablation(sweep_yaml(tmp_path, data_root, ["oracle"]), progress=False)
+    with pytest.raises(ConfigError, match=r"^ablation.modes lists 'shared' more than once: list each value once$"):
+        run_ablation(sweep_yaml(tmp_path, data_root, ["shared", "oracle", "shared"]), progress=False)
+    with pytest.raises(ConfigError, match=r"^ablation.seeds lists 1 more than once"):
+        run_ablation(sweep_yaml(tmp_path, data_root, ["shared"], seeds=(1, 0, 1)), progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def interrupt_second_run(monkeypatch, at_call, out):
-    """Ctrl-C at the ``at_call``-th optimisation step of the sweep's second run.
+    """Ctrl-C at the ``at_call``-th optimisation step of the sweep's second run ("end": after its last step).
 
     The tables written after the first run are removed first, so they exist afterwards only if the
     interrupted sweep rewrote them.
     """
-    real_step, attacks, calls = Inversion._step, [], []
+    real_step, real_close, attacks, calls = Inversion._step, Inversion._close_restarts, [], []
+
+    def close(self, following):
+        if at_call == "end" and attacks.index(self) == 1:
+            (out / "ablation.csv").unlink()
+            raise KeyboardInterrupt
+        return real_close(self, following)
 
     def step(self, *args):
         if self not in attacks:
@@ -86,9 +98,10 @@ def interrupt_second_run(monkeypatch, at_call, out):
         return real_step(self, *args)
 
     monkeypatch.setattr(Inversion, "_step", step)
+    monkeypatch.setattr(Inversion, "_close_restarts", close)
 
 
-@pytest.mark.parametrize("at_call", [3, 1], ids=["best-so-far result", "raised"])
+@pytest.mark.parametrize("at_call", [3, 1, "end"], ids=["best-so-far result", "raised", "after the last step"])
 def test_interrupted_run_is_not_recorded_and_is_redone(tmp_path, data_root, monkeypatch, at_call):
     # at step 3 the attack returns its best so far (interrupted=True); at step 1 it has none and raises
     path = sweep_yaml(tmp_path, data_root, ["oracle", "shared", "ilrg"], seeds=[0], broken=False)
@@ -104,6 +117,23 @@ def test_interrupted_run_is_not_recorded_and_is_redone(tmp_path, data_root, monk
     assert resumed["skipped"] == 1 and resumed["ran"] == 2
     assert [(r["mode"], r["status"], r["steps"]) for r in resumed["runs"]] == [
         ("oracle", "ok", STEPS), ("shared", "ok", STEPS), ("ilrg", "ok", STEPS)]
+
+
+def test_a_nan_score_is_not_a_finished_run_and_never_replaces_one(tmp_path, caplog):
+    from inversion.sweep.ledger import load_records
+
+    good = {"key": "k1", "experiment": "e", "dataset": "mnist", "model": "fcn", "K": 2, "seed": 0, "mode": "ilrg",
+            "status": "ok", "psnr": 14.5, "ssim": 0.5, "lpips": 0.2, "label_LnAcc": 1.0}
+    ledger = tmp_path / "runs.jsonl"
+    lines = [good, {**good, "psnr": math.nan}, {**good, "key": "k2", "psnr": math.inf},
+             {**good, "key": "k3", "ssim": math.nan}]
+    ledger.write_text("".join(json.dumps(line) + "\n" for line in lines))  # json writes NaN and Infinity
+    with caplog.at_level(logging.WARNING, logger="inversion.sweep"):
+        records = load_records(ledger, inversion.ablation.SCHEMA)
+    assert records == {"k1": good}  # the good record stands; the others' runs are redone
+    assert [m.partition("(")[2] for m in caplog.messages] == [
+        "a finished run without a finite PSNR (nan)); skipped", "a finished run without a finite PSNR (inf)); skipped",
+        "ssim not a finite number); skipped"]
 
 
 def test_bad_ledger_lines_are_reported_skipped_and_redone(tmp_path, data_root, caplog):

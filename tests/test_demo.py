@@ -32,3 +32,22 @@ def test_demo_spreads_its_snapshots_over_a_short_run(tmp_path, data_root):
     with pytest.raises(ConfigError, match="snapshot_every must be 1..attack.max_steps"):
         run_demo(tmp_path / "demo2", [f"data.root={data_root}", "attack.max_steps=6", "attack.snapshot_every=7"],
                  progress=False)
+
+
+def test_ctrl_c_during_the_first_attack_stops_the_demo(tmp_path, data_root, monkeypatch):
+    """The second attack does not run and no page compares a finished run with an interrupted one."""
+    from inversion.attack.optimize import Inversion
+    real_step, calls = Inversion._step, []
+
+    def ctrl_c_at_step_3(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *args)
+
+    monkeypatch.setattr(Inversion, "_step", ctrl_c_at_step_3)
+    with pytest.raises(KeyboardInterrupt, match="during its ilrg attack; no demo.html written"):
+        run_demo(tmp_path / "demo", [f"data.root={data_root}", "data.download=false", "client.batch_size=2",
+                                     "model.width=16", "attack.max_steps=6"], progress=False)
+    assert len(calls) == 3  # the shared-label attack never started
+    assert not (tmp_path / "demo" / "demo.html").exists() and not (tmp_path / "demo" / "shared").exists()

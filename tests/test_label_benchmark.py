@@ -41,11 +41,24 @@ def test_sweep_scores_every_setting_and_writes_results(data_root, tmp_path):
     ("restore.defenses=['clip:4']", "set client.parameters=all"),
     ("restore.trials=0", "restore.trials must be >= 1"),
     ("restore.activations=[gelu]", "gelu"),
+    ("restore.batch_sizes=[0]", "restore.batch_sizes holds 0: a batch size K is a positive number"),
+    ("restore.batch_sizes=[8, -2]", "restore.batch_sizes holds -2"),
 ])
 def test_bad_sweeps_fail_before_any_work(override, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         run_sweep(DEFAULT, [override, f"out={tmp_path / 'x'}"], progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_script_refuses_a_batch_size_of_0_in_one_line(tmp_path, monkeypatch, capsys):
+    import inversion.cli.restore
+
+    monkeypatch.setattr("sys.argv", ["restore_labels", "restore.batch_sizes=[0]", f"out={tmp_path / 'x'}"])
+    with pytest.raises(SystemExit) as exited:
+        inversion.cli.restore.run()
+    assert exited.value.code == 2 and not (tmp_path / "x").exists()
+    assert capsys.readouterr().err == ("error: restore.batch_sizes holds 0: a batch size K is a positive number of "
+                                       "images (leave the list empty for client.batch_size)\n")
 
 
 @pytest.mark.parametrize("path", sorted((CONFIG_DIR / "restore").glob("*.yaml")), ids=lambda p: p.stem)

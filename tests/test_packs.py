@@ -1,6 +1,7 @@
 """Registry sample packs: content, integrity checks, cache rebuilds, fetching, the CLI."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -14,7 +15,8 @@ import pytest
 from _data import copy_packs
 
 from inversion.data import registry
-from inversion.data.fileio import atomic_write, sha256_file
+from inversion.cli import fetch_data
+from inversion.data.fileio import DiskFullError, atomic_write, sha256_file
 from inversion.data.packs import (
     DATASET_PACKS,
     PACKS,
@@ -220,6 +222,23 @@ def test_atomic_write_leaves_the_old_file_on_error(tmp_path):
     assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["file.bin"]
 
 
+@pytest.mark.parametrize("errno_value,step", [(errno.ENOSPC, "write"), (errno.EDQUOT, "fsync")])
+def test_atomic_write_names_the_file_of_a_full_disk(tmp_path, monkeypatch, errno_value, step):
+    path = tmp_path / "results.json"
+    path.write_bytes(b"old")
+    full = OSError(errno_value, os.strerror(errno_value))
+    if step == "fsync":
+        monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(full))
+    with pytest.raises(DiskFullError) as error, atomic_write(path) as file:
+        file.write(b"new")
+        if step == "write":
+            raise full  # as file.write raises it on a full disk
+    assert str(error.value) == (f"cannot write {path}: {os.strerror(errno_value)} (the disk or your quota is full); "
+                                "free some space and run again (the files written before are intact)")
+    assert isinstance(error.value, OSError) and error.value.errno == errno_value
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["results.json"]
+
+
 def _fetch_data(*args: str, **env_overrides: str) -> subprocess.CompletedProcess:
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, **env_overrides}
@@ -241,3 +260,28 @@ def test_fetch_data_cli_fails_with_exit_code_1(tmp_path):
     assert result.returncode == 1
     assert "foolbox==3.3.4" in result.stderr
     assert "cifar10: FAILED" in result.stderr and "error: no pack could be made available" in result.stderr
+
+
+def test_fetch_data_cli_blames_a_data_root_that_cannot_hold_the_cache(data_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("inversion.data.packs.download_archive", _no_network)
+    not_a_folder = tmp_path / "data.txt"
+    not_a_folder.write_text("not a folder")
+    for root, what in ((not_a_folder, "is a file, not a folder"),
+                       (not_a_folder / "data", f"cannot be created: {not_a_folder} is a file")):
+        assert fetch_data.main(["mnist", "cifar10", "--root", str(root)]) == 2
+        assert capsys.readouterr().err == (f"error: the data root {root} {what}; point GRADLEAK_DATA (or data.root, "
+                                           "or --root) at a folder, or unset GRADLEAK_DATA to use ./data\n")
+    # a full disk while the cache is written: the file and the cause, not the registries
+    root = copy_packs(data_root, tmp_path / "root", f"archives/{FOOLBOX}")
+
+    def full_disk(file, **arrays):
+        file.write(b"the first bytes")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    assert fetch_data.main(["cifar10", "--root", str(root)]) == 2
+    cache = root / "packs" / "cifar10-foolbox.npz"
+    assert capsys.readouterr().err.splitlines() == [f"error: cannot write {cache}: No space left on device (the disk "
+                                                    "or your quota is full); free some space and run again (the "
+                                                    "files written before are intact)"]
+    assert not cache.exists()

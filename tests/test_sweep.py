@@ -1,7 +1,10 @@
 """The sweep engine: ledger, resumption, failures, Ctrl-C, the executor options, and Ray giving the same rows."""
+import errno
 import json
 import logging
+import math
 import os
+import signal
 import warnings
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from inversion.ablation import run_ablation
 from inversion.config import CONFIG_DIR
 from inversion.label_benchmark import run_sweep
 from inversion.sweep import LEDGER_NAME, RecordSchema, Run, Sweep, execute, make_executor
+from inversion.data.fileio import DiskFullError
 from inversion.sweep.executors import ExecutorError
 from inversion.train_sweep import run_train_sweep
 
@@ -26,15 +30,29 @@ CALLS = []  # payloads the in-process worker ran, in order
 
 def square(payload: dict, advance) -> dict:
     """A trivial worker: fails while ``payload["fail_unless"]`` names a missing file; Ctrl-C on ``"stop"`` (a file
-    it removes first, so that it exists afterwards only if the sweep rewrote it)."""
+    it removes first, so that it exists afterwards only if the sweep rewrote it); a Ctrl-C that Python loses on
+    ``"lose_ctrl_c"``; ``"value"`` replaces its result, ``"raise"`` is raised."""
     CALLS.append(payload["x"])
     if payload.get("stop"):
         Path(payload["stop"]).unlink()
         raise KeyboardInterrupt
     if "fail_unless" in payload and not Path(payload["fail_unless"]).exists():
         raise RuntimeError(f"no {Path(payload['fail_unless']).name}")
+    if payload.get("lose_ctrl_c"):
+        lose_ctrl_c()
+    if "raise" in payload:
+        raise payload["raise"]
     advance(1)
-    return {"value": payload["x"] ** 2}
+    return {"value": payload.get("value", payload["x"] ** 2)}
+
+
+def lose_ctrl_c() -> None:
+    """A Ctrl-C whose KeyboardInterrupt Python loses, as it does when the signal is handled while a weakref callback
+    or a ``__del__`` method runs (seen in an ablation: in a WeakKeyDictionary's callback as tensors were freed)."""
+    try:
+        signal.raise_signal(signal.SIGINT)
+    except KeyboardInterrupt:
+        pass
 
 
 SCHEMA = RecordSchema(fields={"name": str},
@@ -104,6 +122,75 @@ def test_a_run_stopped_by_ctrl_c_is_not_recorded_and_is_redone(tmp_path):
     assert ran_now(tiny({"x": 1}, {"x": 2}, {"x": 3}), out) == [2, 3]
 
 
+@pytest.mark.parametrize("where,recorded", [("in a run", 1), ("after a run's record", 1), ("after the last record", 3)])
+def test_a_ctrl_c_that_python_lost_still_stops_the_sweep_and_its_run_is_not_recorded(tmp_path, where, recorded):
+    out, lost = tmp_path / "out", []
+
+    def write(out: Path, records: list[dict]) -> None:
+        write_table(out, records)
+        if len(records) == {"after a run's record": 1, "after the last record": 3}.get(where) and not lost:
+            lost.append(len(records))
+            lose_ctrl_c()
+
+    payloads = ({"x": 1}, {"x": 2, "lose_ctrl_c": where == "in a run"}, {"x": 3})
+    sweep = Sweep(plan=tiny(*payloads).plan, worker=f"{__name__}:square", schema=SCHEMA, write=write)
+    with pytest.raises(KeyboardInterrupt):
+        ran_now(sweep, out)
+    assert CALLS == [1, 2, 3][:max(recorded, 2)]  # the run after a lost Ctrl-C ran, but is not recorded
+    keys = [json.loads(line)["key"] for line in (out / LEDGER_NAME).read_text().splitlines()]
+    assert keys == ["key1", "key2", "key3"][:recorded]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the sweep's handler is gone
+    assert ran_now(tiny({"x": 1}, {"x": 2}, {"x": 3}), out) == [2, 3][:3 - recorded]
+
+
+def test_a_script_exits_130_after_a_ctrl_c_that_python_lost(tmp_path, monkeypatch, capsys):
+    def lost_while_writing(config, overrides, *, executor):
+        (tmp_path / "ablation.md").write_text("table")
+        lose_ctrl_c()
+        return {"runs": [], "ran": 0, "skipped": 0, "out": tmp_path}
+
+    monkeypatch.setattr(inversion.cli.ablate, "run_ablation", lost_while_writing)
+    monkeypatch.setattr("sys.argv", ["ablate"])
+    with pytest.raises(SystemExit) as exited:
+        inversion.cli.ablate.run()
+    assert exited.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+def test_no_invalid_finished_record_and_no_run_twice(tmp_path, caplog):
+    out = tmp_path / "out"
+    ran_now(tiny({"x": 1}, {"x": 2, "value": math.nan}), out)  # a NaN result: recorded as a failure, retried
+    first, second = [json.loads(line) for line in (out / LEDGER_NAME).read_text().splitlines()]
+    assert first["status"] == "ok" and second == {"key": "key2", "name": "run2", "status": "failed",
+                                                  "error": "invalid results: no value"}
+    with (out / LEDGER_NAME).open("a") as ledger:  # a later line never replaces a finished run's record
+        ledger.write(json.dumps({**first, "value": 7}) + "\n")
+    with caplog.at_level(logging.WARNING, logger="inversion.sweep"):
+        done = execute(tiny({"x": 1}, {"x": 2}), out, progress=False)
+    assert [(r["key"], r["status"], r["value"]) for r in done["runs"]] == [("key1", "ok", 1), ("key2", "ok", 4)]
+    assert caplog.messages == [f"{out / LEDGER_NAME}:3: not a run record (its run key1 has a finished record "
+                               "already, which stands); skipped"]
+    with pytest.raises(ValueError, match=r"the sweep plans the same run twice \(\{\"name\": \"run3\"\} and"):
+        execute(tiny({"x": 3}, {"x": 3}), tmp_path / "twice", progress=False)
+    assert not (tmp_path / "twice").exists()
+
+
+def test_a_full_disk_stops_the_sweep_with_one_line(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(DiskFullError):  # in a run: not its failure, the sweep stops and does not record it
+        ran_now(tiny({"x": 1}, {"x": 2, "raise": DiskFullError(errno.ENOSPC, "No space", "x.pt")}, {"x": 3}), out)
+    assert CALLS == [1, 2] and len((out / LEDGER_NAME).read_text().splitlines()) == 1
+
+    def no_space(*args, **kwargs):
+        raise full
+
+    monkeypatch.setattr("inversion.sweep.ledger.open", no_space, raising=False)
+    with pytest.raises(DiskFullError) as error:  # writing the ledger
+        ran_now(tiny({"x": 1}, {"x": 2}), out)
+    assert str(error.value) == (f"cannot write {out / LEDGER_NAME}: No space left on device (the disk or your quota "
+                                "is full); free some space and run again (the files written before are intact)")
+
+
 def test_torn_and_foreign_ledger_lines_are_reported_skipped_and_redone(tmp_path, caplog):
     out = tmp_path / "out"
     ran_now(tiny({"x": 1}, {"x": 2}, {"x": 3}), out)
@@ -146,6 +233,15 @@ def test_executor_options_are_checked_before_any_work(monkeypatch, tmp_path, cap
         make_executor("in-process", num_cpus=2)
     with pytest.raises(ExecutorError, match="a cluster at --address has its own CPUs"):
         make_executor("ray", address="auto", num_cpus=2)
+    if __import__("importlib").util.find_spec("ray") is not None:  # a local Ray: at most the CPUs this process has
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        with pytest.raises(ExecutorError, match=r"^--num-cpus 3: this machine has 2 CPUs for this process; give at "
+                                                r"most 2 \(or leave it out for all\), or use a cluster with --address$"):
+            make_executor("ray", num_cpus=3)
+        with pytest.raises(ExecutorError, match=r"^--cpus-per-run 2: more than the local Ray's 1 CPUs, so no run"):
+            make_executor("ray", num_cpus=1, cpus_per_run=2)
+        assert make_executor("ray", num_cpus=2, cpus_per_run=2).num_cpus == 2
+        assert make_executor("ray", address="auto", cpus_per_run=8).address == "auto"  # a cluster's CPUs: unknown
     # overrides before, between and after the options; the options reach the executor, not the config
     seen = {}
 

@@ -21,17 +21,28 @@ def config_parser(description: str, default_config: str) -> argparse.ArgumentPar
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run a script's ``main`` with INFO logging; expected errors become one line and exit code 2."""
+    """Run a script's ``main`` with INFO logging; expected errors (a full disk too) become one line and exit
+    code 2, Ctrl-C one line and exit code 130: also a Ctrl-C whose KeyboardInterrupt Python lost (see
+    :mod:`inversion.interrupts`), once ``main`` is done."""
     from ..config import ConfigError
     from ..data import DataUnavailableError, PackError
+    from ..data.fileio import DiskFullError
     from ..evaluation import LPIPSWeightsError
+    from ..interrupts import watch_sigint
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        main()
-    except (ConfigError, DataUnavailableError, PackError, LPIPSWeightsError, ValueError, FileNotFoundError) as err:
+        with watch_sigint() as interrupted:
+            main()
+            if interrupted():
+                raise KeyboardInterrupt
+    except (ConfigError, DataUnavailableError, PackError, LPIPSWeightsError, ValueError, FileNotFoundError,
+            DiskFullError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # its message, if any, says what was kept
+        reason = str(err)
+        if reason and not reason.startswith("interrupted"):
+            reason = f"interrupted: {reason}"
+        print(reason or "interrupted", file=sys.stderr)
         sys.exit(130)

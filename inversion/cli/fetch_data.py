@@ -4,7 +4,8 @@
 
 Fetches only what is missing or corrupt (archives are checked against pinned sha256
 digests, converted arrays against pinned content hashes) and prints one line per
-dataset. Exit code 1 if any dataset's pack could not be made available.
+dataset. Exit code 1 if any dataset's pack could not be made available; 2, with one line, if the
+data root cannot hold the cache (a file, not writable, a full disk).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..data.errors import DataRootError
+from ..data.fileio import DiskFullError
 from ..data.packs import DATASET_PACKS, PackError, ensure_pack
 from ..data.sources import DATA_ROOT_ENV, default_data_root
 
@@ -33,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         try:
             images, _, description = ensure_pack(dataset, root, fetch=True)
+        except (DataRootError, DiskFullError) as error:  # the root's fault, not the registries': the same for all
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         except (PackError, OSError) as error:
             print(f"{dataset}: FAILED: {error}", file=sys.stderr)
             failed.append(dataset)

@@ -10,11 +10,12 @@ update does not name it), and --private scores the result against the client's p
 MODE is a label-restoration method (ilrg, idlg, gi, rlg, llg, bias_corrected), oracle (the true
 labels; needs the private batch), joint (learned per dummy, DLG) or shared (one learned label vector).
 The run directory gets results.json, reconstruction.pt/.png, config.yaml, checkpoint.pt and, with the
-private batch, grid.png and the scores; --resume continues from the checkpoint; Ctrl-C stops and
-writes the best result so far.
+private batch, grid.png and the scores; --resume continues from the checkpoint; Ctrl-C stops,
+writes the best result so far and its checkpoint, and exits with code 130.
 """
 from . import config_parser, run_cli
 from ..config import ConfigError, InvertConfig, load_config
+from ..fl.update import SharedUpdate
 from ..pipeline import run_inversion
 
 
@@ -34,6 +35,11 @@ def main() -> None:
         if unused:
             raise ConfigError(f"{unused[0]!r} does not apply to --update: the saved update fixes the data and client "
                               "(only data.root, where the LPIPS weights are cached, is used)")
+        fixed = [k for k in keys if k.split(".")[0] == "model" and k != "model.weights"]
+        if fixed and (named := SharedUpdate.load(args.update).meta.model) is not None:
+            raise ConfigError(f"{fixed[0]!r} does not apply to --update {args.update}: the update names its model "
+                              f"({named['name']}), which is attacked; only model.weights (--weights), the state the "
+                              "update was computed on, is used")
     flags = [f"{key}={value}" for key, value in
              (("attack.labels", args.labels), ("attack.device", args.device), ("update", args.update),
               ("private", args.private), ("model.weights", args.weights), ("out", args.out)) if value]
@@ -59,6 +65,9 @@ def main() -> None:
         print("no private batch given: images and labels written, not scored (--private scores them)")
     files = sorted(p.name for p in done.out.iterdir() if not p.name.startswith("."))
     print(f"results in {done.out}/: {', '.join(files)}")
+    if attack["interrupted"]:  # the best so far is written, but the run did not finish: exit code 130
+        raise KeyboardInterrupt(f"the attack stopped after {attack['steps']} steps; its best result so far is in "
+                                f"{done.out}/ (--resume continues it)")
 
 
 def _label_scores(metrics: dict) -> str:

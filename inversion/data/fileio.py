@@ -1,6 +1,7 @@
 """File helpers: content hashing, atomic writes, and loading torch files without running code."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
@@ -14,7 +15,19 @@ from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["atomic_write", "load_tensor_file", "sha256_file"]
+__all__ = ["DiskFullError", "atomic_write", "load_tensor_file", "raise_if_disk_full", "sha256_file"]
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+"""The errno values of a write that failed for want of space: the disk, or the user's quota, is full."""
+
+
+class DiskFullError(OSError):
+    """A file could not be written because the disk (or the user's quota) is full; the file it was to replace
+    is intact. Built like an OSError: ``DiskFullError(errno, strerror, filename)``."""
+
+    def __str__(self) -> str:
+        return (f"cannot write {self.filename}: {self.strerror} (the disk or your quota is full); free some space "
+                "and run again (the files written before are intact)")
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
@@ -30,10 +43,19 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
 def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Write ``path`` all-or-nothing: yields a binary file opened on a temporary file in
     the same folder, which is flushed, fsynced and ``os.replace``-d onto ``path`` when
-    the block ends without error (and removed when it raises). Creates the folder."""
+    the block ends without error (and removed when it raises). Creates the folder.
+
+    Raises:
+        DiskFullError: the disk or the quota is full (``ENOSPC``, ``EDQUOT``), wherever in the block or
+            the writing it happened; ``path`` is then as it was before.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as err:
+        raise_if_disk_full(err, target)
+        raise
     try:
         os.chmod(temporary, 0o644)  # mkstemp makes it private; a cache file is not
         with os.fdopen(handle, "wb") as file:
@@ -41,10 +63,17 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, target)
-    except BaseException:
+    except BaseException as err:
         with suppress(FileNotFoundError):
             os.unlink(temporary)
+        raise_if_disk_full(err, target)
         raise
+
+
+def raise_if_disk_full(err: BaseException, path: Path) -> None:
+    """Raise a DiskFullError naming ``path`` if ``err`` is a write that failed for want of space."""
+    if isinstance(err, OSError) and err.errno in DISK_FULL and not isinstance(err, DiskFullError):
+        raise DiskFullError(err.errno, err.strerror, os.fspath(path)) from None
 
 
 def _refusal(path: str | os.PathLike[str], err: Exception) -> ValueError:

@@ -114,11 +114,14 @@ _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def pack_folder(root: str | Path) -> Path:
-    """The pack cache folder of a data root: ``root/packs``. Raises DataRootError if ``root`` is a file."""
+    """The pack cache folder of a data root: ``root/packs``. Raises DataRootError if ``root`` is a file or
+    lies under one (it could not be created)."""
     root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise DataRootError(f"the data root {root} is a file, not a folder; point {DATA_ROOT_ENV} (or data.root) "
-                            f"at a folder, or unset {DATA_ROOT_ENV} to use ./data")
+    existing = next((p for p in (root, *root.absolute().parents) if p.exists()), root)
+    if existing.exists() and not existing.is_dir():
+        what = "is a file, not a folder" if existing == root else f"cannot be created: {existing} is a file"
+        raise DataRootError(f"the data root {root} {what}; point {DATA_ROOT_ENV} (or data.root, or --root) at a "
+                            f"folder, or unset {DATA_ROOT_ENV} to use ./data")
     return root / "packs"
 
 

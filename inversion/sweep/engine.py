@@ -10,13 +10,16 @@ writes its result files from the records. :func:`execute` enters the executor
 appends its record to the ledger and rebuilds the result files from the ledger in plan order. So
 an interrupted sweep resumes without redoing or losing work, failed runs are recorded with their
 error and retried by the next sweep, and the results do not depend on the executor. A run
-stopped by Ctrl-C is not recorded (the sweep stops; the next one redoes it).
+stopped by Ctrl-C is not recorded (the sweep stops; the next one redoes it): nor is a run during
+which a Ctrl-C arrived whose KeyboardInterrupt Python lost (see :mod:`inversion.interrupts`). A
+finished run whose results the driver's schema refuses (e.g. a NaN score) is recorded as failed.
 
 Result files that lie in ``out`` without a ledger are not this ledger's: a sweep moves them
 aside to ``out/previous/<time>/`` before it starts, as :func:`~inversion.rundir.run_folder` does.
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,9 +28,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..interrupts import watch_sigint
 from ..rundir import run_folder
 from .executors import Executor, InProcess
-from .ledger import LEDGER_NAME, RecordSchema, append, load_records
+from .ledger import LEDGER_NAME, RecordSchema, append, load_records, record_problem
 
 __all__ = ["Run", "Sweep", "Progress", "execute"]
 
@@ -85,10 +89,16 @@ def execute(sweep: Sweep, out: str | Path, *, executor: Executor | None = None, 
     Returns:
         ``{"runs": the records in plan order, "ran": how many ran now, "skipped": how many were done,
         "out": the output folder}``.
+
+    Raises:
+        ValueError: the plan holds the same run (key) twice.
+        KeyboardInterrupt: Ctrl-C (the run it stopped is not recorded).
     """
+    _check_plan(sweep.plan)
     executor = executor or InProcess()
     keep = (Path(out) / LEDGER_NAME).is_file()
-    with executor, run_folder(out, sweep.outputs, keep=keep) as out:  # Ray up first; then out is locked
+    # Ctrl-C watched from the start; Ray up first; then out is locked
+    with watch_sigint() as interrupted, executor, run_folder(out, sweep.outputs, keep=keep) as out:
         ledger = out / LEDGER_NAME
         records = load_records(ledger, sweep.schema)
         todo = [run for run in sweep.plan if records.get(run.key, {}).get("status") != "ok"]
@@ -103,7 +113,9 @@ def execute(sweep: Sweep, out: str | Path, *, executor: Executor | None = None, 
         ran = 0
         try:
             for run, outcome in outcomes:
-                record = {"key": run.key, **run.description, **outcome}
+                if interrupted():  # a Ctrl-C during the run that Python lost: the run may have stopped early
+                    raise KeyboardInterrupt
+                record = _checked({"key": run.key, **run.description, **outcome}, sweep.schema)
                 append(ledger, record)
                 records[run.key] = record
                 ran += 1
@@ -111,9 +123,31 @@ def execute(sweep: Sweep, out: str | Path, *, executor: Executor | None = None, 
                 rewrite()
                 if on_record is not None:
                     on_record(record)
+            if interrupted():
+                raise KeyboardInterrupt
         finally:  # also on Ctrl-C: the files show every record written
             outcomes.close()
             bar.close()
             rewrite()
     return {"runs": [records[run.key] for run in sweep.plan if run.key in records], "ran": ran,
             "skipped": len(sweep.plan) - len(todo), "out": out}
+
+
+def _check_plan(plan: Sequence[Run]) -> None:
+    """Refuse a plan that holds a run twice (the same key: it would run and be recorded twice)."""
+    seen = {}
+    for run in plan:
+        if run.key in seen:
+            raise ValueError(f"the sweep plans the same run twice ({json.dumps(seen[run.key])} and "
+                             f"{json.dumps(run.description)}): remove the repeated value from the config's lists")
+        seen[run.key] = run.description
+
+
+def _checked(record: dict, schema: RecordSchema) -> dict:
+    """``record``, or for a finished run whose results the schema refuses (e.g. a NaN score) a failed record
+    saying why: never a finished run the ledger would not read back."""
+    problem = record_problem(record, schema) if record["status"] == "ok" else None
+    if problem is None:
+        return record
+    return {**{key: record[key] for key in ("key", *schema.fields)}, "status": "failed",
+            "error": f"invalid results: {problem}"}

@@ -5,7 +5,9 @@ the sweep takes its output folder), takes the runs still to do and yields ``(run
 each one ends; the engine is the only writer of the ledger and the result files. An outcome is
 ``{"status": "ok", **the worker's results}``, or ``{"status": "failed", "error": ...,
 "traceback": ...}`` when the worker raised. A run stopped by Ctrl-C (KeyboardInterrupt, in the
-worker or while waiting for it) ends the iteration with KeyboardInterrupt and is not recorded.
+worker or while waiting for it) ends the iteration with KeyboardInterrupt and is not recorded; so
+does, in this process, a full disk (:class:`~inversion.data.fileio.DiskFullError`: every later run
+would fail the same way).
 
 A worker is named ``"package.module:function"`` (importable wherever the run executes) and called
 as ``function(payload, advance)``: ``payload`` is the run's picklable description of its work,
@@ -22,6 +24,8 @@ import warnings
 from collections.abc import Callable, Generator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
+
+from ..data.fileio import DiskFullError
 
 if TYPE_CHECKING:
     from .engine import Progress, Run
@@ -55,9 +59,11 @@ def resolve_worker(worker: str) -> Callable[[Any, Callable[[int], None]], dict]:
 
 
 def call_worker(worker: str, payload: Any, advance: Callable[[int], None]) -> dict:
-    """One run's outcome; a failure is caught and described, KeyboardInterrupt propagates."""
+    """One run's outcome; a failure is caught and described, KeyboardInterrupt and DiskFullError propagate."""
     try:
         results = resolve_worker(worker)(payload, advance)
+    except DiskFullError:  # not the run's fault: the sweep stops
+        raise
     except Exception as err:  # a failed run is recorded and the sweep goes on
         return {"status": "failed", "error": f"{type(err).__name__}: {err}",
                 "traceback": traceback.format_exc(limit=5)}
@@ -86,8 +92,9 @@ class RayExecutor:
 
     Each task asks for ``cpus_per_run`` CPUs (and runs torch on as many threads) and, only where
     CUDA is available here, ``gpus_per_run`` GPUs (default 1; a fraction shares a GPU). Entering
-    it starts a local Ray (``num_cpus``: its CPUs, default all) or connects to ``address``, unless
-    this process already has a Ray; leaving it shuts down the Ray it started.
+    it starts a local Ray (``num_cpus``: its CPUs, at most and by default all that this process may
+    use) or connects to ``address``, unless this process already has a Ray; leaving it shuts down
+    the Ray it started.
     """
 
     name = "ray"
@@ -108,6 +115,14 @@ class RayExecutor:
             raise ExecutorError(f"--cpus-per-run must be >= 1, got {cpus_per_run}")
         if gpus_per_run is not None and gpus_per_run < 0:
             raise ExecutorError(f"--gpus-per-run must be >= 0, got {gpus_per_run}")
+        if address is None:  # a local Ray: this machine's CPUs (a cluster's are unknown here)
+            cpus = available_cpus()
+            if num_cpus is not None and num_cpus > cpus:
+                raise ExecutorError(f"--num-cpus {num_cpus}: this machine has {cpus} CPUs for this process; give "
+                                    f"at most {cpus} (or leave it out for all), or use a cluster with --address")
+            if cpus_per_run > (num_cpus or cpus):
+                raise ExecutorError(f"--cpus-per-run {cpus_per_run}: more than the local Ray's {num_cpus or cpus} "
+                                    f"CPUs, so no run could start; give at most {num_cpus or cpus}")
         cuda = torch.cuda.is_available()
         self.address, self.num_cpus, self.cpus_per_run = address, num_cpus, cpus_per_run
         self.gpus_per_run = (1.0 if gpus_per_run is None else float(gpus_per_run)) if cuda else 0.0
@@ -123,7 +138,7 @@ class RayExecutor:
             if self.address is not None:
                 options["address"] = self.address
             else:
-                options["num_cpus"] = self.num_cpus or os.cpu_count()
+                options["num_cpus"] = self.num_cpus or available_cpus()
             try:
                 with warnings.catch_warnings():  # Ray's FutureWarning about accelerator variables
                     warnings.simplefilter("ignore", FutureWarning)
@@ -164,6 +179,11 @@ class RayExecutor:
                 ray.cancel(ref, force=True)
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the system has one, else all of them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _task(worker: str, payload: Any, threads: int, cwd: str, path: list[str]) -> dict:
     """A Ray task: one run in a worker process, with the driver's working directory and import path."""
     import torch
@@ -175,7 +195,7 @@ def _task(worker: str, payload: Any, threads: int, cwd: str, path: list[str]) ->
     try:
         return call_worker(worker, payload, _no_progress)
     except KeyboardInterrupt as err:
-        return {"status": "interrupted", "error": str(err) or "KeyboardInterrupt"}
+        return {"status": "interrupted", "error": str(err)}
 
 
 def _no_progress(n: int = 1) -> None:

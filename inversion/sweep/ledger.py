@@ -3,10 +3,11 @@
 A record holds the run's ``key``, its description (the fields the result tables group by), its
 ``status`` and then either the worker's results (``"ok"``) or the ``error`` and traceback
 (``"failed"``). The ledger is only ever appended to, so nothing written is lost: a later line
-for the same key (a retried failure) wins. Reading validates every line against the driver's
+for the same key (a retried failure) wins, but a finished run's record is final: a later line for
+its key is logged and skipped. Reading validates every line against the driver's
 :class:`RecordSchema`; a torn line (a write cut short) or one that is not a record of this sweep
-is logged with its file and line number and skipped, so its run is redone. A new record never
-joins a torn last line.
+(e.g. a NaN score) is logged with its file and line number and skipped, so its run is redone. A
+new record never joins a torn last line.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..data.fileio import raise_if_disk_full
 
 __all__ = ["LEDGER_NAME", "RecordSchema", "load_records", "record_problem", "append"]
 
@@ -36,7 +39,8 @@ class RecordSchema:
 
 
 def load_records(path: Path, schema: RecordSchema) -> dict[str, dict]:
-    """The run records of the ledger by key (a later line wins); bad lines are logged and skipped."""
+    """The run records of the ledger by key (a later line wins, except over a finished run's); bad lines are
+    logged and skipped."""
     records = {}
     if path.is_file():
         for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
@@ -48,6 +52,8 @@ def load_records(path: Path, schema: RecordSchema) -> dict[str, dict]:
                 problem = f"invalid JSON: {err}"
             else:
                 problem = record_problem(record, schema)
+                if not problem and records.get(record["key"], {}).get("status") == "ok":
+                    problem = f"its run {record['key']} has a finished record already, which stands"
             if problem:
                 log.warning("%s:%d: not a run record (%s); skipped", path, number, problem)
             else:
@@ -71,12 +77,20 @@ def record_problem(record: Any, schema: RecordSchema) -> str | None:
 
 
 def append(path: Path, record: dict) -> None:
-    """Append one record as one line, on a line of its own even after a torn last line."""
+    """Append one record as one line, on a line of its own even after a torn last line.
+
+    Raises:
+        DiskFullError: the disk or the quota is full (a line cut short is skipped on reading).
+    """
     line = json.dumps(record) + "\n"
-    with open(path, "a+b") as handle:  # writes go to the end wherever the read position is
-        if handle.seek(0, os.SEEK_END) > 0:
-            handle.seek(-1, os.SEEK_END)
-            if handle.read(1) != b"\n":  # a write cut short: do not glue this record onto it
-                line = "\n" + line
-        handle.write(line.encode())
-        handle.flush()
+    try:
+        with open(path, "a+b") as handle:  # writes go to the end wherever the read position is
+            if handle.seek(0, os.SEEK_END) > 0:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":  # a write cut short: do not glue this record onto it
+                    line = "\n" + line
+            handle.write(line.encode())
+            handle.flush()
+    except OSError as err:
+        raise_if_disk_full(err, path)
+        raise
