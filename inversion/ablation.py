@@ -2,12 +2,13 @@
 
 Every experiment (an inversion config plus overrides) runs for every batch size, seed and
 label mode. For one experiment, batch size and seed, all modes see the same client batch
-(client seed), the same model (model seed) and the same dummy initialisation (attack seed),
-so the comparison between modes is paired. The sweep runs on :mod:`inversion.sweep`: each run
-is keyed by its resolved config (without ``out``) in the ledger ``runs.jsonl``, so re-running
-the sweep skips the finished runs, retries the failed ones and redoes a run stopped by Ctrl-C
-(see :mod:`inversion.sweep.engine` and :mod:`inversion.sweep.ledger`). The runs execute in this
-process or as Ray tasks; the tables and the figure are rebuilt from the ledger after every run.
+(client seed), the same DP-SGD noise if any (``client.dp_noise_seed``), the same model (model
+seed) and the same dummy initialisation (attack seed), so the comparison between modes is paired.
+The sweep runs on :mod:`inversion.sweep`: each run is keyed by its resolved config (without
+``out``) in the ledger ``runs.jsonl``, so re-running the sweep skips the finished runs, retries
+the failed ones and redoes a run stopped by Ctrl-C (see :mod:`inversion.sweep.engine` and
+:mod:`inversion.sweep.ledger`). The runs execute in this process or as Ray tasks; the tables and
+the figure are rebuilt from the ledger after every run.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,14 +75,18 @@ def _plan(cfg: DictConfig) -> list[Run]:
         raise ConfigError("ablation: experiments, seeds and modes must each list at least one entry")
     if sweep["baseline"] not in sweep["modes"]:
         raise ConfigError(f"ablation.baseline {sweep['baseline']!r} is not among the modes {sweep['modes']}")
+    for name in ("modes", "seeds", "batch_sizes"):  # a repeated value would run (and count) the same runs twice
+        repeated = [value for i, value in enumerate(sweep[name]) if value in sweep[name][:i]]
+        if repeated:
+            raise ConfigError(f"ablation.{name} lists {repeated[0]!r} more than once: list each value once")
     runs = []
     for experiment in sweep["experiments"]:
         for k in sweep["batch_sizes"] or [None]:
             for seed in sweep["seeds"]:
                 for mode in sweep["modes"]:
                     overrides = [*experiment["overrides"], *([f"client.batch_size={k}"] if k else []),
-                                 f"client.seed={seed}", f"model.seed={seed}", f"attack.seed={seed}",
-                                 f"attack.labels={mode}"]
+                                 f"client.seed={seed}", f"client.dp_noise_seed={seed}", f"model.seed={seed}",
+                                 f"attack.seed={seed}", f"attack.labels={mode}"]
                     run_cfg = load_config(InvertConfig, experiment["config"], overrides)
                     resolved = {**to_dict(run_cfg), "out": None}
                     key = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
@@ -92,17 +98,18 @@ def _plan(cfg: DictConfig) -> list[Run]:
 
 
 def _results_problem(record: dict) -> str | None:
-    """Why a finished run's record lacks its metrics, or None (the rest is checked by the ledger)."""
+    """Why a finished run's record lacks its metrics or holds a score that is not a finite number (NaN: the
+    attack diverged), or None (the rest is checked by the ledger)."""
     if not _is_number(record.get("psnr")):
-        return "a finished run without its PSNR"
+        return f"a finished run without a finite PSNR ({record.get('psnr')!r})"
     bad = [name for name in ("ssim", "lpips", "label_LnAcc") if record.get(name) is not None
            and not _is_number(record[name])]
-    return f"{', '.join(bad)} not a number" if bad else None
+    return f"{', '.join(bad)} not a finite number" if bad else None
 
 
 def _is_number(value: Any) -> bool:
-    """A JSON number (not a boolean)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite JSON number (not a boolean, NaN or infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 SCHEMA = RecordSchema(fields={"experiment": str, "dataset": str, "model": str, "K": int, "seed": int, "mode": str},
@@ -149,7 +156,8 @@ def _finished_run(config: dict, advance: Callable[[int], None]) -> dict[str, Any
         _LPIPS[root] = LPIPSMetric(root)
     results = run_inversion(cfg, progress=False, lpips_metric=_LPIPS[root]).results
     if results["attack"]["interrupted"]:  # Ctrl-C inside the attack: a best-so-far result, not a finished run
-        raise KeyboardInterrupt(f"interrupted after {results['attack']['steps']} steps")
+        raise KeyboardInterrupt(f"a run stopped after {results['attack']['steps']} steps: not recorded, the next "
+                                "sweep redoes it")
     return {
         "label_LnAcc": results["label_metrics"]["LnAcc"],
         **{m: results["image_metrics"]["mean"][m] for m in METRICS},

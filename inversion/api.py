@@ -26,11 +26,13 @@ from .attack import Inversion, InversionResult, plan_labels
 from .attack.settings import AttackSettings, resolve_device
 from .auxiliary import AuxiliaryData
 from .config import InvertConfig, load_config
-from .data import default_data_root
+from .data import SPECS, default_data_root
 from .evaluation import LPIPSMetric, evaluate_reconstruction
-from .experiment import ClientRun, simulate_client
+from .experiment import ClientRun, check_attack_memory, simulate_client
 from .fl.private import PrivateBatch
+from .fl.server import check_model
 from .fl.update import SharedUpdate, UpdateMeta
+from .models import ClassifierModel, footprint
 from .presets import PRESET_DIR, load_preset
 
 __all__ = ["Reconstruction", "load_update", "load_private", "simulate", "invert", "score"]
@@ -73,7 +75,7 @@ class Reconstruction:
         attack: the attack's full result (restarts, steps, time, snapshots).
         update_sha256: the attacked update's digest (so it is only scored against its own private batch).
         meta: the update's public metadata, with the normalisation the attack used (the update's, else
-            the preset dataset's).
+            that of its dataset, else the preset dataset's).
     """
 
     images: Tensor
@@ -110,7 +112,7 @@ def invert(
         labels: a label mode (``"ilrg"`` or another restoration method, ``"joint"``, ``"shared"``), or
             known labels as a (K,) tensor; None: the preset's.
         preset: the shipped attack setting (:func:`~inversion.presets.preset_names`): optimisation,
-            priors, and the pixel box when the update does not carry its normalisation.
+            priors, and the pixel box when the update carries neither its normalisation nor a known dataset name.
         priors: ``{name: weight}`` replacing the preset's priors.
         batch_size: K, when the update does not reveal it.
         aux: the server's labelled auxiliary data, for ``labels="aux"`` (:func:`~inversion.auxiliary.draw_auxiliary`).
@@ -119,6 +121,11 @@ def invert(
 
     Returns:
         a :class:`Reconstruction`.
+
+    Raises:
+        ValueError: the model does not fit the update (:func:`~inversion.fl.server.check_model`), known labels
+            are not K integers in [0, C), the attack would need more memory than the device has free
+            (``attack.memory_check``; :class:`~inversion.models.ClassifierModel` models), or another input is invalid.
     """
     chosen = load_preset(preset)
     attack = dataclasses.replace(chosen.settings, **settings)
@@ -127,17 +134,28 @@ def invert(
     mode, known = ("oracle", labels) if isinstance(labels, Tensor) else (str(attack.labels), None)
     if mode == "oracle" and known is None:
         raise ValueError("labels='oracle' needs the true labels: pass them as a tensor, labels=private.labels")
-    meta, spec = update.meta, chosen.spec
+    check_model(update, model)
+    meta = update.meta
+    spec = SPECS.get(meta.dataset, chosen.spec)  # the update's dataset, else the preset's
     mean = meta.mean if meta.mean is not None else (spec.mean if spec else None)
     std = meta.std if meta.std is not None else (spec.std if spec else None)
     if mean is None:
         raise ValueError("the update carries no normalisation and the preset has none: describe the update with "
                          "dataset= or mean=/std= (SharedUpdate.from_gradients)")
     shape = meta.input_shape if meta.input_shape is not None else (spec.channels, *spec.image_size) if spec else None
-    meta = dataclasses.replace(meta, mean=mean, std=std)
+    try:
+        meta = dataclasses.replace(meta, mean=mean, std=std)
+    except ValueError as err:  # only the preset's normalisation can disagree with the update's input shape here
+        raise ValueError(f"the update carries no normalisation and that of {spec.name} (preset {chosen.name}) does "
+                         f"not fit it: {err}; describe the update with mean=/std=") from None
+    device = resolve_device(attack.device)
+    k = batch_size if batch_size is not None else update.batch_size
+    if shape is not None and k is not None and isinstance(model, ClassifierModel):  # its meta pass is known to work
+        check_attack_memory(footprint(model, shape), shape, k, meta.local, attack, device,
+                            "the update's K (and local steps) need a larger machine")
     plan = plan_labels(mode, update, model, true_labels=known, batch_size=batch_size, aux=aux)
     inversion = Inversion(model, update, plan, attack, bounds=meta.bounds(), image_shape=shape,
-                          priors=chosen.priors if priors is None else priors, device=resolve_device(attack.device))
+                          priors=chosen.priors if priors is None else priors, device=device)
     result = inversion.run(progress=progress)
     return Reconstruction(
         images=result.images, labels=torch.as_tensor(result.labels, dtype=torch.int64), loss=result.loss,
@@ -154,16 +172,14 @@ def score(reconstruction: Reconstruction, private: PrivateBatch, *, lpips: bool 
 
     Args:
         reconstruction: from :func:`invert`.
-        private: the private batch of the *same* update (checked by digest).
+        private: the private batch of the *same* update (checked by digest; one tied to no update is refused).
         lpips: compute LPIPS (True), skip it (False), or use this metric.
 
     Returns:
         ``evaluate_reconstruction``'s dict (``mean``, ``per_image``, ``permutation``, ...) plus ``labels``
         (LeAcc / LnAcc / IRec of the labels used).
     """
-    if private.update_sha256 is not None and private.update_sha256 != reconstruction.update_sha256:
-        raise ValueError("the private batch belongs to another update than the one reconstructed: score a "
-                         "reconstruction only against the private file written with its update")
+    private.check_link(reconstruction.update_sha256)
     metric = LPIPSMetric(default_data_root()) if lpips is True else (lpips or None)
     scores = evaluate_reconstruction(reconstruction.images, private.images, reconstruction.meta.denormalize,
                                      lpips=metric)

@@ -111,6 +111,10 @@ class ModelConfig:
             raise ValueError(f"num_classes must be a positive integer (or null for the dataset's), got {self.num_classes}")
 
 
+FEDAVG_ONLY = ("local_steps", "local_batch_size", "local_lr")
+"""The :class:`ClientConfig` keys only a FedAvg client reads: with ``kind=fedsgd`` they must keep their defaults."""
+
+
 @dataclass
 class ClientConfig:
     """The FL client: its private batch and how it computes its update (FedSGD gradient or FedAvg delta)."""
@@ -134,8 +138,20 @@ class ClientConfig:
     dp_noise_multiplier: Optional[float] = None  # DP-SGD through Opacus: sigma; None: no DP-SGD
     dp_max_grad_norm: float = 1.0  # DP-SGD: per-sample clipping norm C (.inf: none, with sigma 0)
     dp_delta: float = 1.0e-5  # DP-SGD: delta of the reported (epsilon, delta)
+    dp_noise_seed: Optional[int] = None  # DP-SGD: None: fresh OS entropy per run; fixed: reproducible, not private
+    memory_check: bool = True  # refuse a client whose estimated memory exceeds what is free (inversion.budget)
 
     def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 (or null: the whole batch), got {self.chunk_size}")
+        if self.kind == "fedsgd":  # a FedAvg setting given to a FedSGD client would be silently ignored
+            fields = {f.name: f.default for f in dataclasses.fields(self) if f.name in FEDAVG_ONLY}
+            ignored = [name for name, default in fields.items() if getattr(self, name) != default]
+            if ignored:
+                raise ValueError(f"{ignored[0]}={getattr(self, ignored[0])} is a FedAvg setting, which kind=fedsgd "
+                                 "ignores: set client.kind=fedavg, or leave it out")
         self.local_training()  # validates the FedAvg schedule and the DP-SGD settings now
         self.dp_sgd()
 
@@ -149,7 +165,8 @@ class ClientConfig:
         """The FedAvg schedule (public, recorded with the update), or None for FedSGD."""
         if self.kind == "fedsgd":
             return None
-        local = LocalTraining(self.local_steps, self.local_batch_size or self.batch_size, self.local_lr)
+        local_batch_size = self.batch_size if self.local_batch_size is None else self.local_batch_size
+        local = LocalTraining(self.local_steps, local_batch_size, self.local_lr)
         local.check(self.batch_size)
         return local
 

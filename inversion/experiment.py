@@ -6,21 +6,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from .attack.settings import AttackSettings
 from .auxiliary import AuxiliaryData, draw_auxiliary
+from .budget import attack_memory, check_memory, client_memory
 from .config import AuxConfig, ClientConfig, ConfigError, ModelConfig, to_dict
 from .data import (Batch, ImageSource, SubsetSource, default_data_root, load_source, sample_batch,
                    sample_synthetic_batch)
 from .fl.client import client_update
+from .fl.dp import noise_seed
+from .fl.local import LocalTraining
 from .fl.private import PrivateBatch
 from .fl.update import SharedUpdate
-from .models import ClassifierModel, build_model, final_layer, load_weights
+from .models import ClassifierModel, build_model, final_layer, footprint, load_weights
 from .training_record import load_training_record
 
 __all__ = ["ClientRun", "auxiliary_from_config", "client_auxiliary", "source_from_config", "build_from_model_config",
-           "model_from_config", "batch_from_config", "simulate_client"]
+           "model_from_config", "batch_from_config", "check_attack_memory", "check_client_memory", "simulate_client"]
 
 
 def _tuple(values):
@@ -147,29 +152,67 @@ class ClientRun:
     batch: Batch
 
 
-def simulate_client(cfg: DictConfig, *, progress: bool = True, source: ImageSource | None = None) -> ClientRun:
+def check_client_memory(sizes: tuple[int, int], input_shape: Sequence[int], client: ClientConfig) -> None:
+    """ValueError, unless ``client.memory_check`` is off, when the client would need more memory than the CPU has
+    free (:func:`~inversion.budget.client_memory`); ``sizes``: the model's :func:`~inversion.models.footprint`."""
+    if client.memory_check:
+        estimate = client_memory(*sizes, input_shape, client.batch_size, chunk_size=client.chunk_size,
+                                 local=client.local_training(), dp=client.dp_noise_multiplier is not None,
+                                 backward=client.parameters == "all")
+        check_memory(estimate, "cpu", "client.memory_check", "use a smaller client.batch_size or client.chunk_size")
+
+
+def check_attack_memory(sizes: tuple[int, int], input_shape: Sequence[int], batch_size: int,
+                        local: LocalTraining | None, settings: AttackSettings, device: torch.device | str,
+                        advice: str) -> None:
+    """ValueError, unless ``settings.memory_check`` is off, when the attack on an update of ``batch_size`` inputs
+    (through FedAvg's ``local`` steps, if any) would need more memory than ``device`` has free
+    (:func:`~inversion.budget.attack_memory`); ``sizes``: the model's :func:`~inversion.models.footprint`;
+    ``advice``: what to make smaller, for the message."""
+    if settings.memory_check:
+        check_memory(attack_memory(*sizes, input_shape, batch_size, local=local), device, "attack.memory_check",
+                     advice)
+
+
+def simulate_client(cfg: DictConfig, *, progress: bool = True, source: ImageSource | None = None,
+                    attack_device: torch.device | str | None = None) -> ClientRun:
     """Run the client of a config with ``data``, ``model`` and ``client`` groups.
 
     The update carries public metadata only (model spec and state digest, input shape,
     normalisation, batch-norm mode, and the trained-weights file if any). Everything private
     (the batch, the full config with its seeds, the data source, the sampled indices) goes
-    into the :class:`PrivateBatch`, tied to the update by its digest. Pass ``source`` to reuse
-    an image source already loaded from ``cfg.data`` (e.g. across the trials of a benchmark).
+    into the :class:`PrivateBatch`, tied to the update by its digest; so does the seed of the DP-SGD
+    noise (record ``dp_noise_seed``: ``client.dp_noise_seed``, or fresh OS entropy when that is null).
+    Pass ``source`` to reuse an image source already loaded from ``cfg.data`` (e.g. across the trials
+    of a benchmark). Before the batch is drawn, the client's memory is estimated, and with ``attack_device``
+    that of the attack of ``cfg.attack`` that is to run next on that device (:mod:`inversion.budget`).
 
     Raises:
         ConfigError: ``model.num_classes`` is not positive, or smaller than a label of the batch.
+        ValueError: the client or the attack would need more memory than is free (``client.memory_check``,
+            ``attack.memory_check``).
     """
     source = source if source is not None else source_from_config(cfg.data)
     model = model_from_config(cfg.model, source)
     source = client_images(cfg.client.images, source, cfg.data, cfg.model.weights)
-    batch = batch_from_config(cfg.client, source, model)
-    check_labels(batch.labels, model, source)
     client: ClientConfig = OmegaConf.to_object(cfg.client)
     spec = source.spec
+    shape = (spec.channels, *spec.image_size)
+    attack: AttackSettings | None = None if attack_device is None else OmegaConf.to_object(cfg.attack)
+    if client.memory_check or (attack is not None and attack.memory_check):
+        sizes = footprint(model, shape)
+        check_client_memory(sizes, shape, client)
+        if attack is not None:
+            check_attack_memory(sizes, shape, client.batch_size, client.local_training(), attack, attack_device,
+                                "use a smaller client.batch_size, fewer client.local_steps or a smaller model")
+    batch = batch_from_config(cfg.client, source, model)
+    check_labels(batch.labels, model, source)
+    dp = client.dp_sgd()
+    dp_seed = None if dp is None else noise_seed(client.dp_noise_seed)
     update = client_update(
         model, batch.images, batch.labels, bn_mode=client.bn_mode, chunk_size=client.chunk_size,
         parameters=client.parameters, dataset=spec.name, mean=spec.mean, std=spec.std,
-        local=client.local_training(), dp=client.dp_sgd(), dp_seed=client.seed, progress=progress,
+        local=client.local_training(), dp=dp, dp_seed=dp_seed, progress=progress,
     )
     record = {
         "config": to_dict(cfg),
@@ -177,6 +220,7 @@ def simulate_client(cfg: DictConfig, *, progress: bool = True, source: ImageSour
         "indices": [int(i) for i in source.original_indices(batch.indices)],
         "replacement": batch.replacement,
         "labels": "synthetic" if batch.synthetic_labels else "real",
+        **({} if dp_seed is None else {"dp_noise_seed": dp_seed}),
     }
     private = PrivateBatch(batch.images.detach().cpu().clone(), batch.labels.detach().cpu().clone(), record,
                            update.sha256)

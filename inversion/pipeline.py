@@ -8,6 +8,7 @@ progress bar's PSNR, the scores and the pictures, and a run without it gives the
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -17,24 +18,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from label_restore import counts_from_labels, label_metrics
 
 from .attack import Inversion, InversionResult, LabelPlan, plan_labels
 from .attack.settings import resolve_device
-from .config import ConfigError, InvertConfig, ModelConfig, config_digest, resolve, save_config, to_dict
+from .config import ConfigError, InvertConfig, ModelConfig, config_digest, load_config, resolve, save_config, to_dict
 from .data import default_data_root
 from .data.fileio import atomic_write
 from .evaluation import PSNR_CAP_DB, LPIPSMetric, evaluate_reconstruction, match_images, psnr, save_grid
 from .auxiliary import AuxiliaryData
-from .experiment import (ClientRun, auxiliary_from_config, build_from_model_config, client_auxiliary, simulate_client,
-                         source_from_config)
+from .experiment import (ClientRun, auxiliary_from_config, build_from_model_config, check_attack_memory,
+                         client_auxiliary, simulate_client, source_from_config)
 from .fl._records import save_record
 from .fl.private import PrivateBatch
 from .fl.server import check_model, model_from_update
 from .fl.update import SharedUpdate
-from .models import ClassifierModel
+from .models import ClassifierModel, footprint
 from .rundir import check_out, run_folder
 from .visualize import save_image_rows
 
@@ -72,10 +73,16 @@ class InversionRun:
     out: Path
 
 
-def _check_resume(out: Path, resume: bool) -> bool:
-    """Whether to resume; refuses resuming without a checkpoint (its identity is checked when it is loaded)."""
+def _check_resume(out: Path, resume: bool, run: InvertConfig) -> bool:
+    """Whether to resume; refuses resuming without a checkpoint (its identity is checked when it is loaded), and
+    a simulated DP-SGD client whose noise is fresh OS entropy (its update differs from the checkpoint's)."""
     if resume and not (out / CHECKPOINT).is_file():
         raise ConfigError(f"--resume: no checkpoint at {out / CHECKPOINT}; run without --resume to start")
+    fresh_noise = run.client.dp_noise_multiplier is not None and run.client.dp_noise_seed is None
+    if resume and run.update is None and fresh_noise:
+        raise ConfigError("--resume: this simulated DP-SGD client draws fresh noise on every run (client.dp_noise_seed "
+                          "is null), so its update is not the checkpoint's: start afresh, or fix client.dp_noise_seed "
+                          "(or attack a saved update, scripts/share_update.py) to make a run resumable")
     return resume
 
 
@@ -83,9 +90,35 @@ def run_identity(cfg: DictConfig, update_sha256: str) -> str:
     """The sha256 of what determines a run's attack: the resolved config and the update's content.
 
     ``out`` and ``data.root`` (where files are, not what they hold) are left out, so a moved or
-    renamed run directory still resumes; the update's digest covers a swapped update file.
+    renamed run directory still resumes; so are the memory checks (they decide whether a run starts, not
+    what it computes). The update's digest covers a swapped update file.
     """
-    return config_digest(cfg, update=update_sha256)
+    return config_digest(cfg, ignore=("out", "data.root", "client.memory_check", "attack.memory_check"),
+                         update=update_sha256)
+
+
+def _check_saved_config(path: Path, cfg: DictConfig, update_sha256: str) -> None:
+    """Refuse to resume unless ``path`` (the ``config.yaml`` beside the checkpoint) records this run's config.
+
+    Compared as the run's identity (:func:`run_identity`): where files are (``out``, ``data.root``) may differ.
+    """
+    what = "start afresh without --resume (the earlier files are moved to previous/)"
+    if not path.is_file():
+        raise ConfigError(f"--resume: {path} is missing, so the checkpoint's run cannot be checked; {what}")
+    try:
+        saved = load_config(InvertConfig, path)
+    except ConfigError as err:
+        raise ConfigError(f"--resume: {path} is not a readable config ({err}); {what}") from None
+    if run_identity(saved, update_sha256) != run_identity(cfg, update_sha256):
+        raise ConfigError(f"--resume: {path} records another config than this run's (edited, or another run's): "
+                          f"resume with the config it records, or {what}")
+
+
+def _attacked_model_config(cfg: DictConfig, model: ClassifierModel) -> DictConfig:
+    """``cfg`` with the ``model`` group of ``model``, the model a saved update names (the config's own model group
+    is not used then): what config.yaml and results.json record, and what the run's identity covers."""
+    spec = {field.name: model.config.get(field.name, field.default) for field in dataclasses.fields(ModelConfig)}
+    return load_config(InvertConfig, base=OmegaConf.create({**to_dict(cfg), "model": spec}))
 
 
 def _saved_update(run: InvertConfig) -> tuple[SharedUpdate, PrivateBatch | None, ClassifierModel]:
@@ -124,8 +157,10 @@ def run_inversion(
     except ValueError as err:
         raise ConfigError(f"attack.device: {err}") from None
     out = check_out(run.out)
-    resuming = _check_resume(out, resume)
-    update, private, model, client = _client(cfg, run, progress)
+    resuming = _check_resume(out, resume, run)
+    update, private, model, client = _client(cfg, run, progress, device)
+    if run.update is not None and update.meta.model is not None:
+        cfg = _attacked_model_config(cfg, model)
     if settings.labels == "oracle" and private is None:
         raise ConfigError("label mode 'oracle' uses the true labels: give the private batch (private=...)")
     true_labels = private.labels if settings.labels == "oracle" else None
@@ -153,6 +188,7 @@ def run_inversion(
                 inversion.load_checkpoint(out / CHECKPOINT)
             except ValueError as err:
                 raise ConfigError(f"--resume: {err}") from None
+            _check_saved_config(out / "config.yaml", cfg, digest)
             log.info("resuming from %s", out / CHECKPOINT)
         save_config(cfg, out / "config.yaml", header=note)
         result = inversion.run(
@@ -175,17 +211,23 @@ def run_inversion(
     return InversionRun(update, private, model, result, plan, results, out)
 
 
-def _client(cfg: DictConfig, run: InvertConfig, progress: bool
+def _client(cfg: DictConfig, run: InvertConfig, progress: bool, device: torch.device
             ) -> tuple[SharedUpdate, PrivateBatch | None, ClassifierModel, ClientRun | None]:
     """The attacked update, the private batch (None when not given), the server's model and the simulated
-    client (None for a saved update)."""
+    client (None for a saved update); refuses, before the client runs or the labels are restored, an attack
+    that would need more memory than ``device`` has free (:func:`~inversion.experiment.check_attack_memory`)."""
     if run.update is not None:
-        return (*_saved_update(run), None)
+        update, private, model = _saved_update(run)
+        shape = update.meta.input_shape
+        if update.batch_size is not None and shape is not None:
+            check_attack_memory(footprint(model, shape), shape, update.batch_size, update.meta.local, run.attack,
+                                device, f"{update.display_name} (its K and local steps) needs a larger machine")
+        return update, private, model, None
     if run.private is not None:
         raise ConfigError("private= scores a saved update: give update= too (a simulated client has its own)")
     if run.client.parameters != "all":
         raise ConfigError("inversion matches the full gradient: set client.parameters=all")
-    client = simulate_client(cfg, progress=progress)
+    client = simulate_client(cfg, progress=progress, attack_device=device)
     return client.update, client.private, client.model, client
 
 

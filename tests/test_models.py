@@ -14,6 +14,7 @@ from inversion.models import (
     ClassifierModel,
     build_model,
     final_layer,
+    footprint,
     load_weights,
 )
 
@@ -407,3 +408,16 @@ def test_load_weights_refuses_non_finite_values(tmp_path, bad):
         load_weights(target, path)
     assert "\n" not in str(caught.value)
     assert all(torch.equal(before[name], value) for name, value in target.state_dict().items())  # left untouched
+
+
+def test_footprint_counts_parameters_and_the_activations_autograd_keeps():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(8, 3))
+    # P: conv 2·9 + 2, batch norm 2 + 2, linear 8·3 + 3; A per 1x4x4 input: conv 2·16, ReLU 2·16, pool 2·4,
+    # linear 3 (batch norm and flatten keep nothing of their own)
+    assert footprint(net, (1, 4, 4)) == (20 + 4 + 27, 32 + 32 + 8 + 3)
+    net[0].weight.requires_grad_(False)
+    assert footprint(net, (1, 4, 4))[0] == 2 + 4 + 27  # trainable parameters only
+    with torch.device("meta"):  # a model built without memory is measured the same way
+        fcn = build_model("fcn", num_classes=10, in_channels=1, image_size=(28, 28), width=50, depth=2)
+    assert footprint(fcn, (1, 28, 28)) == (784 * 50 + 50 + 50 * 10 + 10, 50 + 50 + 10)

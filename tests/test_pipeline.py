@@ -50,8 +50,8 @@ def test_resume_refuses_another_config_and_a_missing_checkpoint(data_root, tmp_p
 
 
 def test_resume_checks_the_checkpoint_itself_not_the_files_beside_it(data_root, tmp_path):
-    """A swapped checkpoint, a missing config.yaml, or a killed run's new config.yaml beside an old
-    checkpoint: resume trusts only the identity stored in the checkpoint; a moved folder still resumes."""
+    """A swapped checkpoint, with config.yaml missing or agreeing with it: refused for the identity stored in the
+    checkpoint, whatever the files beside it say; a moved folder still resumes."""
     run_inversion(tiny(data_root, tmp_path / "a"), progress=False)
     run_inversion(tiny(data_root, tmp_path / "b", "attack.lr=0.5"), progress=False)
     results_before = (tmp_path / "a" / "results.json").read_bytes()
@@ -144,3 +144,129 @@ def test_script_prints_where_the_results_are(data_root, tmp_path):
     results = json.loads((tmp_path / "s" / "results.json").read_text())
     assert results["config"]["client"]["batch_size"] == 2 and results["attack"]["steps"] == 5
     assert results["threads"] == torch.get_num_threads()
+
+
+def invert_cli(monkeypatch, *args):
+    """Run scripts/invert.py's main in this process as run_cli does; its exit code (0 when it returns)."""
+    import inversion.cli.invert
+
+    monkeypatch.setattr("sys.argv", ["invert", *args])
+    try:
+        inversion.cli.invert.run()
+    except SystemExit as exited:
+        return exited.code
+    return 0
+
+
+def test_ctrl_c_writes_the_best_so_far_and_exits_130(data_root, tmp_path, monkeypatch, capsys):
+    from inversion.attack.optimize import Inversion
+    real_step, calls = Inversion._step, []
+
+    def ctrl_c_at_step_6(self, *args):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real_step(self, *args)
+
+    monkeypatch.setattr(Inversion, "_step", ctrl_c_at_step_6)
+    out = tmp_path / "run"
+    code = invert_cli(monkeypatch, "--config", str(DEFAULT), f"data.root={data_root}", "data.download=false",
+                      "client.batch_size=2", "model.width=16", "attack.max_steps=40", "--out", str(out))
+    captured = capsys.readouterr()
+    assert code == 130
+    assert captured.err.strip().splitlines()[-1] == (f"interrupted: the attack stopped after 5 steps; its best result "
+                                                     f"so far is in {out}/ (--resume continues it)")
+    assert "matching loss" in captured.out and "interrupted" in captured.out  # the summary comes first
+    saved = json.loads((out / "results.json").read_text())["attack"]
+    assert saved["interrupted"] and saved["steps"] == 5
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["steps"] == 5  # --resume continues from here
+
+
+def test_resume_refuses_a_missing_or_edited_config_yaml_and_leaves_the_files(data_root, tmp_path):
+    out = tmp_path / "run"
+    run_inversion(tiny(data_root, out), progress=False)
+    results = (out / "results.json").read_bytes()
+    config = (out / "config.yaml").read_text()
+    (out / "config.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"^--resume: .*config.yaml is missing"):
+        run_inversion(tiny(data_root, out), resume=True, progress=False)
+    assert not (out / "config.yaml").exists() and (out / "results.json").read_bytes() == results
+    edited = config.replace("\n  lr: 0.1\n", "\n  lr: 0.5\n")  # attack.lr
+    assert edited != config
+    (out / "config.yaml").write_text(edited)
+    with pytest.raises(ConfigError, match=r"^--resume: .*config.yaml records another config than this run's"):
+        run_inversion(tiny(data_root, out), resume=True, progress=False)
+    assert (out / "config.yaml").read_text() == edited and (out / "results.json").read_bytes() == results
+    (out / "config.yaml").write_text(config.replace(f"out: {out}\n", "out: somewhere/else\n"))  # where, not what
+    assert run_inversion(tiny(data_root, out), resume=True, progress=False).result.steps == 40
+
+
+def test_a_saved_update_fixes_the_model_recorded_and_refuses_model_overrides(data_root, tmp_path, monkeypatch,
+                                                                            capsys):
+    from inversion.experiment import simulate_client
+
+    update = simulate_client(tiny(data_root, tmp_path / "unused"), progress=False).update  # FCN-3 of width 32
+    path = update.save(tmp_path / "update.pt")
+    out = tmp_path / "run"
+    cfg = tiny(data_root, out, f"update={path}", "model=lenet5", "attack.max_steps=2", "attack.snapshot_every=0")
+    done = run_inversion(cfg, progress=False)
+    attacked = {"name": "fcn", "width": 32, "depth": 3, "activation": "relu", "num_classes": 10}
+    recorded = load_config(InvertConfig, out / "config.yaml").model
+    for model in (done.results["config"]["model"], recorded):
+        assert {key: str(model[key]) for key in attacked} == {key: str(value) for key, value in attacked.items()}
+    assert run_inversion(cfg, resume=True, progress=False).result.steps == 2  # its config.yaml matches
+    for override in ("model=lenet5", "model.width=16"):
+        assert invert_cli(monkeypatch, "--update", str(path), override, "--out", str(tmp_path / "cli")) == 2
+        assert capsys.readouterr().err == (f"error: {override.split('=')[0]!r} does not apply to --update {path}: "
+                                           "the update names its model (fcn), which is attacked; only model.weights "
+                                           "(--weights), the state the update was computed on, is used\n")
+    assert not (tmp_path / "cli").exists()
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_the_earlier_results(data_root, tmp_path, monkeypatch,
+                                                                               capsys):
+    import errno
+    import os
+    from contextlib import contextmanager
+
+    import inversion.pipeline
+
+    out = tmp_path / "run"
+    args = ("--config", str(DEFAULT), f"data.root={data_root}", "data.download=false", "client.batch_size=2",
+            "model.width=16", "attack.max_steps=4", "--out", str(out))
+    assert invert_cli(monkeypatch, *args) == 0
+    results = (out / "results.json").read_bytes()
+    capsys.readouterr()
+
+    class FullDisk:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real_write = inversion.pipeline.atomic_write
+
+    @contextmanager
+    def full_for_results(path):
+        with real_write(path) as handle:
+            yield FullDisk() if Path(path).name == "results.json" else handle
+
+    monkeypatch.setattr(inversion.pipeline, "atomic_write", full_for_results)
+    assert invert_cli(monkeypatch, *args, "--resume") == 2
+    err = capsys.readouterr().err  # after the progress bar
+    assert err.splitlines()[-1] == (f"error: cannot write {out / 'results.json'}: No space left on device (the disk "
+                                    "or your quota is full); free some space and run again (the files written "
+                                    "before are intact)") and "Traceback" not in err
+    assert (out / "results.json").read_bytes() == results and not list(out.glob(".results.json.*"))
+
+
+def test_resume_of_a_simulated_dp_client_needs_a_fixed_noise_seed(data_root, tmp_path):
+    """Fresh OS-entropy noise makes another update on every run: refused up front, not as a mismatch later."""
+    dp = ("client.dp_noise_multiplier=0.5", "attack.labels=oracle", "attack.max_steps=4", "attack.checkpoint_every=2")
+    out = tmp_path / "run"
+    run_inversion(tiny(data_root, out, *dp), progress=False)
+    results = (out / "results.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"^--resume: this simulated DP-SGD client draws fresh noise"):
+        run_inversion(tiny(data_root, out, *dp), resume=True, progress=False)
+    assert (out / "results.json").read_bytes() == results
+    fixed = (*dp, "client.dp_noise_seed=7")
+    run_inversion(tiny(data_root, tmp_path / "fixed", *fixed), progress=False)
+    assert run_inversion(tiny(data_root, tmp_path / "fixed", *fixed), resume=True, progress=False).result.steps == 4

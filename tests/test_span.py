@@ -1,4 +1,6 @@
 """The first-layer span constraint: the row space of a linear first layer's gradient holds the batch."""
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -9,6 +11,24 @@ from inversion.fl import LocalTraining, client_update
 from inversion.models import build_model
 
 BOX = (torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
+EPS = torch.finfo(torch.float32).eps
+SPAN_TOL = 16 * EPS
+"""How far (relative) float32 dummies in the span lie from the batch's span: the float32 rounding of the images
+(a few eps) and the tilt of a basis computed from a float32 gradient (about eps times its condition number,
+σ1/σ4 = 3.5 here); measured below 1 eps."""
+
+
+def batch_projection(images, batch):
+    """The orthogonal projection of ``images`` onto the span of the private ``batch``, flattened, in float64:
+    a reference that does not use the attack's basis."""
+    q, _ = torch.linalg.qr(batch.flatten(1).double().T)
+    return images.flatten(1).double() @ q @ q.T
+
+
+def batch_residual(images, batch):
+    """Per-image ||x - P x|| / ||x|| (0 for x = 0), P the projection onto the span of the private ``batch`` (float64)."""
+    flat = images.flatten(1).double()
+    return (flat - batch_projection(images, batch)).norm(dim=1) / flat.norm(dim=1).clamp_min(1e-300)
 
 
 def problem(batch_size=4, width=16, local=None):
@@ -67,6 +87,54 @@ def test_every_dummy_stays_in_the_span_during_a_boxed_attack():
     assert len(result.snapshots) == 30 and result.span["rank"] == 4
     for _, _, dummies in result.snapshots + [(0, 0, result.images)]:
         assert float(inversion.span.residual(dummies).max()) < 1e-5
+        assert float(batch_residual(dummies, images).max()) < SPAN_TOL  # against the batch itself
+
+
+def test_the_map_from_coefficients_to_images_is_the_basis_scaled_by_sqrt_d_over_r():
+    # D = 4 pixels, r = 2 orthonormal directions (1, 1, 0, 0)/√2 and (0, 0, 1, -1)/√2: s = √(D/r) = √2
+    basis = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]) / math.sqrt(2)
+    span = FirstLayerSpan(basis, (1, 2, 2))
+    assert span.scale == math.sqrt(4 / 2) and span.rank == 2
+    coefficients = torch.tensor([[1.0, 2.0], [0.5, 0.0]])
+    images = torch.tensor([[[[1.0, 1.0], [2.0, -2.0]]], [[[0.5, 0.5], [0.0, 0.0]]]])  # s (c1 v1 + c2 v2), by hand
+    # a few float32 roundings of values up to 2: within 4 eps relative
+    torch.testing.assert_close(span(coefficients), images, rtol=4 * EPS, atol=0)
+    torch.testing.assert_close(span.coefficients(images), coefficients, rtol=4 * EPS, atol=4 * EPS)
+
+
+@pytest.mark.parametrize("batched", ["never", "always"], ids=["sequential", "batched"])
+def test_in_the_span_every_step_ends_in_the_pixel_box_where_the_box_and_the_span_agree(batched):
+    """Two one-pixel images span two pixel axes: there the span's nearest point to the boxed dummies is in the
+    box, so the boxed attack's dummies must be, after every step of every restart (run one after another or
+    batched); unboxed, the same steps leave it."""
+    images = torch.zeros(2, 1, 6, 6)
+    images[0, 0, 0, 0], images[1, 0, 3, 4] = 0.7, 0.4
+    labels = torch.tensor([0, 1])
+    model = build_model("fcn", num_classes=4, in_channels=1, image_size=(6, 6), width=16, seed=0)
+    update = client_update(model, images, labels)
+    # signed Adam with lr 5 moves every coefficient by 5 in the first step, a pixel by at least 5·s/√2 = 15
+    settings = {"max_steps": 3, "lr": 5.0, "schedule": "none", "init": "rand", "span": "always", "restarts": 2,
+                "batch_restarts": batched}
+    for boxed in (True, False):
+        result = attack(model, update, labels, boxed=boxed, **settings).run(progress=False, snapshot_every=1)
+        dummies = torch.stack([snapshot for _, _, snapshot in result.snapshots])
+        assert len(result.snapshots) == 6 and float(batch_residual(dummies.flatten(0, 1), images).max()) < SPAN_TOL
+        inside = bool(((dummies >= -4 * EPS) & (dummies <= 1 + 4 * EPS)).all())
+        assert inside == boxed
+
+
+def test_the_boxed_projection_in_the_span_is_the_spans_nearest_point_to_the_clamped_dummies():
+    model, images, labels, update = problem()
+    inversion = attack(model, update, labels, span="always")
+    leaf = inversion.span.coefficients(3 * torch.randn(4, 1, 6, 6, generator=torch.Generator().manual_seed(5)))
+    before = inversion.images(leaf)
+    assert float(((before < 0) | (before > 1)).float().mean()) > 0.3  # far out of the box [0, 1]
+    inversion._project(leaf)
+    after = inversion.images(leaf)
+    expected = batch_projection(before.clamp(0, 1), images)  # clamp to the box, then back onto the span
+    error = (after.flatten(1).double() - expected).norm(dim=1) / expected.norm(dim=1)
+    assert float(error.max()) < SPAN_TOL
+    assert float(batch_residual(after, images).max()) < SPAN_TOL
 
 
 def test_the_true_batch_is_a_fixed_point_of_the_span_parameterisation():

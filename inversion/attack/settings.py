@@ -1,6 +1,7 @@
 """The attack's settings: one dataclass that is both the ``attack`` section of the configs and the library's type."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -59,6 +60,8 @@ class AttackSettings:
         checkpoint_every: steps between checkpoints (0: never); snapshot_every: steps between
             kept copies of the dummies, for pictures (0: never); monitor_every: steps between
             progress-bar updates of the monitored score.
+        memory_check: refuse, before it starts, an attack whose estimated memory exceeds what the device
+            has free (:func:`inversion.budget.attack_memory`); false: run it anyway.
     """
 
     labels: LabelMode = LabelMode.ilrg
@@ -81,6 +84,7 @@ class AttackSettings:
     checkpoint_every: int = 500
     snapshot_every: int = 0
     monitor_every: int = 50
+    memory_check: bool = True
 
     def __post_init__(self) -> None:
         for name, kind in (("labels", LabelMode), ("objective", Objective), ("optimizer", Optimizer),
@@ -89,8 +93,8 @@ class AttackSettings:
             setattr(self, name, coerce(kind, getattr(self, name), name if name != "labels" else "label mode"))
         if self.max_steps < 1 or self.restarts < 1:
             raise ValueError(f"max_steps and restarts must be >= 1, got {self.max_steps} and {self.restarts}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be > 0 and finite, got {self.lr}")
         if self.checkpoint_every < 0 or self.snapshot_every < 0:
             raise ValueError("checkpoint_every and snapshot_every must be >= 0 (0: never)")
         if self.monitor_every < 1:

@@ -15,6 +15,7 @@ the inputs (Inverting Gradients' multi-step reconstructor), for the attack. With
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -38,9 +39,9 @@ class LocalTraining:
     """The public schedule of a FedAvg client's local training.
 
     Attributes:
-        steps: S, local SGD steps.
-        batch_size: B, samples per local step (divides the client's K).
-        lr: η, the local learning rate.
+        steps: S, local SGD steps (a positive integer).
+        batch_size: B, samples per local step (a positive integer dividing the client's K).
+        lr: η, the local learning rate (finite, > 0).
     """
 
     steps: int
@@ -50,8 +51,8 @@ class LocalTraining:
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", _positive(self.steps, "local steps"))
         object.__setattr__(self, "batch_size", _positive(self.batch_size, "local batch size"))
-        if isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real) or not self.lr > 0:
-            raise ValueError(f"the local learning rate must be > 0, got {self.lr!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real) or not 0 < self.lr < math.inf:
+            raise ValueError(f"the local learning rate must be > 0 and finite, got {self.lr!r}")
         object.__setattr__(self, "lr", float(self.lr))
 
     @classmethod

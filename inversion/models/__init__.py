@@ -19,16 +19,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..budget import FLOAT_BYTES, available_memory, format_bytes
 from ..data.fileio import load_tensor_file
 from .activations import ACTIVATIONS
-from .base import ClassifierModel, init_conv_bn_
+from .base import ClassifierModel, footprint, init_conv_bn_
 from .convnet import convnet_features
 from .fcn import fcn_features
 from .lenet import lenet5_features, lenet_zhu_features, uniform_init_
 from .resnet import RESNET_LAYOUTS, resnet_features
 from .vgg import VGG_STAGE_DEPTHS, vgg_features
 
-__all__ = ["ACTIVATIONS", "MODEL_NAMES", "ClassifierModel", "build_model", "final_layer", "load_weights"]
+__all__ = ["ACTIVATIONS", "MODEL_NAMES", "ClassifierModel", "build_model", "final_layer", "footprint", "load_weights"]
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ def build_model(
 
     Raises:
         ValueError: for an unknown name or activation, an option the model does not take,
-            an invalid size or count, or an input too small for the architecture.
+            an invalid size or count, an input too small for the architecture, or parameters
+            that alone need more than the memory available (counted before anything is allocated).
 
     Shape:
         - Input: :math:`(B, C, H, W)`
@@ -146,13 +148,31 @@ def build_model(
         "final_bias": bool(final_bias),
         **options,
     }
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # CPU only: parameters are created on the CPU
+
+    def construct() -> ClassifierModel:
         features, embedding_dim = arch.features(name, in_channels, image_size, activation, **options)
-        model = ClassifierModel(features, embedding_dim, num_classes, final_bias=final_bias, config=config)
+        return ClassifierModel(features, embedding_dim, num_classes, final_bias=final_bias, config=config)
+
+    with torch.random.fork_rng(devices=[]):
+        _check_size(construct, name, options)
+        torch.default_generator.manual_seed(seed)  # CPU only: parameters are created on the CPU
+        model = construct()
         if arch.init is not None:
             arch.init(model)
     return model
+
+
+def _check_size(construct: Callable[[], ClassifierModel], name: str, options: Mapping[str, Any]) -> None:
+    """ValueError when the parameters alone of the model ``construct`` builds exceed the memory available,
+    counted on the meta device: building the model would allocate and initialise them."""
+    with torch.device("meta"):
+        count = sum(p.numel() for p in construct().parameters())
+    need, free = count * FLOAT_BYTES, available_memory("cpu")
+    if need > free:
+        sizes = ", ".join(f"{option}={value:,}" for option, value in options.items() if option in ("width", "depth"))
+        raise ValueError(f"model {name}{f' ({sizes})' if sizes else ''} has {count:,} parameters, {format_bytes(need)} "
+                         f"as float32, more than the {format_bytes(free)} of memory available: use a smaller model "
+                         "(width, depth) or smaller inputs")
 
 
 def final_layer(model: nn.Module) -> nn.Linear:

@@ -1,6 +1,7 @@
 """What every architecture is made of: the classifier contract and shared building blocks."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -9,7 +10,7 @@ from torch.func import functional_call
 
 from .activations import make_activation
 
-__all__ = ["ClassifierModel", "conv_bn_act", "init_conv_bn_", "output_size"]
+__all__ = ["ClassifierModel", "conv_bn_act", "footprint", "init_conv_bn_", "output_size"]
 
 _MAX_SEARCHED_SIDE = 1024
 
@@ -92,6 +93,31 @@ def _shape_pass(module: nn.Module, in_channels: int, image_size: tuple[int, int]
         return functional_call(module, state, (image,)).shape
     finally:
         module.train(was_training)
+
+
+_NOT_KEPT = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.modules.batchnorm._BatchNorm)
+"""Leaf modules whose output autograd does not keep (in eval mode): views of their input, and batch norm
+(it keeps its input, the layer before's output, and the activation after it keeps its own output)."""
+
+
+def footprint(module: nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:
+    """(P, A): the trainable parameters of ``module`` and the activation values of one input's forward pass.
+
+    A sums the outputs of the leaf modules in one eval-mode forward of one input of shape ``input_shape``
+    (C, H, W), but for views (``nn.Flatten``) and batch norm: about what autograd keeps for the backward pass.
+    The forward runs on the meta device, so nothing is allocated and ``module`` may itself live there (e.g.
+    built under ``with torch.device("meta")``); it costs about what building the model costs.
+    """
+    sizes: list[int] = []
+    leaves = [m for m in module.modules() if next(m.children(), None) is None and not isinstance(m, _NOT_KEPT)]
+    handles = [m.register_forward_hook(lambda _, __, out: sizes.append(out.numel()) if isinstance(out, Tensor)
+                                       else None) for m in leaves]
+    try:
+        _shape_pass(module, int(input_shape[0]), (int(input_shape[1]), int(input_shape[2])))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sum(p.numel() for p in module.parameters() if p.requires_grad), sum(sizes)
 
 
 def _flat_size(module: nn.Module, in_channels: int, image_size: tuple[int, int]) -> int | None:
