@@ -11,6 +11,7 @@ The Python API (see :mod:`inversion.api`)::
 What the server receives is a :class:`SharedUpdate` (public); what only the client knows is a
 :class:`PrivateBatch`, used only by :func:`score`.
 """
+from . import _openmp  # noqa: F401  (before torch loads OpenMP: idle threads sleep, see inversion._openmp)
 from . import _torchvision_compat  # noqa: F401  (must run before any torchvision/lpips import)
 
 from .api import Reconstruction, invert, load_private, load_update, score, simulate  # noqa: E402

@@ -37,6 +37,7 @@ from .fl.server import check_model, model_from_update
 from .fl.update import SharedUpdate
 from .models import ClassifierModel, footprint
 from .rundir import check_out, run_folder
+from .threads import attack_threads
 from .visualize import save_image_rows
 
 __all__ = ["InversionRun", "run_inversion", "run_identity", "RECONSTRUCTION_FORMAT", "RUN_OUTPUTS"]
@@ -80,8 +81,8 @@ def _check_resume(out: Path, resume: bool, run: InvertConfig) -> bool:
         raise ConfigError(f"--resume: no checkpoint at {out / CHECKPOINT}; run without --resume to start")
     fresh_noise = run.client.dp_noise_multiplier is not None and run.client.dp_noise_seed is None
     if resume and run.update is None and fresh_noise:
-        raise ConfigError("--resume: this simulated DP-SGD client draws fresh noise on every run (client.dp_noise_seed "
-                          "is null), so its update is not the checkpoint's: start afresh, or fix client.dp_noise_seed "
+        raise ConfigError("--resume: this simulated DP-SGD client draws fresh noise on every run (client.dp_noise_seed"
+                          " is null), so its update is not the checkpoint's: start afresh, or fix client.dp_noise_seed "
                           "(or attack a saved update, scripts/share_update.py) to make a run resumable")
     return resume
 
@@ -191,17 +192,20 @@ def run_inversion(
             _check_saved_config(out / "config.yaml", cfg, digest)
             log.info("resuming from %s", out / CHECKPOINT)
         save_config(cfg, out / "config.yaml", header=note)
-        result = inversion.run(
-            progress=progress, monitor=_psnr_monitor(update, private), monitor_every=settings.monitor_every,
-            checkpoint=out / CHECKPOINT, checkpoint_every=settings.checkpoint_every,
-            snapshot_every=settings.snapshot_every,
-        )
-        inversion.save_checkpoint(out / CHECKPOINT)
-        scores = None
-        if private is not None:
-            metric = lpips_metric if lpips_metric is not None else LPIPSMetric(run.data.root or default_data_root())
-            scores = evaluate_reconstruction(result.images, private.images, update.meta.denormalize, lpips=metric)
-        results = _results(cfg, update, digest, private, plan, result, scores, device)
+        with attack_threads(model, inversion.shape[1:], plan.batch_size, device):  # one for a small problem
+            result = inversion.run(
+                progress=progress, monitor=_psnr_monitor(update, private), monitor_every=settings.monitor_every,
+                checkpoint=out / CHECKPOINT, checkpoint_every=settings.checkpoint_every,
+                snapshot_every=settings.snapshot_every,
+            )
+            inversion.save_checkpoint(out / CHECKPOINT)
+            scores = None
+            if private is not None:
+                metric = (lpips_metric if lpips_metric is not None
+                          else LPIPSMetric(run.data.root or default_data_root()))
+                scores = evaluate_reconstruction(result.images, private.images, update.meta.denormalize,
+                                                 lpips=metric)
+            results = _results(cfg, update, digest, private, plan, result, scores, device)
         save_record(out / "reconstruction.pt", RECONSTRUCTION_FORMAT, 1,
                     {"label_mode": plan.mode, "update_sha256": digest, "matching_loss": result.loss},
                     {"images": result.images, "labels": torch.as_tensor(result.labels, dtype=torch.int64)})
@@ -282,7 +286,7 @@ def _results(cfg, update: SharedUpdate, digest: str, private: PrivateBatch | Non
     return {
         "config": record,
         "device": str(device),
-        "threads": torch.get_num_threads(),  # CPU results are bit-reproducible for a fixed thread count
+        "threads": torch.get_num_threads(),  # the attack's (inversion.threads): CPU results are bit-reproducible for it
         "update": {"sha256": digest, "kind": update.kind, "batch_size": update.batch_size,
                    "local": None if update.meta.local is None else update.meta.local.to_json(),
                    "file": record["update"], "dataset": update.meta.dataset, "notes": update.meta.notes},

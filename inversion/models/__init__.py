@@ -22,14 +22,15 @@ from torch import nn
 from ..budget import FLOAT_BYTES, available_memory, format_bytes
 from ..data.fileio import load_tensor_file
 from .activations import ACTIVATIONS
-from .base import ClassifierModel, footprint, init_conv_bn_
+from .base import ClassifierModel, footprint, forward_flops, init_conv_bn_
 from .convnet import convnet_features
 from .fcn import fcn_features
 from .lenet import lenet5_features, lenet_zhu_features, uniform_init_
 from .resnet import RESNET_LAYOUTS, resnet_features
 from .vgg import VGG_STAGE_DEPTHS, vgg_features
 
-__all__ = ["ACTIVATIONS", "MODEL_NAMES", "ClassifierModel", "build_model", "final_layer", "footprint", "load_weights"]
+__all__ = ["ACTIVATIONS", "MODEL_NAMES", "ClassifierModel", "build_model", "final_layer", "footprint", "forward_flops",
+           "load_weights"]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from torch.func import functional_call
 
 from .activations import make_activation
 
-__all__ = ["ClassifierModel", "conv_bn_act", "footprint", "init_conv_bn_", "output_size"]
+__all__ = ["ClassifierModel", "conv_bn_act", "footprint", "forward_flops", "init_conv_bn_", "output_size"]
 
 _MAX_SEARCHED_SIDE = 1024
 
@@ -118,6 +118,17 @@ def footprint(module: nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:
         for handle in handles:
             handle.remove()
     return sum(p.numel() for p in module.parameters() if p.requires_grad), sum(sizes)
+
+
+def forward_flops(module: nn.Module, input_shape: Sequence[int]) -> int:
+    """FLOPs of one eval-mode forward pass of one input of shape ``input_shape`` (C, H, W), as
+    :class:`torch.utils.flop_counter.FlopCounterMode` counts them (matrix products and convolutions);
+    run on the meta device like :func:`footprint`, so nothing is computed. A batch of K costs K times this."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        _shape_pass(module, int(input_shape[0]), (int(input_shape[1]), int(input_shape[2])))
+    return int(counter.get_total_flops())
 
 
 def _flat_size(module: nn.Module, in_channels: int, image_size: tuple[int, int]) -> int | None:
