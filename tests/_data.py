@@ -34,3 +34,20 @@ def copy_packs(data_root: Path, destination: Path, *names: str) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / name, target)
     return destination
+
+
+def ctrl_c_at_step(monkeypatch, step: int) -> list[int]:
+    """Make the attack's ``step``-th optimisation step (counted over all attacks from now on) raise
+    KeyboardInterrupt, as Ctrl-C would; returns the list that counts the steps begun."""
+    from inversion.attack.optimize import Inversion
+
+    real_step, calls = Inversion._step, []
+
+    def stepped(self, *args):
+        calls.append(1)
+        if len(calls) == step:
+            raise KeyboardInterrupt
+        return real_step(self, *args)
+
+    monkeypatch.setattr(Inversion, "_step", stepped)
+    return calls

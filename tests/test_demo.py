@@ -2,6 +2,7 @@
 import re
 
 import pytest
+from _data import ctrl_c_at_step
 
 from inversion.config import ConfigError
 
@@ -36,16 +37,7 @@ def test_demo_spreads_its_snapshots_over_a_short_run(tmp_path, data_root):
 
 def test_ctrl_c_during_the_first_attack_stops_the_demo(tmp_path, data_root, monkeypatch):
     """The second attack does not run and no page compares a finished run with an interrupted one."""
-    from inversion.attack.optimize import Inversion
-    real_step, calls = Inversion._step, []
-
-    def ctrl_c_at_step_3(self, *args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_step(self, *args)
-
-    monkeypatch.setattr(Inversion, "_step", ctrl_c_at_step_3)
+    calls = ctrl_c_at_step(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt, match="during its ilrg attack; no demo.html written"):
         run_demo(tmp_path / "demo", [f"data.root={data_root}", "data.download=false", "client.batch_size=2",
                                      "model.width=16", "attack.max_steps=6"], progress=False)

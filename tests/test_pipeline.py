@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _data import ctrl_c_at_step
 
 from inversion.config import CONFIG_DIR, ConfigError, InvertConfig, load_config
 from inversion.pipeline import run_inversion
@@ -70,21 +71,12 @@ def test_resume_checks_the_checkpoint_itself_not_the_files_beside_it(data_root, 
 
 
 def test_ctrl_c_keeps_the_step_count_and_resume_adds_no_phantom_restart(data_root, tmp_path, monkeypatch):
-    from inversion.attack.optimize import Inversion
     straight = run_inversion(tiny(data_root, tmp_path / "straight", "attack.restarts=2"), progress=False)
-    real_step, calls = Inversion._step, []
-
-    def ctrl_c_at_step_25(self, *args):
-        calls.append(1)
-        if len(calls) == 25:
-            raise KeyboardInterrupt
-        return real_step(self, *args)
-
-    monkeypatch.setattr(Inversion, "_step", ctrl_c_at_step_25)
+    ctrl_c_at_step(monkeypatch, 25)
     stopped = run_inversion(tiny(data_root, tmp_path / "run", "attack.restarts=2"), progress=False)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())["attack"]
     assert saved["interrupted"] and saved["steps"] == 24 and len(saved["restart_losses"]) == 1
-    monkeypatch.setattr(Inversion, "_step", real_step)
+    monkeypatch.undo()
     resumed = run_inversion(tiny(data_root, tmp_path / "run", "attack.restarts=2"), resume=True, progress=False)
     assert stopped.result.steps == 24 and resumed.result.steps == 80
     assert len(resumed.result.restart_losses) == 2  # no phantom third restart from the interrupted one
@@ -161,16 +153,7 @@ def invert_cli(monkeypatch, *args):
 
 
 def test_ctrl_c_writes_the_best_so_far_and_exits_130(data_root, tmp_path, monkeypatch, capsys):
-    from inversion.attack.optimize import Inversion
-    real_step, calls = Inversion._step, []
-
-    def ctrl_c_at_step_6(self, *args):
-        calls.append(1)
-        if len(calls) == 6:
-            raise KeyboardInterrupt
-        return real_step(self, *args)
-
-    monkeypatch.setattr(Inversion, "_step", ctrl_c_at_step_6)
+    ctrl_c_at_step(monkeypatch, 6)
     out = tmp_path / "run"
     code = invert_cli(monkeypatch, "--config", str(DEFAULT), f"data.root={data_root}", "data.download=false",
                       "client.batch_size=2", "model.width=16", "attack.max_steps=40", "--out", str(out))
