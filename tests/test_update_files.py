@@ -11,7 +11,7 @@ import inversion as gl
 from inversion import model_from_update
 from inversion.attack import plan_labels
 from inversion.fl import PrivateBatch, SharedUpdate, UpdateMeta, client_update
-from inversion.fl._records import content_digest
+from inversion.fl._records import content_digest, save_record
 from inversion.data.specs import SPECS
 from inversion.fl.update import FORMAT, VERSION
 from inversion.models import build_model
@@ -278,6 +278,11 @@ def test_a_private_batch_tied_to_no_update_is_never_scored(tmp_path):
     with pytest.raises(ValueError, match="tied to no update"):
         unlinked.check_link(update.sha256)
     private.check_matches(update)  # the linked file still scores
+    # a file written without the link entry at all (not by PrivateBatch.save) says so, in one line
+    save_record(tmp_path / "bare.pt", "gradleak.PrivateBatch", 1, {"record": {}},
+                {"images": private.images, "labels": private.labels})
+    with pytest.raises(ValueError, match=r"bare\.pt holds an invalid private batch: it has no 'update_sha256' entry"):
+        PrivateBatch.load(tmp_path / "bare.pt")
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.float16, torch.bfloat16, torch.bool])

@@ -87,5 +87,8 @@ class PrivateBatch:
         header, tensors = load_record(path, FORMAT, VERSION, "private-batch")
         try:
             return cls(tensors["images"], tensors["labels"].long(), header["record"], header["update_sha256"])
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
+        except KeyError as err:
+            raise ValueError(f"{path} holds an invalid private batch: it has no {err.args[0]!r} entry; write it "
+                             "with PrivateBatch.save (or scripts/share_update.py)") from None
+        except (TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"{path} holds an invalid private batch: {err}") from None
