@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["DiskFullError", "atomic_write", "load_tensor_file", "raise_if_disk_full", "sha256_file"]
+__all__ = ["DiskFullError", "atomic_write", "disk_full_named", "load_tensor_file", "sha256_file"]
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 """The errno values of a write that failed for want of space: the disk, or the user's quota, is full."""
@@ -50,30 +50,32 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             the writing it happened; ``path`` is then as it was before.
     """
     target = Path(path)
-    try:
+    with disk_full_named(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as err:
-        raise_if_disk_full(err, target)
-        raise
+        try:
+            os.chmod(temporary, 0o644)  # mkstemp makes it private; a cache file is not
+            with os.fdopen(handle, "wb") as file:
+                yield file
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+
+
+@contextmanager
+def disk_full_named(path: str | os.PathLike) -> Iterator[None]:
+    """Within the block, an OSError of a full disk or quota (``ENOSPC``, ``EDQUOT``) becomes a
+    :class:`DiskFullError` naming ``path``; other errors pass unchanged."""
     try:
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; a cache file is not
-        with os.fdopen(handle, "wb") as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
-    except BaseException as err:
-        with suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise_if_disk_full(err, target)
+        yield
+    except OSError as err:
+        if err.errno in DISK_FULL and not isinstance(err, DiskFullError):
+            raise DiskFullError(err.errno, err.strerror, os.fspath(path)) from None
         raise
-
-
-def raise_if_disk_full(err: BaseException, path: Path) -> None:
-    """Raise a DiskFullError naming ``path`` if ``err`` is a write that failed for want of space."""
-    if isinstance(err, OSError) and err.errno in DISK_FULL and not isinstance(err, DiskFullError):
-        raise DiskFullError(err.errno, err.strerror, os.fspath(path)) from None
 
 
 def _refusal(path: str | os.PathLike[str], err: Exception) -> ValueError:

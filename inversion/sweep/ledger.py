@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.fileio import raise_if_disk_full
+from ..data.fileio import disk_full_named
 
 __all__ = ["LEDGER_NAME", "RecordSchema", "load_records", "record_problem", "append"]
 
@@ -83,14 +83,10 @@ def append(path: Path, record: dict) -> None:
         DiskFullError: the disk or the quota is full (a line cut short is skipped on reading).
     """
     line = json.dumps(record) + "\n"
-    try:
-        with open(path, "a+b") as handle:  # writes go to the end wherever the read position is
-            if handle.seek(0, os.SEEK_END) > 0:
-                handle.seek(-1, os.SEEK_END)
-                if handle.read(1) != b"\n":  # a write cut short: do not glue this record onto it
-                    line = "\n" + line
-            handle.write(line.encode())
-            handle.flush()
-    except OSError as err:
-        raise_if_disk_full(err, path)
-        raise
+    with disk_full_named(path), open(path, "a+b") as handle:  # writes go to the end wherever the read position is
+        if handle.seek(0, os.SEEK_END) > 0:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":  # a write cut short: do not glue this record onto it
+                line = "\n" + line
+        handle.write(line.encode())
+        handle.flush()
