@@ -22,18 +22,18 @@ from torch import Tensor, nn
 
 from label_restore import RestorationResult, counts_from_labels, label_metrics
 
-from .attack import Inversion, InversionResult, plan_labels
-from .attack.settings import AttackSettings, resolve_device
-from .auxiliary import AuxiliaryData
-from .config import InvertConfig, load_config
-from .data import SPECS, default_data_root
-from .evaluation import LPIPSMetric, evaluate_reconstruction
-from .experiment import ClientRun, check_attack_memory, simulate_client
-from .fl.private import PrivateBatch
-from .fl.server import check_model
-from .fl.update import SharedUpdate, UpdateMeta
-from .models import ClassifierModel, footprint
-from .presets import PRESET_DIR, load_preset
+from inversion.attack import Inversion, InversionResult, plan_labels
+from inversion.attack.settings import AttackSettings, resolve_device
+from inversion.restore.auxiliary import AuxiliaryData
+from inversion.config import InvertConfig, load_config
+from inversion.data import SPECS, default_data_root
+from inversion.evaluation import LPIPSMetric, evaluate_reconstruction
+from inversion.fl.simulate import ClientRun, check_attack_memory, simulate_client
+from inversion.fl.private import PrivateBatch
+from inversion.fl.server import check_model
+from inversion.fl.update import SharedUpdate, UpdateMeta
+from inversion.models import ClassifierModel, footprint
+from inversion.config.presets import PRESET_DIR, load_preset
 
 __all__ = ["Reconstruction", "load_update", "load_private", "simulate", "invert", "score"]
 
@@ -56,7 +56,7 @@ def simulate(config: str | Path = "default", *overrides: str, progress: bool = F
         overrides: ``key=value`` / ``group=name`` strings, e.g. ``"client.batch_size=4"``.
 
     Returns:
-        a :class:`~inversion.experiment.ClientRun`: ``.update`` (public), ``.private``, ``.model``.
+        a :class:`~inversion.fl.simulate.ClientRun`: ``.update`` (public), ``.private``, ``.model``.
     """
     path = Path(config) if str(config).endswith((".yaml", ".yml")) else PRESET_DIR / f"{config}.yaml"
     return simulate_client(load_config(InvertConfig, path, overrides), progress=progress)
@@ -111,11 +111,11 @@ def invert(
         model: the server's model (not modified).
         labels: a label mode (``"ilrg"`` or another restoration method, ``"joint"``, ``"shared"``), or
             known labels as a (K,) tensor; None: the preset's.
-        preset: the shipped attack setting (:func:`~inversion.presets.preset_names`): optimisation,
+        preset: the shipped attack setting (:func:`~inversion.config.presets.preset_names`): optimisation,
             priors, and the pixel box when the update carries neither its normalisation nor a known dataset name.
         priors: ``{name: weight}`` replacing the preset's priors.
         batch_size: K, when the update does not reveal it.
-        aux: the server's labelled auxiliary data, for ``labels="aux"`` (:func:`~inversion.auxiliary.draw_auxiliary`).
+        aux: the server's labelled auxiliary data, for ``labels="aux"`` (:func:`~inversion.restore.auxiliary.draw_auxiliary`).
         progress: show a progress bar.
         settings: :class:`AttackSettings` fields to change, e.g. ``max_steps=500, device="cuda"``.
 

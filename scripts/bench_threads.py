@@ -7,7 +7,7 @@ the preset (the default run: FCN-3 on MNIST, K=8) for ``--steps`` steps, timed a
 Settings: 1 thread and all cores, each with OpenMP's waiting policy as gradleak sets it (passive: idle
 threads sleep) and as libgomp has it unless told otherwise (idle threads spin for 300,000 turns before
 they sleep; ``GOMP_SPINCOUNT=300000``); plus ``auto``, what ``scripts/invert.py`` chooses when the user sets
-nothing (:func:`inversion.threads.threads_for`).
+nothing (:func:`inversion.attack.threads.threads_for`).
 "Busy" starts ``--busy`` processes that spin on the CPU for the whole measurement (each stops by
 itself after at most ``--busy-seconds``), as other jobs on a shared lab machine would.
 """
@@ -29,7 +29,7 @@ def worker(preset: str, steps: int, threads: str, overrides: list[str]) -> None:
     import torch
 
     from inversion import invert, model_from_update, simulate
-    from inversion.threads import attack_threads
+    from inversion.attack.threads import attack_threads
 
     run = simulate(preset, *overrides)
     model = model_from_update(run.update)

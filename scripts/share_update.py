@@ -1,10 +1,10 @@
 """Simulate one FL client: sample a real private batch, compute the FedSGD update it shares, save both apart.
 
-See ``inversion/cli/share.py`` (also installed as the ``gradleak-share`` command).
+See ``inversion/cli/share_update.py`` (also installed as the ``gradleak-share-update`` command).
 """
 import inversion  # noqa: F401  (first: the torchvision compatibility shim)
 
-from inversion.cli.share import run
+from inversion.cli.share_update import run
 
 if __name__ == "__main__":
     run()

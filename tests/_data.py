@@ -8,6 +8,9 @@ from pathlib import Path
 from inversion.data import default_data_root, ensure_pack
 from inversion.data.packs import load_pack
 
+REPO = Path(__file__).resolve().parents[1]
+"""The repository root."""
+
 PACK_DATASETS = ("mnist", "cifar100", "cifar10")
 
 

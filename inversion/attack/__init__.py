@@ -3,10 +3,10 @@
 :mod:`.objectives` (cosine / l2 matching), :mod:`.labels` (label modes: restored, oracle,
 joint, shared), :mod:`.optimize` (the optimisation loop, restarts, checkpoints).
 """
-from .labels import LABEL_MODES, LabelPlan, plan_labels
-from .objectives import OBJECTIVES, GradientMatcher
-from .optimize import Inversion, InversionResult, lr_factor
-from .settings import INITS, OPTIMIZERS, SCHEDULES, AttackSettings
+from inversion.attack.labels import LABEL_MODES, LabelPlan, plan_labels
+from inversion.attack.objectives import OBJECTIVES, GradientMatcher
+from inversion.attack.optimize import Inversion, InversionResult, lr_factor
+from inversion.attack.settings import INITS, OPTIMIZERS, SCHEDULES, AttackSettings
 
 __all__ = [
     "LABEL_MODES", "OBJECTIVES", "INITS", "OPTIMIZERS", "SCHEDULES",

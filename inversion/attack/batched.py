@@ -22,11 +22,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from .labels import LabelPlan, batch_loss
-from .objectives import GradientMatcher
+from inversion.attack.labels import LabelPlan, batch_loss
+from inversion.attack.objectives import GradientMatcher
 
 if TYPE_CHECKING:
-    from .settings import AttackSettings
+    from inversion.attack.settings import AttackSettings
 
 __all__ = ["BatchedMatch", "batching_obstacle"]
 

@@ -22,10 +22,10 @@ from torch import Tensor, nn
 
 from label_restore import METHOD_NAMES, RestorationResult
 
-from ..auxiliary import AuxiliaryData
-from ..fl.update import SharedUpdate
-from ..models import final_layer
-from ..restore import restore_from_update
+from inversion.restore.auxiliary import AuxiliaryData
+from inversion.fl.update import SharedUpdate
+from inversion.models import final_layer
+from inversion.restore import restore_from_update
 
 __all__ = ["LABEL_MODES", "LabelPlan", "plan_labels", "batch_loss", "labels_in_use"]
 
@@ -75,7 +75,7 @@ def plan_labels(mode: str, update: SharedUpdate, model: nn.Module, *, true_label
             bound). For a FedAvg update the oracle keeps that order, which decides the local mini-batches;
             for FedSGD (order-free) it sorts them, like the restored labels.
         batch_size: K when the update does not reveal it (``update.batch_size`` is None).
-        aux: the server's labelled auxiliary data, for mode ``aux`` (:mod:`inversion.auxiliary`).
+        aux: the server's labelled auxiliary data, for mode ``aux`` (:mod:`inversion.restore.auxiliary`).
         options: the restoration method's options (e.g. ``missing_classes`` for ``aux``).
 
     Raises:

@@ -34,15 +34,15 @@ from tqdm.auto import tqdm
 
 from priors import build_priors
 
-from ..data.fileio import atomic_write, load_tensor_file
-from ..fl.local import unroll_local_training
-from ..fl.update import SharedUpdate
-from .batched import BatchedMatch, batching_obstacle
-from .conv import use_lean_convolutions
-from .labels import LabelPlan, batch_loss, labels_in_use
-from .objectives import GradientMatcher
-from .settings import AttackSettings
-from .span import FirstLayerSpan, span_for_update
+from inversion.utils.fileio import atomic_write, load_tensor_file
+from inversion.fl.local import unroll_local_training
+from inversion.fl.update import SharedUpdate
+from inversion.attack.batched import BatchedMatch, batching_obstacle
+from inversion.attack.conv import use_lean_convolutions
+from inversion.attack.labels import LabelPlan, batch_loss, labels_in_use
+from inversion.attack.objectives import GradientMatcher
+from inversion.attack.settings import AttackSettings
+from inversion.attack.span import FirstLayerSpan, span_for_update
 
 __all__ = ["InversionResult", "Inversion", "lr_factor"]
 

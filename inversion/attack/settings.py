@@ -7,10 +7,10 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..choices import choices, coerce
-from .labels import LABEL_MODES
-from .objectives import OBJECTIVES
-from .span import SPAN_MODES
+from inversion.utils.choices import choices, coerce
+from inversion.attack.labels import LABEL_MODES
+from inversion.attack.objectives import OBJECTIVES
+from inversion.attack.span import SPAN_MODES
 
 __all__ = ["AttackSettings", "resolve_device", "INITS", "OPTIMIZERS", "SCHEDULES", "DEVICES",
            "LabelMode", "Objective", "Optimizer", "Schedule", "Init", "Device", "Span",
@@ -61,7 +61,7 @@ class AttackSettings:
             kept copies of the dummies, for pictures (0: never); monitor_every: steps between
             progress-bar updates of the monitored score.
         memory_check: refuse, before it starts, an attack whose estimated memory exceeds what the device
-            has free (:func:`inversion.budget.attack_memory`); false: run it anyway.
+            has free (:func:`inversion.utils.memory.attack_memory`); false: run it anyway.
     """
 
     labels: LabelMode = LabelMode.ilrg

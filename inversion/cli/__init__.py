@@ -23,12 +23,12 @@ def config_parser(description: str, default_config: str) -> argparse.ArgumentPar
 def run_cli(main: Callable[[], object]) -> None:
     """Run a script's ``main`` with INFO logging; expected errors (a full disk too) become one line and exit
     code 2, Ctrl-C one line and exit code 130: also a Ctrl-C whose KeyboardInterrupt Python lost (see
-    :mod:`inversion.interrupts`), once ``main`` is done."""
-    from ..config import ConfigError
-    from ..data import DataUnavailableError, PackError
-    from ..data.fileio import DiskFullError
-    from ..evaluation import LPIPSWeightsError
-    from ..interrupts import watch_sigint
+    :mod:`inversion.utils.interrupts`), once ``main`` is done."""
+    from inversion.config import ConfigError
+    from inversion.data import DataUnavailableError, PackError
+    from inversion.utils.fileio import DiskFullError
+    from inversion.evaluation import LPIPSWeightsError
+    from inversion.utils.interrupts import watch_sigint
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -11,8 +11,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from . import run_cli
-from ..demo import run_demo
+from inversion.cli import run_cli
+from inversion.experiments.demo import run_demo
 
 
 def screenshot(page: Path, png: Path) -> None:

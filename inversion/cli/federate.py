@@ -12,9 +12,9 @@ to), ``private/round_RRR/client_P.pt`` (the clients' batches, for scoring only),
 clients run DP-SGD (Opacus; ``client.dp_max_grad_norm`` C, ``client.dp_delta`` δ); ``federation.json`` records
 σ, C, δ and ε. Needs ``pip install 'flwr[simulation]'`` (and ``opacus`` for DP-SGD).
 """
-from . import config_parser, run_cli
-from ..config import load_config
-from ..federate import FederateConfig, run_federation
+from inversion.cli import config_parser, run_cli
+from inversion.config import load_config
+from inversion.experiments.federate import FederateConfig, run_federation
 
 
 def main() -> None:

@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from ..data.errors import DataRootError
-from ..data.fileio import DiskFullError
-from ..data.packs import DATASET_PACKS, PackError, ensure_pack
-from ..data.sources import DATA_ROOT_ENV, default_data_root
+from inversion.data.errors import DataRootError
+from inversion.utils.fileio import DiskFullError
+from inversion.data.packs import DATASET_PACKS, PackError, ensure_pack
+from inversion.data.sources import DATA_ROOT_ENV, default_data_root
 
 
 def main(argv: list[str] | None = None) -> int:

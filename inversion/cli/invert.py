@@ -13,10 +13,10 @@ The run directory gets results.json, reconstruction.pt/.png, config.yaml, checkp
 private batch, grid.png and the scores; --resume continues from the checkpoint; Ctrl-C stops,
 writes the best result so far and its checkpoint, and exits with code 130.
 """
-from . import config_parser, run_cli
-from ..config import ConfigError, InvertConfig, load_config
-from ..fl.update import SharedUpdate
-from ..pipeline import run_inversion
+from inversion.cli import config_parser, run_cli
+from inversion.config import ConfigError, InvertConfig, load_config
+from inversion.fl.update import SharedUpdate
+from inversion.experiments.invert import run_inversion
 
 
 def main() -> None:

@@ -17,11 +17,11 @@ training.json, training.md (held-out accuracy per run and mean ± std over seeds
 runs.jsonl (the ledger: re-running skips finished runs and continues interrupted ones from their
 resume.pt). ``--executor ray`` runs one Ray task per run; the results are the same.
 """
-from . import config_parser, run_cli
-from ..config import ConfigError, load_config
-from ..sweep.options import add_executor_options, executor_from_args, report
-from ..train import TrainConfig, run_training
-from ..train_sweep import OUTPUTS, run_train_sweep
+from inversion.cli import config_parser, run_cli
+from inversion.config import ConfigError, load_config
+from inversion.sweep.options import add_executor_options, executor_from_args, report
+from inversion.experiments.train import TrainConfig, run_training
+from inversion.experiments.train_sweep import OUTPUTS, run_train_sweep
 
 DEFAULT_CONFIG = "configs/train/default.yaml"
 

@@ -2,14 +2,14 @@
 registry sample packs, own image folders), the pack cache, and client batch samplers."""
 from __future__ import annotations
 
-from .batch import Batch, sample_batch, sample_synthetic_batch
-from .errors import DataRootError, DataUnavailableError, PackError
-from .folder import FolderSource
-from .image_source import ArraySource, ImageSource, SubsetSource
-from .packs import PACKS, PackInfo, ensure_pack
-from .samplers import SAMPLER_NAMES, sample_indices, synthetic_counts
-from .sources import default_data_root, load_source
-from .specs import DATASET_NAMES, SPECS, DatasetSpec
+from inversion.data.batch import Batch, sample_batch, sample_synthetic_batch
+from inversion.data.errors import DataRootError, DataUnavailableError, PackError
+from inversion.data.folder import FolderSource
+from inversion.data.image_source import ArraySource, ImageSource, SubsetSource
+from inversion.data.packs import PACKS, PackInfo, ensure_pack
+from inversion.data.samplers import SAMPLER_NAMES, sample_indices, synthetic_counts
+from inversion.data.sources import default_data_root, load_source
+from inversion.data.specs import DATASET_NAMES, SPECS, DatasetSpec
 
 __all__ = [
     "DATASET_NAMES",

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .samplers import sample_indices, synthetic_counts
-from .image_source import ImageSource
+from inversion.data.samplers import sample_indices, synthetic_counts
+from inversion.data.image_source import ImageSource
 
 __all__ = ["Batch", "check_fits_in_memory", "sample_batch", "sample_synthetic_batch"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .image_source import ImageSource
-from .specs import DatasetSpec
+from inversion.data.image_source import ImageSource
+from inversion.data.specs import DatasetSpec
 
 __all__ = ["IMAGE_EXTENSIONS", "FolderSource", "list_image_folder"]
 

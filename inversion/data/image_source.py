@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .specs import DatasetSpec
+from inversion.data.specs import DatasetSpec
 
 __all__ = ["ArraySource", "ImageSource", "SubsetSource"]
 

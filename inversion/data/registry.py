@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import PackError
+from inversion.data.errors import PackError
 
 __all__ = ["REGISTRIES", "download_archive"]
 

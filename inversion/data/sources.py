@@ -21,12 +21,12 @@ import os
 import socket
 from pathlib import Path
 
-from .errors import DATA_ROOT_ENV, DataUnavailableError, PackError
-from .folder import FolderSource
-from .image_source import ArraySource, ImageSource
-from .packs import ensure_pack
-from .readers import expected_files, read_torchvision_files
-from .specs import DATASET_NAMES, SPECS
+from inversion.data.errors import DATA_ROOT_ENV, DataUnavailableError, PackError
+from inversion.data.folder import FolderSource
+from inversion.data.image_source import ArraySource, ImageSource
+from inversion.data.packs import ensure_pack
+from inversion.data.readers import expected_files, read_torchvision_files
+from inversion.data.specs import DATASET_NAMES, SPECS
 
 __all__ = ["DataUnavailableError", "default_data_root", "load_source"]
 

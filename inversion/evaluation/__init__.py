@@ -7,11 +7,11 @@
 """
 from __future__ import annotations
 
-from .lpips_metric import LPIPSMetric
-from .lpips_weights import LPIPSWeightsError
-from .matching import match_images
-from .metrics import PSNR_CAP_DB, psnr, ssim
-from .report import evaluate_reconstruction, save_grid, unit_images
+from inversion.evaluation.lpips_metric import LPIPSMetric
+from inversion.evaluation.lpips_weights import LPIPSWeightsError
+from inversion.evaluation.matching import match_images
+from inversion.evaluation.metrics import PSNR_CAP_DB, psnr, ssim
+from inversion.evaluation.report import evaluate_reconstruction, save_grid, unit_images
 
 __all__ = ["PSNR_CAP_DB", "LPIPSMetric", "LPIPSWeightsError", "evaluate_reconstruction", "match_images",
            "psnr", "save_grid", "ssim", "unit_images"]

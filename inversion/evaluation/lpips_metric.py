@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .lpips_weights import alexnet_backbone
-from .metrics import check_pair
+from inversion.evaluation.lpips_weights import alexnet_backbone
+from inversion.evaluation.metrics import check_pair
 
 __all__ = ["LPIPS_MIN_SIZE", "LPIPSMetric"]
 

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.errors import PackError
-from ..data.fileio import sha256_file
-from ..data.packs import LPIPS_ALEXNET, cache_write, pack_folder, verified_archive
-from ..data.registry import DOWNLOAD_TIMEOUT_S
+from inversion.data.errors import PackError
+from inversion.utils.fileio import sha256_file
+from inversion.data.packs import LPIPS_ALEXNET, cache_write, pack_folder, verified_archive
+from inversion.data.registry import DOWNLOAD_TIMEOUT_S
 
 __all__ = ["TORCHVISION_ALEXNET", "LPIPSWeightsError", "alexnet_backbone", "converted_backbone",
            "state_dict_sha256", "torchvision_checkpoint"]

@@ -7,7 +7,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from .metrics import PSNR_CAP_DB, check_pair, psnr_from_mse
+from inversion.evaluation.metrics import PSNR_CAP_DB, check_pair, psnr_from_mse
 
 __all__ = ["MATCH_BY", "match_images", "pairwise_mse"]
 

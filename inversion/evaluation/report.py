@@ -6,10 +6,10 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..visualize import save_image_rows
-from .lpips_metric import LPIPSMetric
-from .matching import match_images
-from .metrics import PSNR_CAP_DB, psnr, ssim
+from inversion.utils.plotting import save_image_rows
+from inversion.evaluation.lpips_metric import LPIPSMetric
+from inversion.evaluation.matching import match_images
+from inversion.evaluation.metrics import PSNR_CAP_DB, psnr, ssim
 
 __all__ = ["evaluate_reconstruction", "save_grid", "unit_images"]
 

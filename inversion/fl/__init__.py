@@ -7,10 +7,10 @@
 - :mod:`.local`: FedAvg's local training (:class:`LocalTraining`), as the client runs it and unrolled for the attack;
 - :mod:`.defenses`: noise, clipping and sparsification of the shared gradients.
 """
-from .client import BN_MODES, PARAMETER_SETS, client_gradients, client_update, final_layer_client_gradients
-from .local import LocalTraining, local_training_delta, unroll_local_training
-from .private import PrivateBatch
-from .update import UPDATE_KINDS, SharedUpdate, UpdateMeta
+from inversion.fl.client import BN_MODES, PARAMETER_SETS, client_gradients, client_update, final_layer_client_gradients
+from inversion.fl.local import LocalTraining, local_training_delta, unroll_local_training
+from inversion.fl.private import PrivateBatch
+from inversion.fl.update import UPDATE_KINDS, SharedUpdate, UpdateMeta
 
 __all__ = [
     "BN_MODES", "PARAMETER_SETS", "UPDATE_KINDS", "LocalTraining", "PrivateBatch", "SharedUpdate", "UpdateMeta",

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..data.fileio import atomic_write, load_tensor_file
+from inversion.utils.fileio import atomic_write, load_tensor_file
 
 __all__ = ["content_digest", "model_digest", "save_record", "load_record"]
 

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..models import final_layer
-from .dp import DPSGD, dp_client_tensors
-from .local import LocalTraining, local_training_delta
-from .update import BN_MODES, SharedUpdate, UpdateMeta
+from inversion.models import final_layer
+from inversion.fl.dp import DPSGD, dp_client_tensors
+from inversion.fl.local import LocalTraining, local_training_delta
+from inversion.fl.update import BN_MODES, SharedUpdate, UpdateMeta
 
 __all__ = ["BN_MODES", "PARAMETER_SETS", "client_gradients", "final_layer_client_gradients", "client_update"]
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .update import SharedUpdate
+from inversion.fl.update import SharedUpdate
 
 __all__ = ["DEFENSE_NAMES", "Defense", "parse_defense", "apply_defense", "defend_update"]
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .local import LocalTraining, run_local_training
+from inversion.fl.local import LocalTraining, run_local_training
 
 __all__ = ["DPSGD", "noise_seed", "check_dp_model", "dp_client_tensors", "per_sample_gradients"]
 

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._records import load_record, save_record
-from .update import SharedUpdate
+from inversion.fl._records import load_record, save_record
+from inversion.fl.update import SharedUpdate
 
 __all__ = ["PrivateBatch"]
 

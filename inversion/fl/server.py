@@ -5,9 +5,9 @@ from pathlib import Path
 
 from torch import nn
 
-from ..models import ClassifierModel, build_model, load_weights
-from ._records import model_digest
-from .update import SharedUpdate
+from inversion.models import ClassifierModel, build_model, load_weights
+from inversion.fl._records import model_digest
+from inversion.fl.update import SharedUpdate
 
 __all__ = ["model_from_update", "check_model"]
 

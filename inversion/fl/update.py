@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..data.specs import SPECS
-from ..models import ClassifierModel, final_layer
-from ._records import content_digest, load_record, model_digest, save_record
-from .local import LocalTraining
+from inversion.data.specs import SPECS
+from inversion.models import ClassifierModel, final_layer
+from inversion.fl._records import content_digest, load_record, model_digest, save_record
+from inversion.fl.local import LocalTraining
 
 __all__ = ["BN_MODES", "UPDATE_KINDS", "UpdateMeta", "SharedUpdate"]
 

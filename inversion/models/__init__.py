@@ -19,15 +19,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..budget import FLOAT_BYTES, available_memory, format_bytes
-from ..data.fileio import load_tensor_file
-from .activations import ACTIVATIONS
-from .base import ClassifierModel, footprint, forward_flops, init_conv_bn_
-from .convnet import convnet_features
-from .fcn import fcn_features
-from .lenet import lenet5_features, lenet_zhu_features, uniform_init_
-from .resnet import RESNET_LAYOUTS, resnet_features
-from .vgg import VGG_STAGE_DEPTHS, vgg_features
+from inversion.utils.memory import FLOAT_BYTES, available_memory, format_bytes
+from inversion.utils.fileio import load_tensor_file
+from inversion.models.activations import ACTIVATIONS
+from inversion.models.base import ClassifierModel, footprint, forward_flops, init_conv_bn_
+from inversion.models.convnet import convnet_features
+from inversion.models.fcn import fcn_features
+from inversion.models.lenet import lenet5_features, lenet_zhu_features, uniform_init_
+from inversion.models.resnet import RESNET_LAYOUTS, resnet_features
+from inversion.models.vgg import VGG_STAGE_DEPTHS, vgg_features
 
 __all__ = ["ACTIVATIONS", "MODEL_NAMES", "ClassifierModel", "build_model", "final_layer", "footprint", "forward_flops",
            "load_weights"]

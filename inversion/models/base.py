@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .activations import make_activation
+from inversion.models.activations import make_activation
 
 __all__ = ["ClassifierModel", "conv_bn_act", "footprint", "forward_flops", "init_conv_bn_", "output_size"]
 

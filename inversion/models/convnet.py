@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import conv_bn_act, output_size
+from inversion.models.base import conv_bn_act, output_size
 
 __all__ = ["convnet_features"]
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .activations import make_activation
-from .base import output_size
+from inversion.models.activations import make_activation
+from inversion.models.base import output_size
 
 __all__ = ["fcn_features"]
 

@@ -5,8 +5,8 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
-from .activations import make_activation
-from .base import conv_bn_act, output_size
+from inversion.models.activations import make_activation
+from inversion.models.base import conv_bn_act, output_size
 
 __all__ = ["RESNET_LAYOUTS", "BasicBlock", "Bottleneck", "resnet_features"]
 

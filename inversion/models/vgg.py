@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .activations import make_activation
-from .base import conv_bn_act, output_size
+from inversion.models.activations import make_activation
+from inversion.models.base import conv_bn_act, output_size
 
 __all__ = ["VGG_STAGE_DEPTHS", "vgg_features"]
 

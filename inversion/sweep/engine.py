@@ -5,17 +5,17 @@ A driver (the ablation, the label-restoration benchmark, the training sweeps) de
 worker that runs one, the :class:`~inversion.sweep.ledger.RecordSchema` of its records and the function that
 writes its result files from the records. :func:`execute` enters the executor
 (:mod:`inversion.sweep.executors`: in this process, or one Ray task per run), holds ``out``
-(checked and locked, see :func:`inversion.rundir.run_folder`), skips every run the ledger
+(checked and locked, see :func:`inversion.utils.rundir.run_folder`), skips every run the ledger
 ``out/runs.jsonl`` has as finished, hands the others to the executor and, as each one ends,
 appends its record to the ledger and rebuilds the result files from the ledger in plan order. So
 an interrupted sweep resumes without redoing or losing work, failed runs are recorded with their
 error and retried by the next sweep, and the results do not depend on the executor. A run
 stopped by Ctrl-C is not recorded (the sweep stops; the next one redoes it): nor is a run during
-which a Ctrl-C arrived whose KeyboardInterrupt Python lost (see :mod:`inversion.interrupts`). A
+which a Ctrl-C arrived whose KeyboardInterrupt Python lost (see :mod:`inversion.utils.interrupts`). A
 finished run whose results the driver's schema refuses (e.g. a NaN score) is recorded as failed.
 
 Result files that lie in ``out`` without a ledger are not this ledger's: a sweep moves them
-aside to ``out/previous/<time>/`` before it starts, as :func:`~inversion.rundir.run_folder` does.
+aside to ``out/previous/<time>/`` before it starts, as :func:`~inversion.utils.rundir.run_folder` does.
 """
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..interrupts import watch_sigint
-from ..rundir import run_folder
-from .executors import Executor, InProcess
-from .ledger import LEDGER_NAME, RecordSchema, append, load_records, record_problem
+from inversion.utils.interrupts import watch_sigint
+from inversion.utils.rundir import run_folder
+from inversion.sweep.executors import Executor, InProcess
+from inversion.sweep.ledger import LEDGER_NAME, RecordSchema, append, load_records, record_problem
 
 __all__ = ["Run", "Sweep", "Progress", "execute"]
 

@@ -6,7 +6,7 @@ each one ends; the engine is the only writer of the ledger and the result files.
 ``{"status": "ok", **the worker's results}``, or ``{"status": "failed", "error": ...,
 "traceback": ...}`` when the worker raised. A run stopped by Ctrl-C (KeyboardInterrupt, in the
 worker or while waiting for it) ends the iteration with KeyboardInterrupt and is not recorded; so
-does, in this process, a full disk (:class:`~inversion.data.fileio.DiskFullError`: every later run
+does, in this process, a full disk (:class:`~inversion.utils.fileio.DiskFullError`: every later run
 would fail the same way).
 
 A worker is named ``"package.module:function"`` (importable wherever the run executes) and called
@@ -25,10 +25,10 @@ from collections.abc import Callable, Generator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..data.fileio import DiskFullError
+from inversion.utils.fileio import DiskFullError
 
 if TYPE_CHECKING:
-    from .engine import Progress, Run
+    from inversion.sweep.engine import Progress, Run
 
 __all__ = ["EXECUTORS", "ExecutorError", "Executor", "InProcess", "RayExecutor", "make_executor", "call_worker"]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.fileio import disk_full_named
+from inversion.utils.fileio import disk_full_named
 
 __all__ = ["LEDGER_NAME", "RecordSchema", "load_records", "record_problem", "append"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .executors import EXECUTORS, Executor, make_executor
+from inversion.sweep.executors import EXECUTORS, Executor, make_executor
 
 __all__ = ["add_executor_options", "executor_from_args", "report"]
 

@@ -1,0 +1,203 @@
+"""The federation's public protocol: record keys, the captured files' layout, the task and client settings,
+and the exact map between a client's reply and the gradient the server recovers from it."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor, nn
+
+from inversion.data import sample_indices
+from inversion.fl.dp import DPSGD, noise_seed
+from inversion.fl.update import SharedUpdate, UpdateMeta
+from inversion.models import ClassifierModel, build_model
+
+
+
+LR_KEY = "lr"
+"""Train-config key of the public learning rate η."""
+BN_MODE_KEY = "bn-mode"
+"""Train-config key of the clients' batch-norm mode (part of the public protocol)."""
+NUM_EXAMPLES_KEY = "num-examples"
+"""Reply-metric key of K (FedAvg weights by it, so the protocol reveals it)."""
+PARTITION_KEY = "partition-id"
+"""Reply-metric key of the client's id (its data partition), which it reports to the server."""
+GLOBAL_MODEL = "global_model.pt"
+"""File name of a round's global ``state_dict``, next to that round's captured updates."""
+LAYOUT = """\
+captured/round_RRR/global_model.pt  the global model state w the server sent in round RRR (state_dict)
+captured/round_RRR/client_P.pt      SharedUpdate: the gradient the server recovered from client P's reply
+private/round_RRR/client_P.pt       PrivateBatch: client P's batch in round RRR (simulation only; for scoring)"""
+
+
+def round_dir(root: str | Path, server_round: int) -> Path:
+    """``root/round_RRR``: the folder of one round's files."""
+    return Path(root) / f"round_{int(server_round):03d}"
+
+
+def update_path(root: str | Path, server_round: int, partition_id: int) -> Path:
+    """``root/round_RRR/client_P.pt``: the file of client ``P``'s update (or private batch) in a round."""
+    return round_dir(root, server_round) / f"client_{int(partition_id)}.pt"
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """The public task both sides agree on: the architecture and how inputs are normalised.
+
+    Attributes:
+        model: ``build_model`` arguments of the shared architecture (no ``weights`` entry).
+        dataset: the dataset name (e.g. ``"mnist"``).
+        input_shape: (C, H, W) of one input.
+        mean, std: per-channel normalisation of [0, 1] images.
+    """
+
+    model: dict[str, Any]
+    dataset: str
+    input_shape: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def build(self, state: Mapping[str, Tensor] | None = None) -> ClassifierModel:
+        """The architecture, holding ``state`` (a state_dict, cast to the model's dtypes) if given."""
+        model = build_model(**self.model)
+        if state is not None:
+            model.load_state_dict(dict(state))
+        return model
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What the simulated clients know that the server does not: their data and how they sample it.
+
+    Reaches the clients inside the :class:`ClientApp` (pickled to the Ray actors by the simulation
+    engine), never through a Flower message, so the server cannot read it.
+
+    Attributes:
+        task: the public :class:`TaskInfo`.
+        data: :func:`~inversion.data.load_source` keyword arguments (absolute ``root``; ``download`` off).
+        num_items: the number of images the source must hold (checked: partitions depend on it).
+        batch_size: K.
+        sampler: a :data:`~inversion.data.SAMPLER_NAMES` name, drawn within the client's partition,
+            with ``counts``, ``classes``, ``target_class`` and ``replacement`` as in
+            :func:`~inversion.data.sample_indices`.
+        seed: the client batch seed; round r of partition p uses ``[seed, r, p]``.
+        chunk_size: images per forward/backward pass (None: the whole batch).
+        partition_seed: seed of the split of the source into disjoint partitions.
+        private_dir: where each client writes its :class:`PrivateBatch` files (absolute), or None.
+        record: further JSON facts stored in every private record (e.g. the experiment's config).
+        dp: DP-SGD settings (σ, C, δ): every client shares its privatized gradient; None: no DP-SGD.
+        dp_noise_seed: fixes the DP noise of every client and round (:func:`dp_noise_seed`); None: fresh
+            OS entropy. The seed used is written only to the client's private file.
+    """
+
+    task: TaskInfo
+    data: dict[str, Any]
+    num_items: int
+    batch_size: int
+    sampler: str = "random"
+    counts: dict[int, int] | None = None
+    classes: int | None = None
+    target_class: int | None = None
+    replacement: bool = False
+    seed: int = 0
+    chunk_size: int | None = None
+    partition_seed: int = 0
+    private_dir: str | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+    dp: DPSGD | None = None
+    dp_noise_seed: int | None = None
+
+
+def partition_indices(num_items: int, num_partitions: int, seed: int) -> list[np.ndarray]:
+    """Split ``range(num_items)`` into ``num_partitions`` disjoint random parts of near-equal size (IID).
+
+    Raises:
+        ValueError: fewer items than partitions.
+    """
+    if num_partitions < 1 or num_items < num_partitions:
+        raise ValueError(f"cannot split {num_items} images into {num_partitions} non-empty partitions")
+    order = np.random.default_rng(seed).permutation(num_items)
+    return [np.sort(part).astype(np.int64) for part in np.array_split(order, num_partitions)]
+
+
+def draw_batch(targets: np.ndarray, partition: np.ndarray, settings: ClientSettings, num_classes: int,
+               server_round: int, partition_id: int) -> np.ndarray:
+    """Indices (into the source) of the client's batch in a round: K drawn from its partition by its sampler,
+    seeded by ``[settings.seed, server_round, partition_id]``."""
+    rng = np.random.default_rng([int(settings.seed), int(server_round), int(partition_id)])
+    local = sample_indices(
+        np.asarray(targets)[partition], num_classes, settings.batch_size, settings.sampler, rng=rng,
+        counts=settings.counts, classes=settings.classes, target_class=settings.target_class,
+        replacement=settings.replacement,
+    )
+    return partition[local]
+
+
+def dp_noise_seed(settings: ClientSettings, server_round: int, partition_id: int) -> int:
+    """The seed of the client's DP noise in a round: 63 fresh bits of OS entropy, or, when
+    ``settings.dp_noise_seed`` fixes it (a reproducible experiment), one drawn from
+    ``[dp_noise_seed, server_round, partition_id]``, so that no two clients or rounds share their noise."""
+    if settings.dp_noise_seed is None:
+        return noise_seed()
+    rng = np.random.default_rng([int(settings.dp_noise_seed), int(server_round), int(partition_id)])
+    return int(rng.integers(2 ** 63))
+
+
+def sgd_step(model: nn.Module, gradients: Mapping[str, Tensor], lr: float) -> dict[str, Tensor]:
+    """The model's state after one SGD step: ``p - lr * g`` for every parameter with a gradient, in the
+    parameter's dtype; buffers (e.g. batch-norm statistics) unchanged. The model itself is not modified."""
+    state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    for name, grad in gradients.items():
+        state[name] = state[name] - lr * grad.detach().to(state[name].dtype)
+    return state
+
+
+def recover_gradients(before: Mapping[str, Tensor], after: Mapping[str, Tensor], lr: float,
+                      names: Iterable[str]) -> dict[str, Tensor]:
+    """What a FedSGD server recovers from one reply: ``g = (w - w') / lr`` per named parameter.
+
+    Computed in float64 from the float32 states and stored as float32. Each operation is a
+    correctly rounded IEEE-754 elementwise operation, so the result is a deterministic function of
+    the bits of ``w``, ``w'`` and ``lr`` (any process, any thread count).
+
+    It differs from the client's float32 gradient only by the rounding of ``w' = w - lr g``:
+    ``|g_recovered - g| <= 2^-23 |g| + 2^-24 |w'| / lr`` (plus float64 rounding, far smaller).
+    """
+    if not lr > 0:
+        raise ValueError(f"the learning rate must be > 0 to recover a gradient, got {lr}")
+    return {name: ((before[name].double() - after[name].double()) / float(lr)).float() for name in names}
+
+
+def captured_update(model: nn.Module, after: Mapping[str, Tensor], task: TaskInfo, *, lr: float,
+                    server_round: int, partition_id: int, node_id: int, num_examples: int,
+                    bn_mode: str) -> SharedUpdate:
+    """The :class:`SharedUpdate` an honest-but-curious FedSGD server gets from one reply.
+
+    ``model`` holds the global state w the server sent; ``after`` is the state w' the client replied.
+    The metadata records what the protocol reveals: the architecture and state digest, the
+    normalisation, ``bn_mode``, K (``num-examples``), η, the round, the client's partition id and
+    Flower node id, and ``weights`` = :data:`GLOBAL_MODEL` (relative to the update's folder).
+
+    The server's capture and the client's prediction of it (for the private link) both call this
+    function on bit-identical inputs, so both get the same :attr:`SharedUpdate.sha256`.
+    """
+    before = model.state_dict()
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    gradients = recover_gradients(before, after, lr, names)
+    meta = UpdateMeta.describe(
+        model, dataset=task.dataset, input_shape=task.input_shape, mean=task.mean, std=task.std,
+        bn_mode=bn_mode, weights=GLOBAL_MODEL,
+        notes={"protocol": "fedsgd", "lr": float(lr), "round": int(server_round), "client": int(partition_id),
+               "node_id": int(node_id)},
+    )
+    return SharedUpdate(gradients, int(num_examples), meta)
+
+
+def single_record(records: Mapping[str, Any], what: str) -> Any:
+    """The one record of a message's ``records`` (ValueError naming ``what`` if there are none or several)."""
+    if len(records) != 1:
+        raise ValueError(f"expected exactly one {what} in the message, found {len(records)}")
+    return next(iter(records.values()))
