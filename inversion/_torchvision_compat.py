@@ -13,6 +13,7 @@ torchvision (models, datasets, transforms) need. Calling the detection operators
 themselves then raises torch's "no kernel" error, which is the honest answer on
 such an install. Where the extension loads, nothing is changed.
 """
+
 from __future__ import annotations
 
 import importlib.util

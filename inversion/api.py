@@ -10,6 +10,7 @@ The attack (:func:`invert`) and label restoration (:func:`restore_from_update`) 
 the public :class:`~inversion.fl.update.SharedUpdate`; the client's
 :class:`~inversion.fl.private.PrivateBatch` reaches :func:`score` alone.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,22 +21,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from label_restore import RestorationResult, counts_from_labels, label_metrics
-
 from inversion.attack import Inversion, InversionResult, plan_labels
-from inversion.attack.settings import AttackSettings, resolve_device
-from inversion.restore.auxiliary import AuxiliaryData
+from inversion.attack.settings import resolve_device
 from inversion.config import InvertConfig, load_config
+from inversion.config.presets import PRESET_DIR, load_preset
 from inversion.data import SPECS, default_data_root
 from inversion.evaluation import LPIPSMetric, evaluate_reconstruction
-from inversion.fl.simulate import ClientRun, check_attack_memory, simulate_client
 from inversion.fl.private import PrivateBatch
 from inversion.fl.server import check_model
+from inversion.fl.simulate import ClientRun, check_attack_memory, simulate_client
 from inversion.fl.update import SharedUpdate, UpdateMeta
 from inversion.models import ClassifierModel, footprint
-from inversion.config.presets import PRESET_DIR, load_preset
+from inversion.restore.auxiliary import AuxiliaryData
+from label_restore import RestorationResult, counts_from_labels, label_metrics
 
-__all__ = ["Reconstruction", "load_update", "load_private", "simulate", "invert", "score"]
+__all__ = ["Reconstruction", "invert", "load_private", "load_update", "score", "simulate"]
 
 
 def load_update(path: str | Path) -> SharedUpdate:
@@ -140,27 +140,51 @@ def invert(
     mean = meta.mean if meta.mean is not None else (spec.mean if spec else None)
     std = meta.std if meta.std is not None else (spec.std if spec else None)
     if mean is None:
-        raise ValueError("the update carries no normalisation and the preset has none: describe the update with "
-                         "dataset= or mean=/std= (SharedUpdate.from_gradients)")
+        raise ValueError(
+            "the update carries no normalisation and the preset has none: describe the update with "
+            "dataset= or mean=/std= (SharedUpdate.from_gradients)"
+        )
     shape = meta.input_shape if meta.input_shape is not None else (spec.channels, *spec.image_size) if spec else None
     try:
         meta = dataclasses.replace(meta, mean=mean, std=std)
     except ValueError as err:  # only the preset's normalisation can disagree with the update's input shape here
-        raise ValueError(f"the update carries no normalisation and that of {spec.name} (preset {chosen.name}) does "
-                         f"not fit it: {err}; describe the update with mean=/std=") from None
+        raise ValueError(
+            f"the update carries no normalisation and that of {spec.name} (preset {chosen.name}) does "
+            f"not fit it: {err}; describe the update with mean=/std="
+        ) from None
     device = resolve_device(attack.device)
     k = batch_size if batch_size is not None else update.batch_size
     if shape is not None and k is not None and isinstance(model, ClassifierModel):  # its meta pass is known to work
-        check_attack_memory(footprint(model, shape), shape, k, meta.local, attack, device,
-                            "the update's K (and local steps) need a larger machine")
+        check_attack_memory(
+            footprint(model, shape),
+            shape,
+            k,
+            meta.local,
+            attack,
+            device,
+            "the update's K (and local steps) need a larger machine",
+        )
     plan = plan_labels(mode, update, model, true_labels=known, batch_size=batch_size, aux=aux)
-    inversion = Inversion(model, update, plan, attack, bounds=meta.bounds(), image_shape=shape,
-                          priors=chosen.priors if priors is None else priors, device=device)
+    inversion = Inversion(
+        model,
+        update,
+        plan,
+        attack,
+        bounds=meta.bounds(),
+        image_shape=shape,
+        priors=chosen.priors if priors is None else priors,
+        device=device,
+    )
     result = inversion.run(progress=progress)
     return Reconstruction(
-        images=result.images, labels=torch.as_tensor(result.labels, dtype=torch.int64), loss=result.loss,
-        label_mode="given" if known is not None else mode, restoration=plan.restoration, attack=result,
-        update_sha256=update.sha256, meta=meta,
+        images=result.images,
+        labels=torch.as_tensor(result.labels, dtype=torch.int64),
+        loss=result.loss,
+        label_mode="given" if known is not None else mode,
+        restoration=plan.restoration,
+        attack=result,
+        update_sha256=update.sha256,
+        meta=meta,
     )
 
 
@@ -181,9 +205,12 @@ def score(reconstruction: Reconstruction, private: PrivateBatch, *, lpips: bool 
     """
     private.check_link(reconstruction.update_sha256)
     metric = LPIPSMetric(default_data_root()) if lpips is True else (lpips or None)
-    scores = evaluate_reconstruction(reconstruction.images, private.images, reconstruction.meta.denormalize,
-                                     lpips=metric)
+    scores = evaluate_reconstruction(
+        reconstruction.images, private.images, reconstruction.meta.denormalize, lpips=metric
+    )
     num_classes = int(max(int(private.labels.max()), int(reconstruction.labels.max()))) + 1
-    scores["labels"] = label_metrics(counts_from_labels(reconstruction.labels.numpy(), num_classes),
-                                     counts_from_labels(private.labels.numpy(), num_classes))
+    scores["labels"] = label_metrics(
+        counts_from_labels(reconstruction.labels.numpy(), num_classes),
+        counts_from_labels(private.labels.numpy(), num_classes),
+    )
     return scores

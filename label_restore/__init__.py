@@ -21,14 +21,15 @@ on the bias gradient). Modules: :mod:`.api` (registry), :mod:`._inputs` (validat
 :mod:`.linsolve`, :mod:`.counting`, :mod:`.existence`, :mod:`.rlg`, :mod:`.llg`, :mod:`.metrics`, :mod:`.result`,
 :mod:`.consistency`.
 """
+
 from .api import METHOD_NAMES, available_methods, get_method, register_method, restore_labels
 from .consistency import InconsistentGradientWarning
 from .metrics import counts_from_labels, label_metrics
 from .result import RestorationResult, labels_from_counts
 
 __all__ = [
-    "InconsistentGradientWarning",
     "METHOD_NAMES",
+    "InconsistentGradientWarning",
     "RestorationResult",
     "available_methods",
     "counts_from_labels",

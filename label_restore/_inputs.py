@@ -12,16 +12,18 @@ as torch tensors (any device holding values, e.g. cpu or cuda; moved to CPU, det
 refused) or numpy arrays / nested sequences. Integer inputs become float64, half precision becomes float32;
 float32 and float64 are kept as they are.
 """
+
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["LayerInputs", "ARGUMENT_NAMES", "check_batch_size", "validate_inputs"]
+__all__ = ["ARGUMENT_NAMES", "LayerInputs", "check_batch_size", "validate_inputs"]
 
 ARGUMENT_NAMES = ("grad_weight", "grad_bias", "weight", "bias")
 
@@ -163,8 +165,7 @@ def validate_inputs(
         t = tensors[name]
         if t is not None and (t.ndim != 1 or t.shape[0] < 1):
             raise ValueError(
-                f"{name} must be a 1-D array of shape (C,) with C >= 1 ({_WHAT[name]}); "
-                f"got shape {_shape_text(t)}."
+                f"{name} must be a 1-D array of shape (C,) with C >= 1 ({_WHAT[name]}); got shape {_shape_text(t)}."
             )
 
     # The first given argument fixes C (and M); every other one must agree with it.

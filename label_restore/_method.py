@@ -10,6 +10,7 @@ has consistency findings (``RestorationResult.diagnostics``), raises one
 :class:`~label_restore.consistency.InconsistentGradientWarning` listing them, attributed to the first caller
 outside this package.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +19,8 @@ import inspect
 import sys
 import time
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ._inputs import LayerInputs, validate_inputs
 from .consistency import InconsistentGradientWarning

@@ -7,9 +7,11 @@ A method is a plain function with the shared signature::
 that validates its inputs itself (so it can also be called directly). :func:`register_method` adds one
 (e.g. wrapped with :func:`label_restore._method.restoration_method`).
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .aux import aux
 from .existence import gi, idlg
@@ -18,7 +20,7 @@ from .llg import bias_corrected, llg
 from .result import RestorationResult
 from .rlg import rlg
 
-__all__ = ["METHOD_NAMES", "restore_labels", "get_method", "register_method", "available_methods"]
+__all__ = ["METHOD_NAMES", "available_methods", "get_method", "register_method", "restore_labels"]
 
 Method = Callable[..., RestorationResult]
 

@@ -31,9 +31,10 @@ softmax, tiny for an untrained model and larger for a trained one.
 the S local gradients) and :math:`\\bar p_j` is the class mean of the softmax *along the local trajectory*.
 Pass as ``aux_probs`` / ``aux_labels`` the softmax rows of simulated clients' local mini-batches, one per visit
 of a sample (RLU's idea; the simulation needs the model and lives in
-:func:`inversion.auxiliary.simulated_client_softmax`), or the auxiliary outputs at T models of a trajectory as
+:func:`inversion.restore.auxiliary.simulated_client_softmax`), or the auxiliary outputs at T models of a trajectory as
 :math:`(T, N, C)`, which are averaged over the T models.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -49,7 +50,7 @@ from .counting import correct_to_sum, round_counts
 from .linsolve import count_system, solve_count_system
 from .result import RestorationResult, make_result
 
-__all__ = ["aux", "class_conditional_probabilities", "nonnegative_counts", "project_to_simplex", "MISSING_CLASS_RULES"]
+__all__ = ["MISSING_CLASS_RULES", "aux", "class_conditional_probabilities", "nonnegative_counts", "project_to_simplex"]
 
 #: What to do for a class without auxiliary samples: refuse, or use the mean softmax of all auxiliary samples.
 MISSING_CLASS_RULES = ("error", "overall_mean")
@@ -65,16 +66,20 @@ _MAX_ITERATIONS = 500
 def _mean_probs(aux_probs: Any, num_classes: int) -> torch.Tensor:
     """``aux_probs`` checked, averaged over the trajectory axis: a CPU float tensor of shape (N, C)."""
     if aux_probs is None:
-        raise ValueError("aux needs aux_probs: the model's softmax outputs on the auxiliary data, shape (N, C) "
-                         "(or (T, N, C) along a simulated FedAvg trajectory), and aux_labels (N,).")
+        raise ValueError(
+            "aux needs aux_probs: the model's softmax outputs on the auxiliary data, shape (N, C) "
+            "(or (T, N, C) along a simulated FedAvg trajectory), and aux_labels (N,)."
+        )
     probs = aux_probs.detach() if isinstance(aux_probs, torch.Tensor) else torch.as_tensor(np.asarray(aux_probs))
     if probs.device.type == "meta":
         raise ValueError("aux_probs is a meta tensor (no values); pass the softmax outputs themselves.")
     if not probs.is_floating_point():
         raise ValueError(f"aux_probs must hold probabilities (floats); got dtype {probs.dtype}.")
     if probs.ndim not in (2, 3) or probs.shape[-1] != num_classes or 0 in probs.shape:
-        raise ValueError(f"aux_probs must have shape (N, C) or (T, N, C) with C={num_classes} (the final layer's "
-                         f"classes) and N, T >= 1; got shape {tuple(probs.shape)}.")
+        raise ValueError(
+            f"aux_probs must have shape (N, C) or (T, N, C) with C={num_classes} (the final layer's "
+            f"classes) and N, T >= 1; got shape {tuple(probs.shape)}."
+        )
     probs = probs.to("cpu")
     if probs.dtype in (torch.float16, torch.bfloat16):
         probs = probs.float()
@@ -82,12 +87,15 @@ def _mean_probs(aux_probs: Any, num_classes: int) -> torch.Tensor:
         probs = probs.mean(dim=0)
     row_sums = probs.sum(dim=-1)
     if not bool(torch.isfinite(row_sums).all()) or float(probs.min()) < 0:  # NaN and inf reach the row sums
-        raise ValueError("aux_probs must hold finite, non-negative softmax outputs (pass softmax(logits), "
-                         "not the logits).")
+        raise ValueError(
+            "aux_probs must hold finite, non-negative softmax outputs (pass softmax(logits), not the logits)."
+        )
     worst = float((row_sums - 1.0).abs().max())
     if worst > 1e-3:
-        raise ValueError(f"every row of aux_probs must sum to 1 (softmax outputs); one is off by {worst:.3g}. "
-                         "Pass softmax(logits), not the logits.")
+        raise ValueError(
+            f"every row of aux_probs must sum to 1 (softmax outputs); one is off by {worst:.3g}. "
+            "Pass softmax(logits), not the logits."
+        )
     return probs
 
 
@@ -102,16 +110,21 @@ def _as_labels(aux_labels: Any, num_samples: int, num_classes: int) -> torch.Ten
         raise ValueError(f"aux_labels must hold integer class indices; got dtype {labels.dtype}.")
     labels = labels.to(device="cpu", dtype=torch.int64)
     if labels.shape != (num_samples,):
-        raise ValueError(f"aux_labels must have shape ({num_samples},), one label per row of aux_probs; "
-                         f"got shape {tuple(labels.shape)}.")
+        raise ValueError(
+            f"aux_labels must have shape ({num_samples},), one label per row of aux_probs; "
+            f"got shape {tuple(labels.shape)}."
+        )
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-        raise ValueError(f"aux_labels must lie in [0, {num_classes - 1}] (C={num_classes} classes); "
-                         f"got min {int(labels.min())}, max {int(labels.max())}.")
+        raise ValueError(
+            f"aux_labels must lie in [0, {num_classes - 1}] (C={num_classes} classes); "
+            f"got min {int(labels.min())}, max {int(labels.max())}."
+        )
     return labels
 
 
-def class_conditional_probabilities(aux_probs: Any, aux_labels: Any, num_classes: int,
-                                    missing_classes: str = "error") -> tuple[torch.Tensor, np.ndarray, list[int]]:
+def class_conditional_probabilities(
+    aux_probs: Any, aux_labels: Any, num_classes: int, missing_classes: str = "error"
+) -> tuple[torch.Tensor, np.ndarray, list[int]]:
     """The class-conditional mean softmax :math:`q_j` of the auxiliary data.
 
     Args:
@@ -140,9 +153,11 @@ def class_conditional_probabilities(aux_probs: Any, aux_labels: Any, num_classes
     missing = (per_class == 0).nonzero().reshape(-1).tolist()
     if missing and missing_classes == "error":
         shown = ", ".join(str(c) for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
-        raise ValueError(f"the auxiliary data has no sample of {len(missing)} class(es) ({shown}); give more "
-                         "auxiliary data covering every class, or missing_classes='overall_mean' to use the mean "
-                         "softmax of all auxiliary samples for them.")
+        raise ValueError(
+            f"the auxiliary data has no sample of {len(missing)} class(es) ({shown}); give more "
+            "auxiliary data covering every class, or missing_classes='overall_mean' to use the mean "
+            "softmax of all auxiliary samples for them."
+        )
     if missing:
         sums[missing] = probs.to(torch.float64).mean(dim=0)
     q = sums / sums.sum(dim=1, keepdim=True)  # the class means, rows normalised in float64
@@ -268,7 +283,11 @@ def aux(
     # samples, so it is reported in details but not checked; the NNLS counts sum to K by construction.
     findings = bias_gradient_findings(inputs.grad_bias.double().numpy(), k)
     details = {
-        "float_counts": float_counts, **info, "aux_samples": int(per_class.sum()),
-        "aux_per_class_min": int(per_class.min()), "trajectory_models": trajectory, "missing_classes": missing,
+        "float_counts": float_counts,
+        **info,
+        "aux_samples": int(per_class.sum()),
+        "aux_per_class_min": int(per_class.min()),
+        "trajectory_models": trajectory,
+        "missing_classes": missing,
     }
     return make_result("aux", counts, raw, start > 0, k, details=details, diagnostics=findings)

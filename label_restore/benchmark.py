@@ -12,16 +12,16 @@ Two kinds of inputs, float32 like a real model's:
 :func:`time_call` gives the median and minimum wall time over several runs after a warm-up. No timing is
 asserted anywhere in the tests.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-
-__all__ = ["random_layer", "batch_layer", "aux_layer", "time_call"]
+__all__ = ["aux_layer", "batch_layer", "random_layer", "time_call"]
 
 
 def random_layer(num_classes: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -62,8 +62,14 @@ def aux_layer(num_classes: int, dim: int, batch_size: int, aux_size: int, seed: 
     emb = torch.relu(prototypes[labels] + torch.randn(batch_size, dim, generator=g))
     aux_emb = torch.relu(prototypes[aux_labels] + torch.randn(aux_size, dim, generator=g))
     resid = torch.softmax(emb @ weight.T + bias, dim=1) - torch.nn.functional.one_hot(labels, num_classes).float()
-    return {"grad_bias": resid.mean(dim=0), "weight": weight, "bias": bias, "labels": labels,
-            "aux_embeddings": aux_emb, "aux_labels": aux_labels}
+    return {
+        "grad_bias": resid.mean(dim=0),
+        "weight": weight,
+        "bias": bias,
+        "labels": labels,
+        "aux_embeddings": aux_emb,
+        "aux_labels": aux_labels,
+    }
 
 
 def time_call(fn: Callable[[], object], repeats: int = 15, warmup: int = 2) -> tuple[float, float]:

@@ -32,6 +32,7 @@ What no check can see: a gradient of :math:`K'` samples restored with ``batch_si
 inputs are consistent and iLRG returns :math:`m` times the counts), and a moderate rescaling (x2) of
 gradients whose :math:`\\sum|\\nabla b|` stays below 2.
 """
+
 from __future__ import annotations
 
 import numpy as np

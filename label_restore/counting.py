@@ -8,13 +8,14 @@
 All work on numpy arrays of shape :math:`(C,)`, vectorised; ties are always broken towards the lower class
 index (stable sorts), so every rule is deterministic.
 """
+
 from __future__ import annotations
 
 import heapq
 
 import numpy as np
 
-__all__ = ["round_counts", "correct_to_sum", "ranked_cycle", "greedy_counts"]
+__all__ = ["correct_to_sum", "greedy_counts", "ranked_cycle", "round_counts"]
 
 
 def round_counts(float_counts: np.ndarray, batch_size: int, *, clip: bool = False) -> np.ndarray:

@@ -6,6 +6,7 @@ positive coefficients :math:`p_{k,i}`, so with non-negative embeddings (ReLU bef
 non-negative; a present class has the negative coefficient :math:`p_{k,i} - 1` of its own samples. With
 activations that can go negative (SiLU, LeakyReLU, a final BatchNorm) the argument breaks.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +18,7 @@ from .consistency import presence_findings
 from .counting import ranked_cycle
 from .result import RestorationResult, make_result
 
-__all__ = ["idlg", "gi", "fill_present"]
+__all__ = ["fill_present", "gi", "idlg"]
 
 
 def fill_present(present: np.ndarray, scores: np.ndarray, batch_size: int) -> np.ndarray:

@@ -27,6 +27,7 @@ a batch of :math:`K` samples, the gradients are
 The system is exact (the restored counts equal the truth) when every class-wise probability equals the mean
 softmax of that class's samples, e.g. when all samples share one embedding or the model's outputs are uniform.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,7 +41,7 @@ from .counting import correct_to_sum, round_counts
 from .linsolve import SOLVERS, solve_count_system
 from .result import RestorationResult, make_result
 
-__all__ = ["ilrg", "class_embeddings", "class_probabilities"]
+__all__ = ["class_embeddings", "class_probabilities", "ilrg"]
 
 _PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 

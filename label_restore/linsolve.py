@@ -36,6 +36,7 @@ Measured at :math:`C = 1000` on 2 CPU cores: step 1 ~8-13 ms (MKL through torch)
 ``gelsy`` ~50-70 ms (scipy's LAPACK; torch's ``gelsy`` is not used, see :func:`_gelsy`), ``gelsd`` ~130 ms,
 ``numpy.linalg.pinv`` ~300 ms. The explicit solvers remain available as ``solver="gelsy" | "gelsd" | "pinv"``.
 """
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ Both score each class, take the classes with a negative score as present (one in
 *impact* :math:`m < 0` one instance has on its class's score, and hand the remaining instances out greedily
 (:func:`label_restore.counting.greedy_counts`, one shared helper).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +17,7 @@ from .consistency import bias_gradient_findings, presence_findings
 from .counting import greedy_counts
 from .result import RestorationResult, make_result
 
-__all__ = ["llg", "bias_corrected", "llg_impact", "bias_impact"]
+__all__ = ["bias_corrected", "bias_impact", "llg", "llg_impact"]
 
 
 def llg_impact(scores: np.ndarray, batch_size: int) -> float:

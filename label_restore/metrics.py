@@ -9,6 +9,7 @@ counts :math:`n` with :math:`K = \\sum_i n_i`:
 
 The paper scores iLRG's *raw* counts (``RestorationResult.raw_counts``, before the sum-to-K correction).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["label_metrics", "counts_from_labels"]
+__all__ = ["counts_from_labels", "label_metrics"]
 
 
 def _int_vector(name: str, value: Any) -> np.ndarray:

@@ -1,9 +1,11 @@
 """The value every restoration method returns: per-class counts, the label list, and diagnostics."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -23,6 +23,7 @@ problem :math:`x \\cdot c_i < 0,\\ x \\cdot c_j \\ge 0`, with the best margin re
 filters candidates with a perceptron and accepts an LP solution by loose heuristics; here every class gets the
 exact LP.) One LP per class: :math:`C` LPs with :math:`C` constraints and :math:`r + 1` variables.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,7 +36,7 @@ from .consistency import presence_findings, rank_findings
 from .existence import fill_present
 from .result import RestorationResult, make_result
 
-__all__ = ["rlg", "class_subspace", "separation_margin"]
+__all__ = ["class_subspace", "rlg", "separation_margin"]
 
 
 def class_subspace(grad_weight: torch.Tensor, batch_size: int) -> tuple[np.ndarray, int]:

@@ -19,6 +19,7 @@ Priors (:data:`PRIOR_NAMES`), each a plain function and/or an ``nn.Module``:
 
 :class:`ImagePriors` and :func:`build_priors` (:mod:`.combine`) weigh and sum them.
 """
+
 from .augment import AugmentationConsistency, augment
 from .bn import BNStatistics, bn_statistics_loss
 from .combine import PRIOR_NAMES, ImagePriors, Prior, build_priors

@@ -1,4 +1,5 @@
 """Augmentation consistency: the shared gradient must also be matched by shifted / flipped dummies."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["augment", "AugmentationConsistency"]
+__all__ = ["AugmentationConsistency", "augment"]
 
 
 def augment(x: Tensor, shift: tuple[int, int] = (0, 0), flip: bool = False) -> Tensor:

@@ -3,6 +3,7 @@
 The dummy batch should make every batch-norm layer see features whose per-channel batch statistics match the
 layer's running statistics (those of the client's training data).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["bn_statistics_loss", "BNStatistics"]
+__all__ = ["BNStatistics", "bn_statistics_loss"]
 
 
 def bn_statistics_loss(features: Tensor, running_mean: Tensor, running_var: Tensor) -> Tensor:
@@ -60,8 +61,9 @@ class BNStatistics:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        layers = [m for m in model.modules()
-                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        layers = [
+            m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        ]
         if not layers:
             raise ValueError(
                 "the 'bn' prior does not apply: the model has no batch-norm layers with running statistics "

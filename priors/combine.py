@@ -1,4 +1,5 @@
 """Weighted combination of the image priors, built from a mapping of weights (a config's ``priors`` section)."""
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,7 @@ from .bn import BNStatistics
 from .norm import L2Norm
 from .tv import TotalVariation
 
-__all__ = ["PRIOR_NAMES", "Prior", "ImagePriors", "build_priors"]
+__all__ = ["PRIOR_NAMES", "ImagePriors", "Prior", "build_priors"]
 
 PRIOR_NAMES = ("tv", "l2", "bn", "augment")
 """Every prior, in the order they are evaluated ("bn" before "augment", whose forwards replace the statistics)."""
@@ -112,6 +113,9 @@ def build_priors(weights: Mapping[str, Any], *, model: nn.Module | None = None) 
     if "bn" in active and model is None:
         raise ValueError("the 'bn' prior needs the model (build_priors(..., model=model))")
     makers: dict[str, Callable[[], Prior]] = {
-        "tv": TotalVariation, "l2": L2Norm, "bn": lambda: BNStatistics(model), "augment": AugmentationConsistency,
+        "tv": TotalVariation,
+        "l2": L2Norm,
+        "bn": lambda: BNStatistics(model),
+        "augment": AugmentationConsistency,
     }
     return ImagePriors({name: (weight, makers[name]()) for name, weight in active.items()})

@@ -1,9 +1,10 @@
 """Image-norm prior (DeepInversion's ``l2`` term)."""
+
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["l2_norm", "L2Norm"]
+__all__ = ["L2Norm", "l2_norm"]
 
 
 def l2_norm(x: Tensor) -> Tensor:

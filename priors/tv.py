@@ -1,9 +1,10 @@
 """Anisotropic total variation (the Inverting Gradients definition)."""
+
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["total_variation", "TotalVariation"]
+__all__ = ["TotalVariation", "total_variation"]
 
 
 def total_variation(x: Tensor) -> Tensor:

@@ -15,8 +15,11 @@ With ``--restarts R`` (R > 1) a second table times R restarts run one after anot
 run as one batched problem (``attack.batch_restarts``), per step of all R restarts, on these models and on
 the paper's FCN-3 (MNIST-sized, K=50).
 """
-import inversion  # noqa: F401  (first: the torchvision compatibility shim)
 
+# isort: off
+import inversion  # noqa: F401  (first: the OpenMP wait policy and the torchvision shim)
+
+# isort: on
 import argparse
 import math
 import platform
@@ -25,9 +28,9 @@ import resource
 import torch
 
 from inversion.attack import AttackSettings, Inversion, plan_labels
+from inversion.attack.settings import resolve_device
 from inversion.fl import client_gradients, client_update
 from inversion.models import build_model
-from inversion.attack.settings import resolve_device
 from label_restore.benchmark import time_call
 
 
@@ -54,8 +57,10 @@ def main() -> None:
         model, images, labels = problem(name, options, args.batch_size, 3, device)
         client_ms, _ = time_call(lambda: client_gradients(model, images, labels), repeats=20, warmup=3)
         step_ms = warm_step_ms(model, images, labels, args.steps, args.min_seconds, device)
-        print(f"| {name} | {client_ms:.1f} | {step_ms:.1f} | {step_ms / client_ms:.2f}x | {1e3 / step_ms:.1f} | "
-              f"{peak_memory_mib(device):,.0f} |")
+        print(
+            f"| {name} | {client_ms:.1f} | {step_ms:.1f} | {step_ms / client_ms:.2f}x | {1e3 / step_ms:.1f} | "
+            f"{peak_memory_mib(device):,.0f} |"
+        )
     if args.restarts > 1:
         restarts_table(args.restarts, args.batch_size, args.steps, args.min_seconds, device)
 
@@ -77,9 +82,12 @@ def attack(model, images, labels, steps: int, device: torch.device, **settings) 
     update = client_update(model, images, labels)
     channels = images.shape[1]
     return Inversion(
-        model, update, plan_labels("oracle", update, model, true_labels=labels),
+        model,
+        update,
+        plan_labels("oracle", update, model, true_labels=labels),
         AttackSettings(max_steps=steps, checkpoint_every=0, **settings),
-        bounds=(torch.full((1, channels, 1, 1), -3.0), torch.full((1, channels, 1, 1), 3.0)), priors={"tv": 1e-4},
+        bounds=(torch.full((1, channels, 1, 1), -3.0), torch.full((1, channels, 1, 1), 3.0)),
+        priors={"tv": 1e-4},
         device=device,
     )
 
@@ -114,10 +122,13 @@ def restarts_table(restarts: int, batch_size: int, steps: int, min_seconds: floa
         for mode in ("never", "always"):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            timings[mode] = warm_step_ms(model, images, labels, steps, min_seconds, device, restarts=restarts,
-                                         batch_restarts=mode, span="never")
-        print(f"| {name} | {k} | {timings['never']:.1f} | {timings['always']:.1f} | "
-              f"{timings['never'] / timings['always']:.2f}x | {peak_memory_mib(device):,.0f} |")
+            timings[mode] = warm_step_ms(
+                model, images, labels, steps, min_seconds, device, restarts=restarts, batch_restarts=mode, span="never"
+            )
+        print(
+            f"| {name} | {k} | {timings['never']:.1f} | {timings['always']:.1f} | "
+            f"{timings['never'] / timings['always']:.2f}x | {peak_memory_mib(device):,.0f} |"
+        )
 
 
 if __name__ == "__main__":

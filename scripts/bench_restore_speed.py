@@ -12,8 +12,11 @@ outputs on N auxiliary samples given; the forward pass that produces them (the f
 untrained CIFAR-style ResNet-50 with 1000 classes (M = 2048) on K random 32x32 images: the full FedSGD
 gradient, and the final-layer-only gradient that label restoration needs.
 """
-import inversion  # noqa: F401  (first: the torchvision compatibility shim)
 
+# isort: off
+import inversion  # noqa: F401  (first: the OpenMP wait policy and the torchvision shim)
+
+# isort: on
 import argparse
 
 import torch
@@ -32,6 +35,7 @@ def restoration(args) -> float:
         for kind, layer in layers.items():
             gw, gb, w, b = layer[:4]
             for solver in args.solvers.split(","):
+
                 def call(solver=solver):
                     return restore_labels("ilrg", gw, gb, w, b, k, solver=solver)
 
@@ -43,8 +47,10 @@ def restoration(args) -> float:
                     note += f", LnAcc {scores['LnAcc']:.3f}"
                 if (c, kind, solver) == (1000, "batch", "auto"):
                     headline = median
-                print(f"ilrg  C={c:4d} M={m:4d} K={k} {kind:6s} solver={solver:5s} "
-                      f"median {median:8.2f} ms  min {best:8.2f} ms  ({note})")
+                print(
+                    f"ilrg  C={c:4d} M={m:4d} K={k} {kind:6s} solver={solver:5s} "
+                    f"median {median:8.2f} ms  min {best:8.2f} ms  ({note})"
+                )
         gw, gb, w, b = layers["batch"][:4]
         for name in ("idlg", "gi", "llg", "bias_corrected"):
             median, best = time_call(lambda: restore_labels(name, gw, gb, w, b, k), repeats=args.repeats)
@@ -64,15 +70,18 @@ def auxiliary(args) -> float:
     forward_ms, _ = time_call(forward, repeats=max(3, args.repeats // 3))
 
     def call():
-        return restore_labels("aux", grad_bias=layer["grad_bias"], batch_size=k, aux_probs=probs,
-                              aux_labels=layer["aux_labels"])
+        return restore_labels(
+            "aux", grad_bias=layer["grad_bias"], batch_size=k, aux_probs=probs, aux_labels=layer["aux_labels"]
+        )
 
     median, best = time_call(call, repeats=args.repeats)
     result = call()
     scores = label_metrics(result.raw_counts, counts_from_labels(layer["labels"], 1000))
-    print(f"aux   C=1000 M=2048 K={k} N={n} median {median:8.2f} ms  min {best:8.2f} ms  (solver ran: "
-          f"{result.details['solver']}, LnAcc {scores['LnAcc']:.3f}); the auxiliary forward pass (final layer "
-          f"only) {forward_ms:.1f} ms")
+    print(
+        f"aux   C=1000 M=2048 K={k} N={n} median {median:8.2f} ms  min {best:8.2f} ms  (solver ran: "
+        f"{result.details['solver']}, LnAcc {scores['LnAcc']:.3f}); the auxiliary forward pass (final layer "
+        f"only) {forward_ms:.1f} ms"
+    )
     return median
 
 
@@ -85,8 +94,10 @@ def client(args) -> tuple[float, float]:
     labels = torch.randint(0, 1000, (k,), generator=generator)
     full, _ = time_call(lambda: client_gradients(model, images, labels), repeats=3, warmup=1)
     head, _ = time_call(lambda: final_layer_client_gradients(model, images, labels), repeats=3, warmup=1)
-    print(f"client ResNet-50 (1000 classes, 32x32) K={k}: full FedSGD gradient median {full / 1e3:.2f} s, "
-          f"final layer only {head / 1e3:.2f} s")
+    print(
+        f"client ResNet-50 (1000 classes, 32x32) K={k}: full FedSGD gradient median {full / 1e3:.2f} s, "
+        f"final layer only {head / 1e3:.2f} s"
+    )
     return full / 1e3, head / 1e3
 
 
@@ -101,8 +112,10 @@ def main() -> None:
     ilrg_ms = restoration(args)
     auxiliary(args)
     full_s, head_s = client(args)
-    print(f"iLRG (C=1000, M=2048) takes {ilrg_ms:.1f} ms = {100 * ilrg_ms / 1e3 / full_s:.2f}% of the client's "
-          f"full gradient computation and {100 * ilrg_ms / 1e3 / head_s:.2f}% of its final-layer-only one (K={args.batch_size})")
+    print(
+        f"iLRG (C=1000, M=2048) takes {ilrg_ms:.1f} ms = {100 * ilrg_ms / 1e3 / full_s:.2f}% of the client's "
+        f"full gradient computation and {100 * ilrg_ms / 1e3 / head_s:.2f}% of its final-layer-only one (K={args.batch_size})"
+    )
 
 
 if __name__ == "__main__":

@@ -11,8 +11,11 @@ nothing (:func:`inversion.attack.threads.threads_for`).
 "Busy" starts ``--busy`` processes that spin on the CPU for the whole measurement (each stops by
 itself after at most ``--busy-seconds``), as other jobs on a shared lab machine would.
 """
-import inversion  # noqa: F401  (first: the torchvision compatibility shim)
 
+# isort: off
+import inversion  # noqa: F401  (first: the OpenMP wait policy and the torchvision shim)
+
+# isort: on
 import argparse
 import contextlib
 import os
@@ -35,8 +38,11 @@ def worker(preset: str, steps: int, threads: str, overrides: list[str]) -> None:
     model = model_from_update(run.update)
     if threads != "auto":
         torch.set_num_threads(int(threads))
-    with attack_threads(model, run.update.meta.input_shape, run.update.batch_size, "cpu") if threads == "auto" \
-            else contextlib.nullcontext():
+    with (
+        attack_threads(model, run.update.meta.input_shape, run.update.batch_size, "cpu")
+        if threads == "auto"
+        else contextlib.nullcontext()
+    ):
         invert(run.update, model, preset=preset, max_steps=20, progress=False)  # warm-up (allocations, caches)
         start = time.perf_counter()
         invert(run.update, model, preset=preset, max_steps=steps, progress=False)
@@ -47,17 +53,34 @@ POLICIES = {"passive (gradleak's)": {}, "spin, then sleep (libgomp's default)": 
 """OpenMP waiting policies: the environment that gives each (gradleak's own applies where nothing is set)."""
 
 
-def timed(preset: str, steps: int, threads: str, policy: str, repeats: int, overrides: list[str]
-          ) -> tuple[float, int]:
+def timed(preset: str, steps: int, threads: str, policy: str, repeats: int, overrides: list[str]) -> tuple[float, int]:
     """(median seconds over ``repeats`` fresh processes, threads used) of one setting."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    }
     env.update(POLICIES[policy])
     seconds, used = [], 0
     for _ in range(repeats):
-        out = subprocess.run([sys.executable, __file__, "--worker", "--preset", preset, "--steps", str(steps),
-                              "--threads", threads, *overrides], env=env, check=True, capture_output=True,
-                             text=True).stdout
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--preset",
+                preset,
+                "--steps",
+                str(steps),
+                "--threads",
+                threads,
+                *overrides,
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         value, used = out.split()[-2:]
         seconds.append(float(value))
     return statistics.median(seconds), int(used)
@@ -84,15 +107,16 @@ def main() -> None:
     print("| machine | threads | OpenMP wait policy | seconds | steps/s |")
     print("|---|---|---|---|---|")
     for load in ("quiet", "busy"):
-        burners = [subprocess.Popen([sys.executable, "-c", BURNER.format(seconds=args.busy_seconds)])
-                   for _ in range(args.busy if load == "busy" else 0)]
+        burners = [
+            subprocess.Popen([sys.executable, "-c", BURNER.format(seconds=args.busy_seconds)])
+            for _ in range(args.busy if load == "busy" else 0)
+        ]
         try:
             for threads, policy in settings:
                 seconds, used = timed(args.preset, args.steps, threads, policy, args.repeats, args.overrides)
                 label = f"auto ({used})" if threads == "auto" else threads
                 row = f"{load}" + (f" + {args.busy} busy" if burners else "")
-                print(f"| {row} | {label} | {policy} | {seconds:.2f} | "
-                      f"{args.steps / seconds:.0f} |", flush=True)
+                print(f"| {row} | {label} | {policy} | {seconds:.2f} | {args.steps / seconds:.0f} |", flush=True)
         finally:
             for burner in burners:
                 burner.kill()

@@ -2,8 +2,11 @@
 
 See ``inversion/cli/demo.py`` (also installed as the ``gradleak-demo`` command).
 """
-import inversion  # noqa: F401  (first: the torchvision compatibility shim)
 
+# isort: off
+import inversion  # noqa: F401  (first: the OpenMP wait policy and the torchvision shim)
+
+# isort: on
 from inversion.cli.demo import run
 
 if __name__ == "__main__":

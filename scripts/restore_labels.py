@@ -2,8 +2,11 @@
 
 See ``inversion/cli/restore_labels.py`` (also installed as the ``gradleak-restore-labels`` command).
 """
-import inversion  # noqa: F401  (first: the torchvision compatibility shim)
 
+# isort: off
+import inversion  # noqa: F401  (first: the OpenMP wait policy and the torchvision shim)
+
+# isort: on
 from inversion.cli.restore_labels import run
 
 if __name__ == "__main__":

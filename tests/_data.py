@@ -1,4 +1,5 @@
 """Helpers shared by the data tests: the real pack cache and copies of it."""
+
 from __future__ import annotations
 
 import shutil

@@ -1,6 +1,9 @@
 """Shared fixtures. The torchvision compatibility shim is imported before anything else."""
+
+# isort: off
 import inversion._torchvision_compat  # noqa: F401  (first: lets torchvision/lpips import on CPU torch)
 
+# isort: on
 from pathlib import Path
 
 import pytest

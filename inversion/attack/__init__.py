@@ -3,12 +3,23 @@
 :mod:`.objectives` (cosine / l2 matching), :mod:`.labels` (label modes: restored, oracle,
 joint, shared), :mod:`.optimize` (the optimisation loop, restarts, checkpoints).
 """
+
 from inversion.attack.labels import LABEL_MODES, LabelPlan, plan_labels
 from inversion.attack.objectives import OBJECTIVES, GradientMatcher
 from inversion.attack.optimize import Inversion, InversionResult, lr_factor
 from inversion.attack.settings import INITS, OPTIMIZERS, SCHEDULES, AttackSettings
 
 __all__ = [
-    "LABEL_MODES", "OBJECTIVES", "INITS", "OPTIMIZERS", "SCHEDULES",
-    "AttackSettings", "GradientMatcher", "Inversion", "InversionResult", "LabelPlan", "lr_factor", "plan_labels",
+    "INITS",
+    "LABEL_MODES",
+    "OBJECTIVES",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "AttackSettings",
+    "GradientMatcher",
+    "Inversion",
+    "InversionResult",
+    "LabelPlan",
+    "lr_factor",
+    "plan_labels",
 ]

@@ -13,6 +13,7 @@ optimisation as R sequential runs, with R times the work per kernel (fewer, larg
 learnable labels, L-BFGS (its line search would couple the restarts), the ``bn`` and ``augment``
 priors (model hooks and random augmentations per forward), and train-mode batch norm.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -31,8 +32,9 @@ if TYPE_CHECKING:
 __all__ = ["BatchedMatch", "batching_obstacle"]
 
 
-def batching_obstacle(settings: AttackSettings, plan: LabelPlan, priors: Mapping[str, float], *,
-                      fedavg: bool, train_mode_batch_norm: bool) -> str | None:
+def batching_obstacle(
+    settings: AttackSettings, plan: LabelPlan, priors: Mapping[str, float], *, fedavg: bool, train_mode_batch_norm: bool
+) -> str | None:
     """Why the restarts of this attack cannot run batched, or None when they can."""
     if fedavg:
         return "a FedAvg update (its local steps are unrolled per restart)"
@@ -59,8 +61,9 @@ class BatchedMatch:
         restarts: R.
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str], plan: LabelPlan, matcher: GradientMatcher,
-                 restarts: int) -> None:
+    def __init__(
+        self, model: nn.Module, names: Sequence[str], plan: LabelPlan, matcher: GradientMatcher, restarts: int
+    ) -> None:
         named = dict(model.named_parameters())
         # R stacked views of each matched parameter (stride 0: no memory); a leaf of its own, so that the
         # gradient with respect to it is per restart

@@ -16,6 +16,7 @@ the weight-sized term of the double backward (measured on the CPU with ``scripts
 ConvNet-64 steps 24 % and ResNet-18 steps 15 % faster). The attack converts the convolutions of its
 private copy of the model (:func:`use_lean_convolutions`); its results do not change.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MIN_MULTIPLY_ADDS", "conv2d", "multiply_adds", "LeanConv2d", "use_lean_convolutions"]
+__all__ = ["MIN_MULTIPLY_ADDS", "LeanConv2d", "conv2d", "multiply_adds", "use_lean_convolutions"]
 
 _Pair = tuple[int, int]
 
@@ -41,8 +42,9 @@ class _Conv2d(torch.autograd.Function):
     """``F.conv2d`` with numeric stride, padding and dilation, differentiated by separate nodes."""
 
     @staticmethod
-    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: _Pair, padding: _Pair, dilation: _Pair,
-                groups: int) -> Tensor:
+    def forward(
+        x: Tensor, weight: Tensor, bias: Tensor | None, stride: _Pair, padding: _Pair, dilation: _Pair, groups: int
+    ) -> Tensor:
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
@@ -52,8 +54,10 @@ class _Conv2d(torch.autograd.Function):
         ctx.conv = (stride, padding, dilation, groups)
         # the rows/columns of x that the strided convolution does not reach: the transposed one must restore them
         ctx.output_padding = tuple(
-            x.shape[2 + d] - ((output.shape[2 + d] - 1) * stride[d] - 2 * padding[d]
-                              + dilation[d] * (weight.shape[2 + d] - 1) + 1) for d in range(2))
+            x.shape[2 + d]
+            - ((output.shape[2 + d] - 1) * stride[d] - 2 * padding[d] + dilation[d] * (weight.shape[2 + d] - 1) + 1)
+            for d in range(2)
+        )
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
@@ -61,11 +65,11 @@ class _Conv2d(torch.autograd.Function):
         stride, padding, dilation, groups = ctx.conv
         grad_x = grad_weight = grad_bias = None
         if _used(ctx, 0):
-            grad_x = F.conv_transpose2d(grad_output, weight, None, stride, padding, ctx.output_padding, groups,
-                                        dilation)
+            grad_x = F.conv_transpose2d(
+                grad_output, weight, None, stride, padding, ctx.output_padding, groups, dilation
+            )
         if _used(ctx, 1):
-            grad_weight = torch.nn.grad.conv2d_weight(x, weight.shape, grad_output, stride, padding, dilation,
-                                                      groups)
+            grad_weight = torch.nn.grad.conv2d_weight(x, weight.shape, grad_output, stride, padding, dilation, groups)
         if _used(ctx, 2):
             grad_bias = grad_output.sum((0, 2, 3))
         return grad_x, grad_weight, grad_bias, None, None, None, None
@@ -79,8 +83,15 @@ def _through_view(tensor: Tensor | None) -> Tensor | None:
     return tensor
 
 
-def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: _Pair = (1, 1),
-           padding: _Pair = (0, 0), dilation: _Pair = (1, 1), groups: int = 1) -> Tensor:
+def conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: _Pair = (1, 1),
+    padding: _Pair = (0, 0),
+    dilation: _Pair = (1, 1),
+    groups: int = 1,
+) -> Tensor:
     """``F.conv2d`` (zero padding given as numbers) with a cheaper double backward.
 
     Args:
@@ -91,8 +102,15 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: _Pair 
     Returns:
         (B, C_out, H_out, W_out), the value of ``F.conv2d``.
     """
-    return _Conv2d.apply(_through_view(x), _through_view(weight), _through_view(bias), tuple(stride),
-                         tuple(padding), tuple(dilation), groups)
+    return _Conv2d.apply(
+        _through_view(x),
+        _through_view(weight),
+        _through_view(bias),
+        tuple(stride),
+        tuple(padding),
+        tuple(dilation),
+        groups,
+    )
 
 
 MIN_MULTIPLY_ADDS = 2**24
@@ -102,8 +120,11 @@ than the Python around the split (about 0.15 ms per convolution and step here)."
 
 def multiply_adds(x: Tensor, layer: nn.Conv2d) -> int:
     """Multiply-adds of ``layer``'s forward on ``x`` (B, C_in, H, W): B * C_out * C_in / groups * kH * kW * H_out * W_out."""
-    out = [(x.shape[2 + d] + 2 * layer.padding[d] - layer.dilation[d] * (layer.kernel_size[d] - 1) - 1)
-           // layer.stride[d] + 1 for d in range(2)]
+    out = [
+        (x.shape[2 + d] + 2 * layer.padding[d] - layer.dilation[d] * (layer.kernel_size[d] - 1) - 1) // layer.stride[d]
+        + 1
+        for d in range(2)
+    ]
     return x.shape[0] * layer.weight[0].numel() * layer.out_channels * out[0] * out[1]
 
 

@@ -10,6 +10,7 @@
 - ``shared``: unknown labels, one learnable logit vector shared by the whole batch (the
   "IG" baseline of the iLRG paper).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,14 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from label_restore import METHOD_NAMES, RestorationResult
-
-from inversion.restore.auxiliary import AuxiliaryData
 from inversion.fl.update import SharedUpdate
 from inversion.models import final_layer
 from inversion.restore import restore_from_update
+from inversion.restore.auxiliary import AuxiliaryData
+from label_restore import METHOD_NAMES, RestorationResult
 
-__all__ = ["LABEL_MODES", "LabelPlan", "plan_labels", "batch_loss", "labels_in_use"]
+__all__ = ["LABEL_MODES", "LabelPlan", "batch_loss", "labels_in_use", "plan_labels"]
 
 LEARNABLE = ("joint", "shared")
 LABEL_MODES = ("oracle", *LEARNABLE, *METHOD_NAMES)
@@ -63,8 +63,16 @@ class LabelPlan:
         return torch.randn(shape, generator=generator)
 
 
-def plan_labels(mode: str, update: SharedUpdate, model: nn.Module, *, true_labels: Tensor | None = None,
-                batch_size: int | None = None, aux: AuxiliaryData | None = None, **options: Any) -> LabelPlan:
+def plan_labels(
+    mode: str,
+    update: SharedUpdate,
+    model: nn.Module,
+    *,
+    true_labels: Tensor | None = None,
+    batch_size: int | None = None,
+    aux: AuxiliaryData | None = None,
+    **options: Any,
+) -> LabelPlan:
     """The label plan of a mode for an update (restoration runs here, on the server's side).
 
     Args:
@@ -93,21 +101,23 @@ def plan_labels(mode: str, update: SharedUpdate, model: nn.Module, *, true_label
     plan = LabelPlan(str(mode), num_classes, int(k))
     if mode == "oracle":
         if true_labels is None:
-            raise ValueError("label mode 'oracle' needs the true labels: give the private batch (it is an "
-                             "evaluation upper bound, not an attack)")
+            raise ValueError(
+                "label mode 'oracle' needs the true labels: give the private batch (it is an "
+                "evaluation upper bound, not an attack)"
+            )
         labels = _known_labels(true_labels, plan)
         plan.fixed = labels.clone() if update.kind == "fedavg" else torch.sort(labels).values
     elif mode in METHOD_NAMES:
-        plan.restoration = restore_from_update(str(mode), update, model, batch_size=plan.batch_size, aux=aux,
-                                               **options)
+        plan.restoration = restore_from_update(str(mode), update, model, batch_size=plan.batch_size, aux=aux, **options)
         plan.fixed = torch.as_tensor(plan.restoration.labels, dtype=torch.int64)
     return plan
 
 
 def _known_labels(labels: Tensor, plan: LabelPlan) -> Tensor:
     """``labels`` as a (K,) int64 CPU tensor, checked: K integer class indices of the model's C classes."""
-    integer = isinstance(labels, Tensor) and not (labels.is_floating_point() or labels.is_complex()
-                                                  or labels.dtype == torch.bool)
+    integer = isinstance(labels, Tensor) and not (
+        labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool
+    )
     if not integer:
         kind = f"dtype {labels.dtype}" if isinstance(labels, Tensor) else f"a {type(labels).__name__}"
         raise ValueError(f"known labels must be a tensor of integer class indices, got {kind}")
@@ -115,8 +125,10 @@ def _known_labels(labels: Tensor, plan: LabelPlan) -> Tensor:
         raise ValueError(f"oracle labels have shape {tuple(labels.shape)}, expected ({plan.batch_size},)")
     labels = labels.long().cpu()
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= plan.num_classes):
-        raise ValueError(f"known labels must lie in [0, {plan.num_classes}) (the model's {plan.num_classes} classes); "
-                         f"got min {int(labels.min())}, max {int(labels.max())}")
+        raise ValueError(
+            f"known labels must lie in [0, {plan.num_classes}) (the model's {plan.num_classes} classes); "
+            f"got min {int(labels.min())}, max {int(labels.max())}"
+        )
     return labels
 
 

@@ -11,6 +11,7 @@ results as one weighted vector sum. With per-layer weights :math:`w_l` (default 
 
 where :math:`g_l` is the dummy gradient of layer :math:`l` and :math:`t_l` the shared one.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence

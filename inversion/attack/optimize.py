@@ -17,6 +17,7 @@ atomically every N steps) resumes bit-identically on the CPU for a fixed thread 
 client did, but their running statistics are frozen (momentum 0): they are what the ``bn`` prior
 compares against, and must not drift towards the dummies' own statistics.
 """
+
 from __future__ import annotations
 
 import copy
@@ -32,24 +33,30 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from priors import build_priors
-
-from inversion.utils.fileio import atomic_write, load_tensor_file
-from inversion.fl.local import unroll_local_training
-from inversion.fl.update import SharedUpdate
 from inversion.attack.batched import BatchedMatch, batching_obstacle
 from inversion.attack.conv import use_lean_convolutions
 from inversion.attack.labels import LabelPlan, batch_loss, labels_in_use
 from inversion.attack.objectives import GradientMatcher
 from inversion.attack.settings import AttackSettings
 from inversion.attack.span import FirstLayerSpan, span_for_update
+from inversion.fl.local import unroll_local_training
+from inversion.fl.update import SharedUpdate
+from inversion.utils.fileio import atomic_write, load_tensor_file
+from priors import build_priors
 
-__all__ = ["InversionResult", "Inversion", "lr_factor"]
+__all__ = ["Inversion", "InversionResult", "lr_factor"]
 
 CHECKPOINT_FORMAT = "gradleak.InversionCheckpoint"
 CHECKPOINT_VERSION = 2
-_CHECKPOINT_KEYS = {"identity": str, "generator": Tensor, "finished": list, "restart": int, "step": int,
-                    "steps": int, "seconds": float}
+_CHECKPOINT_KEYS = {
+    "identity": str,
+    "generator": Tensor,
+    "finished": list,
+    "restart": int,
+    "step": int,
+    "steps": int,
+    "seconds": float,
+}
 _RESTART_KEYS = {"x": Tensor, "best_x": Tensor, "best_loss": float}
 _BATCHED_KEYS = {"x": Tensor, "best_x": Tensor, "best_loss": Tensor, "done": Tensor}
 
@@ -60,14 +67,17 @@ def _read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an inversion checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} is a version-{payload.get('version')} checkpoint; this version resumes only "
-                         f"version {CHECKPOINT_VERSION}: start the run afresh")
+        raise ValueError(
+            f"{path} is a version-{payload.get('version')} checkpoint; this version resumes only "
+            f"version {CHECKPOINT_VERSION}: start the run afresh"
+        )
     running = (_BATCHED_KEYS if payload.get("batched") else _RESTART_KEYS) if "x" in payload else {}
     wanted = {**_CHECKPOINT_KEYS, **running}
     bad = [k for k, kind in wanted.items() if not isinstance(payload.get(k), kind)]
     if bad or ("x" not in payload and not payload["finished"]):
-        raise ValueError(f"{path} is an incomplete checkpoint (missing or malformed: {', '.join(bad) or 'x'}): "
-                         "start the run afresh")
+        raise ValueError(
+            f"{path} is an incomplete checkpoint (missing or malformed: {', '.join(bad) or 'x'}): start the run afresh"
+        )
     return payload
 
 
@@ -181,7 +191,8 @@ class Inversion:
             raise ValueError("the input shape is unknown: the update's metadata has no input_shape; pass image_shape")
         self.shape = (plan.batch_size, *image_shape)
         self.span: FirstLayerSpan | None = span_for_update(
-            str(settings.span), self.model, update.gradients, plan.batch_size, image_shape)
+            str(settings.span), self.model, update.gradients, plan.batch_size, image_shape
+        )
         if self.span is not None:
             self.span.to(self.device)
         # what the optimiser moves: the dummies themselves, or their coefficients in the span (K, r)
@@ -201,14 +212,20 @@ class Inversion:
         if mode == "never" or (mode == "auto" and self.device.type != "cuda"):
             return None
         obstacle = batching_obstacle(
-            self.settings, self.plan, self.prior_weights, fedavg=self.local is not None,
-            train_mode_batch_norm=self.bn_mode == "train" and any(
-                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()))
+            self.settings,
+            self.plan,
+            self.prior_weights,
+            fedavg=self.local is not None,
+            train_mode_batch_norm=self.bn_mode == "train"
+            and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()),
+        )
         if obstacle is None:
             return BatchedMatch(self.model, self.names, self.plan, self.matcher, self.settings.restarts)
         if mode == "always":
-            raise ValueError(f"attack.batch_restarts=always: restarts cannot run batched with {obstacle}; "
-                             "set attack.batch_restarts=auto or never")
+            raise ValueError(
+                f"attack.batch_restarts=always: restarts cannot run batched with {obstacle}; "
+                "set attack.batch_restarts=auto or never"
+            )
         return None
 
     # --- losses -------------------------------------------------------------------------------------
@@ -246,8 +263,9 @@ class Inversion:
             if self.span is None:
                 torch.maximum(torch.minimum(leaf, self.upper, out=leaf), self.lower, out=leaf)
             else:
-                leaf.copy_(self.span.coefficients(torch.maximum(torch.minimum(self.span(leaf), self.upper),
-                                                                self.lower)))
+                leaf.copy_(
+                    self.span.coefficients(torch.maximum(torch.minimum(self.span(leaf), self.upper), self.lower))
+                )
 
     # --- state ----------------------------------------------------------------------------------------
     def _fresh_restart(self, restart: int) -> dict[str, Any]:
@@ -260,8 +278,16 @@ class Inversion:
             x = torch.zeros(self.shape)
         logits = self.plan.initial_logits(init_gen)
         leaf = x if self.span is None else self.span.coefficients(x.to(self.device)).cpu()
-        return {"restart": restart, "step": 0, "x": leaf, "label_logits": logits, "optimizer": None,
-                "best_x": self.images(leaf.to(self.device)).cpu(), "best_loss": math.inf, "best_logits": logits}
+        return {
+            "restart": restart,
+            "step": 0,
+            "x": leaf,
+            "label_logits": logits,
+            "optimizer": None,
+            "best_x": self.images(leaf.to(self.device)).cpu(),
+            "best_loss": math.inf,
+            "best_logits": logits,
+        }
 
     def _optimizer(self, x: Tensor, logits: Tensor | None) -> torch.optim.Optimizer:
         params = [x] if logits is None else [x, logits]
@@ -275,8 +301,13 @@ class Inversion:
         state["seconds"] = self._seconds()
         if self._optimizer_in_use is not None:
             state["optimizer"] = self._optimizer_in_use.state_dict()
-        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "identity": self.identity, **state,
-                "generator": self.generator.get_state()}
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "identity": self.identity,
+            **state,
+            "generator": self.generator.get_state(),
+        }
 
     def save_checkpoint(self, path: str | Path) -> None:
         """Write the resumable state atomically (temp file, then rename)."""
@@ -292,12 +323,16 @@ class Inversion:
         """
         payload = _read_checkpoint(path)
         if payload["identity"] != self.identity:
-            raise ValueError(f"checkpoint {path} was made by another attack (another config or update): "
-                             "resume with the same config and update, or start afresh")
+            raise ValueError(
+                f"checkpoint {path} was made by another attack (another config or update): "
+                "resume with the same config and update, or start afresh"
+            )
         if "x" in payload and bool(payload.get("batched")) != (self.batched is not None):
             how = "batched" if payload.get("batched") else "one after another"
-            raise ValueError(f"checkpoint {path} ran its restarts {how}; resume with the same attack.batch_restarts "
-                             "on the same kind of device, or start afresh")
+            raise ValueError(
+                f"checkpoint {path} ran its restarts {how}; resume with the same attack.batch_restarts "
+                "on the same kind of device, or start afresh"
+            )
         # the optimised variable(s), or after the last restart (no x) the last restart's best dummies
         leaf_shape = self.leaf_shape if self.batched is None else (self.settings.restarts, *self.leaf_shape)
         dummies, shape = (payload["x"], leaf_shape) if "x" in payload else (payload["finished"][-1][2], self.shape)
@@ -374,9 +409,16 @@ class Inversion:
             raise KeyboardInterrupt("interrupted before the first step finished")
         restart, loss, best_x, best_logits = min(runs, key=lambda r: r[1])
         return InversionResult(
-            images=best_x.detach().cpu(), labels=labels_in_use(self.plan, best_logits), loss=loss, restart=restart,
-            restart_losses=[r[1] for r in runs], steps=st["steps"], seconds=st["seconds"], interrupted=interrupted,
-            snapshots=snapshots, span=None if self.span is None else self.span.record(),
+            images=best_x.detach().cpu(),
+            labels=labels_in_use(self.plan, best_logits),
+            loss=loss,
+            restart=restart,
+            restart_losses=[r[1] for r in runs],
+            steps=st["steps"],
+            seconds=st["seconds"],
+            interrupted=interrupted,
+            snapshots=snapshots,
+            span=None if self.span is None else self.span.record(),
         )
 
     def _close_restarts(self, following: int) -> None:
@@ -395,13 +437,22 @@ class Inversion:
     def _fresh_batch(self) -> dict[str, Any]:
         """The state of all restarts at step 0, stacked: x (R, *leaf), best_x (R, K, C, H, W), best_loss (R,)."""
         fresh = [self._fresh_restart(r) for r in range(self.settings.restarts)]
-        return {"batched": True, "restart": 0, "step": 0, "label_logits": None, "optimizer": None,
-                "x": torch.stack([f["x"] for f in fresh]), "best_x": torch.stack([f["best_x"] for f in fresh]),
-                "best_loss": torch.full((len(fresh),), math.inf), "done": torch.zeros(len(fresh), dtype=torch.bool),
-                "best_logits": None}
+        return {
+            "batched": True,
+            "restart": 0,
+            "step": 0,
+            "label_logits": None,
+            "optimizer": None,
+            "x": torch.stack([f["x"] for f in fresh]),
+            "best_x": torch.stack([f["best_x"] for f in fresh]),
+            "best_loss": torch.full((len(fresh),), math.inf),
+            "done": torch.zeros(len(fresh), dtype=torch.bool),
+            "best_logits": None,
+        }
 
-    def _run_batched(self, bar, monitor, monitor_every, checkpoint, checkpoint_every, snapshot_every,
-                     snapshots) -> None:
+    def _run_batched(
+        self, bar, monitor, monitor_every, checkpoint, checkpoint_every, snapshot_every, snapshots
+    ) -> None:
         """All restarts at once (see :mod:`inversion.attack.batched`); a restart that reaches ``stop_loss`` is frozen."""
         s, st = self.settings, self.state
         x = st["x"].to(self.device).requires_grad_(True)
@@ -466,8 +517,9 @@ class Inversion:
         before, start = self._session
         return before + time.perf_counter() - start
 
-    def _run_restart(self, bar, monitor, monitor_every, checkpoint, checkpoint_every, snapshot_every,
-                     snapshots) -> None:
+    def _run_restart(
+        self, bar, monitor, monitor_every, checkpoint, checkpoint_every, snapshot_every, snapshots
+    ) -> None:
         s, st = self.settings, self.state
         x = st["x"].to(self.device).requires_grad_(True)
         logits = None if st["label_logits"] is None else st["label_logits"].to(self.device).requires_grad_(True)
@@ -480,7 +532,14 @@ class Inversion:
             for group in optimizer.param_groups:
                 group["lr"] = s.lr * lr_factor(s.schedule, step, s.max_steps)
             matching = self._step(optimizer, x, logits)
-            st.update({"step": step + 1, "steps": st["steps"] + 1, "x": x.detach(), "label_logits": None if logits is None else logits.detach()})
+            st.update(
+                {
+                    "step": step + 1,
+                    "steps": st["steps"] + 1,
+                    "x": x.detach(),
+                    "label_logits": None if logits is None else logits.detach(),
+                }
+            )
             if snapshot_every and (step + 1) % snapshot_every == 0:
                 snapshots.append((st["restart"], step + 1, self.images(x.detach()).cpu().clone()))
             if monitor is not None and (step % monitor_every == 0 or step + 1 == s.max_steps):
@@ -512,8 +571,13 @@ class Inversion:
             if not record:
                 record["matching"] = float(matching.detach())
                 if record["matching"] < st["best_loss"]:
-                    st.update({"best_loss": record["matching"], "best_x": images.detach().cpu().clone(),
-                               "best_logits": None if logits is None else logits.detach().cpu().clone()})
+                    st.update(
+                        {
+                            "best_loss": record["matching"],
+                            "best_x": images.detach().cpu().clone(),
+                            "best_logits": None if logits is None else logits.detach().cpu().clone(),
+                        }
+                    )
             # gradients w.r.t. the dummies only: not the (unused) second-order ones of the model's parameters
             for leaf, grad in zip(leaves, torch.autograd.grad(total, leaves)):
                 leaf.grad = grad

@@ -1,4 +1,5 @@
 """The attack's settings: one dataclass that is both the ``attack`` section of the configs and the library's type."""
+
 from __future__ import annotations
 
 import math
@@ -7,14 +8,28 @@ from typing import Dict, List, Optional
 
 import torch
 
-from inversion.utils.choices import choices, coerce
 from inversion.attack.labels import LABEL_MODES
 from inversion.attack.objectives import OBJECTIVES
 from inversion.attack.span import SPAN_MODES
+from inversion.utils.choices import choices, coerce
 
-__all__ = ["AttackSettings", "resolve_device", "INITS", "OPTIMIZERS", "SCHEDULES", "DEVICES",
-           "LabelMode", "Objective", "Optimizer", "Schedule", "Init", "Device", "Span",
-           "BatchRestarts", "BATCH_RESTART_MODES"]
+__all__ = [
+    "BATCH_RESTART_MODES",
+    "DEVICES",
+    "INITS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "AttackSettings",
+    "BatchRestarts",
+    "Device",
+    "Init",
+    "LabelMode",
+    "Objective",
+    "Optimizer",
+    "Schedule",
+    "Span",
+    "resolve_device",
+]
 
 INITS = ("randn", "rand", "zeros")
 OPTIMIZERS = ("adam", "lbfgs")
@@ -87,9 +102,16 @@ class AttackSettings:
     memory_check: bool = True
 
     def __post_init__(self) -> None:
-        for name, kind in (("labels", LabelMode), ("objective", Objective), ("optimizer", Optimizer),
-                           ("schedule", Schedule), ("init", Init), ("device", Device), ("span", Span),
-                           ("batch_restarts", BatchRestarts)):
+        for name, kind in (
+            ("labels", LabelMode),
+            ("objective", Objective),
+            ("optimizer", Optimizer),
+            ("schedule", Schedule),
+            ("init", Init),
+            ("device", Device),
+            ("span", Span),
+            ("batch_restarts", BatchRestarts),
+        ):
             setattr(self, name, coerce(kind, getattr(self, name), name if name != "labels" else "label mode"))
         if self.max_steps < 1 or self.restarts < 1:
             raise ValueError(f"max_steps and restarts must be >= 1, got {self.max_steps} and {self.restarts}")

@@ -24,6 +24,7 @@ vectors are then a denoised estimate of the span, not the span.
 :func:`first_linear_weight` finds the layer (by tracing one forward pass), :func:`row_space_basis`
 computes :math:`V`, and :class:`FirstLayerSpan` maps coefficients to images and back.
 """
+
 from __future__ import annotations
 
 import math
@@ -149,8 +150,9 @@ class FirstLayerSpan(nn.Module):
         return {"layer": self.layer, "rank": self.rank, "dimension": self.basis.shape[0]}
 
 
-def span_for_update(mode: str, model: nn.Module, gradients: Mapping[str, Tensor], batch_size: int,
-                    image_shape: Sequence[int]) -> FirstLayerSpan | None:
+def span_for_update(
+    mode: str, model: nn.Module, gradients: Mapping[str, Tensor], batch_size: int, image_shape: Sequence[int]
+) -> FirstLayerSpan | None:
     """The span constraint that ``attack.span=mode`` asks for on this model and update, or None.
 
     ``auto`` uses it where it applies: the first trainable layer is linear on the flattened input, the
@@ -167,8 +169,10 @@ def span_for_update(mode: str, model: nn.Module, gradients: Mapping[str, Tensor]
     elif found[0] not in gradients:
         why = f"the update holds no gradient of the first layer's weight {found[0]!r}"
     elif found[1].out_features < batch_size:
-        why = (f"the first layer has {found[1].out_features} outputs, fewer than the batch size {batch_size}, so "
-               "its gradient cannot span the batch")
+        why = (
+            f"the first layer has {found[1].out_features} outputs, fewer than the batch size {batch_size}, so "
+            "its gradient cannot span the batch"
+        )
     else:
         name = found[0]
         return FirstLayerSpan(row_space_basis(gradients[name], batch_size), image_shape, layer=name)

@@ -12,6 +12,7 @@ A user's choice wins: with ``OMP_NUM_THREADS`` set, the count is left alone. Eit
 deterministic for a given problem, so CPU results stay bit-reproducible (they depend on the thread count,
 which ``results.json`` records).
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,9 @@ def threads_for(model: nn.Module, input_shape: Sequence[int], batch_size: int, d
 
 
 @contextmanager
-def attack_threads(model: nn.Module, input_shape: Sequence[int], batch_size: int,
-                   device: torch.device | str) -> Iterator[int]:
+def attack_threads(
+    model: nn.Module, input_shape: Sequence[int], batch_size: int, device: torch.device | str
+) -> Iterator[int]:
     """Within the block, torch uses :func:`threads_for`'s count of CPU threads; the earlier count is restored
     after it. Yields that count."""
     before = torch.get_num_threads()

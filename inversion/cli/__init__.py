@@ -1,4 +1,5 @@
 """Shared plumbing of the command-line scripts: argument parsing, logging, error reporting."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,9 @@ def config_parser(description: str, default_config: str) -> argparse.ArgumentPar
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default=default_config, help=f"top-level YAML config (default: {default_config})")
     parser.add_argument(
-        "overrides", nargs="*", metavar="key=value",
+        "overrides",
+        nargs="*",
+        metavar="key=value",
         help="overrides, e.g. client.batch_size=16 model=resnet18 data=cifar100",
     )
     return parser
@@ -26,8 +29,8 @@ def run_cli(main: Callable[[], object]) -> None:
     :mod:`inversion.utils.interrupts`), once ``main`` is done."""
     from inversion.config import ConfigError
     from inversion.data import DataUnavailableError, PackError
-    from inversion.utils.fileio import DiskFullError
     from inversion.evaluation import LPIPSWeightsError
+    from inversion.utils.fileio import DiskFullError
     from inversion.utils.interrupts import watch_sigint
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -36,8 +39,15 @@ def run_cli(main: Callable[[], object]) -> None:
             main()
             if interrupted():
                 raise KeyboardInterrupt
-    except (ConfigError, DataUnavailableError, PackError, LPIPSWeightsError, ValueError, FileNotFoundError,
-            DiskFullError) as err:
+    except (
+        ConfigError,
+        DataUnavailableError,
+        PackError,
+        LPIPSWeightsError,
+        ValueError,
+        FileNotFoundError,
+        DiskFullError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as err:  # its message, if any, says what was kept

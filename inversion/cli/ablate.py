@@ -10,9 +10,10 @@ ledger: re-running skips finished runs, so an interrupted sweep resumes) and run
 ``--executor ray`` runs one Ray task per run (a local Ray of ``--num-cpus`` CPUs, or the cluster at
 ``--address``); the results are the same.
 """
+
+from inversion.cli import config_parser, run_cli
 from inversion.experiments.ablate import run_ablation
 from inversion.sweep.options import add_executor_options, executor_from_args, report
-from inversion.cli import config_parser, run_cli
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ Runs the default MNIST attack twice on the same client batch (iLRG-restored labe
 and writes OUT/demo.html (every picture embedded; opens offline in any browser). --screenshot also
 renders the page with headless Chromium (Debian's `chromium` package) to OUT/demo.png.
 """
+
 import argparse
 import shutil
 import subprocess
@@ -20,11 +21,24 @@ def screenshot(page: Path, png: Path) -> None:
     if browser is None:
         raise FileNotFoundError("--screenshot needs Chromium: apt-get install chromium (Debian), then run again")
     subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-         f"--user-data-dir={png.parent / '.chromium'}", "--window-size=1200,3700",
-         f"--screenshot={png}", page.resolve().as_uri()],
-        check=True, capture_output=True, timeout=120,
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            f"--user-data-dir={png.parent / '.chromium'}",
+            "--window-size=1200,3700",
+            f"--screenshot={png}",
+            page.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
 
 

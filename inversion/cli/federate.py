@@ -12,6 +12,7 @@ to), ``private/round_RRR/client_P.pt`` (the clients' batches, for scoring only),
 clients run DP-SGD (Opacus; ``client.dp_max_grad_norm`` C, ``client.dp_delta`` δ); ``federation.json`` records
 σ, C, δ and ε. Needs ``pip install 'flwr[simulation]'`` (and ``opacus`` for DP-SGD).
 """
+
 from inversion.cli import config_parser, run_cli
 from inversion.config import load_config
 from inversion.experiments.federate import FederateConfig, run_federation
@@ -23,19 +24,29 @@ def main() -> None:
     run = run_federation(cfg)
     fed = cfg.federation
     updates = run.updates
-    print(f"federation: {fed.clients} clients, {fed.rounds} rounds of FedSGD (lr {fed.lr}, K={cfg.client.batch_size}) "
-          f"on {run.data_source}")
-    print(f"captured {len(updates)} client updates (what the server saw) under {run.out / 'captured'}; "
-          f"private batches (scoring only) under {run.out / 'private'}; summary {run.summary_path}")
+    print(
+        f"federation: {fed.clients} clients, {fed.rounds} rounds of FedSGD (lr {fed.lr}, K={cfg.client.batch_size}) "
+        f"on {run.data_source}"
+    )
+    print(
+        f"captured {len(updates)} client updates (what the server saw) under {run.out / 'captured'}; "
+        f"private batches (scoring only) under {run.out / 'private'}; summary {run.summary_path}"
+    )
     if run.dp is not None:
-        per_update, all_rounds = ("inf (no noise)" if run.dp[key] is None else f"{run.dp[key]:.3g}"
-                                  for key in ("epsilon", "epsilon_all_rounds"))
-        print(f"DP-SGD (sigma {run.dp['noise_multiplier']}, C {run.dp['max_grad_norm']}, delta {run.dp['delta']}): "
-              f"epsilon {per_update} per update, {all_rounds} for a client in all {fed.rounds} rounds")
+        per_update, all_rounds = (
+            "inf (no noise)" if run.dp[key] is None else f"{run.dp[key]:.3g}"
+            for key in ("epsilon", "epsilon_all_rounds")
+        )
+        print(
+            f"DP-SGD (sigma {run.dp['noise_multiplier']}, C {run.dp['max_grad_norm']}, delta {run.dp['delta']}): "
+            f"epsilon {per_update} per update, {all_rounds} for a client in all {fed.rounds} rounds"
+        )
     print(f"took {run.seconds:.1f} s ({run.simulation_seconds:.1f} s in the Flower simulation, Ray start included)")
     first = run.rounds[0]["clients"][0]
-    print(f"attack one: python scripts/invert.py --update {run.out / first['update']} "
-          f"--private {run.out / first['private']}")
+    print(
+        f"attack one: python scripts/invert.py --update {run.out / first['update']} "
+        f"--private {run.out / first['private']}"
+    )
 
 
 def run() -> None:

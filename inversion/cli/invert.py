@@ -13,10 +13,11 @@ The run directory gets results.json, reconstruction.pt/.png, config.yaml, checkp
 private batch, grid.png and the scores; --resume continues from the checkpoint; Ctrl-C stops,
 writes the best result so far and its checkpoint, and exits with code 130.
 """
+
 from inversion.cli import config_parser, run_cli
 from inversion.config import ConfigError, InvertConfig, load_config
-from inversion.fl.update import SharedUpdate
 from inversion.experiments.invert import run_inversion
+from inversion.fl.update import SharedUpdate
 
 
 def main() -> None:
@@ -33,41 +34,67 @@ def main() -> None:
         keys = [o.split("=")[0] for o in args.overrides]
         unused = [k for k in keys if k.split(".")[0] in ("data", "client") and k != "data.root"]
         if unused:
-            raise ConfigError(f"{unused[0]!r} does not apply to --update: the saved update fixes the data and client "
-                              "(only data.root, where the LPIPS weights are cached, is used)")
+            raise ConfigError(
+                f"{unused[0]!r} does not apply to --update: the saved update fixes the data and client "
+                "(only data.root, where the LPIPS weights are cached, is used)"
+            )
         fixed = [k for k in keys if k.split(".")[0] == "model" and k != "model.weights"]
         if fixed and (named := SharedUpdate.load(args.update).meta.model) is not None:
-            raise ConfigError(f"{fixed[0]!r} does not apply to --update {args.update}: the update names its model "
-                              f"({named['name']}), which is attacked; only model.weights (--weights), the state the "
-                              "update was computed on, is used")
-    flags = [f"{key}={value}" for key, value in
-             (("attack.labels", args.labels), ("attack.device", args.device), ("update", args.update),
-              ("private", args.private), ("model.weights", args.weights), ("out", args.out)) if value]
+            raise ConfigError(
+                f"{fixed[0]!r} does not apply to --update {args.update}: the update names its model "
+                f"({named['name']}), which is attacked; only model.weights (--weights), the state the "
+                "update was computed on, is used"
+            )
+    flags = [
+        f"{key}={value}"
+        for key, value in (
+            ("attack.labels", args.labels),
+            ("attack.device", args.device),
+            ("update", args.update),
+            ("private", args.private),
+            ("model.weights", args.weights),
+            ("out", args.out),
+        )
+        if value
+    ]
     cfg = load_config(InvertConfig, args.config, [*args.overrides, *flags])
     done = run_inversion(cfg, resume=args.resume)
     results, attack = done.results, done.results["attack"]
-    print(f"labels ({results['label_mode']}): counts {results['label_counts']}"
-          + ("" if results["label_metrics"] is None else
-             " - used by the attack (sum to K): " + _label_scores(results["label_metrics"])))
+    print(
+        f"labels ({results['label_mode']}): counts {results['label_counts']}"
+        + (
+            ""
+            if results["label_metrics"] is None
+            else " - used by the attack (sum to K): " + _label_scores(results["label_metrics"])
+        )
+    )
     restoration = results["restoration"]
     if restoration is not None and restoration["raw_metrics"] is not None:
-        print(f"  {restoration['method']} raw counts (as the paper scores them): "
-              + _label_scores(restoration["raw_metrics"]))
+        print(
+            f"  {restoration['method']} raw counts (as the paper scores them): "
+            + _label_scores(restoration["raw_metrics"])
+        )
     for finding in restoration["diagnostics"] if restoration is not None else ():
         print(f"  warning: {finding}")
-    print(f"matching loss {attack['matching_loss']:.4g} after {attack['steps']} steps in {attack['seconds']:.0f} s"
-          + (", interrupted" if attack["interrupted"] else ""))
+    print(
+        f"matching loss {attack['matching_loss']:.4g} after {attack['steps']} steps in {attack['seconds']:.0f} s"
+        + (", interrupted" if attack["interrupted"] else "")
+    )
     if results["image_metrics"] is not None:
         scores = results["image_metrics"]["mean"]
-        print(f"reconstruction: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f}, LPIPS {scores['lpips']:.3f} "
-              f"(mean over {len(results['labels_used'])} images)")
+        print(
+            f"reconstruction: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f}, LPIPS {scores['lpips']:.3f} "
+            f"(mean over {len(results['labels_used'])} images)"
+        )
     else:
         print("no private batch given: images and labels written, not scored (--private scores them)")
     files = sorted(p.name for p in done.out.iterdir() if not p.name.startswith("."))
     print(f"results in {done.out}/: {', '.join(files)}")
     if attack["interrupted"]:  # the best so far is written, but the run did not finish: exit code 130
-        raise KeyboardInterrupt(f"the attack stopped after {attack['steps']} steps; its best result so far is in "
-                                f"{done.out}/ (--resume continues it)")
+        raise KeyboardInterrupt(
+            f"the attack stopped after {attack['steps']} steps; its best result so far is in "
+            f"{done.out}/ (--resume continues it)"
+        )
 
 
 def _label_scores(metrics: dict) -> str:

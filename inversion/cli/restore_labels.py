@@ -12,6 +12,7 @@ re-running skips the finished settings (an interrupted sweep resumes) and retrie
 ``--json`` also prints the JSON to stdout (the table then goes to stderr). ``--executor ray``
 runs one Ray task per setting (a local Ray of ``--num-cpus`` CPUs, or the cluster at ``--address``).
 """
+
 import json
 import sys
 from pathlib import Path
@@ -31,9 +32,12 @@ def main() -> None:
     text = sys.stderr if args.json else sys.stdout
     print(format_markdown(results), file=text)
     out = Path(results["config"]["out"])
-    print(f"{len(finished)} settings now, {len(results['settings']) - len(finished)} already done, "
-          f"{len(results['failed'])} failed; results in {out / 'results.json'} and {out / 'results.md'} "
-          f"(ledger: {out / 'runs.jsonl'})", file=text)
+    print(
+        f"{len(finished)} settings now, {len(results['settings']) - len(finished)} already done, "
+        f"{len(results['failed'])} failed; results in {out / 'results.json'} and {out / 'results.md'} "
+        f"(ledger: {out / 'runs.jsonl'})",
+        file=text,
+    )
     if args.json:
         print(json.dumps(results, indent=1))
 

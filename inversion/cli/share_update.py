@@ -8,6 +8,7 @@ images, labels and how they were drawn, for scoring only), ``config.yaml`` (the 
 ``batch.png`` (the private batch). Attack it with ``scripts/invert.py --update OUT/update.pt
 [--private OUT/private.pt]``.
 """
+
 from inversion.cli import config_parser, run_cli
 from inversion.config import ShareConfig, load_config
 from inversion.experiments.share_update import run_share_update
@@ -20,8 +21,10 @@ def main() -> None:
     parameters = sum(p.numel() for p in run.model.parameters())
     print(run.update.summary())
     print(f"model: {run.model.config['name']} ({parameters:,} parameters); data: {run.batch.source}")
-    print(f"saved {files.update} (public), {files.private} (private: for scoring only), {files.config} "
-          f"and {files.picture}")
+    print(
+        f"saved {files.update} (public), {files.private} (private: for scoring only), {files.config} "
+        f"and {files.picture}"
+    )
     print(f"attack it: python scripts/invert.py --update {files.update} --private {files.private}")
 
 

@@ -17,11 +17,12 @@ training.json, training.md (held-out accuracy per run and mean ± std over seeds
 runs.jsonl (the ledger: re-running skips finished runs and continues interrupted ones from their
 resume.pt). ``--executor ray`` runs one Ray task per run; the results are the same.
 """
+
 from inversion.cli import config_parser, run_cli
 from inversion.config import ConfigError, load_config
-from inversion.sweep.options import add_executor_options, executor_from_args, report
 from inversion.experiments.train import TrainConfig, run_training
 from inversion.experiments.train_sweep import OUTPUTS, run_train_sweep
+from inversion.sweep.options import add_executor_options, executor_from_args, report
 
 DEFAULT_CONFIG = "configs/train/default.yaml"
 
@@ -30,8 +31,11 @@ def main() -> None:
     parser = config_parser(__doc__.splitlines()[0], DEFAULT_CONFIG)
     parser.set_defaults(config=None)  # DEFAULT_CONFIG unless given: --sweep refuses a given --config
     parser.add_argument("--resume", action="store_true", help="continue from OUT/resume.pt")
-    parser.add_argument("--sweep", metavar="FILE", help="a training sweep (configs/train/sweeps/*.yaml): "
-                                                        "experiments x seeds; the overrides apply to it")
+    parser.add_argument(
+        "--sweep",
+        metavar="FILE",
+        help="a training sweep (configs/train/sweeps/*.yaml): experiments x seeds; the overrides apply to it",
+    )
     add_executor_options(parser)
     args = parser.parse_intermixed_args()
     if args.sweep is not None:
@@ -47,8 +51,10 @@ def _train(args) -> None:
     executor_from_args(args)  # refuses the Ray options without --executor ray
     cfg = load_config(TrainConfig, args.config or DEFAULT_CONFIG, args.overrides)
     record = run_training(cfg, resume=args.resume)
-    print(f"trained {record.model['name']} on {len(record.train_indices):,} images, "
-          f"{len(record.held_out_indices):,} held out, from {record.data_source}")
+    print(
+        f"trained {record.model['name']} on {len(record.train_indices):,} images, "
+        f"{len(record.held_out_indices):,} held out, from {record.data_source}"
+    )
     for row in record.history:
         print(_epoch_line(row))
     out = record.log_path.parent
@@ -60,19 +66,25 @@ def _sweep(args) -> None:
     """A training sweep, as the ``--sweep`` file and the overrides say."""
     given = [flag for flag, value in (("--config", args.config), ("--resume", args.resume)) if value]
     if given:
-        raise ConfigError(f"--sweep with {' and '.join(given)}: a sweep file names its configs, and a sweep "
-                          "resumes by itself")
+        raise ConfigError(
+            f"--sweep with {' and '.join(given)}: a sweep file names its configs, and a sweep resumes by itself"
+        )
     done = run_train_sweep(args.sweep, args.overrides, executor=executor_from_args(args))
-    report(done, "training.md", f"{', '.join(OUTPUTS)}, runs.jsonl; each run's checkpoints in "
-                                f"{done['out']}/<experiment>/seed<S>/")
+    report(
+        done,
+        "training.md",
+        f"{', '.join(OUTPUTS)}, runs.jsonl; each run's checkpoints in {done['out']}/<experiment>/seed<S>/",
+    )
 
 
 def _epoch_line(row: dict) -> str:
     """One epoch of the log as a line: train loss and accuracy (not for epoch 0), held-out accuracy, time."""
-    trained = "" if row["train_loss"] is None else \
-        f"train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}, "
-    held_out = "no held-out images" if row["held_out_accuracy"] is None else \
-        f"held-out acc {row['held_out_accuracy']:.4f}"
+    trained = (
+        "" if row["train_loss"] is None else f"train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}, "
+    )
+    held_out = (
+        "no held-out images" if row["held_out_accuracy"] is None else f"held-out acc {row['held_out_accuracy']:.4f}"
+    )
     return f"epoch {row['epoch']:3d}: {trained}{held_out} ({row['seconds']:.2f} s)"
 
 

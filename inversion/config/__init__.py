@@ -3,7 +3,8 @@
 - :mod:`.compose`: loading (schema defaults, group files, overrides), resolving into typed objects, saving;
 - :mod:`.presets`: named attack presets (``configs/invert/``).
 """
-from inversion.config.compose import *  # noqa: F401,F403
+
+from inversion.config.compose import *  # noqa: F403
 from inversion.config.compose import __all__ as _compose_all
 
 __all__ = list(_compose_all)

@@ -14,6 +14,7 @@ files under ``configs/<group>/<name>.yaml``. Sources merge in this order:
 Every unknown key, wrong type or unknown name (dataset, model, activation,
 sampler, ...) raises :class:`ConfigError` naming the key and the valid choices.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,24 +27,38 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
-from label_restore import METHOD_NAMES
-from label_restore.aux import MISSING_CLASS_RULES
-
-from inversion.attack.settings import AttackSettings, LabelMode
-from inversion.utils.choices import choices
-from inversion.utils.fileio import atomic_write
+from inversion.attack.settings import AttackSettings
+from inversion.data.samplers import SAMPLER_NAMES
+from inversion.data.specs import DATASET_NAMES
 from inversion.fl.client import PARAMETER_SETS
 from inversion.fl.dp import DPSGD
 from inversion.fl.local import LocalTraining
 from inversion.fl.update import BN_MODES, UPDATE_KINDS
-from inversion.data.samplers import SAMPLER_NAMES
-from inversion.data.specs import DATASET_NAMES
 from inversion.models import ACTIVATIONS, MODEL_NAMES
+from inversion.utils.choices import choices
+from inversion.utils.fileio import atomic_write
+from label_restore import METHOD_NAMES
+from label_restore.aux import MISSING_CLASS_RULES
 
 __all__ = [
-    "CONFIG_DIR", "config_path", "ConfigError", "DataConfig", "ModelConfig", "ClientConfig", "AuxConfig", "ShareConfig",
-    "RestoreSweep", "RestoreConfig", "AttackSettings", "PriorConfig", "InvertConfig",
-    "load_config", "resolve", "to_dict", "config_digest", "save_config",
+    "CONFIG_DIR",
+    "AttackSettings",
+    "AuxConfig",
+    "ClientConfig",
+    "ConfigError",
+    "DataConfig",
+    "InvertConfig",
+    "ModelConfig",
+    "PriorConfig",
+    "RestoreConfig",
+    "RestoreSweep",
+    "ShareConfig",
+    "config_digest",
+    "config_path",
+    "load_config",
+    "resolve",
+    "save_config",
+    "to_dict",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -108,7 +123,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.num_classes is not None and self.num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer (or null for the dataset's), got {self.num_classes}")
+            raise ValueError(
+                f"num_classes must be a positive integer (or null for the dataset's), got {self.num_classes}"
+            )
 
 
 FEDAVG_ONLY = ("local_steps", "local_batch_size", "local_lr")
@@ -150,8 +167,10 @@ class ClientConfig:
             fields = {f.name: f.default for f in dataclasses.fields(self) if f.name in FEDAVG_ONLY}
             ignored = [name for name, default in fields.items() if getattr(self, name) != default]
             if ignored:
-                raise ValueError(f"{ignored[0]}={getattr(self, ignored[0])} is a FedAvg setting, which kind=fedsgd "
-                                 "ignores: set client.kind=fedavg, or leave it out")
+                raise ValueError(
+                    f"{ignored[0]}={getattr(self, ignored[0])} is a FedAvg setting, which kind=fedsgd "
+                    "ignores: set client.kind=fedavg, or leave it out"
+                )
         self.local_training()  # validates the FedAvg schedule and the DP-SGD settings now
         self.dp_sgd()
 

@@ -7,6 +7,7 @@
 A preset is read from the same file ``scripts/invert.py --config configs/invert/<name>.yaml`` runs,
 so the Python API and the command line cannot drift apart.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,7 +18,7 @@ from inversion.attack.settings import AttackSettings
 from inversion.config import CONFIG_DIR, ConfigError, InvertConfig, load_config, resolve
 from inversion.data.specs import SPECS, DatasetSpec
 
-__all__ = ["Preset", "PRESET_DIR", "preset_names", "load_preset"]
+__all__ = ["PRESET_DIR", "Preset", "load_preset", "preset_names"]
 
 PRESET_DIR = CONFIG_DIR / "invert"
 

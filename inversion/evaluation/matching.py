@@ -1,5 +1,6 @@
 """One-to-one matching of reconstructions to the true images (restored labels come sorted
 by class, so reconstruction i need not belong to true image i)."""
+
 from __future__ import annotations
 
 import numpy as np

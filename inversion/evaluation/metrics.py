@@ -1,4 +1,5 @@
 """Per-image PSNR and SSIM of image batches in [0, 1]."""
+
 from __future__ import annotations
 
 import kornia
@@ -17,8 +18,9 @@ SSIM_WINDOW = 11  # Gaussian window, sigma 1.5 (kornia's), as in Wang et al. (20
 def check_pair(x: Tensor, y: Tensor) -> None:
     """ValueError unless ``x`` and ``y`` are image batches (B, C, H, W) of the same shape."""
     if x.dim() != 4 or x.shape != y.shape:
-        raise ValueError(f"expected two image batches (B, C, H, W) of one shape, got {tuple(x.shape)} "
-                         f"and {tuple(y.shape)}")
+        raise ValueError(
+            f"expected two image batches (B, C, H, W) of one shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
 
 
 def psnr_from_mse(mse: Tensor, max_value: float = 1.0) -> Tensor:

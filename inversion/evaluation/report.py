@@ -1,4 +1,5 @@
 """Score a reconstructed batch against the true one, and draw them."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -6,10 +7,10 @@ from pathlib import Path
 
 from torch import Tensor
 
-from inversion.utils.plotting import save_image_rows
 from inversion.evaluation.lpips_metric import LPIPSMetric
 from inversion.evaluation.matching import match_images
 from inversion.evaluation.metrics import PSNR_CAP_DB, psnr, ssim
+from inversion.utils.plotting import save_image_rows
 
 __all__ = ["evaluate_reconstruction", "save_grid", "unit_images"]
 
@@ -21,8 +22,9 @@ def unit_images(images: Tensor, denormalize: Denormalize) -> Tensor:
     return denormalize(images.detach()).clamp(0, 1)
 
 
-def evaluate_reconstruction(recon_norm: Tensor, truth_norm: Tensor, denormalize: Denormalize, *,
-                            lpips: LPIPSMetric | None, by: str = "psnr") -> dict:
+def evaluate_reconstruction(
+    recon_norm: Tensor, truth_norm: Tensor, denormalize: Denormalize, *, lpips: LPIPSMetric | None, by: str = "psnr"
+) -> dict:
     """Image metrics of a reconstruction of a batch, as a JSON-serialisable dict.
 
     Both batches (B, C, H, W) are in the model's normalised space; ``denormalize`` maps them
@@ -38,27 +40,53 @@ def evaluate_reconstruction(recon_norm: Tensor, truth_norm: Tensor, denormalize:
     truth, recon = unit_images(truth_norm, denormalize), unit_images(recon_norm, denormalize)
     permutation = match_images(recon, truth, by=by)
     matched = recon[permutation]
-    scores = {"psnr": psnr(truth, matched).clamp(max=PSNR_CAP_DB).tolist(), "ssim": ssim(truth, matched).tolist(),
-              "lpips": lpips(truth, matched).tolist() if lpips is not None else None}
-    per_image = [{"index": i, "recon_index": int(permutation[i]),
-                  **{name: values[i] if values is not None else None for name, values in scores.items()}}
-                 for i in range(len(permutation))]
+    scores = {
+        "psnr": psnr(truth, matched).clamp(max=PSNR_CAP_DB).tolist(),
+        "ssim": ssim(truth, matched).tolist(),
+        "lpips": lpips(truth, matched).tolist() if lpips is not None else None,
+    }
+    per_image = [
+        {
+            "index": i,
+            "recon_index": int(permutation[i]),
+            **{name: values[i] if values is not None else None for name, values in scores.items()},
+        }
+        for i in range(len(permutation))
+    ]
     mean = {name: sum(values) / len(values) if values is not None else None for name, values in scores.items()}
-    return {"matched_by": by, "permutation": permutation.tolist(), "psnr_cap_db": PSNR_CAP_DB,
-            "per_image": per_image, "mean": mean,
-            "lpips_backbone": lpips.backbone_source if lpips is not None else None}
+    return {
+        "matched_by": by,
+        "permutation": permutation.tolist(),
+        "psnr_cap_db": PSNR_CAP_DB,
+        "per_image": per_image,
+        "mean": mean,
+        "lpips_backbone": lpips.backbone_source if lpips is not None else None,
+    }
 
 
-def save_grid(truth01: Tensor, recon01_matched: Tensor, path: str | Path, *,
-              captions: Sequence[Sequence[str]] | None = None, title: str | None = None,
-              max_columns: int = 16) -> Path:
+def save_grid(
+    truth01: Tensor,
+    recon01_matched: Tensor,
+    path: str | Path,
+    *,
+    captions: Sequence[Sequence[str]] | None = None,
+    title: str | None = None,
+    max_columns: int = 16,
+) -> Path:
     """PNG of the true images (top row) above their matched reconstructions (bottom row),
     both (B, C, H, W) in [0, 1] with ``recon01_matched[i]`` matched to ``truth01[i]`` (e.g.
     ``unit_images(recon, dn)[result["permutation"]]``). ``captions``: per row, one caption per
     image. Every pair is drawn, ``max_columns`` pairs per line (a larger batch wraps into further
     true/reconstructed line pairs). Returns the path written."""
     if truth01.shape != recon01_matched.shape:
-        raise ValueError(f"true images {tuple(truth01.shape)} and reconstructions "
-                         f"{tuple(recon01_matched.shape)} differ in shape")
-    return save_image_rows([truth01, recon01_matched], path, row_names=["true", "reconstructed"],
-                           captions=captions, title=title, max_columns=max_columns)
+        raise ValueError(
+            f"true images {tuple(truth01.shape)} and reconstructions {tuple(recon01_matched.shape)} differ in shape"
+        )
+    return save_image_rows(
+        [truth01, recon01_matched],
+        path,
+        row_names=["true", "reconstructed"],
+        captions=captions,
+        title=title,
+        max_columns=max_columns,
+    )

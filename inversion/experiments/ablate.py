@@ -10,6 +10,7 @@ the failed ones and redoes a run stopped by Ctrl-C (see :mod:`inversion.sweep.en
 :mod:`inversion.sweep.ledger`). The runs execute in this process or as Ray tasks; the tables and
 the figure are rebuilt from the ledger after every run.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,26 +23,39 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from inversion.config import ConfigError, InvertConfig, load_config, to_dict
 from inversion.attack.settings import LabelMode
+from inversion.config import ConfigError, InvertConfig, load_config, to_dict
 from inversion.data import default_data_root
-from inversion.utils.fileio import atomic_write
 from inversion.evaluation import LPIPSMetric
 from inversion.experiments.invert import run_inversion
 from inversion.sweep import RecordSchema, Run, Sweep, execute
 from inversion.sweep.executors import Executor
+from inversion.utils.fileio import atomic_write
 from inversion.utils.plotting import figure
 
+__all__ = ["CSV_COLUMNS", "OUTPUTS", "AblateConfig", "Experiment", "run_ablation", "summarize"]
 
-__all__ = ["AblateConfig", "Experiment", "run_ablation", "summarize", "CSV_COLUMNS", "OUTPUTS"]
-
-CSV_COLUMNS = ("dataset", "model", "K", "seed", "mode", "status", "label_LnAcc", "psnr", "ssim", "lpips",
-               "steps", "seconds", "images", "error")
+CSV_COLUMNS = (
+    "dataset",
+    "model",
+    "K",
+    "seed",
+    "mode",
+    "status",
+    "label_LnAcc",
+    "psnr",
+    "ssim",
+    "lpips",
+    "steps",
+    "seconds",
+    "images",
+    "error",
+)
 METRICS = ("psnr", "ssim", "lpips")
 OUTPUTS = ("ablation.csv", "ablation.md", "ablation.png")
 """The result files a sweep rebuilds in ``out`` from its ledger."""
@@ -53,17 +67,19 @@ class Experiment:
 
     name: str = "experiment"
     config: str = "configs/invert/default.yaml"  # relative to the repository, or absolute
-    overrides: List[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
 
 
 @dataclass
 class AblateConfig:
     """``scripts/ablate.py``: experiments x batch sizes x seeds x label modes."""
 
-    experiments: List[Experiment] = field(default_factory=lambda: [Experiment()])
-    batch_sizes: List[int] = field(default_factory=list)  # empty: each experiment's own client.batch_size
-    seeds: List[int] = field(default_factory=lambda: [0])
-    modes: List[LabelMode] = field(default_factory=lambda: [LabelMode[m] for m in ("oracle", "ilrg", "joint", "shared")])
+    experiments: list[Experiment] = field(default_factory=lambda: [Experiment()])
+    batch_sizes: list[int] = field(default_factory=list)  # empty: each experiment's own client.batch_size
+    seeds: list[int] = field(default_factory=lambda: [0])
+    modes: list[LabelMode] = field(
+        default_factory=lambda: [LabelMode[m] for m in ("oracle", "ilrg", "joint", "shared")]
+    )
     baseline: str = "shared"  # the paired gain of every mode is reported over this one
     out: str = "runs/ablate"
 
@@ -85,15 +101,26 @@ def _plan(cfg: DictConfig) -> list[Run]:
         for k in sweep["batch_sizes"] or [None]:
             for seed in sweep["seeds"]:
                 for mode in sweep["modes"]:
-                    overrides = [*experiment["overrides"], *([f"client.batch_size={k}"] if k else []),
-                                 f"client.seed={seed}", f"client.dp_noise_seed={seed}", f"model.seed={seed}",
-                                 f"attack.seed={seed}", f"attack.labels={mode}"]
+                    overrides = [
+                        *experiment["overrides"],
+                        *([f"client.batch_size={k}"] if k else []),
+                        f"client.seed={seed}",
+                        f"client.dp_noise_seed={seed}",
+                        f"model.seed={seed}",
+                        f"attack.seed={seed}",
+                        f"attack.labels={mode}",
+                    ]
                     run_cfg = load_config(InvertConfig, experiment["config"], overrides)
                     resolved = {**to_dict(run_cfg), "out": None}
                     key = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
-                    description = {"experiment": experiment["name"], "dataset": resolved["data"]["name"],
-                                   "model": resolved["model"]["name"], "K": resolved["client"]["batch_size"],
-                                   "seed": seed, "mode": mode}
+                    description = {
+                        "experiment": experiment["name"],
+                        "dataset": resolved["data"]["name"],
+                        "model": resolved["model"]["name"],
+                        "K": resolved["client"]["batch_size"],
+                        "seed": seed,
+                        "mode": mode,
+                    }
                     runs.append(Run(key, description, {**resolved, "out": str(Path(sweep["out"]) / "runs" / key)}))
     return runs
 
@@ -103,8 +130,11 @@ def _results_problem(record: dict) -> str | None:
     attack diverged), or None (the rest is checked by the ledger)."""
     if not _is_number(record.get("psnr")):
         return f"a finished run without a finite PSNR ({record.get('psnr')!r})"
-    bad = [name for name in ("ssim", "lpips", "label_LnAcc") if record.get(name) is not None
-           and not _is_number(record[name])]
+    bad = [
+        name
+        for name in ("ssim", "lpips", "label_LnAcc")
+        if record.get(name) is not None and not _is_number(record[name])
+    ]
     return f"{', '.join(bad)} not a finite number" if bad else None
 
 
@@ -113,13 +143,20 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-SCHEMA = RecordSchema(fields={"experiment": str, "dataset": str, "model": str, "K": int, "seed": int, "mode": str},
-                      results_problem=_results_problem)
+SCHEMA = RecordSchema(
+    fields={"experiment": str, "dataset": str, "model": str, "K": int, "seed": int, "mode": str},
+    results_problem=_results_problem,
+)
 """What every ledger record holds besides its key and status, and what a finished one holds."""
 
 
-def run_ablation(config_path: str | Path | None, overrides: list[str] = (), *, progress: bool = True,
-                 executor: Executor | None = None) -> dict:
+def run_ablation(
+    config_path: str | Path | None,
+    overrides: list[str] = (),
+    *,
+    progress: bool = True,
+    executor: Executor | None = None,
+) -> dict:
     """Run (or resume) the sweep; write ``runs.jsonl``, ``ablation.csv``, ``ablation.md``, ``ablation.png``.
 
     Args:
@@ -133,8 +170,15 @@ def run_ablation(config_path: str | Path | None, overrides: list[str] = (), *, p
     cfg = load_config(AblateConfig, config_path, overrides)
     plan = _plan(cfg)
     write = partial(_write_outputs, descriptions=[run.description for run in plan], baseline=cfg.baseline)
-    sweep = Sweep(plan=plan, worker=f"{__name__}:_finished_run", schema=SCHEMA, write=write, outputs=OUTPUTS,
-                  name="ablation", label=_label)
+    sweep = Sweep(
+        plan=plan,
+        worker=f"{__name__}:_finished_run",
+        schema=SCHEMA,
+        write=write,
+        outputs=OUTPUTS,
+        name="ablation",
+        label=_label,
+    )
     return execute(sweep, cfg.out, executor=executor, progress=progress)
 
 
@@ -157,13 +201,15 @@ def _finished_run(config: dict, advance: Callable[[int], None]) -> dict[str, Any
         _LPIPS[root] = LPIPSMetric(root)
     results = run_inversion(cfg, progress=False, lpips_metric=_LPIPS[root]).results
     if results["attack"]["interrupted"]:  # Ctrl-C inside the attack: a best-so-far result, not a finished run
-        raise KeyboardInterrupt(f"a run stopped after {results['attack']['steps']} steps: not recorded, the next "
-                                "sweep redoes it")
+        raise KeyboardInterrupt(
+            f"a run stopped after {results['attack']['steps']} steps: not recorded, the next sweep redoes it"
+        )
     return {
         "label_LnAcc": results["label_metrics"]["LnAcc"],
         **{m: results["image_metrics"]["mean"][m] for m in METRICS},
         "per_image_psnr": [image["psnr"] for image in results["image_metrics"]["per_image"]],
-        "steps": results["attack"]["steps"], "seconds": results["attack"]["seconds"],
+        "steps": results["attack"]["steps"],
+        "seconds": results["attack"]["seconds"],
         "images": results["private"]["data_source"],
     }
 
@@ -207,28 +253,42 @@ def _write_outputs(out: Path, ordered: list[dict], *, descriptions: list[dict], 
     summary = summarize(ordered, baseline)
     modes = list(dict.fromkeys(r["mode"] for r in descriptions))
     experiments = list(dict.fromkeys((r["experiment"], r["dataset"]) for r in descriptions))
-    lines = ["# Known-versus-unknown-label ablation", "",
-             f"{sum(r['status'] == 'ok' for r in ordered)} runs complete, "
-             f"{sum(r['status'] == 'failed' for r in ordered)} failed, {len(descriptions)} planned. "
-             f"Mean ± std over seeds and all images (not a best-image subset). Gain: paired PSNR difference "
-             f"to `{baseline}` on the same batch and initialisation; gap: `oracle` minus the mode.", ""]
+    lines = [
+        "# Known-versus-unknown-label ablation",
+        "",
+        f"{sum(r['status'] == 'ok' for r in ordered)} runs complete, "
+        f"{sum(r['status'] == 'failed' for r in ordered)} failed, {len(descriptions)} planned. "
+        f"Mean ± std over seeds and all images (not a best-image subset). Gain: paired PSNR difference "
+        f"to `{baseline}` on the same batch and initialisation; gap: `oracle` minus the mode.",
+        "",
+    ]
     for experiment, dataset in experiments:
         sources = sorted({r["images"] for r in ordered if r["experiment"] == experiment and r.get("images")})
-        lines += [f"## {experiment} ({dataset})", "", f"Images: {'; '.join(sources) or 'n/a'}", "",
-                  f"| mode | label LnAcc | PSNR (dB) | SSIM | LPIPS | gain over {baseline} (dB) | gap to oracle (dB) | runs |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {experiment} ({dataset})",
+            "",
+            f"Images: {'; '.join(sources) or 'n/a'}",
+            "",
+            f"| mode | label LnAcc | PSNR (dB) | SSIM | LPIPS | gain over {baseline} (dB) | gap to oracle (dB) | runs |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for mode in modes:
             e = summary.get((experiment, mode))
             if e is None:
                 continue
-            lines.append(f"| {mode} | {_fmt(e.get('label_LnAcc'), 3)} | {_fmt(e.get('psnr'))} | "
-                         f"{_fmt(e.get('ssim'), 3)} | {_fmt(e.get('lpips'), 3)} | {_fmt(e['gain_db'])} | "
-                         f"{_fmt(e['gap_to_oracle_db'])} | {e['psnr'][2]} |")
+            lines.append(
+                f"| {mode} | {_fmt(e.get('label_LnAcc'), 3)} | {_fmt(e.get('psnr'))} | "
+                f"{_fmt(e.get('ssim'), 3)} | {_fmt(e.get('lpips'), 3)} | {_fmt(e['gain_db'])} | "
+                f"{_fmt(e['gap_to_oracle_db'])} | {e['psnr'][2]} |"
+            )
         lines.append("")
     failed = [r for r in ordered if r["status"] == "failed"]
     if failed:
-        lines += ["## Failed runs", ""] + [f"- {r['experiment']} K={r['K']} seed={r['seed']} {r['mode']}: {r['error']}"
-                                           for r in failed] + [""]
+        lines += (
+            ["## Failed runs", ""]
+            + [f"- {r['experiment']} K={r['K']} seed={r['seed']} {r['mode']}: {r['error']}" for r in failed]
+            + [""]
+        )
     with atomic_write(out / "ablation.md") as handle:
         handle.write("\n".join(lines).encode())
     _plot(out / "ablation.png", summary, [name for name, _ in experiments], modes)

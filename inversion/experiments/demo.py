@@ -4,6 +4,7 @@ Two paired runs of the same client batch, model and initial dummies (iLRG-restor
 the label-free "shared" baseline) are turned into one page with every picture embedded as a
 base64 PNG: no external asset, so it opens offline in any browser.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,13 +18,12 @@ from omegaconf import DictConfig
 
 from inversion.attack.span import span_for_update
 from inversion.config import CONFIG_DIR, ConfigError, InvertConfig, load_config
-from inversion.utils.fileio import atomic_write
 from inversion.experiments.invert import InversionRun, run_inversion
-from inversion.utils.rundir import run_folder
+from inversion.utils.fileio import atomic_write
 from inversion.utils.plotting import figure, save_image_rows
+from inversion.utils.rundir import run_folder
 
-
-__all__ = ["SECTIONS", "run_demo", "render_page"]
+__all__ = ["SECTIONS", "render_page", "run_demo"]
 
 SECTIONS = ("private-batch", "server-view", "labels", "reconstruction", "results")
 DEMO_OUTPUTS = ("demo.html", "demo.png")
@@ -84,31 +84,39 @@ def _span_paragraph(run: InversionRun) -> str:
     directions = span.basis.T[:shown].reshape(shown, *span.image_shape)
     low = directions.amin(dim=(1, 2, 3), keepdim=True)
     high = directions.amax(dim=(1, 2, 3), keepdim=True)
-    picture = save_image_rows([(directions - low) / (high - low).clamp_min(1e-12)], run.out / "span.png",
-                              captions=[[f"direction {i + 1}" for i in range(shown)]])
+    picture = save_image_rows(
+        [(directions - low) / (high - low).clamp_min(1e-12)],
+        run.out / "span.png",
+        captions=[[f"direction {i + 1}" for i in range(shown)]],
+    )
     return f"""
 <p><b>A shortcut the gradient gives away.</b> This model's first layer is fully connected
-(<code>{html.escape(record['layer'])}</code>): each of its outputs multiplies the flattened image by a row of
+(<code>{html.escape(record["layer"])}</code>): each of its outputs multiplies the flattened image by a row of
 weights, so each row of that weight's gradient is a weighted sum of the {run.plan.batch_size} private images.
-All private images therefore lie in the space spanned by those rows: {record['rank']} directions out of
-{record['dimension']:,} pixels. The attack searches only there ({record['rank']} numbers per dummy instead of
-{record['dimension']:,}; <code>attack.span</code>), which is why it converges so fast here. Below, the leading
+All private images therefore lie in the space spanned by those rows: {record["rank"]} directions out of
+{record["dimension"]:,} pixels. The attack searches only there ({record["rank"]} numbers per dummy instead of
+{record["dimension"]:,}; <code>attack.span</code>), which is why it converges so fast here. Below, the leading
 directions of that space, drawn as images: already blends of the private digits.</p>
 {_img(_file_png(picture), "leading directions of the first-layer span")}"""
 
 
 def _metrics_row(name: str, results: dict) -> str:
     mean, labels = results["image_metrics"]["mean"], results["label_metrics"]
-    return (f"<tr><td>{html.escape(name)}</td><td>{labels['LnAcc']:.3f}</td><td>{mean['psnr']:.2f}</td>"
-            f"<td>{mean['ssim']:.3f}</td><td>{mean['lpips']:.3f}</td></tr>")
+    return (
+        f"<tr><td>{html.escape(name)}</td><td>{labels['LnAcc']:.3f}</td><td>{mean['psnr']:.2f}</td>"
+        f"<td>{mean['ssim']:.3f}</td><td>{mean['lpips']:.3f}</td></tr>"
+    )
 
 
 def render_page(with_labels: InversionRun, without_labels: InversionRun) -> str:
     """The HTML page (a string) for a paired ``ilrg`` run and ``shared`` run."""
     update, private = with_labels.update, with_labels.private
     truth01 = update.meta.denormalize(private.images).clamp(0, 1)
-    batch = _file_png(save_image_rows([truth01], with_labels.out / "batch.png",
-                                      captions=[[f"class {int(y)}" for y in private.labels]]))
+    batch = _file_png(
+        save_image_rows(
+            [truth01], with_labels.out / "batch.png", captions=[[f"class {int(y)}" for y in private.labels]]
+        )
+    )
     num_classes = with_labels.plan.num_classes
     true_counts = np.bincount(private.labels.numpy(), minlength=num_classes)
     restored = np.bincount(np.asarray(with_labels.results["labels_used"]), minlength=num_classes)
@@ -124,11 +132,16 @@ def render_page(with_labels: InversionRun, without_labels: InversionRun) -> str:
     model = html.escape(with_labels.model.config["name"])
     k = update.batch_size
     sections = {
-        "private-batch": ("1. The client's private batch", f"""
+        "private-batch": (
+            "1. The client's private batch",
+            f"""
 <p>A federated-learning client holds {k} private images ({source}). It never sends them: it computes
 how the shared model ({model}, untrained here) should change to fit them and sends only that
-<em>update</em> to the server.</p>{_img(batch, "the private batch")}"""),
-        "server-view": ("2. What the server receives", f"""
+<em>update</em> to the server.</p>{_img(batch, "the private batch")}""",
+        ),
+        "server-view": (
+            "2. What the server receives",
+            f"""
 <p>The update is the gradient of the mean cross-entropy over the batch for every parameter:
 {total:,} numbers in {len(update.gradients)} tensors. It looks like noise, but it is a deterministic
 function of the private images and their labels.</p>
@@ -136,14 +149,20 @@ function of the private images and their labels.</p>
 <p>The final layer's gradient is the most telling: for class <i>i</i>, the bias gradient is the
 average of (predicted probability − 1 if the image is of class <i>i</i>, else predicted probability),
 so classes present in the batch show up as negative entries.</p>
-{_img(_gradient_figure(update), "final-layer gradient")}"""),
-        "labels": ("3. Restoring the labels (iLRG)", f"""
+{_img(_gradient_figure(update), "final-layer gradient")}""",
+        ),
+        "labels": (
+            "3. Restoring the labels (iLRG)",
+            f"""
 <p>iLRG divides each class's weight-gradient row by its bias gradient to estimate that class's
 average embedding, feeds it back through the final layer, and solves one small linear system for
 how many images of each class the batch holds. Here it restored the label counts with LnAcc
-{r_with['label_metrics']['LnAcc']:.3f} (1.000 = every class count exact), in
-{1000 * r_with['restoration']['seconds']:.1f} ms.</p>{_img(_labels_figure(true_counts, restored), "label counts")}"""),
-        "reconstruction": ("4. Reconstructing the images", f"""
+{r_with["label_metrics"]["LnAcc"]:.3f} (1.000 = every class count exact), in
+{1000 * r_with["restoration"]["seconds"]:.1f} ms.</p>{_img(_labels_figure(true_counts, restored), "label counts")}""",
+        ),
+        "reconstruction": (
+            "4. Reconstructing the images",
+            f"""
 <p>The server now starts from random images and changes them, step by step, until their gradient
 matches the one it received ({steps} steps of Adam on the cosine distance between gradients, with a
 small total-variation prior). On the left the dummies carry the restored labels; on the right the
@@ -152,8 +171,11 @@ attacker does not know the labels and must learn one label vector for the whole 
 <div class="pair"><figure>{_img(_file_png(with_labels.out / "snapshots.png"), "with restored labels")}
 <figcaption>with iLRG labels</figcaption></figure>
 <figure>{_img(_file_png(without_labels.out / "snapshots.png"), "without labels")}
-<figcaption>without labels ("shared")</figcaption></figure></div>"""),
-        "results": ("5. What the labels gained", f"""
+<figcaption>without labels ("shared")</figcaption></figure></div>""",
+        ),
+        "results": (
+            "5. What the labels gained",
+            f"""
 <table><tr><th>labels</th><th>label LnAcc</th><th>PSNR (dB)</th><th>SSIM</th><th>LPIPS</th></tr>
 {_metrics_row("restored by iLRG", r_with)}{_metrics_row("unknown (shared)", r_without)}</table>
 <p>Knowing the labels improved the reconstruction by {gain:.1f} dB PSNR. Labels matter because the
@@ -161,10 +183,12 @@ gradient mixes what each image looks like with which class it belongs to: with t
 images that reproduce the gradient best are the wrong images. Restoring the labels first removes that
 ambiguity, so the optimisation only has to find the pixels. Higher PSNR and SSIM and lower LPIPS
 mean closer to the private images.</p>
-{_img(_file_png(with_labels.out / "grid.png"), "final reconstruction with iLRG labels")}"""),
+{_img(_file_png(with_labels.out / "grid.png"), "final reconstruction with iLRG labels")}""",
+        ),
     }
-    body = "".join(f'<section id="{key}"><h2>{title}</h2>{content}</section>'
-                   for key, (title, content) in sections.items())
+    body = "".join(
+        f'<section id="{key}"><h2>{title}</h2>{content}</section>' for key, (title, content) in sections.items()
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>How much does a gradient leak?</title>
 <style>
@@ -186,13 +210,18 @@ SNAPSHOTS = 4
 
 def _demo_config(overrides: Sequence[str]) -> DictConfig:
     """The demo's attack config: 1000 steps, no checkpoints, snapshots spread over the run (``overrides`` win)."""
-    cfg = load_config(InvertConfig, CONFIG_DIR / "invert" / "default.yaml",
-                      ["attack.max_steps=1000", "attack.checkpoint_every=0", *overrides])
+    cfg = load_config(
+        InvertConfig,
+        CONFIG_DIR / "invert" / "default.yaml",
+        ["attack.max_steps=1000", "attack.checkpoint_every=0", *overrides],
+    )
     steps = cfg.attack.max_steps
     if any(o.startswith("attack.snapshot_every=") for o in overrides):
         if not 1 <= cfg.attack.snapshot_every <= steps:
-            raise ConfigError(f"the demo shows snapshots: attack.snapshot_every must be 1..attack.max_steps ({steps}), "
-                              f"got {cfg.attack.snapshot_every}")
+            raise ConfigError(
+                f"the demo shows snapshots: attack.snapshot_every must be 1..attack.max_steps ({steps}), "
+                f"got {cfg.attack.snapshot_every}"
+            )
         return cfg
     return load_config(InvertConfig, None, [f"attack.snapshot_every={max(1, steps // SNAPSHOTS)}"], base=cfg)
 
@@ -203,8 +232,10 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), *, progress: bool =
         cfg = _demo_config(overrides)
         runs = {}
         for mode in ("ilrg", "shared"):
-            runs[mode] = run_inversion(load_config(InvertConfig, None, [f"attack.labels={mode}", f"out={out / mode}"],
-                                                   base=cfg), progress=progress)
+            runs[mode] = run_inversion(
+                load_config(InvertConfig, None, [f"attack.labels={mode}", f"out={out / mode}"], base=cfg),
+                progress=progress,
+            )
             if runs[mode].result.interrupted:  # Ctrl-C: no second attack, no page of half a comparison
                 raise KeyboardInterrupt(f"the demo stopped during its {mode} attack; no demo.html written")
         path = out / "demo.html"

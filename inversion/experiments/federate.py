@@ -18,29 +18,31 @@ every client shares its privatized gradient (:mod:`inversion.fl.dp`); ``federati
 written only to its private file. Attack a captured update with
 ``scripts/invert.py --update OUT/captured/round_001/client_0.pt --private OUT/private/round_001/client_0.pt``.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from inversion.config import ClientConfig, DataConfig, ModelConfig, save_config, to_dict
 from inversion.data.batch import check_fits_in_memory
-from inversion.utils.fileio import atomic_write
-from inversion.fl.simulate import absolute_data, model_from_config, source_from_config
 from inversion.fl.dp import DPSGD, check_dp_model
 from inversion.fl.private import PrivateBatch
+from inversion.fl.simulate import absolute_data, model_from_config, source_from_config
 from inversion.fl.update import SharedUpdate
+from inversion.utils.fileio import atomic_write
 from inversion.utils.rundir import run_folder
 
-__all__ = ["FederationSettings", "FederateConfig", "FederationRun", "run_federation"]
+__all__ = ["FederateConfig", "FederationRun", "FederationSettings", "run_federation"]
 
 OUTPUTS = ("captured", "private", "federation.json", "config.yaml")
 """What a federation writes into ``out`` (and what ``overwrite=true`` removes first)."""
@@ -54,7 +56,7 @@ class FederationSettings:
     rounds: int = 3  # R
     lr: float = 0.1  # η, public: sent to the clients in the train config
     partition_seed: int = 0  # seed of the random split of the data into N disjoint partitions
-    clients_per_round: Optional[int] = None  # None: all N every round (else FedAvg samples this many)
+    clients_per_round: int | None = None  # None: all N every round (else FedAvg samples this many)
     cpus_per_client: float = 1.0  # Ray resources per client (clients run in parallel on the free cores)
     verbose: bool = False  # show Flower's and Ray's logs and the clients' output
 
@@ -66,8 +68,9 @@ class FederationSettings:
         if not self.lr > 0:
             raise ValueError(f"federation.lr must be > 0 (the server divides by it), got {self.lr}")
         if self.clients_per_round is not None and not 1 <= self.clients_per_round <= self.clients:
-            raise ValueError(f"federation.clients_per_round must be in 1..{self.clients} or null (all), "
-                             f"got {self.clients_per_round}")
+            raise ValueError(
+                f"federation.clients_per_round must be in 1..{self.clients} or null (all), got {self.clients_per_round}"
+            )
         if not self.cpus_per_client > 0:
             raise ValueError(f"federation.cpus_per_client must be > 0, got {self.cpus_per_client}")
 
@@ -128,31 +131,42 @@ def _check_client(cfg: DictConfig) -> None:
     if client["parameters"] != "all":
         raise ValueError("client.parameters must be 'all' in a federation: FedSGD clients share the whole model")
     if client["kind"] != "fedsgd":
-        raise ValueError("the Flower federation runs FedSGD clients: set client.kind=fedsgd (FedAvg clients are "
-                         "simulated by scripts/share_update.py and scripts/invert.py)")
+        raise ValueError(
+            "the Flower federation runs FedSGD clients: set client.kind=fedsgd (FedAvg clients are "
+            "simulated by scripts/share_update.py and scripts/invert.py)"
+        )
     if client["synthetic_labels"]:
         raise ValueError("client.synthetic_labels is not allowed in a federation: clients train on their real labels")
     chunk = client["chunk_size"]
     if chunk is not None and (chunk < 1 or (client["bn_mode"] == "train" and chunk < client["batch_size"])):
-        raise ValueError(f"client.chunk_size must be null or >= 1 (>= client.batch_size with bn_mode=train), got {chunk}")
+        raise ValueError(
+            f"client.chunk_size must be null or >= 1 (>= client.batch_size with bn_mode=train), got {chunk}"
+        )
     if chunk is not None and client["dp_noise_multiplier"] is not None:
-        raise ValueError("client.chunk_size must be null with DP-SGD (client.dp_noise_multiplier): its per-sample "
-                         "gradients are computed over the whole batch")
+        raise ValueError(
+            "client.chunk_size must be null with DP-SGD (client.dp_noise_multiplier): its per-sample "
+            "gradients are computed over the whole batch"
+        )
 
 
 def _dp_record(dp: DPSGD, batch_size: int, rounds: int) -> dict[str, Any]:
     """The public facts of the clients' DP-SGD: σ, C, δ, ε of one update (one step at rate 1), and ε of a
     client that takes part in every round (``rounds`` steps at rate 1, composed)."""
-    return {**dp.record(batch_size, None), "epsilon_all_rounds": dp.epsilon(1.0, rounds),
-            "accountant_all_rounds": f"opacus RDP, {rounds} step(s) at sampling rate 1: a client in every round, "
-                                     "without amplification by the sampling of batches or clients"}
+    return {
+        **dp.record(batch_size, None),
+        "epsilon_all_rounds": dp.epsilon(1.0, rounds),
+        "accountant_all_rounds": f"opacus RDP, {rounds} step(s) at sampling rate 1: a client in every round, "
+        "without amplification by the sampling of batches or clients",
+    }
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
     present = [name for name in OUTPUTS if (out / name).exists()]
     if present and not overwrite:
-        raise ValueError(f"{out} already holds a federation's outputs ({', '.join(present)}); choose another out= "
-                         "or set overwrite=true to replace them")
+        raise ValueError(
+            f"{out} already holds a federation's outputs ({', '.join(present)}); choose another out= "
+            "or set overwrite=true to replace them"
+        )
     for name in present:
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -186,8 +200,9 @@ def _check_links(out: Path, rounds: list[dict[str, Any]]) -> None:
                 raise RuntimeError(f"{client['private']} is not linked to {client['update']}: {err}") from None
 
 
-def run_federation(cfg: DictConfig, *, progress: bool = True,
-                   on_round: Callable[[dict[str, Any]], None] | None = None) -> FederationRun:
+def run_federation(
+    cfg: DictConfig, *, progress: bool = True, on_round: Callable[[dict[str, Any]], None] | None = None
+) -> FederationRun:
     """Run the federation a :class:`FederateConfig` describes and write its files (module docstring).
 
     Args:
@@ -216,21 +231,36 @@ def run_federation(cfg: DictConfig, *, progress: bool = True,
 
     try:
         from inversion.fl import flower
+
         dp_record = None if dp is None else _dp_record(dp, client["batch_size"], fed.rounds)  # imports opacus
     except ImportError as err:
         raise ValueError(str(err)) from None
 
     task = flower.TaskInfo(
-        model={k: v for k, v in model.config.items() if k != "weights"}, dataset=spec.name,
-        input_shape=(spec.channels, *spec.image_size), mean=tuple(spec.mean), std=tuple(spec.std),
+        model={k: v for k, v in model.config.items() if k != "weights"},
+        dataset=spec.name,
+        input_shape=(spec.channels, *spec.image_size),
+        mean=tuple(spec.mean),
+        std=tuple(spec.std),
     )
     out = Path(cfg.out).expanduser().resolve()
     settings = flower.ClientSettings(
-        task=task, data={**data, "download": False}, num_items=len(source), batch_size=client["batch_size"],
-        sampler=client["sampler"], counts=client["counts"], classes=client["classes"],
-        target_class=client["target_class"], replacement=client["replacement"], seed=client["seed"],
-        chunk_size=client["chunk_size"], partition_seed=fed.partition_seed, private_dir=str(out / "private"),
-        record={"config": to_dict(cfg)}, dp=dp, dp_noise_seed=client["dp_noise_seed"],
+        task=task,
+        data={**data, "download": False},
+        num_items=len(source),
+        batch_size=client["batch_size"],
+        sampler=client["sampler"],
+        counts=client["counts"],
+        classes=client["classes"],
+        target_class=client["target_class"],
+        replacement=client["replacement"],
+        seed=client["seed"],
+        chunk_size=client["chunk_size"],
+        partition_seed=fed.partition_seed,
+        private_dir=str(out / "private"),
+        record={"config": to_dict(cfg)},
+        dp=dp,
+        dp_noise_seed=client["dp_noise_seed"],
     )
     if client["replacement"]:
         check_fits_in_memory(source, client["batch_size"])
@@ -239,7 +269,9 @@ def run_federation(cfg: DictConfig, *, progress: bool = True,
         try:
             flower.draw_batch(source.targets, partition, settings, spec.num_classes, 1, pid)
         except ValueError as err:
-            raise ValueError(f"client {pid}'s partition ({len(partition)} images) cannot give its batch: {err}") from None
+            raise ValueError(
+                f"client {pid}'s partition ({len(partition)} images) cannot give its batch: {err}"
+            ) from None
     with run_folder(out, OUTPUTS, keep=True):  # checked and locked; earlier outputs: refused or removed
         _prepare_out(out, cfg.overwrite)
         bar = tqdm(total=fed.rounds, desc="federation", unit="round", disable=not progress)
@@ -252,9 +284,17 @@ def run_federation(cfg: DictConfig, *, progress: bool = True,
         simulation_start = time.perf_counter()
         try:
             rounds = flower.run_fedsgd(
-                model, settings, num_clients=fed.clients, rounds=fed.rounds, lr=fed.lr, bn_mode=client["bn_mode"],
-                captured_dir=out / "captured", clients_per_round=fed.clients_per_round,
-                cpus_per_client=fed.cpus_per_client, on_round=finished, verbose=fed.verbose,
+                model,
+                settings,
+                num_clients=fed.clients,
+                rounds=fed.rounds,
+                lr=fed.lr,
+                bn_mode=client["bn_mode"],
+                captured_dir=out / "captured",
+                clients_per_round=fed.clients_per_round,
+                cpus_per_client=fed.cpus_per_client,
+                on_round=finished,
+                verbose=fed.verbose,
             )
         finally:
             bar.close()
@@ -273,16 +313,25 @@ def run_federation(cfg: DictConfig, *, progress: bool = True,
             "config": to_dict(cfg),
             "versions": _versions(),
             "protocol": {
-                "kind": "fedsgd", "strategy": "FedAvg (flwr.serverapp.strategy), wrapped by CapturingStrategy",
-                "clients": fed.clients, "clients_per_round": fed.clients_per_round or fed.clients,
-                "rounds": fed.rounds, "lr": fed.lr, "batch_size": client["batch_size"], "bn_mode": client["bn_mode"],
-                "dp": dp_record, "engine": "flwr.simulation.run_simulation, Ray backend, CPU",
+                "kind": "fedsgd",
+                "strategy": "FedAvg (flwr.serverapp.strategy), wrapped by CapturingStrategy",
+                "clients": fed.clients,
+                "clients_per_round": fed.clients_per_round or fed.clients,
+                "rounds": fed.rounds,
+                "lr": fed.lr,
+                "batch_size": client["batch_size"],
+                "bn_mode": client["bn_mode"],
+                "dp": dp_record,
+                "engine": "flwr.simulation.run_simulation, Ray backend, CPU",
             },
             "data_source": source.description,
-            "partitions": [{"partition_id": pid, "size": int(len(p))} for pid, p in enumerate(partitions)],
+            "partitions": [{"partition_id": pid, "size": len(p)} for pid, p in enumerate(partitions)],
             "layout": flower.LAYOUT,
-            "timings": {"total_s": round(seconds, 3), "simulation_s": round(simulation_seconds, 3),
-                        "rounds_s": [round(r["seconds"], 3) for r in rounds]},
+            "timings": {
+                "total_s": round(seconds, 3),
+                "simulation_s": round(simulation_seconds, 3),
+                "rounds_s": [round(r["seconds"], 3) for r in rounds],
+            },
             "rounds": rounds,
         }
         summary_path = out / "federation.json"

@@ -6,6 +6,7 @@ public :class:`~inversion.fl.update.SharedUpdate`; the client's
 :class:`~inversion.fl.private.PrivateBatch` (simulated, or ``private=``) is used only for the
 progress bar's PSNR, the scores and the pictures, and a run without it gives the same images.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,33 +21,55 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from label_restore import counts_from_labels, label_metrics
-
 from inversion.attack import Inversion, InversionResult, LabelPlan, plan_labels
 from inversion.attack.settings import resolve_device
-from inversion.config import ConfigError, InvertConfig, ModelConfig, config_digest, load_config, resolve, save_config, to_dict
+from inversion.attack.threads import attack_threads
+from inversion.config import (
+    ConfigError,
+    InvertConfig,
+    ModelConfig,
+    config_digest,
+    load_config,
+    resolve,
+    save_config,
+    to_dict,
+)
 from inversion.data import default_data_root
-from inversion.utils.fileio import atomic_write
 from inversion.evaluation import PSNR_CAP_DB, LPIPSMetric, evaluate_reconstruction, match_images, psnr, save_grid
-from inversion.restore.auxiliary import AuxiliaryData
-from inversion.fl.simulate import (ClientRun, auxiliary_from_config, build_from_model_config, check_attack_memory,
-                         client_auxiliary, simulate_client, source_from_config)
 from inversion.fl._records import save_record
 from inversion.fl.private import PrivateBatch
 from inversion.fl.server import check_model, model_from_update
+from inversion.fl.simulate import (
+    ClientRun,
+    auxiliary_from_config,
+    build_from_model_config,
+    check_attack_memory,
+    client_auxiliary,
+    simulate_client,
+    source_from_config,
+)
 from inversion.fl.update import SharedUpdate
 from inversion.models import ClassifierModel, footprint
-from inversion.utils.rundir import check_out, run_folder
-from inversion.attack.threads import attack_threads
+from inversion.restore.auxiliary import AuxiliaryData
+from inversion.utils.fileio import atomic_write
 from inversion.utils.plotting import save_image_rows
+from inversion.utils.rundir import check_out, run_folder
+from label_restore import counts_from_labels, label_metrics
 
-__all__ = ["InversionRun", "run_inversion", "run_identity", "RECONSTRUCTION_FORMAT", "RUN_OUTPUTS"]
+__all__ = ["RECONSTRUCTION_FORMAT", "RUN_OUTPUTS", "InversionRun", "run_identity", "run_inversion"]
 
 log = logging.getLogger("inversion.experiments.invert")
 
 CHECKPOINT = "checkpoint.pt"
-RUN_OUTPUTS = ("config.yaml", CHECKPOINT, "results.json", "reconstruction.pt", "reconstruction.png", "grid.png",
-               "snapshots.png")
+RUN_OUTPUTS = (
+    "config.yaml",
+    CHECKPOINT,
+    "results.json",
+    "reconstruction.pt",
+    "reconstruction.png",
+    "grid.png",
+    "snapshots.png",
+)
 """What a run writes into ``out`` (a fresh run moves an earlier run's copies to ``out/previous/``)."""
 RECONSTRUCTION_FORMAT = "gradleak.Reconstruction"
 
@@ -81,9 +104,11 @@ def _check_resume(out: Path, resume: bool, run: InvertConfig) -> bool:
         raise ConfigError(f"--resume: no checkpoint at {out / CHECKPOINT}; run without --resume to start")
     fresh_noise = run.client.dp_noise_multiplier is not None and run.client.dp_noise_seed is None
     if resume and run.update is None and fresh_noise:
-        raise ConfigError("--resume: this simulated DP-SGD client draws fresh noise on every run (client.dp_noise_seed"
-                          " is null), so its update is not the checkpoint's: start afresh, or fix client.dp_noise_seed "
-                          "(or attack a saved update, scripts/share_update.py) to make a run resumable")
+        raise ConfigError(
+            "--resume: this simulated DP-SGD client draws fresh noise on every run (client.dp_noise_seed"
+            " is null), so its update is not the checkpoint's: start afresh, or fix client.dp_noise_seed "
+            "(or attack a saved update, scripts/share_update.py) to make a run resumable"
+        )
     return resume
 
 
@@ -94,8 +119,9 @@ def run_identity(cfg: DictConfig, update_sha256: str) -> str:
     renamed run directory still resumes; so are the memory checks (they decide whether a run starts, not
     what it computes). The update's digest covers a swapped update file.
     """
-    return config_digest(cfg, ignore=("out", "data.root", "client.memory_check", "attack.memory_check"),
-                         update=update_sha256)
+    return config_digest(
+        cfg, ignore=("out", "data.root", "client.memory_check", "attack.memory_check"), update=update_sha256
+    )
 
 
 def _check_saved_config(path: Path, cfg: DictConfig, update_sha256: str) -> None:
@@ -111,8 +137,10 @@ def _check_saved_config(path: Path, cfg: DictConfig, update_sha256: str) -> None
     except ConfigError as err:
         raise ConfigError(f"--resume: {path} is not a readable config ({err}); {what}") from None
     if run_identity(saved, update_sha256) != run_identity(cfg, update_sha256):
-        raise ConfigError(f"--resume: {path} records another config than this run's (edited, or another run's): "
-                          f"resume with the config it records, or {what}")
+        raise ConfigError(
+            f"--resume: {path} records another config than this run's (edited, or another run's): "
+            f"resume with the config it records, or {what}"
+        )
 
 
 def _attacked_model_config(cfg: DictConfig, model: ClassifierModel) -> DictConfig:
@@ -177,13 +205,20 @@ def run_inversion(
         raise ConfigError(f"labels=aux: {err}") from None
     digest = update.sha256  # hashes every gradient: once per run
     try:
-        inversion = Inversion(model, update, plan, settings, priors=to_dict(cfg.priors), device=device,
-                              identity=run_identity(cfg, digest))
+        inversion = Inversion(
+            model, update, plan, settings, priors=to_dict(cfg.priors), device=device, identity=run_identity(cfg, digest)
+        )
     except ValueError as err:
         raise ConfigError(f"priors: {err}" if "prior" in str(err) else str(err)) from None
     with run_folder(out, RUN_OUTPUTS, keep=resuming):
-        note = "" if run.update is None else (f"# attacked a saved update ({run.update}): the data and client "
-                                              "sections were not used; the model came from the update's metadata\n")
+        note = (
+            ""
+            if run.update is None
+            else (
+                f"# attacked a saved update ({run.update}): the data and client "
+                "sections were not used; the model came from the update's metadata\n"
+            )
+        )
         if resuming:
             try:
                 inversion.load_checkpoint(out / CHECKPOINT)
@@ -194,29 +229,35 @@ def run_inversion(
         save_config(cfg, out / "config.yaml", header=note)
         with attack_threads(model, inversion.shape[1:], plan.batch_size, device):  # one for a small problem
             result = inversion.run(
-                progress=progress, monitor=_psnr_monitor(update, private), monitor_every=settings.monitor_every,
-                checkpoint=out / CHECKPOINT, checkpoint_every=settings.checkpoint_every,
+                progress=progress,
+                monitor=_psnr_monitor(update, private),
+                monitor_every=settings.monitor_every,
+                checkpoint=out / CHECKPOINT,
+                checkpoint_every=settings.checkpoint_every,
                 snapshot_every=settings.snapshot_every,
             )
             inversion.save_checkpoint(out / CHECKPOINT)
             scores = None
             if private is not None:
-                metric = (lpips_metric if lpips_metric is not None
-                          else LPIPSMetric(run.data.root or default_data_root()))
-                scores = evaluate_reconstruction(result.images, private.images, update.meta.denormalize,
-                                                 lpips=metric)
+                metric = lpips_metric if lpips_metric is not None else LPIPSMetric(run.data.root or default_data_root())
+                scores = evaluate_reconstruction(result.images, private.images, update.meta.denormalize, lpips=metric)
             results = _results(cfg, update, digest, private, plan, result, scores, device)
-        save_record(out / "reconstruction.pt", RECONSTRUCTION_FORMAT, 1,
-                    {"label_mode": plan.mode, "update_sha256": digest, "matching_loss": result.loss},
-                    {"images": result.images, "labels": torch.as_tensor(result.labels, dtype=torch.int64)})
+        save_record(
+            out / "reconstruction.pt",
+            RECONSTRUCTION_FORMAT,
+            1,
+            {"label_mode": plan.mode, "update_sha256": digest, "matching_loss": result.loss},
+            {"images": result.images, "labels": torch.as_tensor(result.labels, dtype=torch.int64)},
+        )
         _pictures(out, update, private, result, scores, plan.mode)
         with atomic_write(out / "results.json") as handle:  # last: its presence says the run finished
             handle.write(json.dumps(results, indent=1).encode())
     return InversionRun(update, private, model, result, plan, results, out)
 
 
-def _client(cfg: DictConfig, run: InvertConfig, progress: bool, device: torch.device
-            ) -> tuple[SharedUpdate, PrivateBatch | None, ClassifierModel, ClientRun | None]:
+def _client(
+    cfg: DictConfig, run: InvertConfig, progress: bool, device: torch.device
+) -> tuple[SharedUpdate, PrivateBatch | None, ClassifierModel, ClientRun | None]:
     """The attacked update, the private batch (None when not given), the server's model and the simulated
     client (None for a saved update); refuses, before the client runs or the labels are restored, an attack
     that would need more memory than ``device`` has free (:func:`~inversion.fl.simulate.check_attack_memory`)."""
@@ -224,8 +265,15 @@ def _client(cfg: DictConfig, run: InvertConfig, progress: bool, device: torch.de
         update, private, model = _saved_update(run)
         shape = update.meta.input_shape
         if update.batch_size is not None and shape is not None:
-            check_attack_memory(footprint(model, shape), shape, update.batch_size, update.meta.local, run.attack,
-                                device, f"{update.display_name} (its K and local steps) needs a larger machine")
+            check_attack_memory(
+                footprint(model, shape),
+                shape,
+                update.batch_size,
+                update.meta.local,
+                run.attack,
+                device,
+                f"{update.display_name} (its K and local steps) needs a larger machine",
+            )
         return update, private, model, None
     if run.private is not None:
         raise ConfigError("private= scores a saved update: give update= too (a simulated client has its own)")
@@ -235,8 +283,9 @@ def _client(cfg: DictConfig, run: InvertConfig, progress: bool, device: torch.de
     return client.update, client.private, client.model, client
 
 
-def _auxiliary(cfg: DictConfig, run: InvertConfig, client: ClientRun | None, private: PrivateBatch | None
-               ) -> AuxiliaryData:
+def _auxiliary(
+    cfg: DictConfig, run: InvertConfig, client: ClientRun | None, private: PrivateBatch | None
+) -> AuxiliaryData:
     """The server's auxiliary set: from the simulated client's images without its batch, or from ``data``
     without the private batch's images (a saved update)."""
     if client is not None:
@@ -260,16 +309,32 @@ def _psnr_monitor(update: SharedUpdate, private: PrivateBatch | None) -> Callabl
 
 #: What ``results.json`` records of an ``aux`` restoration's details: the auxiliary set used, the server's time
 #: (forward passes and FedAvg simulation included), the FedAvg first pass, classes without auxiliary images.
-_SERVER_DETAILS = ("aux", "server_seconds", "first_pass_counts", "simulated_steps", "simulations", "misfit",
-                   "missing_classes", "solver")
+_SERVER_DETAILS = (
+    "aux",
+    "server_seconds",
+    "first_pass_counts",
+    "simulated_steps",
+    "simulations",
+    "misfit",
+    "missing_classes",
+    "solver",
+)
 
 
 def _present(counts: np.ndarray) -> dict[str, int]:
     return {str(c): int(n) for c, n in enumerate(counts) if n > 0}
 
 
-def _results(cfg, update: SharedUpdate, digest: str, private: PrivateBatch | None, plan: LabelPlan,
-             result: InversionResult, scores: dict | None, device) -> dict[str, Any]:
+def _results(
+    cfg,
+    update: SharedUpdate,
+    digest: str,
+    private: PrivateBatch | None,
+    plan: LabelPlan,
+    result: InversionResult,
+    scores: dict | None,
+    device,
+) -> dict[str, Any]:
     record = to_dict(cfg)
     used = counts_from_labels(np.asarray(result.labels), plan.num_classes)
     truth = None if private is None else counts_from_labels(private.labels.numpy(), plan.num_classes)
@@ -287,11 +352,18 @@ def _results(cfg, update: SharedUpdate, digest: str, private: PrivateBatch | Non
         "config": record,
         "device": str(device),
         "threads": torch.get_num_threads(),  # the attack's (inversion.attack.threads): CPU results are bit-reproducible for it
-        "update": {"sha256": digest, "kind": update.kind, "batch_size": update.batch_size,
-                   "local": None if update.meta.local is None else update.meta.local.to_json(),
-                   "file": record["update"], "dataset": update.meta.dataset, "notes": update.meta.notes},
-        "private": None if private is None else {"file": record["private"],
-                                                 "data_source": private.record.get("data_source")},
+        "update": {
+            "sha256": digest,
+            "kind": update.kind,
+            "batch_size": update.batch_size,
+            "local": None if update.meta.local is None else update.meta.local.to_json(),
+            "file": record["update"],
+            "dataset": update.meta.dataset,
+            "notes": update.meta.notes,
+        },
+        "private": None
+        if private is None
+        else {"file": record["private"], "data_source": private.record.get("data_source")},
         "label_mode": plan.mode,
         "labels_used": [int(v) for v in result.labels],
         "label_counts": _present(used),
@@ -312,13 +384,23 @@ def _results(cfg, update: SharedUpdate, digest: str, private: PrivateBatch | Non
     }
 
 
-def _pictures(out: Path, update: SharedUpdate, private: PrivateBatch | None, result: InversionResult,
-              scores: dict | None, mode: str) -> None:
+def _pictures(
+    out: Path,
+    update: SharedUpdate,
+    private: PrivateBatch | None,
+    result: InversionResult,
+    scores: dict | None,
+    mode: str,
+) -> None:
     """reconstruction.png; with the private batch grid.png; with snapshots snapshots.png."""
     recon01 = update.meta.denormalize(result.images).clamp(0, 1)
-    save_image_rows([recon01], out / "reconstruction.png", row_names=["reconstructed"],
-                    captions=[[f"label {int(y)}" for y in result.labels]],
-                    title=f"labels: {mode}; matching loss {result.loss:.4g}")
+    save_image_rows(
+        [recon01],
+        out / "reconstruction.png",
+        row_names=["reconstructed"],
+        captions=[[f"label {int(y)}" for y in result.labels]],
+        title=f"labels: {mode}; matching loss {result.loss:.4g}",
+    )
     if private is None:
         if result.snapshots:
             rows = [update.meta.denormalize(images).clamp(0, 1) for _, _, images in result.snapshots]
@@ -327,12 +409,18 @@ def _pictures(out: Path, update: SharedUpdate, private: PrivateBatch | None, res
         return
     permutation = np.asarray(scores["permutation"])
     truth01 = update.meta.denormalize(private.images).clamp(0, 1)
-    captions = [[f"class {int(y)}" for y in private.labels], [f"{image['psnr']:.1f} dB" for image in scores["per_image"]]]
+    captions = [
+        [f"class {int(y)}" for y in private.labels],
+        [f"{image['psnr']:.1f} dB" for image in scores["per_image"]],
+    ]
     mean = scores["mean"]
-    title = (f"labels: {mode} - PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.3f}"
-             + (f", LPIPS {mean['lpips']:.3f}" if mean["lpips"] is not None else ""))
+    title = f"labels: {mode} - PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.3f}" + (
+        f", LPIPS {mean['lpips']:.3f}" if mean["lpips"] is not None else ""
+    )
     save_grid(truth01, recon01[permutation], out / "grid.png", captions=captions, title=title)
     if result.snapshots:
-        rows = [truth01] + [update.meta.denormalize(images).clamp(0, 1)[permutation] for _, _, images in result.snapshots]
+        rows = [truth01] + [
+            update.meta.denormalize(images).clamp(0, 1)[permutation] for _, _, images in result.snapshots
+        ]
         names = ["truth"] + [f"r{restart} step {step}" for restart, step, _ in result.snapshots]
         save_image_rows(rows, out / "snapshots.png", row_names=names)

@@ -17,6 +17,7 @@ only, in plan order. Result files found in ``out`` without a ledger (from a swee
 ledger) are moved aside to ``out/previous/<time>/``. The settings run in this process, one after
 another, or as Ray tasks; the scores do not depend on where.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,32 +38,42 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from label_restore import METHOD_NAMES, InconsistentGradientWarning, label_metrics
-
-from inversion.restore.auxiliary import AuxiliaryData
 from inversion.config import AuxConfig, ConfigError, RestoreConfig, config_digest, load_config, to_dict
-from inversion.utils.fileio import atomic_write
 from inversion.fl.defenses import defend_update, parse_defense
 from inversion.fl.simulate import client_auxiliary, simulate_client, source_from_config
 from inversion.restore import restore_from_update
+from inversion.restore.auxiliary import AuxiliaryData
 from inversion.sweep import RecordSchema, Run, Sweep, execute
 from inversion.sweep.executors import Executor
+from inversion.utils.fileio import atomic_write
+from label_restore import METHOD_NAMES, InconsistentGradientWarning, label_metrics
 
-__all__ = ["run_sweep", "format_markdown", "METRICS", "OUTPUTS"]
+__all__ = ["METRICS", "OUTPUTS", "format_markdown", "run_sweep"]
 
 METRICS = ("LeAcc", "LnAcc", "IRec", "count_mae")
 OUTPUTS = ("results.json", "results.md")
 """The result files a sweep rebuilds in ``out`` from its ledger."""
-NOT_IN_KEY = ("out", "data.root", "restore.note", "restore.datasets", "restore.models", "restore.activations",
-              "restore.batch_sizes", "restore.samplers")
+NOT_IN_KEY = (
+    "out",
+    "data.root",
+    "restore.note",
+    "restore.datasets",
+    "restore.models",
+    "restore.activations",
+    "restore.batch_sizes",
+    "restore.samplers",
+)
 """What a setting's key leaves out: where files are, the note, and the swept lists (the setting has its values)."""
 
 
 def _results_problem(record: dict) -> str | None:
     """Why a finished setting's record lacks its results, or None (the rest is checked by the ledger)."""
     result = record.get("result")
-    return None if isinstance(result, dict) and isinstance(result.get("results"), dict) else \
-        "a finished setting without its results"
+    return (
+        None
+        if isinstance(result, dict) and isinstance(result.get("results"), dict)
+        else "a finished setting without its results"
+    )
 
 
 SCHEMA = RecordSchema(fields={"setting": dict}, results_problem=_results_problem)
@@ -72,8 +83,11 @@ SCHEMA = RecordSchema(fields={"setting": dict}, results_problem=_results_problem
 def _settings(sweep: dict) -> list[dict[str, Any]]:
     """The cross product of the swept values; each a dict of the swept keys only."""
     axes = {
-        "data": sweep["datasets"], "model": sweep["models"], "activation": sweep["activations"],
-        "batch_size": sweep["batch_sizes"], "sampler": sweep["samplers"],
+        "data": sweep["datasets"],
+        "model": sweep["models"],
+        "activation": sweep["activations"],
+        "batch_size": sweep["batch_sizes"],
+        "sampler": sweep["samplers"],
     }
     axes = {k: v for k, v in axes.items() if v}
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())] or [{}]
@@ -98,16 +112,16 @@ def _check(cfg: DictConfig) -> tuple[dict, list]:
         raise ConfigError("restore.methods is empty; name at least one of " + ", ".join(METHOD_NAMES))
     bad = [k for k in sweep["batch_sizes"] if k < 1]
     if bad:
-        raise ConfigError(f"restore.batch_sizes holds {bad[0]}: a batch size K is a positive number of images "
-                          "(leave the list empty for client.batch_size)")
+        raise ConfigError(
+            f"restore.batch_sizes holds {bad[0]}: a batch size K is a positive number of images "
+            "(leave the list empty for client.batch_size)"
+        )
     try:
         defenses = [parse_defense(d) for d in sweep["defenses"] or ["none"]]
     except ValueError as err:
         raise ConfigError(f"restore.defenses: {err}") from None
     if any(d.name == "clip" for d in defenses) and to_dict(cfg.client)["parameters"] != "all":
-        raise ConfigError(
-            "clip defenses scale by the global norm of ALL gradients; set client.parameters=all for them"
-        )
+        raise ConfigError("clip defenses scale by the global norm of ALL gradients; set client.parameters=all for them")
     return sweep, defenses
 
 
@@ -160,13 +174,24 @@ def run_sweep(
         setting_cfg = load_config(RestoreConfig, config_path, _setting_overrides(setting, overrides))
         _check(setting_cfg)
         key = config_digest(setting_cfg, ignore=NOT_IN_KEY, setting=setting)[:16]
-        plan.append(Run(key, {"setting": setting}, {"setting": setting, "config": to_dict(setting_cfg)},
-                        units=sweep["trials"]))
-    done = execute(Sweep(plan=plan, worker=f"{__name__}:_setting_results", schema=SCHEMA,
-                         write=partial(_write_results, config=to_dict(cfg)), outputs=OUTPUTS,
-                         name="label restoration", unit="trial"),
-                   cfg.out, executor=executor, progress=progress,
-                   on_record=None if on_setting is None else partial(_finished_setting, on_setting))
+        plan.append(
+            Run(key, {"setting": setting}, {"setting": setting, "config": to_dict(setting_cfg)}, units=sweep["trials"])
+        )
+    done = execute(
+        Sweep(
+            plan=plan,
+            worker=f"{__name__}:_setting_results",
+            schema=SCHEMA,
+            write=partial(_write_results, config=to_dict(cfg)),
+            outputs=OUTPUTS,
+            name="label restoration",
+            unit="trial",
+        ),
+        cfg.out,
+        executor=executor,
+        progress=progress,
+        on_record=None if on_setting is None else partial(_finished_setting, on_setting),
+    )
     return json.loads((done["out"] / "results.json").read_text())
 
 
@@ -196,9 +221,7 @@ def _setting_results(payload: dict, advance: Callable[[int], None]) -> dict:
     return {"result": _run_setting(payload["setting"], cfg, sweep, defenses, advance)}
 
 
-def _run_setting(
-    setting: dict, cfg: DictConfig, sweep: dict, defenses: list, advance: Callable[[int], None]
-) -> dict:
+def _run_setting(setting: dict, cfg: DictConfig, sweep: dict, defenses: list, advance: Callable[[int], None]) -> dict:
     """All trials of one setting (``advance(1)`` after each); per defense and method, mean and std of every score.
 
     Trial t uses the setting's config with seeds + t: a new batch, and a new model unless ``fixed_model``.
@@ -257,8 +280,9 @@ def _run_setting(
         "model_per_trial": not sweep["fixed_model"],
         "model_seed": model_cfg["seed"],
         "client_seconds": _summary(client_seconds),
-        "aux": None if not aux_records else {**aux_records[0], "seed": f"{aux_cfg.seed} + trial",
-                                              "size": _summary([r["size"] for r in aux_records])},
+        "aux": None
+        if not aux_records
+        else {**aux_records[0], "seed": f"{aux_cfg.seed} + trial", "size": _summary([r["size"] for r in aux_records])},
         "peak_memory_mb": _peak_memory_mb(),
         "results": {
             spec: {m: {k: _summary(v) for k, v in per_method.items()} for m, per_method in by_method.items()}
@@ -287,9 +311,12 @@ def format_markdown(results: dict) -> str:
     lines = ["# Label restoration benchmark", "", f"Measured {results['date']} on {results['machine']}.", ""]
     if results.get("note"):
         lines += [f"Note: {results['note']}", ""]
-    lines += ["LeAcc, LnAcc, IRec and count MAE (mean over classes of |restored - true| count) score the raw "
-              "counts, as the paper does; \"flagged\": the fraction of trials whose "
-              "gradients failed the consistency checks (label_restore.consistency: counts unreliable).", ""]
+    lines += [
+        "LeAcc, LnAcc, IRec and count MAE (mean over classes of |restored - true| count) score the raw "
+        'counts, as the paper does; "flagged": the fraction of trials whose '
+        "gradients failed the consistency checks (label_restore.consistency: counts unreliable).",
+        "",
+    ]
     for record in results["settings"]:
         model = record["model"]
         size = "x".join(str(s) for s in model["image_size"])
@@ -301,14 +328,18 @@ def format_markdown(results: dict) -> str:
             f"trial); labels: {', '.join(record['labels'])}; images: {record['data_source']}; "
             f"client computation {_fmt(record['client_seconds'], 2)} s per trial; "
             f"peak memory {record['peak_memory_mb']:,.0f} MiB."
-            + ("" if not record.get("aux") else
-               f" aux: {record['aux']['size']['mean']:,.0f} labelled auxiliary images per trial from the client's "
-               f"images without its batch ({record['aux']['classes']} classes, {record['aux']['labels']} labels)."),
+            + (
+                ""
+                if not record.get("aux")
+                else f" aux: {record['aux']['size']['mean']:,.0f} labelled auxiliary images per trial from the client's "
+                f"images without its batch ({record['aux']['classes']} classes, {record['aux']['labels']} labels)."
+            ),
             "",
         ]
         for spec, by_method in record["results"].items():
             lines += [
-                f"Defense: {spec}", "",
+                f"Defense: {spec}",
+                "",
                 "| method | LeAcc | LnAcc | IRec | count MAE | LnAcc (sum-to-K) | sums to K | flagged | ms |",
                 "|---|---|---|---|---|---|---|---|---|",
             ]
@@ -320,6 +351,9 @@ def format_markdown(results: dict) -> str:
                 )
             lines.append("")
     if results.get("failed"):
-        lines += ["## Failed settings", ""] + [f"- {_setting_name(f['setting'])}: {f['error']}"
-                                               for f in results["failed"]] + [""]
+        lines += (
+            ["## Failed settings", ""]
+            + [f"- {_setting_name(f['setting'])}: {f['error']}" for f in results["failed"]]
+            + [""]
+        )
     return "\n".join(lines)

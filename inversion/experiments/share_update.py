@@ -1,5 +1,6 @@
 """The ``share_update`` command's driver: one simulated FL client, its shared update and its private batch saved
 apart in a run folder (``update.pt``, ``private.pt``, ``config.yaml``, ``batch.png``)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,7 +40,9 @@ def run_share_update(cfg: DictConfig) -> SharedFiles:
         private_path = run.private.save(out / "private.pt")
         save_config(cfg, out / "config.yaml")
         picture = save_image_rows(
-            [run.source.spec.denormalize(run.batch.images)], out / "batch.png", row_names=["private batch"],
+            [run.source.spec.denormalize(run.batch.images)],
+            out / "batch.png",
+            row_names=["private batch"],
             captions=[[str(int(y)) for y in run.batch.labels]],
             title=f"{cfg.data.name} client batch, K={run.update.batch_size} (true labels above each image)",
         )

@@ -20,6 +20,7 @@ epoch's randomness comes from its own seed, and ``resume.pt`` restores the model
 :func:`load_training_record` reads the log back, so later code can draw client batches from the images a
 model was trained on, or from held-out ones.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,17 +38,28 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from inversion.utils.choices import choices
 from inversion.config import ConfigError, DataConfig, ModelConfig, config_digest, save_config, to_dict
 from inversion.data import ImageSource
 from inversion.data.batch import check_fits_in_memory
-from inversion.utils.fileio import atomic_write, load_tensor_file, sha256_file
 from inversion.fl.simulate import absolute_data, check_labels, model_from_config, source_from_config
-from inversion.utils.rundir import check_out, run_folder
 from inversion.models.training_record import LOG_FORMAT, LOG_NAME, TrainingRecord, indices_sha256, load_training_record
+from inversion.utils.choices import choices
+from inversion.utils.fileio import atomic_write, load_tensor_file, sha256_file
+from inversion.utils.rundir import check_out, run_folder
 
-__all__ = ["OPTIMIZERS", "TrainSettings", "TrainConfig", "Split", "TrainingRecord", "split_indices", "evaluate",
-           "run_training", "load_training_record", "LOG_NAME", "RESUME_NAME"]
+__all__ = [
+    "LOG_NAME",
+    "OPTIMIZERS",
+    "RESUME_NAME",
+    "Split",
+    "TrainConfig",
+    "TrainSettings",
+    "TrainingRecord",
+    "evaluate",
+    "load_training_record",
+    "run_training",
+    "split_indices",
+]
 
 log = logging.getLogger("inversion.experiments.train")
 
@@ -72,9 +84,9 @@ class TrainSettings:
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
     seed: int = 0  # the split, the per-epoch shuffles and torch's RNG during training
-    checkpoint_epochs: Optional[List[int]] = None  # epochs whose state_dict is saved (0: untrained); null: [0, epochs]
+    checkpoint_epochs: list[int] | None = None  # epochs whose state_dict is saved (0: untrained); null: [0, epochs]
     held_out: float = 0.2  # fraction of the images kept out of training, for evaluation
-    max_images: Optional[int] = None  # use a seeded sample of at most this many images of the source
+    max_images: int | None = None  # use a seeded sample of at most this many images of the source
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -82,8 +94,9 @@ class TrainSettings:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:
-            raise ValueError(f"momentum must be in [0, 1) and weight_decay >= 0, got {self.momentum} and "
-                             f"{self.weight_decay}")
+            raise ValueError(
+                f"momentum must be in [0, 1) and weight_decay >= 0, got {self.momentum} and {self.weight_decay}"
+            )
         outside = [e for e in self.checkpoint_epochs or () if not 0 <= e <= self.epochs]
         if outside:
             raise ValueError(f"checkpoint_epochs must lie in 0..epochs={self.epochs}, got {outside}")
@@ -144,8 +157,8 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, chunk: int = EVAL
     loss, correct = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(labels), chunk):
-            logits = model(images[start:start + chunk])
-            target = labels[start:start + chunk]
+            logits = model(images[start : start + chunk])
+            target = labels[start : start + chunk]
             loss += float(F.cross_entropy(logits, target, reduction="sum"))
             correct += int((logits.argmax(1) == target).sum())
     model.train(was_training)
@@ -156,12 +169,20 @@ def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimiz
     """The optimizer ``settings`` name, over all of the model's parameters."""
     if settings.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                           weight_decay=settings.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
 
 
-def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
-                 batch_size: int, seed: Sequence[int], bar: tqdm) -> tuple[float, float]:
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int,
+    seed: Sequence[int],
+    bar: tqdm,
+) -> tuple[float, float]:
     """One epoch over images (N, C, H, W) / labels (N,) in a shuffle seeded by ``seed``; torch's RNG is seeded
     from it for the epoch and restored afterwards. Returns the mean loss and the accuracy of the batches as
     trained on (train mode, before each step)."""
@@ -173,7 +194,7 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: Ten
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(rng.integers(2**62)))
         for step in range(steps):
-            index = order[step * batch_size:(step + 1) * batch_size]
+            index = order[step * batch_size : (step + 1) * batch_size]
             optimizer.zero_grad(set_to_none=True)
             logits = model(images[index])
             loss = F.cross_entropy(logits, labels[index])
@@ -189,8 +210,11 @@ def _identity(cfg: DictConfig, split: Split) -> str:
     """The sha256 of what determines the training trajectory: the config (without ``out``, ``data.root``,
     ``train.epochs`` and ``train.checkpoint_epochs``, so a moved run resumes and a finished one trains on)
     and the split."""
-    return config_digest(cfg, ignore=("out", "data.root", "train.epochs", "train.checkpoint_epochs"),
-                         split=[indices_sha256(split.train), indices_sha256(split.held_out)])
+    return config_digest(
+        cfg,
+        ignore=("out", "data.root", "train.epochs", "train.checkpoint_epochs"),
+        split=[indices_sha256(split.train), indices_sha256(split.held_out)],
+    )
 
 
 @dataclass(frozen=True)
@@ -204,15 +228,23 @@ class _Finished:
 
 def _save_state(path: Path, identity: str, done: _Finished, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """``resume.pt``: the run's identity, its finished state, and the model's and optimizer's state_dicts."""
-    payload = {"format": RESUME_FORMAT, "version": 1, "identity": identity, "epoch": done.epoch,
-               "history": list(done.history), "checkpoints": list(done.checkpoints),
-               "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    payload = {
+        "format": RESUME_FORMAT,
+        "version": 1,
+        "identity": identity,
+        "epoch": done.epoch,
+        "history": list(done.history),
+        "checkpoints": list(done.checkpoints),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+    }
     with atomic_write(path) as handle:
         torch.save(payload, handle)
 
 
-def _load_state(out: Path, identity: str, settings: TrainSettings, model: nn.Module,
-                optimizer: torch.optim.Optimizer) -> _Finished:
+def _load_state(
+    out: Path, identity: str, settings: TrainSettings, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> _Finished:
     """Restore model and optimizer from ``out/resume.pt``; ConfigError (one line) if it cannot continue this run."""
     path = out / RESUME_NAME
     try:
@@ -220,16 +252,23 @@ def _load_state(out: Path, identity: str, settings: TrainSettings, model: nn.Mod
     except ValueError as err:
         raise ConfigError(f"--resume: {err}") from None
     keys = ("identity", "epoch", "history", "checkpoints", "model", "optimizer")
-    if not isinstance(payload, dict) or payload.get("format") != RESUME_FORMAT or payload.get("version") != 1 \
-            or any(key not in payload for key in keys):
+    if (
+        not isinstance(payload, dict)
+        or payload.get("format") != RESUME_FORMAT
+        or payload.get("version") != 1
+        or any(key not in payload for key in keys)
+    ):
         raise ConfigError(f"--resume: {path} is not a version-1 training state; run without --resume to start over")
     if payload["identity"] != identity:
-        raise ConfigError(f"--resume: {path} was written by another training run (another config, apart from out, "
-                          "data.root, train.epochs and train.checkpoint_epochs, or another split)")
+        raise ConfigError(
+            f"--resume: {path} was written by another training run (another config, apart from out, "
+            "data.root, train.epochs and train.checkpoint_epochs, or another split)"
+        )
     done = _Finished(payload["epoch"], tuple(payload["history"]), tuple(payload["checkpoints"]))
     if done.epoch > settings.epochs:
-        raise ConfigError(f"--resume: {path} has finished {done.epoch} epochs, more than "
-                          f"train.epochs={settings.epochs}")
+        raise ConfigError(
+            f"--resume: {path} has finished {done.epoch} epochs, more than train.epochs={settings.epochs}"
+        )
     saved = {c["epoch"] for c in done.checkpoints}
     missed = [e for e in settings.saved_epochs if e <= done.epoch and e not in saved]
     if missed:
@@ -242,16 +281,26 @@ def _load_state(out: Path, identity: str, settings: TrainSettings, model: nn.Mod
     return done
 
 
-def _commit(out: Path, epoch: int, row: dict[str, Any], done: _Finished, saved_epochs: list[int], identity: str,
-            model: nn.Module, optimizer: torch.optim.Optimizer) -> _Finished:
+def _commit(
+    out: Path,
+    epoch: int,
+    row: dict[str, Any],
+    done: _Finished,
+    saved_epochs: list[int],
+    identity: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> _Finished:
     """Write the checkpoint of ``epoch`` (if chosen), then ``resume.pt``; the new finished state."""
     checkpoints = done.checkpoints
     if epoch in saved_epochs:
         name = f"epoch_{epoch:03d}.pt"
         with atomic_write(out / name) as handle:
             torch.save(model.state_dict(), handle)
-        checkpoints = (*[c for c in checkpoints if c["epoch"] != epoch],
-                       {"epoch": epoch, "file": name, "sha256": sha256_file(out / name)})
+        checkpoints = (
+            *[c for c in checkpoints if c["epoch"] != epoch],
+            {"epoch": epoch, "file": name, "sha256": sha256_file(out / name)},
+        )
     finished = _Finished(epoch, (*done.history, row), checkpoints)
     _save_state(out / RESUME_NAME, identity, finished, model, optimizer)
     return finished
@@ -260,9 +309,15 @@ def _commit(out: Path, epoch: int, row: dict[str, Any], done: _Finished, saved_e
 def _write_log(path: Path, header: dict[str, Any], done: _Finished, status: str) -> None:
     """``train_log.json``: the header, the finished epochs and checkpoints, and (last) the split."""
     body = {key: value for key, value in header.items() if key != "split"}
-    record = {**body, "status": status, "completed_epochs": done.epoch,
-              "seconds": round(sum(row["seconds"] for row in done.history), 3),
-              "epochs": list(done.history), "checkpoints": list(done.checkpoints), "split": header["split"]}
+    record = {
+        **body,
+        "status": status,
+        "completed_epochs": done.epoch,
+        "seconds": round(sum(row["seconds"] for row in done.history), 3),
+        "epochs": list(done.history),
+        "checkpoints": list(done.checkpoints),
+        "split": header["split"],
+    }
     with atomic_write(path) as handle:
         handle.write((json.dumps(record, indent=1) + "\n").encode())
 
@@ -270,12 +325,19 @@ def _write_log(path: Path, header: dict[str, Any], done: _Finished, status: str)
 def _header(cfg: DictConfig, source: ImageSource, model: nn.Module, split: Split) -> dict[str, Any]:
     """What the log records about the run apart from its progress."""
     return {
-        "format": LOG_FORMAT, "version": 1, "config": to_dict(cfg), "data": absolute_data(cfg.data),
-        "data_source": source.description, "source_images": len(source),
+        "format": LOG_FORMAT,
+        "version": 1,
+        "config": to_dict(cfg),
+        "data": absolute_data(cfg.data),
+        "data_source": source.description,
+        "source_images": len(source),
         "model": {k: v for k, v in model.config.items() if k != "weights"},
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "split": {name: {"count": len(indices), "sha256": indices_sha256(indices), "indices": indices.tolist()}
-                  for name, indices in (("train", split.train), ("held_out", split.held_out))},
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "split": {
+            name: {"count": len(indices), "sha256": indices_sha256(indices), "indices": indices.tolist()}
+            for name, indices in (("train", split.train), ("held_out", split.held_out))
+        },
     }
 
 
@@ -284,13 +346,18 @@ def _outputs(out: Path) -> list[str]:
     return [*OUTPUTS, *sorted(p.name for p in out.glob("epoch_*.pt"))]
 
 
-def _row(epoch: int, train: tuple[float, float] | None, held_out: tuple[float, float] | None,
-         seconds: float) -> dict[str, Any]:
+def _row(
+    epoch: int, train: tuple[float, float] | None, held_out: tuple[float, float] | None, seconds: float
+) -> dict[str, Any]:
     """One epoch of the log (None: not measured: no training in epoch 0, no held-out images)."""
-    return {"epoch": epoch, "train_loss": None if train is None else train[0],
-            "train_accuracy": None if train is None else train[1],
-            "held_out_loss": None if held_out is None else held_out[0],
-            "held_out_accuracy": None if held_out is None else held_out[1], "seconds": round(seconds, 3)}
+    return {
+        "epoch": epoch,
+        "train_loss": None if train is None else train[0],
+        "train_accuracy": None if train is None else train[1],
+        "held_out_loss": None if held_out is None else held_out[0],
+        "held_out_accuracy": None if held_out is None else held_out[1],
+        "seconds": round(seconds, 3),
+    }
 
 
 @dataclass(frozen=True)
@@ -306,20 +373,28 @@ def _data(source: ImageSource, settings: TrainSettings) -> _Data:
     """Split the source's images as ``settings`` say and load them; ConfigError if they cannot serve."""
     split = split_indices(len(source), settings.held_out, settings.seed, settings.max_images)
     if len(split.train) < settings.batch_size:
-        raise ConfigError(f"train.batch_size={settings.batch_size} but only {len(split.train)} images are left for "
-                          "training: use a smaller batch, a smaller held_out or more images")
+        raise ConfigError(
+            f"train.batch_size={settings.batch_size} but only {len(split.train)} images are left for "
+            "training: use a smaller batch, a smaller held_out or more images"
+        )
     total = len(split.train) + len(split.held_out)
     try:
         check_fits_in_memory(source, total)
     except ValueError:
-        raise ConfigError(f"the {total:,} images do not fit in this machine's memory as float32: "
-                          "set train.max_images") from None
+        raise ConfigError(
+            f"the {total:,} images do not fit in this machine's memory as float32: set train.max_images"
+        ) from None
     held_out = _load_images(source, split.held_out) if len(split.held_out) else None
     return _Data(split, _load_images(source, split.train), held_out)
 
 
-def run_training(cfg: DictConfig, *, resume: bool = False, progress: bool = True,
-                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainingRecord:
+def run_training(
+    cfg: DictConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainingRecord:
     """Train as a :class:`TrainConfig` says and write ``out`` (module docstring); Ctrl-C stops after saving
     the last finished epoch (the log says ``interrupted``) and re-raises.
 
@@ -351,14 +426,33 @@ def run_training(cfg: DictConfig, *, resume: bool = False, progress: bool = True
     with run_folder(out, _outputs(out), keep=resume):
         done = _load_state(out, identity, settings, model, optimizer) if resume else _Finished()
         save_config(cfg, out / "config.yaml", header="# scripts/train.py: the resolved config of this training run\n")
-        _epochs(out, settings, data, model, optimizer, identity, _header(cfg, source, model, data.split), done,
-                progress, on_epoch)
+        _epochs(
+            out,
+            settings,
+            data,
+            model,
+            optimizer,
+            identity,
+            _header(cfg, source, model, data.split),
+            done,
+            progress,
+            on_epoch,
+        )
     return load_training_record(out / LOG_NAME)
 
 
-def _epochs(out: Path, settings: TrainSettings, data: _Data, model: nn.Module, optimizer: torch.optim.Optimizer,
-            identity: str, header: dict[str, Any], done: _Finished, progress: bool,
-            on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
+def _epochs(
+    out: Path,
+    settings: TrainSettings,
+    data: _Data,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    identity: str,
+    header: dict[str, Any],
+    done: _Finished,
+    progress: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> None:
     """The epochs after ``done`` up to ``settings.epochs``, each committed to ``out`` as it finishes (then
     ``on_epoch`` is called with its row)."""
     steps = len(data.train[1]) // settings.batch_size
@@ -367,8 +461,11 @@ def _epochs(out: Path, settings: TrainSettings, data: _Data, model: nn.Module, o
     try:
         for epoch in range(first, settings.epochs + 1):
             started = time.perf_counter()
-            trained = _train_epoch(model, optimizer, *data.train, settings.batch_size, [settings.seed, epoch],
-                                   bar) if epoch else None
+            trained = (
+                _train_epoch(model, optimizer, *data.train, settings.batch_size, [settings.seed, epoch], bar)
+                if epoch
+                else None
+            )
             held_out = evaluate(model, *data.held_out) if data.held_out else None
             row = _row(epoch, trained, held_out, time.perf_counter() - started)
             done = _commit(out, epoch, row, done, settings.saved_epochs, identity, model, optimizer)

@@ -12,6 +12,7 @@ holding another training (the experiment's config changed since) is refused, and
 with that error: move the folder aside or rename the experiment. The runs execute in this process or as Ray
 tasks; ``training.json``, ``training.md`` and ``training.png`` are rebuilt from the ledger after every run.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,21 +22,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig, OmegaConf
 
 from inversion.config import ConfigError, config_digest, load_config, to_dict
-from inversion.utils.fileio import atomic_write, sha256_file
+from inversion.experiments.train import RESUME_NAME, TrainConfig, run_training
 from inversion.sweep import RecordSchema, Run, Sweep, execute
 from inversion.sweep.executors import Executor
-from inversion.experiments.train import RESUME_NAME, TrainConfig, run_training
+from inversion.utils.fileio import atomic_write, sha256_file
 from inversion.utils.plotting import figure
 
-__all__ = ["TrainExperiment", "TrainSweepConfig", "run_train_sweep", "summarize", "format_markdown", "OUTPUTS",
-           "SCHEMA"]
+__all__ = [
+    "OUTPUTS",
+    "SCHEMA",
+    "TrainExperiment",
+    "TrainSweepConfig",
+    "format_markdown",
+    "run_train_sweep",
+    "summarize",
+]
 
 OUTPUTS = ("training.json", "training.md", "training.png")
 """The result files a sweep rebuilds in ``out`` from its ledger."""
@@ -51,15 +59,15 @@ class TrainExperiment:
 
     name: str = "default"  # its runs' folder in out: <out>/<name>/seed<S>/
     config: str = "configs/train/default.yaml"  # relative to the repository, or absolute
-    overrides: List[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
 
 
 @dataclass
 class TrainSweepConfig:
     """``scripts/train.py --sweep``: every experiment trained once per seed (``train.seed`` = ``model.seed``)."""
 
-    experiments: List[TrainExperiment] = field(default_factory=lambda: [TrainExperiment()])
-    seeds: List[int] = field(default_factory=lambda: [0])
+    experiments: list[TrainExperiment] = field(default_factory=lambda: [TrainExperiment()])
+    seeds: list[int] = field(default_factory=lambda: [0])
     out: str = "runs/train/sweep"
 
 
@@ -74,12 +82,16 @@ def _check(sweep: dict) -> None:
             raise ConfigError(f"train sweep: {what} must be unique, got {', '.join(twice)} more than once")
     for experiment in sweep["experiments"]:
         if not NAME.fullmatch(experiment["name"]) or experiment["name"] == "previous":
-            raise ConfigError(f"train sweep: experiment name {experiment['name']!r} must be letters, digits, _ and - "
-                              "(it names a folder in out), and not 'previous'")
+            raise ConfigError(
+                f"train sweep: experiment name {experiment['name']!r} must be letters, digits, _ and - "
+                "(it names a folder in out), and not 'previous'"
+            )
         clash = [o for o in experiment["overrides"] if o.partition("=")[0] in SET_BY_THE_SWEEP]
         if clash:
-            raise ConfigError(f"train sweep: experiment {experiment['name']!r} overrides {clash[0]!r}; "
-                              f"{', '.join(SET_BY_THE_SWEEP)} are set by the sweep (seeds, out)")
+            raise ConfigError(
+                f"train sweep: experiment {experiment['name']!r} overrides {clash[0]!r}; "
+                f"{', '.join(SET_BY_THE_SWEEP)} are set by the sweep (seeds, out)"
+            )
 
 
 def _plan(cfg: DictConfig) -> list[Run]:
@@ -95,28 +107,44 @@ def _plan(cfg: DictConfig) -> list[Run]:
         for seed in sweep["seeds"]:
             folder = f"{experiment['name']}/seed{seed}"
             try:
-                run_cfg = load_config(TrainConfig, experiment["config"], [
-                    *experiment["overrides"], f"train.seed={seed}", f"model.seed={seed}",
-                    f"out={Path(sweep['out']) / folder}"])
+                run_cfg = load_config(
+                    TrainConfig,
+                    experiment["config"],
+                    [
+                        *experiment["overrides"],
+                        f"train.seed={seed}",
+                        f"model.seed={seed}",
+                        f"out={Path(sweep['out']) / folder}",
+                    ],
+                )
             except ConfigError as err:
                 raise ConfigError(f"train sweep: experiment {experiment['name']!r}: {err}") from None
             key = config_digest(run_cfg, ignore=("out",), experiment=experiment["name"])[:16]
             resolved = to_dict(run_cfg)
-            description = {"experiment": experiment["name"], "seed": seed, "dataset": resolved["data"]["name"],
-                           "model": resolved["model"]["name"]}
-            runs.append(Run(key, description, {"config": resolved, "folder": folder},
-                            units=resolved["train"]["epochs"]))
+            description = {
+                "experiment": experiment["name"],
+                "seed": seed,
+                "dataset": resolved["data"]["name"],
+                "model": resolved["model"]["name"],
+            }
+            runs.append(
+                Run(key, description, {"config": resolved, "folder": folder}, units=resolved["train"]["epochs"])
+            )
     return runs
 
 
 def _results_problem(record: dict) -> str | None:
     """Why a finished run's record lacks its results, or None (the rest is checked by the ledger)."""
     epochs, checkpoints = record.get("epochs"), record.get("checkpoints")
-    if not isinstance(epochs, list) or not epochs or not all(isinstance(row, dict) and "held_out_accuracy" in row
-                                                             for row in epochs):
+    if (
+        not isinstance(epochs, list)
+        or not epochs
+        or not all(isinstance(row, dict) and "held_out_accuracy" in row for row in epochs)
+    ):
         return "a finished run without its epochs"
-    if not isinstance(checkpoints, list) or not all(isinstance(c, dict) and isinstance(c.get("file"), str)
-                                                    and isinstance(c.get("sha256"), str) for c in checkpoints):
+    if not isinstance(checkpoints, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("file"), str) and isinstance(c.get("sha256"), str) for c in checkpoints
+    ):
         return "a finished run without its checkpoints"
     bad = [name for name in ("seconds", "train_images", "held_out_images") if not _is_number(record.get(name))]
     return f"{', '.join(bad)} not a number" if bad else None
@@ -127,13 +155,19 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-SCHEMA = RecordSchema(fields={"experiment": str, "seed": int, "dataset": str, "model": str},
-                      results_problem=_results_problem)
+SCHEMA = RecordSchema(
+    fields={"experiment": str, "seed": int, "dataset": str, "model": str}, results_problem=_results_problem
+)
 """What every ledger record holds besides its key and status, and what a finished one holds."""
 
 
-def run_train_sweep(config_path: str | Path | None, overrides: list[str] = (), *, progress: bool = True,
-                    executor: Executor | None = None) -> dict:
+def run_train_sweep(
+    config_path: str | Path | None,
+    overrides: list[str] = (),
+    *,
+    progress: bool = True,
+    executor: Executor | None = None,
+) -> dict:
     """Run (or resume) the sweep; write ``runs.jsonl``, ``training.json``, ``training.md``, ``training.png``.
 
     Every run's config is built and validated first, so a typo, a missing config file or a bad override
@@ -150,8 +184,16 @@ def run_train_sweep(config_path: str | Path | None, overrides: list[str] = (), *
     cfg = load_config(TrainSweepConfig, config_path, overrides)
     plan = _plan(cfg)
     write = partial(_write_outputs, config=to_dict(cfg), descriptions=[run.description for run in plan])
-    sweep = Sweep(plan=plan, worker=f"{__name__}:_train_run", schema=SCHEMA, write=write, outputs=OUTPUTS,
-                  name="training", unit="epoch", label=_label)
+    sweep = Sweep(
+        plan=plan,
+        worker=f"{__name__}:_train_run",
+        schema=SCHEMA,
+        write=write,
+        outputs=OUTPUTS,
+        name="training",
+        unit="epoch",
+        label=_label,
+    )
     return execute(sweep, cfg.out, executor=executor, progress=progress)
 
 
@@ -168,9 +210,12 @@ def _train_run(payload: dict, advance: Callable[[int], None]) -> dict[str, Any]:
     return {
         "epochs": record.history,
         "seconds": round(sum(row["seconds"] for row in record.history), 3),
-        "checkpoints": [{"epoch": epoch, "file": f"{payload['folder']}/{path.name}", "sha256": sha256_file(path)}
-                        for epoch, path in sorted(record.checkpoints.items())],
-        "train_images": len(record.train_indices), "held_out_images": len(record.held_out_indices),
+        "checkpoints": [
+            {"epoch": epoch, "file": f"{payload['folder']}/{path.name}", "sha256": sha256_file(path)}
+            for epoch, path in sorted(record.checkpoints.items())
+        ],
+        "train_images": len(record.train_indices),
+        "held_out_images": len(record.held_out_indices),
         "data_source": record.data_source,
     }
 
@@ -189,8 +234,10 @@ def summarize(records: list[dict]) -> dict[str, dict[int, tuple[float, float, in
             for row in record["epochs"]:
                 if row["held_out_accuracy"] is not None:
                     values[record["experiment"]][row["epoch"]].append(row["held_out_accuracy"])
-    return {experiment: {epoch: (float(np.mean(v)), float(np.std(v)), len(v)) for epoch, v in sorted(by_epoch.items())}
-            for experiment, by_epoch in values.items()}
+    return {
+        experiment: {epoch: (float(np.mean(v)), float(np.std(v)), len(v)) for epoch, v in sorted(by_epoch.items())}
+        for experiment, by_epoch in values.items()
+    }
 
 
 def _saved_epochs(records: list[dict]) -> list[int]:
@@ -208,21 +255,32 @@ def format_markdown(records: list[dict], descriptions: list[dict]) -> str:
     """``training.md``: every run's held-out accuracy at the saved epochs, then mean ± std over seeds."""
     epochs = _saved_epochs(records)
     header = " | ".join(f"epoch {e}" for e in epochs)
-    lines = ["# Training sweep", "",
-             f"{sum(r['status'] == 'ok' for r in records)} runs finished, "
-             f"{sum(r['status'] == 'failed' for r in records)} failed, {len(descriptions)} planned. "
-             "Held-out accuracy after each saved epoch (0: the untrained model); each seed has its own split, "
-             "initial weights and shuffles.", "",
-             f"| experiment | seed | {header} | images trained on / held out | training time (s) |",
-             _rule(len(epochs) + 4)]
+    lines = [
+        "# Training sweep",
+        "",
+        f"{sum(r['status'] == 'ok' for r in records)} runs finished, "
+        f"{sum(r['status'] == 'failed' for r in records)} failed, {len(descriptions)} planned. "
+        "Held-out accuracy after each saved epoch (0: the untrained model); each seed has its own split, "
+        "initial weights and shuffles.",
+        "",
+        f"| experiment | seed | {header} | images trained on / held out | training time (s) |",
+        _rule(len(epochs) + 4),
+    ]
     for r in records:
         if r["status"] == "ok":
             cells = " | ".join(_accuracy(r, e) for e in epochs)
-            lines.append(f"| {r['experiment']} | {r['seed']} | {cells} | {r['train_images']:,} / "
-                         f"{r['held_out_images']:,} | {r['seconds']:.1f} |")
+            lines.append(
+                f"| {r['experiment']} | {r['seed']} | {cells} | {r['train_images']:,} / "
+                f"{r['held_out_images']:,} | {r['seconds']:.1f} |"
+            )
     summary = summarize(records)
-    lines += ["", "Mean ± std over seeds:", "", f"| experiment | {header} | seeds | mean training time (s) |",
-              _rule(len(epochs) + 3)]
+    lines += [
+        "",
+        "Mean ± std over seeds:",
+        "",
+        f"| experiment | {header} | seeds | mean training time (s) |",
+        _rule(len(epochs) + 3),
+    ]
     for experiment in dict.fromkeys(d["experiment"] for d in descriptions):
         if experiment in summary:
             stats = summary[experiment]

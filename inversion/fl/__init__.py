@@ -7,13 +7,23 @@
 - :mod:`.local`: FedAvg's local training (:class:`LocalTraining`), as the client runs it and unrolled for the attack;
 - :mod:`.defenses`: noise, clipping and sparsification of the shared gradients.
 """
+
 from inversion.fl.client import BN_MODES, PARAMETER_SETS, client_gradients, client_update, final_layer_client_gradients
 from inversion.fl.local import LocalTraining, local_training_delta, unroll_local_training
 from inversion.fl.private import PrivateBatch
 from inversion.fl.update import UPDATE_KINDS, SharedUpdate, UpdateMeta
 
 __all__ = [
-    "BN_MODES", "PARAMETER_SETS", "UPDATE_KINDS", "LocalTraining", "PrivateBatch", "SharedUpdate", "UpdateMeta",
-    "client_gradients", "client_update", "final_layer_client_gradients", "local_training_delta",
+    "BN_MODES",
+    "PARAMETER_SETS",
+    "UPDATE_KINDS",
+    "LocalTraining",
+    "PrivateBatch",
+    "SharedUpdate",
+    "UpdateMeta",
+    "client_gradients",
+    "client_update",
+    "final_layer_client_gradients",
+    "local_training_delta",
     "unroll_local_training",
 ]

@@ -6,6 +6,7 @@ CPU, wherever the file was saved) refuses pickled objects (they could run code),
 versions, a damaged structure, and any content whose digest differs from the stored one (a flipped
 byte, a hand-edited header).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 
 from inversion.utils.fileio import atomic_write, load_tensor_file
 
-__all__ = ["content_digest", "model_digest", "save_record", "load_record"]
+__all__ = ["content_digest", "load_record", "model_digest", "save_record"]
 
 
 def _tensor_bytes(tensor: Tensor) -> bytes:
@@ -45,14 +46,20 @@ def model_digest(model: nn.Module) -> str:
     return content_digest({}, dict(model.state_dict()))
 
 
-def save_record(path: str | Path, fmt: str, version: int, header: Mapping[str, Any],
-                tensors: Mapping[str, Tensor | None]) -> Path:
+def save_record(
+    path: str | Path, fmt: str, version: int, header: Mapping[str, Any], tensors: Mapping[str, Tensor | None]
+) -> Path:
     """Write ``{format, version, header_json, tensors, sha256}`` atomically (temp file + rename)."""
     path = Path(path)
     tensors = {name: None if t is None else t.detach().cpu().contiguous() for name, t in tensors.items()}
     header_json = json.dumps(dict(header), sort_keys=True)
-    payload = {"format": fmt, "version": version, "header_json": header_json, "tensors": tensors,
-               "sha256": content_digest(json.loads(header_json), tensors)}
+    payload = {
+        "format": fmt,
+        "version": version,
+        "header_json": header_json,
+        "tensors": tensors,
+        "sha256": content_digest(json.loads(header_json), tensors),
+    }
     with atomic_write(path) as handle:
         torch.save(payload, handle)
     return path
@@ -60,6 +67,7 @@ def save_record(path: str | Path, fmt: str, version: int, header: Mapping[str, A
 
 def _entries(path: Path, fmt: str, payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor | None], Any]:
     """(header, tensors, stored digest) of a payload, checked for structure before any of it is used."""
+
     def damaged(problem: str) -> ValueError:
         return ValueError(f"{path} is a damaged {fmt} file: {problem}; write it again")
 
@@ -98,8 +106,10 @@ def load_record(path: str | Path, fmt: str, version: int, what: str) -> tuple[di
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise ValueError(f"{path} is not a {fmt} file ({what})")
     if payload.get("version") != version:
-        raise ValueError(f"{path} is a {fmt} file of version {payload.get('version')}; this code reads version "
-                         f"{version}: write it again with this version of gradleak")
+        raise ValueError(
+            f"{path} is a {fmt} file of version {payload.get('version')}; this code reads version "
+            f"{version}: write it again with this version of gradleak"
+        )
     header, tensors, stored = _entries(path, fmt, payload)
     if content_digest(header, tensors) != stored:
         raise ValueError(f"{path} fails its checksum: the file is corrupt or was edited after it was written")

@@ -6,6 +6,7 @@ batch with respect to every parameter, in chunks of bounded memory when the batc
 backbone; :func:`client_update` wraps either into the :class:`~inversion.fl.update.SharedUpdate`
 the server receives, which carries no private data.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -17,12 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from inversion.models import final_layer
 from inversion.fl.dp import DPSGD, dp_client_tensors
 from inversion.fl.local import LocalTraining, local_training_delta
 from inversion.fl.update import BN_MODES, SharedUpdate, UpdateMeta
+from inversion.models import final_layer
 
-__all__ = ["BN_MODES", "PARAMETER_SETS", "client_gradients", "final_layer_client_gradients", "client_update"]
+__all__ = ["BN_MODES", "PARAMETER_SETS", "client_gradients", "client_update", "final_layer_client_gradients"]
 
 PARAMETER_SETS = ("all", "final_layer")
 
@@ -51,8 +52,9 @@ def _client_mode(model: nn.Module, bn_mode: str):
             model.load_state_dict(saved_stats, strict=False)
 
 
-def _chunks(model: nn.Module, images: Tensor, labels: Tensor, bn_mode: str, chunk_size: int | None
-            ) -> tuple[int, range]:
+def _chunks(
+    model: nn.Module, images: Tensor, labels: Tensor, bn_mode: str, chunk_size: int | None
+) -> tuple[int, range]:
     """Validate a client batch for ``model``; return (K, the start index of every chunk)."""
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
@@ -65,8 +67,10 @@ def _chunks(model: nn.Module, images: Tensor, labels: Tensor, bn_mode: str, chun
         raise ValueError("the batch is empty")
     classes = final_layer(model).out_features
     if labels.min() < 0 or labels.max() >= classes:
-        raise ValueError(f"the model has {classes} classes but the batch has label "
-                         f"{int(labels.max() if labels.max() >= classes else labels.min())}: labels must be 0..{classes - 1}")
+        raise ValueError(
+            f"the model has {classes} classes but the batch has label "
+            f"{int(labels.max() if labels.max() >= classes else labels.min())}: labels must be 0..{classes - 1}"
+        )
     chunk = batch_size if chunk_size is None else int(chunk_size)
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -119,8 +123,8 @@ def client_gradients(
     step = starts.step
     with _client_mode(model, bn_mode):
         for start in _progress(starts, progress, "client gradient"):
-            x = images[start:start + step].to(device)
-            y = labels[start:start + step].to(device)
+            x = images[start : start + step].to(device)
+            y = labels[start : start + step].to(device)
             loss = F.cross_entropy(model(x), y, reduction="sum") / batch_size
             for total, grad in zip(sums, torch.autograd.grad(loss, params)):
                 total.add_(grad)
@@ -154,17 +158,21 @@ def final_layer_client_gradients(
         ``{"<fc>.weight": (C, M), "<fc>.bias": (C,)}`` named as in ``model.named_parameters()``
         (no bias entry when the layer has none).
     """
-    if not (isinstance(getattr(model, "features", None), nn.Module) and isinstance(getattr(model, "fc", None), nn.Linear)):
+    if not (
+        isinstance(getattr(model, "features", None), nn.Module) and isinstance(getattr(model, "fc", None), nn.Linear)
+    ):
         raise ValueError("final-layer-only gradients need a model with `features` and a final nn.Linear `fc`")
     batch_size, starts = _chunks(model, images, labels, bn_mode, chunk_size)
     layer = model.fc
     device = layer.weight.device
     step = starts.step
     with torch.no_grad(), _client_mode(model, bn_mode):
-        embeddings = torch.cat([
-            model.features(images[start:start + step].to(device))
-            for start in _progress(starts, progress, "client embeddings")
-        ])
+        embeddings = torch.cat(
+            [
+                model.features(images[start : start + step].to(device))
+                for start in _progress(starts, progress, "client embeddings")
+            ]
+        )
         residual = torch.softmax(layer(embeddings), dim=1)
         residual[torch.arange(batch_size, device=device), labels.to(device)] -= 1.0
         residual /= batch_size
@@ -226,8 +234,10 @@ def client_update(
         tensors = gradients_of(model, images, labels, bn_mode=bn_mode, chunk_size=chunk_size, progress=progress)
     else:
         if parameters != "all" or chunk_size is not None:
-            raise ValueError("a FedAvg or DP-SGD client trains the whole model on its whole batch: use "
-                             "parameters='all' and no chunk_size")
+            raise ValueError(
+                "a FedAvg or DP-SGD client trains the whole model on its whole batch: use "
+                "parameters='all' and no chunk_size"
+            )
         _chunks(model, images, labels, bn_mode, None)
         with _client_mode(model, bn_mode):
             if dp is None:
@@ -235,7 +245,19 @@ def client_update(
             else:
                 tensors = dp_client_tensors(model, images, labels, dp, local=local, seed=dp_seed)
                 notes["dp"] = dp.record(int(labels.shape[0]), local)
-    meta = UpdateMeta.describe(model, dataset=dataset, input_shape=tuple(images.shape[1:]), mean=mean, std=std,
-                               bn_mode=bn_mode, local=local, notes=notes)
-    return SharedUpdate({n: t.detach().cpu() for n, t in tensors.items()}, int(labels.shape[0]), meta,
-                        "fedsgd" if local is None else "fedavg")
+    meta = UpdateMeta.describe(
+        model,
+        dataset=dataset,
+        input_shape=tuple(images.shape[1:]),
+        mean=mean,
+        std=std,
+        bn_mode=bn_mode,
+        local=local,
+        notes=notes,
+    )
+    return SharedUpdate(
+        {n: t.detach().cpu() for n, t in tensors.items()},
+        int(labels.shape[0]),
+        meta,
+        "fedsgd" if local is None else "fedavg",
+    )

@@ -11,6 +11,7 @@ A defense is written as a short spec string (``"none"``, ``"noise:0.01"``,
 ``"clip:4"``, ``"sparsify:90"``) so that sweeps can list them; the spec is
 recorded in the defended update's ``meta["defense"]``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from inversion.fl.update import SharedUpdate
 
-__all__ = ["DEFENSE_NAMES", "Defense", "parse_defense", "apply_defense", "defend_update"]
+__all__ = ["DEFENSE_NAMES", "Defense", "apply_defense", "defend_update", "parse_defense"]
 
 DEFENSE_NAMES = ("none", "noise", "clip", "sparsify")
 

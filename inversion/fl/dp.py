@@ -17,6 +17,7 @@ has rate 1: no amplification by sampling.
 Opacus is imported lazily: only this module needs it (``pip install opacus``, the ``dp`` extra).
 Batch norm mixes the samples of a batch, so a model with batch-norm layers is refused.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 
 from inversion.fl.local import LocalTraining, run_local_training
 
-__all__ = ["DPSGD", "noise_seed", "check_dp_model", "dp_client_tensors", "per_sample_gradients"]
+__all__ = ["DPSGD", "check_dp_model", "dp_client_tensors", "noise_seed", "per_sample_gradients"]
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,13 @@ class DPSGD:
     def record(self, k: int, local: LocalTraining | None) -> dict[str, Any]:
         """The public facts of this DP-SGD run for ``UpdateMeta.notes``: σ, C, δ, ε and how ε was accounted."""
         steps, batch = (1, k) if local is None else (local.steps, local.batch_size)
-        return {"noise_multiplier": self.noise_multiplier, "max_grad_norm": self.max_grad_norm, "delta": self.delta,
-                "epsilon": self.epsilon(batch / k, steps),
-                "accountant": f"opacus RDP, {steps} step(s) at sampling rate {batch}/{k} (assumes Poisson sampling)"}
+        return {
+            "noise_multiplier": self.noise_multiplier,
+            "max_grad_norm": self.max_grad_norm,
+            "delta": self.delta,
+            "epsilon": self.epsilon(batch / k, steps),
+            "accountant": f"opacus RDP, {steps} step(s) at sampling rate {batch}/{k} (assumes Poisson sampling)",
+        }
 
 
 @contextmanager
@@ -96,8 +101,10 @@ def noise_seed(fixed: int | None = None) -> int:
 def check_dp_model(model: nn.Module) -> None:
     """ValueError if ``model`` has batch norm (DP-SGD needs per-sample gradients)."""
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        raise ValueError("DP-SGD needs per-sample gradients, and batch norm mixes the samples of a batch: "
-                         "use a model without batch norm (e.g. fcn3, lenet5)")
+        raise ValueError(
+            "DP-SGD needs per-sample gradients, and batch norm mixes the samples of a batch: "
+            "use a model without batch norm (e.g. fcn3, lenet5)"
+        )
 
 
 def per_sample_gradients(model: nn.Module, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
@@ -115,8 +122,15 @@ def per_sample_gradients(model: nn.Module, images: Tensor, labels: Tensor) -> di
     return {n: p.grad_sample.detach().clone() for n, p in wrapped._module.named_parameters() if p.requires_grad}
 
 
-def dp_client_tensors(model: nn.Module, images: Tensor, labels: Tensor, dp: DPSGD, *,
-                      local: LocalTraining | None = None, seed: int | None = None) -> dict[str, Tensor]:
+def dp_client_tensors(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    dp: DPSGD,
+    *,
+    local: LocalTraining | None = None,
+    seed: int | None = None,
+) -> dict[str, Tensor]:
     """What a DP-SGD client shares: the privatized gradient (FedSGD) or the weight delta of S privatized steps.
 
     Trains a copy of ``model`` in train mode (Opacus records activations only there; without batch

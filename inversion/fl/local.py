@@ -12,6 +12,7 @@ is :math:`\\Delta = \\theta_S - \\theta_0`.
 the inputs (Inverting Gradients' multi-step reconstructor), for the attack. With S = 1 and B = K,
 :math:`\\Delta = -\\eta\\, g_{\\mathrm{FedSGD}}`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -96,12 +97,17 @@ def local_training_delta(model: nn.Module, images: Tensor, labels: Tensor, local
     """
     client = copy.deepcopy(model)
     named = [(n, p) for n, p in client.named_parameters() if p.requires_grad]
-    return run_local_training(client, named, torch.optim.SGD([p for _, p in named], lr=local.lr),
-                              images, labels, local)
+    return run_local_training(client, named, torch.optim.SGD([p for _, p in named], lr=local.lr), images, labels, local)
 
 
-def run_local_training(client: nn.Module, named: list[tuple[str, nn.Parameter]], optimizer: torch.optim.Optimizer,
-                       images: Tensor, labels: Tensor, local: LocalTraining) -> dict[str, Tensor]:
+def run_local_training(
+    client: nn.Module,
+    named: list[tuple[str, nn.Parameter]],
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    labels: Tensor,
+    local: LocalTraining,
+) -> dict[str, Tensor]:
     """The schedule's S steps of ``optimizer`` on ``client`` (the client's own copy, trained in place).
 
     Args:

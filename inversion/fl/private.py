@@ -1,4 +1,5 @@
 """What only the client knows: :class:`PrivateBatch`, kept apart from the update and used only to score."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ class PrivateBatch:
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.labels.ndim != 1 or self.images.shape[0] != self.labels.shape[0]:
-            raise ValueError(f"images (K, C, H, W) and labels (K,) must agree; got {tuple(self.images.shape)} "
-                             f"and {tuple(self.labels.shape)}")
+            raise ValueError(
+                f"images (K, C, H, W) and labels (K,) must agree; got {tuple(self.images.shape)} "
+                f"and {tuple(self.labels.shape)}"
+            )
         try:
             json.dumps(self.record)
         except TypeError as err:
@@ -55,8 +58,10 @@ class PrivateBatch:
         """Raise ValueError unless this batch is tied to the update whose :attr:`SharedUpdate.sha256` is given
         (a batch tied to no update is refused too: nothing says which update it belongs to)."""
         if not self.update_sha256:
-            raise ValueError("the private batch is tied to no update (its update_sha256 is empty): score an update "
-                             "only against the private file written with it")
+            raise ValueError(
+                "the private batch is tied to no update (its update_sha256 is empty): score an update "
+                "only against the private file written with it"
+            )
         if self.update_sha256 != update_sha256:
             raise ValueError(
                 f"the private batch belongs to another update (update sha256 {self.update_sha256[:12]}, this update "
@@ -67,7 +72,9 @@ class PrivateBatch:
         """Raise ValueError unless this batch is the one ``update`` was computed from (by digest and shape)."""
         self.check_link(update.sha256)
         if update.batch_size is not None and update.batch_size != self.labels.shape[0]:
-            raise ValueError(f"the private batch has {self.labels.shape[0]} images but the update says K={update.batch_size}")
+            raise ValueError(
+                f"the private batch has {self.labels.shape[0]} images but the update says K={update.batch_size}"
+            )
         shape = update.meta.input_shape
         if shape is not None and tuple(self.images.shape[1:]) != tuple(shape):
             raise ValueError(f"private images are {tuple(self.images.shape[1:])}, the update's inputs {tuple(shape)}")
@@ -88,7 +95,9 @@ class PrivateBatch:
         try:
             return cls(tensors["images"], tensors["labels"].long(), header["record"], header["update_sha256"])
         except KeyError as err:
-            raise ValueError(f"{path} holds an invalid private batch: it has no {err.args[0]!r} entry; write it "
-                             "with PrivateBatch.save (or scripts/share_update.py)") from None
+            raise ValueError(
+                f"{path} holds an invalid private batch: it has no {err.args[0]!r} entry; write it "
+                "with PrivateBatch.save (or scripts/share_update.py)"
+            ) from None
         except (TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"{path} holds an invalid private batch: {err}") from None

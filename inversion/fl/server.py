@@ -1,15 +1,16 @@
 """The honest-but-curious server's side of an update: the model state the update was computed on."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from torch import nn
 
-from inversion.models import ClassifierModel, build_model, load_weights
 from inversion.fl._records import model_digest
 from inversion.fl.update import SharedUpdate
+from inversion.models import ClassifierModel, build_model, load_weights
 
-__all__ = ["model_from_update", "check_model"]
+__all__ = ["check_model", "model_from_update"]
 
 
 def _weights_path(update: SharedUpdate, weights: str | Path | None) -> Path | None:
@@ -32,11 +33,15 @@ def _check_inputs(update: SharedUpdate, model: nn.Module) -> None:
     takes = (int(config["in_channels"]), *(int(side) for side in config["image_size"]))
     shape, mean = update.meta.input_shape, update.meta.mean
     if shape is not None and tuple(shape) != takes:
-        raise ValueError(f"{update.display_name} is for inputs {tuple(shape)} (C, H, W) but the model takes {takes}: "
-                         "use the model the update was computed on")
+        raise ValueError(
+            f"{update.display_name} is for inputs {tuple(shape)} (C, H, W) but the model takes {takes}: "
+            "use the model the update was computed on"
+        )
     if mean is not None and len(mean) != takes[0]:
-        raise ValueError(f"{update.display_name} normalises {len(mean)} channel(s) (mean/std) but the model takes "
-                         f"{takes[0]}: use the model the update was computed on")
+        raise ValueError(
+            f"{update.display_name} normalises {len(mean)} channel(s) (mean/std) but the model takes "
+            f"{takes[0]}: use the model the update was computed on"
+        )
 
 
 def check_model(update: SharedUpdate, model: nn.Module) -> None:
@@ -67,8 +72,10 @@ def model_from_update(update: SharedUpdate, *, weights: str | Path | None = None
     """
     spec = update.meta.model
     if spec is None:
-        raise ValueError(f"{update.display_name} names no model architecture (meta.model is empty): build your own "
-                         "model and pass it, or give a model config")
+        raise ValueError(
+            f"{update.display_name} names no model architecture (meta.model is empty): build your own "
+            "model and pass it, or give a model config"
+        )
     try:
         model = build_model(**spec)
     except (TypeError, ValueError) as err:

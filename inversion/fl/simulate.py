@@ -1,4 +1,5 @@
 """From a config to the objects of a simulated client: image source, model, private batch, shared update."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -11,11 +12,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from inversion.attack.settings import AttackSettings
-from inversion.restore.auxiliary import AuxiliaryData, draw_auxiliary
-from inversion.utils.memory import attack_memory, check_memory, client_memory
 from inversion.config import AuxConfig, ClientConfig, ConfigError, ModelConfig, to_dict
-from inversion.data import (Batch, ImageSource, SubsetSource, default_data_root, load_source, sample_batch,
-                   sample_synthetic_batch)
+from inversion.data import (
+    Batch,
+    ImageSource,
+    SubsetSource,
+    default_data_root,
+    load_source,
+    sample_batch,
+    sample_synthetic_batch,
+)
 from inversion.fl.client import client_update
 from inversion.fl.dp import noise_seed
 from inversion.fl.local import LocalTraining
@@ -23,9 +29,21 @@ from inversion.fl.private import PrivateBatch
 from inversion.fl.update import SharedUpdate
 from inversion.models import ClassifierModel, build_model, final_layer, footprint, load_weights
 from inversion.models.training_record import load_training_record
+from inversion.restore.auxiliary import AuxiliaryData, draw_auxiliary
+from inversion.utils.memory import attack_memory, check_memory, client_memory
 
-__all__ = ["ClientRun", "auxiliary_from_config", "client_auxiliary", "source_from_config", "build_from_model_config",
-           "model_from_config", "batch_from_config", "check_attack_memory", "check_client_memory", "simulate_client"]
+__all__ = [
+    "ClientRun",
+    "auxiliary_from_config",
+    "batch_from_config",
+    "build_from_model_config",
+    "check_attack_memory",
+    "check_client_memory",
+    "client_auxiliary",
+    "model_from_config",
+    "simulate_client",
+    "source_from_config",
+]
 
 
 def _tuple(values):
@@ -36,8 +54,15 @@ def source_from_config(data: DictConfig) -> ImageSource:
     """The image source described by a ``data`` config group."""
     d = to_dict(data)
     return load_source(
-        d["name"], root=d["root"], split=d["split"], download=d["download"], folder=d["folder"],
-        image_size=_tuple(d["image_size"]), channels=d["channels"], mean=_tuple(d["mean"]), std=_tuple(d["std"]),
+        d["name"],
+        root=d["root"],
+        split=d["split"],
+        download=d["download"],
+        folder=d["folder"],
+        image_size=_tuple(d["image_size"]),
+        channels=d["channels"],
+        mean=_tuple(d["mean"]),
+        std=_tuple(d["std"]),
     )
 
 
@@ -48,9 +73,16 @@ def build_from_model_config(model: ModelConfig, input_shape: Sequence[int], num_
     (tensors only) and recorded in ``model.config["weights"]``.
     """
     net = build_model(
-        str(model.name), num_classes=num_classes if model.num_classes is None else model.num_classes, in_channels=int(input_shape[0]),
-        image_size=tuple(input_shape[1:]), activation=None if model.activation is None else str(model.activation),
-        seed=model.seed, width=model.width, depth=model.depth, final_bias=model.final_bias, dropout=model.dropout,
+        str(model.name),
+        num_classes=num_classes if model.num_classes is None else model.num_classes,
+        in_channels=int(input_shape[0]),
+        image_size=tuple(input_shape[1:]),
+        activation=None if model.activation is None else str(model.activation),
+        seed=model.seed,
+        width=model.width,
+        depth=model.depth,
+        final_bias=model.final_bias,
+        dropout=model.dropout,
     )
     if model.weights:
         load_weights(net, model.weights)
@@ -81,7 +113,9 @@ def batch_from_config(client: DictConfig, source: ImageSource, model: Classifier
             "whether each label matches its image. Use real labels, or drop model.weights"
         )
     if c["replacement"]:
-        raise ValueError("client.synthetic_labels draws distinct images; client.replacement=true is not allowed with it")
+        raise ValueError(
+            "client.synthetic_labels draws distinct images; client.replacement=true is not allowed with it"
+        )
     return sample_synthetic_batch(source, c["batch_size"], final_layer(model).out_features, c["sampler"], **options)
 
 
@@ -98,8 +132,10 @@ def client_images(images: str, source: ImageSource, data: DictConfig, weights: s
     if images == "all":
         return source
     if weights is None:
-        raise ConfigError(f"client.images={images} draws from a trained model's split: give model.weights=<a "
-                          "checkpoint of scripts/train.py>")
+        raise ConfigError(
+            f"client.images={images} draws from a trained model's split: give model.weights=<a "
+            "checkpoint of scripts/train.py>"
+        )
     try:
         record = load_training_record(weights)
     except (FileNotFoundError, ValueError) as err:
@@ -107,8 +143,10 @@ def client_images(images: str, source: ImageSource, data: DictConfig, weights: s
     ours, theirs = ({k: v for k, v in d.items() if k != "download"} for d in (absolute_data(data), record.data))
     if ours != theirs:
         differ = sorted(k for k in ours if ours[k] != theirs.get(k))
-        raise ConfigError(f"client.images={images}: {weights} was trained on other images (data.{', data.'.join(differ)} "
-                          f"differ: {', '.join(f'{theirs.get(k)!r}' for k in differ)}); use the same data settings")
+        raise ConfigError(
+            f"client.images={images}: {weights} was trained on other images (data.{', data.'.join(differ)} "
+            f"differ: {', '.join(f'{theirs.get(k)!r}' for k in differ)}); use the same data settings"
+        )
     positions = record.train_indices if images == "trained" else record.held_out_indices
     what = "trained on" if images == "trained" else "held out from"
     return SubsetSource(source, positions, f"the {len(positions):,} images {weights} was {what}")
@@ -119,8 +157,10 @@ def check_labels(labels: Tensor, model: ClassifierModel, source: ImageSource, wh
     num_classes = final_layer(model).out_features
     top = int(labels.max())
     if top >= num_classes:
-        raise ConfigError(f"model.num_classes={num_classes} but {what} has label {top}: "
-                          f"use num_classes >= {top + 1} (the dataset has {source.spec.num_classes} classes)")
+        raise ConfigError(
+            f"model.num_classes={num_classes} but {what} has label {top}: "
+            f"use num_classes >= {top + 1} (the dataset has {source.spec.num_classes} classes)"
+        )
 
 
 def absolute_data(data: DictConfig) -> dict[str, Any]:
@@ -156,26 +196,42 @@ def check_client_memory(sizes: tuple[int, int], input_shape: Sequence[int], clie
     """ValueError, unless ``client.memory_check`` is off, when the client would need more memory than the CPU has
     free (:func:`~inversion.utils.memory.client_memory`); ``sizes``: the model's :func:`~inversion.models.footprint`."""
     if client.memory_check:
-        estimate = client_memory(*sizes, input_shape, client.batch_size, chunk_size=client.chunk_size,
-                                 local=client.local_training(), dp=client.dp_noise_multiplier is not None,
-                                 backward=client.parameters == "all")
+        estimate = client_memory(
+            *sizes,
+            input_shape,
+            client.batch_size,
+            chunk_size=client.chunk_size,
+            local=client.local_training(),
+            dp=client.dp_noise_multiplier is not None,
+            backward=client.parameters == "all",
+        )
         check_memory(estimate, "cpu", "client.memory_check", "use a smaller client.batch_size or client.chunk_size")
 
 
-def check_attack_memory(sizes: tuple[int, int], input_shape: Sequence[int], batch_size: int,
-                        local: LocalTraining | None, settings: AttackSettings, device: torch.device | str,
-                        advice: str) -> None:
+def check_attack_memory(
+    sizes: tuple[int, int],
+    input_shape: Sequence[int],
+    batch_size: int,
+    local: LocalTraining | None,
+    settings: AttackSettings,
+    device: torch.device | str,
+    advice: str,
+) -> None:
     """ValueError, unless ``settings.memory_check`` is off, when the attack on an update of ``batch_size`` inputs
     (through FedAvg's ``local`` steps, if any) would need more memory than ``device`` has free
     (:func:`~inversion.utils.memory.attack_memory`); ``sizes``: the model's :func:`~inversion.models.footprint`;
     ``advice``: what to make smaller, for the message."""
     if settings.memory_check:
-        check_memory(attack_memory(*sizes, input_shape, batch_size, local=local), device, "attack.memory_check",
-                     advice)
+        check_memory(attack_memory(*sizes, input_shape, batch_size, local=local), device, "attack.memory_check", advice)
 
 
-def simulate_client(cfg: DictConfig, *, progress: bool = True, source: ImageSource | None = None,
-                    attack_device: torch.device | str | None = None) -> ClientRun:
+def simulate_client(
+    cfg: DictConfig,
+    *,
+    progress: bool = True,
+    source: ImageSource | None = None,
+    attack_device: torch.device | str | None = None,
+) -> ClientRun:
     """Run the client of a config with ``data``, ``model`` and ``client`` groups.
 
     The update carries public metadata only (model spec and state digest, input shape,
@@ -203,16 +259,33 @@ def simulate_client(cfg: DictConfig, *, progress: bool = True, source: ImageSour
         sizes = footprint(model, shape)
         check_client_memory(sizes, shape, client)
         if attack is not None:
-            check_attack_memory(sizes, shape, client.batch_size, client.local_training(), attack, attack_device,
-                                "use a smaller client.batch_size, fewer client.local_steps or a smaller model")
+            check_attack_memory(
+                sizes,
+                shape,
+                client.batch_size,
+                client.local_training(),
+                attack,
+                attack_device,
+                "use a smaller client.batch_size, fewer client.local_steps or a smaller model",
+            )
     batch = batch_from_config(cfg.client, source, model)
     check_labels(batch.labels, model, source)
     dp = client.dp_sgd()
     dp_seed = None if dp is None else noise_seed(client.dp_noise_seed)
     update = client_update(
-        model, batch.images, batch.labels, bn_mode=client.bn_mode, chunk_size=client.chunk_size,
-        parameters=client.parameters, dataset=spec.name, mean=spec.mean, std=spec.std,
-        local=client.local_training(), dp=dp, dp_seed=dp_seed, progress=progress,
+        model,
+        batch.images,
+        batch.labels,
+        bn_mode=client.bn_mode,
+        chunk_size=client.chunk_size,
+        parameters=client.parameters,
+        dataset=spec.name,
+        mean=spec.mean,
+        std=spec.std,
+        local=client.local_training(),
+        dp=dp,
+        dp_seed=dp_seed,
+        progress=progress,
     )
     record = {
         "config": to_dict(cfg),
@@ -222,13 +295,15 @@ def simulate_client(cfg: DictConfig, *, progress: bool = True, source: ImageSour
         "labels": "synthetic" if batch.synthetic_labels else "real",
         **({} if dp_seed is None else {"dp_noise_seed": dp_seed}),
     }
-    private = PrivateBatch(batch.images.detach().cpu().clone(), batch.labels.detach().cpu().clone(), record,
-                           update.sha256)
+    private = PrivateBatch(
+        batch.images.detach().cpu().clone(), batch.labels.detach().cpu().clone(), record, update.sha256
+    )
     return ClientRun(update, private, model, source, batch)
 
 
-def auxiliary_from_config(aux: AuxConfig, source: ImageSource, exclude: Sequence[int] = (),
-                          synthetic_classes: int | None = None) -> AuxiliaryData:
+def auxiliary_from_config(
+    aux: AuxConfig, source: ImageSource, exclude: Sequence[int] = (), synthetic_classes: int | None = None
+) -> AuxiliaryData:
     """The server's auxiliary set of an ``aux`` config group: ``aux.size`` images of ``source`` (seed ``aux.seed``),
     none at the positions ``exclude`` (the client's batch); labels drawn over ``synthetic_classes`` classes
     when the client's are synthetic.

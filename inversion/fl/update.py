@@ -7,6 +7,7 @@ architecture spec and state digest, the input shape, the data normalisation, the
 batch-norm mode). What only the client knows (images, labels, how they were sampled, seeds) is a
 :class:`~inversion.fl.private.PrivateBatch`, saved to its own file and used only to score.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,11 +22,11 @@ import torch
 from torch import Tensor, nn
 
 from inversion.data.specs import SPECS
-from inversion.models import ClassifierModel, final_layer
 from inversion.fl._records import content_digest, load_record, model_digest, save_record
 from inversion.fl.local import LocalTraining
+from inversion.models import ClassifierModel, final_layer
 
-__all__ = ["BN_MODES", "UPDATE_KINDS", "UpdateMeta", "SharedUpdate"]
+__all__ = ["BN_MODES", "UPDATE_KINDS", "SharedUpdate", "UpdateMeta"]
 
 FORMAT = "gradleak.SharedUpdate"
 VERSION = 2
@@ -104,20 +105,31 @@ class UpdateMeta:
         if self.input_shape is not None and (len(self.input_shape) != 3 or min(self.input_shape) < 1):
             raise ValueError(f"input_shape must be (C, H, W) with three positive ints, got {self.input_shape}")
         if self.input_shape is not None and self.mean is not None and len(self.mean) != self.input_shape[0]:
-            raise ValueError(f"mean and std have {len(self.mean)} value(s) but the inputs {self.input_shape} have "
-                             f"{self.input_shape[0]} channel(s): give one value per channel")
+            raise ValueError(
+                f"mean and std have {len(self.mean)} value(s) but the inputs {self.input_shape} have "
+                f"{self.input_shape[0]} channel(s): give one value per channel"
+            )
         if self.dataset is not None and self.dataset not in SPECS and self.mean is None:
-            raise ValueError(f"unknown dataset {self.dataset!r} and no normalisation: name one of "
-                             f"{', '.join(SPECS)}, or give mean= and std= for a dataset of your own")
+            raise ValueError(
+                f"unknown dataset {self.dataset!r} and no normalisation: name one of "
+                f"{', '.join(SPECS)}, or give mean= and std= for a dataset of your own"
+            )
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
         if self.local is not None and not isinstance(self.local, LocalTraining):
             object.__setattr__(self, "local", LocalTraining.from_json(self.local))
 
     @classmethod
-    def describe(cls, model: nn.Module | None = None, *, dataset: str | None = None,
-                 input_shape: Iterable[int] | None = None, mean: Iterable[float] | None = None,
-                 std: Iterable[float] | None = None, **fields: Any) -> UpdateMeta:
+    def describe(
+        cls,
+        model: nn.Module | None = None,
+        *,
+        dataset: str | None = None,
+        input_shape: Iterable[int] | None = None,
+        mean: Iterable[float] | None = None,
+        std: Iterable[float] | None = None,
+        **fields: Any,
+    ) -> UpdateMeta:
         """Metadata filled in from a model (its spec and state digest) and a dataset name (its normalisation).
 
         Args:
@@ -137,10 +149,15 @@ class UpdateMeta:
             input_shape = (config["in_channels"], *config["image_size"])
         if input_shape is None and spec is not None:
             input_shape = (spec.channels, *spec.image_size)
-        return cls(model=config, model_sha256=None if model is None else model_digest(model),
-                   input_shape=None if input_shape is None else tuple(input_shape),
-                   mean=mean if mean is not None else (spec.mean if spec else None),
-                   std=std if std is not None else (spec.std if spec else None), dataset=dataset, **fields)
+        return cls(
+            model=config,
+            model_sha256=None if model is None else model_digest(model),
+            input_shape=None if input_shape is None else tuple(input_shape),
+            mean=mean if mean is not None else (spec.mean if spec else None),
+            std=std if std is not None else (spec.std if spec else None),
+            dataset=dataset,
+            **fields,
+        )
 
     def bounds(self) -> tuple[Tensor, Tensor]:
         """Valid normalised pixel range ``((0 - mean) / std, (1 - mean) / std)``, each (1, C, 1, 1).
@@ -149,8 +166,10 @@ class UpdateMeta:
             ValueError: the normalisation is unknown.
         """
         if self.mean is None:
-            raise ValueError("the update does not say how its inputs were normalised; give mean and std "
-                             "(UpdateMeta.describe(dataset=...) or mean=..., std=...)")
+            raise ValueError(
+                "the update does not say how its inputs were normalised; give mean and std "
+                "(UpdateMeta.describe(dataset=...) or mean=..., std=...)"
+            )
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return (0.0 - mean) / std, (1.0 - mean) / std
@@ -160,12 +179,19 @@ class UpdateMeta:
         if self.mean is None:
             raise ValueError("the update does not say how its inputs were normalised; cannot show or score images")
         options = {"dtype": images.dtype, "device": images.device}
-        return images * torch.tensor(self.std, **options).view(-1, 1, 1) + torch.tensor(self.mean, **options).view(-1, 1, 1)
+        return images * torch.tensor(self.std, **options).view(-1, 1, 1) + torch.tensor(self.mean, **options).view(
+            -1, 1, 1
+        )
 
     def to_json(self) -> dict[str, Any]:
         def plain(value: Any) -> Any:
-            return list(value) if isinstance(value, tuple) else value.to_json() if isinstance(value, LocalTraining) \
+            return (
+                list(value)
+                if isinstance(value, tuple)
+                else value.to_json()
+                if isinstance(value, LocalTraining)
                 else value
+            )
 
         return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
@@ -216,16 +242,20 @@ class SharedUpdate:
         if not isinstance(self.meta, UpdateMeta):
             raise ValueError(f"meta must be an UpdateMeta, got {type(self.meta).__name__}")
         if (self.kind == "fedavg") != (self.meta.local is not None):
-            raise ValueError("a fedavg update needs meta.local (its local steps, batch size and learning rate), "
-                             "and only a fedavg update has one")
+            raise ValueError(
+                "a fedavg update needs meta.local (its local steps, batch size and learning rate), "
+                "and only a fedavg update has one"
+            )
         if not self.gradients:
             raise ValueError("a shared update needs at least one gradient")
         for name, grad in self.gradients.items():
             if not isinstance(grad, Tensor):
                 raise ValueError(f"gradient {name!r} is a {type(grad).__name__}, expected a torch.Tensor")
             if grad.dtype not in GRADIENT_DTYPES:
-                raise ValueError(f"gradient {name!r} has dtype {grad.dtype}, expected float32 or float64: share the "
-                                 "gradients as computed, not cast to integers or half precision")
+                raise ValueError(
+                    f"gradient {name!r} has dtype {grad.dtype}, expected float32 or float64: share the "
+                    "gradients as computed, not cast to integers or half precision"
+                )
             if not torch.isfinite(grad).all():
                 raise ValueError(f"gradient {name!r} holds non-finite values (NaN or inf)")
 
@@ -285,8 +315,10 @@ class SharedUpdate:
             raise ValueError(f"{self.display_name} lacks gradients for model parameters: {missing[:5]}")
         for name, grad in self.gradients.items():
             if grad.shape != params[name].shape:
-                raise ValueError(f"gradient {name!r} of {self.display_name} has shape {tuple(grad.shape)}, "
-                                 f"the model's parameter {tuple(params[name].shape)}")
+                raise ValueError(
+                    f"gradient {name!r} of {self.display_name} has shape {tuple(grad.shape)}, "
+                    f"the model's parameter {tuple(params[name].shape)}"
+                )
 
     def pseudo_gradients(self) -> dict[str, Tensor]:
         r"""The update as a gradient: FedSGD's gradients, or a FedAvg delta's :math:`-\Delta / (\eta S)`.
@@ -330,11 +362,13 @@ class SharedUpdate:
         total = sum(g.numel() for g in self.gradients.values())
         norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in self.gradients.values()))
         k = "not revealed" if self.batch_size is None else self.batch_size
-        lines = [f"shared update ({self.kind}): K={k}, {len(self.gradients)} tensors, {total:,} values, "
-                 f"global L2 norm {norm:.4g}, sha256 {self.sha256[:12]}"]
+        lines = [
+            f"shared update ({self.kind}): K={k}, {len(self.gradients)} tensors, {total:,} values, "
+            f"global L2 norm {norm:.4g}, sha256 {self.sha256[:12]}"
+        ]
         width = max(len(n) for n in self.gradients)
         for name, grad in self.gradients.items():
-            lines.append(f"  {name:<{width}}  {str(tuple(grad.shape)):<20} norm {float(grad.norm()):.4g}")
+            lines.append(f"  {name:<{width}}  {tuple(grad.shape)!s:<20} norm {float(grad.norm()):.4g}")
         return "\n".join(lines)
 
     def save(self, path: str | Path) -> Path:
@@ -355,7 +389,8 @@ class SharedUpdate:
         if missing:
             raise ValueError(f"{path} holds an invalid shared update: its header has no {missing[0]!r}; write it again")
         try:
-            return cls(tensors, header["batch_size"], UpdateMeta.from_json(header["meta"]), header["kind"],
-                       origin=Path(path))
+            return cls(
+                tensors, header["batch_size"], UpdateMeta.from_json(header["meta"]), header["kind"], origin=Path(path)
+            )
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path} holds an invalid shared update: {err}") from None

@@ -8,6 +8,7 @@ Example:
     >>> final_layer(model).in_features
     84
 """
+
 from __future__ import annotations
 
 import numbers
@@ -19,8 +20,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from inversion.utils.memory import FLOAT_BYTES, available_memory, format_bytes
-from inversion.utils.fileio import load_tensor_file
 from inversion.models.activations import ACTIVATIONS
 from inversion.models.base import ClassifierModel, footprint, forward_flops, init_conv_bn_
 from inversion.models.convnet import convnet_features
@@ -28,9 +27,19 @@ from inversion.models.fcn import fcn_features
 from inversion.models.lenet import lenet5_features, lenet_zhu_features, uniform_init_
 from inversion.models.resnet import RESNET_LAYOUTS, resnet_features
 from inversion.models.vgg import VGG_STAGE_DEPTHS, vgg_features
+from inversion.utils.fileio import load_tensor_file
+from inversion.utils.memory import FLOAT_BYTES, available_memory, format_bytes
 
-__all__ = ["ACTIVATIONS", "MODEL_NAMES", "ClassifierModel", "build_model", "final_layer", "footprint", "forward_flops",
-           "load_weights"]
+__all__ = [
+    "ACTIVATIONS",
+    "MODEL_NAMES",
+    "ClassifierModel",
+    "build_model",
+    "final_layer",
+    "footprint",
+    "forward_flops",
+    "load_weights",
+]
 
 
 @dataclass(frozen=True)
@@ -171,9 +180,11 @@ def _check_size(construct: Callable[[], ClassifierModel], name: str, options: Ma
     need, free = count * FLOAT_BYTES, available_memory("cpu")
     if need > free:
         sizes = ", ".join(f"{option}={value:,}" for option, value in options.items() if option in ("width", "depth"))
-        raise ValueError(f"model {name}{f' ({sizes})' if sizes else ''} has {count:,} parameters, {format_bytes(need)} "
-                         f"as float32, more than the {format_bytes(free)} of memory available: use a smaller model "
-                         "(width, depth) or smaller inputs")
+        raise ValueError(
+            f"model {name}{f' ({sizes})' if sizes else ''} has {count:,} parameters, {format_bytes(need)} "
+            f"as float32, more than the {format_bytes(free)} of memory available: use a smaller model "
+            "(width, depth) or smaller inputs"
+        )
 
 
 def final_layer(model: nn.Module) -> nn.Linear:
@@ -258,7 +269,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
         raise ValueError(f"{os.fspath(path)} does not match {type(model).__name__}; " + "; ".join(problems))
     broken = next((key for key in expected if not torch.isfinite(loaded[key]).all()), None)
     if broken is not None:
-        raise ValueError(f"{os.fspath(path)} holds non-finite values (NaN or inf) in {broken!r}: these weights are "
-                         "broken (e.g. a diverged training run); use another weights file")
+        raise ValueError(
+            f"{os.fspath(path)} holds non-finite values (NaN or inf) in {broken!r}: these weights are "
+            "broken (e.g. a diverged training run); use another weights file"
+        )
     model.load_state_dict(loaded)
     return model

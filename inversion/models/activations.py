@@ -1,4 +1,5 @@
 """The nonlinearities a model can be built with, by name."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,4 +1,5 @@
 """What every architecture is made of: the classifier contract and shared building blocks."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -110,8 +111,10 @@ def footprint(module: nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:
     """
     sizes: list[int] = []
     leaves = [m for m in module.modules() if next(m.children(), None) is None and not isinstance(m, _NOT_KEPT)]
-    handles = [m.register_forward_hook(lambda _, __, out: sizes.append(out.numel()) if isinstance(out, Tensor)
-                                       else None) for m in leaves]
+    handles = [
+        m.register_forward_hook(lambda _, __, out: sizes.append(out.numel()) if isinstance(out, Tensor) else None)
+        for m in leaves
+    ]
     try:
         _shape_pass(module, int(input_shape[0]), (int(input_shape[1]), int(input_shape[2])))
     finally:

@@ -1,4 +1,5 @@
 """The ConvNet of Geiping et al. 2020, "Inverting Gradients"."""
+
 from __future__ import annotations
 
 from torch import nn

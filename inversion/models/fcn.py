@@ -1,4 +1,5 @@
 """Fully connected network (the iLRG paper's FCN-d on MNIST)."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -1,4 +1,5 @@
 """LeNet-5 (as in the iLRG code) and the LeNet of Zhu et al. 2019 (DLG)."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -1,4 +1,5 @@
 """CIFAR-style ResNets (as in Inverting Gradients and the iLRG code): 3x3 stem, no max-pool."""
+
 from __future__ import annotations
 
 from collections import OrderedDict

@@ -3,6 +3,7 @@
 :mod:`inversion.experiments.train` writes the log; :func:`load_training_record` reads it, so a client can draw its
 batch from the images the model was trained on, or from held-out ones (``client.images``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -96,5 +97,14 @@ def _record(record: dict[str, Any], path: Path, log_path: Path) -> TrainingRecor
         indices[name] = np.asarray(entry["indices"], dtype=np.int64)
         if indices_sha256(indices[name]) != entry["sha256"]:
             raise ValueError(f"{log_path}: the {name} indices do not match their sha256")
-    return TrainingRecord(indices["train"], indices["held_out"], record["data_source"], record["data"],
-                          record["model"], record["epochs"], checkpoints, record["status"], log_path)
+    return TrainingRecord(
+        indices["train"],
+        indices["held_out"],
+        record["data_source"],
+        record["data"],
+        record["model"],
+        record["epochs"],
+        checkpoints,
+        record["status"],
+        log_path,
+    )

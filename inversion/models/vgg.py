@@ -1,4 +1,5 @@
 """VGG-11/13/16/19 with BatchNorm (as in the iLRG code)."""
+
 from __future__ import annotations
 
 from torch import nn

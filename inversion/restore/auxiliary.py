@@ -7,6 +7,7 @@ simulates the client's local training on it (:func:`simulated_client_softmax`, R
 is the mean of the S local gradients, so the class means of the softmax must be taken along the local trajectory
 (:func:`aux_restoration`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,16 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from label_restore import RestorationResult, restore_labels
-from label_restore.aux import class_conditional_probabilities
-from label_restore.result import make_result
-
 from inversion.data import DatasetSpec, ImageSource
 from inversion.fl.local import LocalTraining
 from inversion.fl.update import SharedUpdate
 from inversion.models import final_layer
+from label_restore import RestorationResult, restore_labels
+from label_restore.aux import class_conditional_probabilities
+from label_restore.result import make_result
 
-__all__ = ["AuxiliaryData", "draw_auxiliary", "softmax_outputs", "simulated_client_softmax", "aux_restoration"]
+__all__ = ["AuxiliaryData", "aux_restoration", "draw_auxiliary", "simulated_client_softmax", "softmax_outputs"]
 
 #: Images per forward pass over the auxiliary set.
 CHUNK = 1024
@@ -64,8 +64,10 @@ class AuxiliaryData:
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.labels.shape != (self.images.shape[0],) or self.images.shape[0] < 1:
-            raise ValueError(f"auxiliary data needs images (N, C, H, W) and labels (N,) with N >= 1; got "
-                             f"{tuple(self.images.shape)} and {tuple(self.labels.shape)}")
+            raise ValueError(
+                f"auxiliary data needs images (N, C, H, W) and labels (N,) with N >= 1; got "
+                f"{tuple(self.images.shape)} and {tuple(self.labels.shape)}"
+            )
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -77,16 +79,24 @@ class AuxiliaryData:
         meta, spec, shape = update.meta, self.spec, tuple(self.images.shape[1:])
         fix = "draw the auxiliary set from the update's dataset"
         if meta.input_shape is not None and shape != meta.input_shape:
-            raise ValueError(f"the auxiliary images are {shape} (C, H, W) but the inputs of {update.display_name} "
-                             f"{meta.input_shape}: {fix}")
-        if spec is not None and meta.mean is not None and not (_same(spec.mean, meta.mean)
-                                                               and _same(spec.std, meta.std)):
-            raise ValueError(f"the auxiliary images are normalised with mean {spec.mean}, std {spec.std} but the "
-                             f"inputs of {update.display_name} with mean {meta.mean}, std {meta.std}: {fix}")
+            raise ValueError(
+                f"the auxiliary images are {shape} (C, H, W) but the inputs of {update.display_name} "
+                f"{meta.input_shape}: {fix}"
+            )
+        if (
+            spec is not None
+            and meta.mean is not None
+            and not (_same(spec.mean, meta.mean) and _same(spec.std, meta.std))
+        ):
+            raise ValueError(
+                f"the auxiliary images are normalised with mean {spec.mean}, std {spec.std} but the "
+                f"inputs of {update.display_name} with mean {meta.mean}, std {meta.std}: {fix}"
+            )
         classes = final_layer(model).out_features
         if spec is not None and spec.num_classes > classes:
-            raise ValueError(f"the auxiliary set has {spec.num_classes} classes ({spec.name}) but the model {classes}: "
-                             f"{fix}")
+            raise ValueError(
+                f"the auxiliary set has {spec.num_classes} classes ({spec.name}) but the model {classes}: {fix}"
+            )
 
 
 def _same(values: Sequence[float], others: Sequence[float]) -> bool:
@@ -94,8 +104,9 @@ def _same(values: Sequence[float], others: Sequence[float]) -> bool:
     return len(values) == len(others) and np.allclose(values, others, rtol=1e-6, atol=0)
 
 
-def draw_auxiliary(source: ImageSource, size: int, seed: int, exclude: Sequence[int] = (),
-                   synthetic_classes: int | None = None) -> AuxiliaryData:
+def draw_auxiliary(
+    source: ImageSource, size: int, seed: int, exclude: Sequence[int] = (), synthetic_classes: int | None = None
+) -> AuxiliaryData:
     """``size`` images of ``source`` drawn at random (seeded), none of those at positions ``exclude``.
 
     Args:
@@ -118,13 +129,16 @@ def draw_auxiliary(source: ImageSource, size: int, seed: int, exclude: Sequence[
         raise ValueError(f"exclude must hold integer positions in the source, got {positions.dtype} values")
     excluded = np.unique(positions.astype(np.int64))
     if excluded.size and (excluded[0] < 0 or excluded[-1] >= len(source)):
-        raise ValueError(f"exclude holds positions outside the {len(source)} images of {source.description} "
-                         f"(min {excluded[0]}, max {excluded[-1]}): give positions in this source (the client's "
-                         "batch must come from it)")
+        raise ValueError(
+            f"exclude holds positions outside the {len(source)} images of {source.description} "
+            f"(min {excluded[0]}, max {excluded[-1]}): give positions in this source (the client's "
+            "batch must come from it)"
+        )
     pool = np.setdiff1d(np.arange(len(source), dtype=np.int64), excluded)
     if not pool.size:
-        raise ValueError(f"no auxiliary images are left: all {len(source)} images of {source.description} "
-                         "are the client's")
+        raise ValueError(
+            f"no auxiliary images are left: all {len(source)} images of {source.description} are the client's"
+        )
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(pool, size=size, replace=False)) if size < pool.size else pool
     images = source.spec.normalize(source.images(chosen))
@@ -132,8 +146,15 @@ def draw_auxiliary(source: ImageSource, size: int, seed: int, exclude: Sequence[
         labels, kind = source.targets[chosen], "real"
     else:
         labels, kind = rng.integers(0, synthetic_classes, chosen.size), f"synthetic (uniform over {synthetic_classes})"
-    record = {"source": source.description, "requested": size, "size": int(chosen.size), "seed": seed,
-              "excluded": int(excluded.size), "labels": kind, "classes": int(np.unique(labels).size)}
+    record = {
+        "source": source.description,
+        "requested": size,
+        "size": int(chosen.size),
+        "seed": seed,
+        "excluded": int(excluded.size),
+        "labels": kind,
+        "classes": int(np.unique(labels).size),
+    }
     labels = torch.as_tensor(labels, dtype=torch.int64)
     spec = source.spec if synthetic_classes is None else dataclasses.replace(source.spec, num_classes=synthetic_classes)
     return AuxiliaryData(images, labels, record, spec)
@@ -146,14 +167,25 @@ def softmax_outputs(model: nn.Module, images: Tensor) -> Tensor:
     model.eval()
     device = next(model.parameters()).device
     try:
-        return torch.cat([torch.softmax(model(images[i:i + CHUNK].to(device)).float(), dim=1).cpu()
-                          for i in range(0, images.shape[0], CHUNK)])
+        return torch.cat(
+            [
+                torch.softmax(model(images[i : i + CHUNK].to(device)).float(), dim=1).cpu()
+                for i in range(0, images.shape[0], CHUNK)
+            ]
+        )
     finally:
         model.train(was_training)
 
 
-def simulated_client_softmax(model: nn.Module, aux: AuxiliaryData, local: LocalTraining, counts: Any, seed: int,
-                             repeats: int = REPEATS, bn_mode: str = "eval") -> tuple[Tensor, Tensor]:
+def simulated_client_softmax(
+    model: nn.Module,
+    aux: AuxiliaryData,
+    local: LocalTraining,
+    counts: Any,
+    seed: int,
+    repeats: int = REPEATS,
+    bn_mode: str = "eval",
+) -> tuple[Tensor, Tensor]:
     """Softmax outputs of simulated FedAvg clients, taken where the real client's pseudo-gradient takes them.
 
     The pseudo-gradient :math:`-\\Delta/(\\eta S) = \\frac1S \\sum_s \\frac1B \\sum_{k \\in b_s} (p_k^{(s)} - y_k)`
@@ -206,13 +238,14 @@ def simulated_client_softmax(model: nn.Module, aux: AuxiliaryData, local: LocalT
             logits = client(images[indices].to(device))
             rows.append(torch.softmax(logits.detach().float(), dim=1).cpu())
             row_labels += [targets[batch], torch.as_tensor(labels[probes], dtype=torch.int64)]
-            F.cross_entropy(logits[:local.batch_size], targets[batch].to(device)).backward()
+            F.cross_entropy(logits[: local.batch_size], targets[batch].to(device)).backward()
             optimizer.step()
     return torch.cat(rows), torch.cat(row_labels)
 
 
-def _misfit(probs: Tensor, labels: Tensor, counts: np.ndarray, grad_bias: Tensor, batch_size: int
-            ) -> tuple[float, Tensor]:
+def _misfit(
+    probs: Tensor, labels: Tensor, counts: np.ndarray, grad_bias: Tensor, batch_size: int
+) -> tuple[float, Tensor]:
     """How badly counts explain the bias gradient under the statistics of clients simulated with those counts:
     the norm (samples) and the vector :math:`\\sum_j n_j (q_j(n) - e_j) - K \\nabla b`, (C,); an entry below 0
     says class :math:`i` has too many samples (roughly :math:`-r_i` of them)."""
@@ -222,8 +255,16 @@ def _misfit(probs: Tensor, labels: Tensor, counts: np.ndarray, grad_bias: Tensor
     return float(torch.linalg.vector_norm(residual)), residual
 
 
-def aux_restoration(update: SharedUpdate, model: nn.Module, aux: AuxiliaryData, batch_size: int, *,
-                    missing_classes: str = "error", max_passes: int = MAX_PASSES, seed: int = 0) -> RestorationResult:
+def aux_restoration(
+    update: SharedUpdate,
+    model: nn.Module,
+    aux: AuxiliaryData,
+    batch_size: int,
+    *,
+    missing_classes: str = "error",
+    max_passes: int = MAX_PASSES,
+    seed: int = 0,
+) -> RestorationResult:
     """The ``aux`` method on a shared update, with the auxiliary statistics it needs.
 
     FedSGD: one restoration with the model's softmax outputs on ``aux``. FedAvg: that restoration gives first
@@ -251,14 +292,21 @@ def aux_restoration(update: SharedUpdate, model: nn.Module, aux: AuxiliaryData, 
     aux.check_fits(update, model)
     start = time.perf_counter()
     _, grad_bias = update.final_layer_gradients(model)
-    options = {"grad_bias": grad_bias, "batch_size": batch_size, "aux_labels": aux.labels,
-               "missing_classes": missing_classes}
+    options = {
+        "grad_bias": grad_bias,
+        "batch_size": batch_size,
+        "aux_labels": aux.labels,
+        "missing_classes": missing_classes,
+    }
     result = restore_labels("aux", aux_probs=softmax_outputs(model, aux.images), **options)
     extra: dict[str, Any] = {"aux": aux.record}
     if update.kind == "fedavg":
         local = update.meta.local
-        extra.update(first_pass_counts={str(c): int(n) for c, n in enumerate(result.counts) if n},
-                     simulated_steps=local.steps, simulations=0)
+        extra.update(
+            first_pass_counts={str(c): int(n) for c, n in enumerate(result.counts) if n},
+            simulated_steps=local.steps,
+            simulations=0,
+        )
 
         def simulate(counts: np.ndarray, restore: bool) -> tuple[float, Tensor, np.ndarray, np.ndarray | None]:
             """(misfit, residual vector, counts, with ``restore`` the counts restored with these clients'

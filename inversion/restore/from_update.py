@@ -1,21 +1,28 @@
 """Label restoration on a :class:`~inversion.fl.update.SharedUpdate` and its model."""
+
 from __future__ import annotations
 
 from typing import Any
 
 from torch import nn
 
-from label_restore import RestorationResult, restore_labels
-
-from inversion.restore.auxiliary import AuxiliaryData, aux_restoration
 from inversion.fl.update import SharedUpdate
 from inversion.models import final_layer
+from inversion.restore.auxiliary import AuxiliaryData, aux_restoration
+from label_restore import RestorationResult, restore_labels
 
 __all__ = ["restore_from_update"]
 
 
-def restore_from_update(method: str, update: SharedUpdate, model: nn.Module, *, batch_size: int | None = None,
-                        aux: AuxiliaryData | None = None, **options: Any) -> RestorationResult:
+def restore_from_update(
+    method: str,
+    update: SharedUpdate,
+    model: nn.Module,
+    *,
+    batch_size: int | None = None,
+    aux: AuxiliaryData | None = None,
+    **options: Any,
+) -> RestorationResult:
     """Restore the batch's label counts from a shared update, as the server would.
 
     Reads only what the server has: the final layer's gradients from ``update``, its
@@ -35,8 +42,10 @@ def restore_from_update(method: str, update: SharedUpdate, model: nn.Module, *, 
         raise ValueError("the update does not reveal the batch size K; pass batch_size (your guess of K)")
     if method == "aux":
         if aux is None:
-            raise ValueError("label method 'aux' needs the server's labelled auxiliary data: pass aux= "
-                             "(inversion.restore.auxiliary.draw_auxiliary)")
+            raise ValueError(
+                "label method 'aux' needs the server's labelled auxiliary data: pass aux= "
+                "(inversion.restore.auxiliary.draw_auxiliary)"
+            )
         return aux_restoration(update, model, aux, int(k), **options)
     if aux is not None:
         raise ValueError(f"aux= is auxiliary data for the 'aux' method; {method!r} does not read it")

@@ -5,8 +5,9 @@
 * :mod:`.executors`: where runs execute, in this process (the default) or as Ray tasks;
 * :mod:`.options`: the executor options of the sweep commands (``--executor``, ``--address``, ...).
 """
+
 from inversion.sweep.engine import Run, Sweep, execute
 from inversion.sweep.executors import EXECUTORS, ExecutorError, make_executor
 from inversion.sweep.ledger import LEDGER_NAME, RecordSchema
 
-__all__ = ["Run", "Sweep", "execute", "RecordSchema", "LEDGER_NAME", "EXECUTORS", "ExecutorError", "make_executor"]
+__all__ = ["EXECUTORS", "LEDGER_NAME", "ExecutorError", "RecordSchema", "Run", "Sweep", "execute", "make_executor"]

@@ -17,6 +17,7 @@ finished run whose results the driver's schema refuses (e.g. a NaN score) is rec
 Result files that lie in ``out`` without a ledger are not this ledger's: a sweep moves them
 aside to ``out/previous/<time>/`` before it starts, as :func:`~inversion.utils.rundir.run_folder` does.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,12 +29,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from inversion.utils.interrupts import watch_sigint
-from inversion.utils.rundir import run_folder
 from inversion.sweep.executors import Executor, InProcess
 from inversion.sweep.ledger import LEDGER_NAME, RecordSchema, append, load_records, record_problem
+from inversion.utils.interrupts import watch_sigint
+from inversion.utils.rundir import run_folder
 
-__all__ = ["Run", "Sweep", "Progress", "execute"]
+__all__ = ["Progress", "Run", "Sweep", "execute"]
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,14 @@ class Progress:
         self.bar.update(run.units - self.moved.pop(run.key, 0))
 
 
-def execute(sweep: Sweep, out: str | Path, *, executor: Executor | None = None, progress: bool = True,
-            on_record: Callable[[dict], None] | None = None) -> dict:
+def execute(
+    sweep: Sweep,
+    out: str | Path,
+    *,
+    executor: Executor | None = None,
+    progress: bool = True,
+    on_record: Callable[[dict], None] | None = None,
+) -> dict:
     """Run (or resume) ``sweep`` into ``out``; the records are appended to ``out/runs.jsonl``.
 
     Args:
@@ -129,8 +136,12 @@ def execute(sweep: Sweep, out: str | Path, *, executor: Executor | None = None, 
             outcomes.close()
             bar.close()
             rewrite()
-    return {"runs": [records[run.key] for run in sweep.plan if run.key in records], "ran": ran,
-            "skipped": len(sweep.plan) - len(todo), "out": out}
+    return {
+        "runs": [records[run.key] for run in sweep.plan if run.key in records],
+        "ran": ran,
+        "skipped": len(sweep.plan) - len(todo),
+        "out": out,
+    }
 
 
 def _check_plan(plan: Sequence[Run]) -> None:
@@ -138,8 +149,10 @@ def _check_plan(plan: Sequence[Run]) -> None:
     seen = {}
     for run in plan:
         if run.key in seen:
-            raise ValueError(f"the sweep plans the same run twice ({json.dumps(seen[run.key])} and "
-                             f"{json.dumps(run.description)}): remove the repeated value from the config's lists")
+            raise ValueError(
+                f"the sweep plans the same run twice ({json.dumps(seen[run.key])} and "
+                f"{json.dumps(run.description)}): remove the repeated value from the config's lists"
+            )
         seen[run.key] = run.description
 
 
@@ -149,5 +162,8 @@ def _checked(record: dict, schema: RecordSchema) -> dict:
     problem = record_problem(record, schema) if record["status"] == "ok" else None
     if problem is None:
         return record
-    return {**{key: record[key] for key in ("key", *schema.fields)}, "status": "failed",
-            "error": f"invalid results: {problem}"}
+    return {
+        **{key: record[key] for key in ("key", *schema.fields)},
+        "status": "failed",
+        "error": f"invalid results: {problem}",
+    }

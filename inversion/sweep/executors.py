@@ -13,6 +13,7 @@ A worker is named ``"package.module:function"`` (importable wherever the run exe
 as ``function(payload, advance)``: ``payload`` is the run's picklable description of its work,
 ``advance(n)`` moves the progress bar by ``n`` of the run's units (a no-op in Ray tasks).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -30,7 +31,7 @@ from inversion.utils.fileio import DiskFullError
 if TYPE_CHECKING:
     from inversion.sweep.engine import Progress, Run
 
-__all__ = ["EXECUTORS", "ExecutorError", "Executor", "InProcess", "RayExecutor", "make_executor", "call_worker"]
+__all__ = ["EXECUTORS", "Executor", "ExecutorError", "InProcess", "RayExecutor", "call_worker", "make_executor"]
 
 EXECUTORS = ("in-process", "ray")
 
@@ -65,8 +66,7 @@ def call_worker(worker: str, payload: Any, advance: Callable[[int], None]) -> di
     except DiskFullError:  # not the run's fault: the sweep stops
         raise
     except Exception as err:  # a failed run is recorded and the sweep goes on
-        return {"status": "failed", "error": f"{type(err).__name__}: {err}",
-                "traceback": traceback.format_exc(limit=5)}
+        return {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=5)}
     return {"status": "ok", **results}
 
 
@@ -99,8 +99,14 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, *, address: str | None = None, num_cpus: int | None = None,
-                 gpus_per_run: float | None = None, cpus_per_run: int = 1):
+    def __init__(
+        self,
+        *,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        gpus_per_run: float | None = None,
+        cpus_per_run: int = 1,
+    ):
         try:
             import ray  # noqa: F401  (here: only a Ray sweep needs it)
         except ImportError:
@@ -118,11 +124,15 @@ class RayExecutor:
         if address is None:  # a local Ray: this machine's CPUs (a cluster's are unknown here)
             cpus = available_cpus()
             if num_cpus is not None and num_cpus > cpus:
-                raise ExecutorError(f"--num-cpus {num_cpus}: this machine has {cpus} CPUs for this process; give "
-                                    f"at most {cpus} (or leave it out for all), or use a cluster with --address")
+                raise ExecutorError(
+                    f"--num-cpus {num_cpus}: this machine has {cpus} CPUs for this process; give "
+                    f"at most {cpus} (or leave it out for all), or use a cluster with --address"
+                )
             if cpus_per_run > (num_cpus or cpus):
-                raise ExecutorError(f"--cpus-per-run {cpus_per_run}: more than the local Ray's {num_cpus or cpus} "
-                                    f"CPUs, so no run could start; give at most {num_cpus or cpus}")
+                raise ExecutorError(
+                    f"--cpus-per-run {cpus_per_run}: more than the local Ray's {num_cpus or cpus} "
+                    f"CPUs, so no run could start; give at most {num_cpus or cpus}"
+                )
         cuda = torch.cuda.is_available()
         self.address, self.num_cpus, self.cpus_per_run = address, num_cpus, cpus_per_run
         self.gpus_per_run = (1.0 if gpus_per_run is None else float(gpus_per_run)) if cuda else 0.0
@@ -133,8 +143,9 @@ class RayExecutor:
 
         self.started = not ray.is_initialized()
         if self.started:
-            options = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=False,
-                           logging_level=logging.WARNING)
+            options = dict(
+                include_dashboard=False, log_to_driver=False, ignore_reinit_error=False, logging_level=logging.WARNING
+            )
             if self.address is not None:
                 options["address"] = self.address
             else:
@@ -202,17 +213,34 @@ def _no_progress(n: int = 1) -> None:
     """A Ray task's ``advance``: the driver moves the bar when the run ends."""
 
 
-def make_executor(name: str = "in-process", *, address: str | None = None, num_cpus: int | None = None,
-                  gpus_per_run: float | None = None, cpus_per_run: int | None = None) -> Executor:
+def make_executor(
+    name: str = "in-process",
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    gpus_per_run: float | None = None,
+    cpus_per_run: int | None = None,
+) -> Executor:
     """The executor ``name`` (one of :data:`EXECUTORS`); the options apply to ``ray`` only."""
     if name == "in-process":
-        given = [flag for flag, value in (("--address", address), ("--num-cpus", num_cpus),
-                                          ("--gpus-per-run", gpus_per_run), ("--cpus-per-run", cpus_per_run))
-                 if value is not None]
+        given = [
+            flag
+            for flag, value in (
+                ("--address", address),
+                ("--num-cpus", num_cpus),
+                ("--gpus-per-run", gpus_per_run),
+                ("--cpus-per-run", cpus_per_run),
+            )
+            if value is not None
+        ]
         if given:
             raise ExecutorError(f"{', '.join(given)}: only with --executor ray")
         return InProcess()
     if name == "ray":
-        return RayExecutor(address=address, num_cpus=num_cpus, gpus_per_run=gpus_per_run,
-                           cpus_per_run=1 if cpus_per_run is None else cpus_per_run)
+        return RayExecutor(
+            address=address,
+            num_cpus=num_cpus,
+            gpus_per_run=gpus_per_run,
+            cpus_per_run=1 if cpus_per_run is None else cpus_per_run,
+        )
     raise ExecutorError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")

@@ -9,6 +9,7 @@ its key is logged and skipped. Reading validates every line against the driver's
 (e.g. a NaN score) is logged with its file and line number and skipped, so its run is redone. A
 new record never joins a torn last line.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ from typing import Any
 
 from inversion.utils.fileio import disk_full_named
 
-__all__ = ["LEDGER_NAME", "RecordSchema", "load_records", "record_problem", "append"]
+__all__ = ["LEDGER_NAME", "RecordSchema", "append", "load_records", "record_problem"]
 
 log = logging.getLogger("inversion.sweep")
 

@@ -1,4 +1,5 @@
 """Named choices that are also plain strings: one definition serves the configs and the library."""
+
 from __future__ import annotations
 
 import enum

@@ -1,4 +1,5 @@
 """File helpers: content hashing, atomic writes, and loading torch files without running code."""
+
 from __future__ import annotations
 
 import errno
@@ -26,8 +27,10 @@ class DiskFullError(OSError):
     is intact. Built like an OSError: ``DiskFullError(errno, strerror, filename)``."""
 
     def __str__(self) -> str:
-        return (f"cannot write {self.filename}: {self.strerror} (the disk or your quota is full); free some space "
-                "and run again (the files written before are intact)")
+        return (
+            f"cannot write {self.filename}: {self.strerror} (the disk or your quota is full); free some space "
+            "and run again (the files written before are intact)"
+        )
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

@@ -7,6 +7,7 @@ in ...") and carries on: the Ctrl-C is lost, and a sweep would finish, record th
 :func:`watch_sigint` notes every SIGINT as it arrives, so that the sweep engine and the scripts
 can still stop with exit code 130 however the KeyboardInterrupt fared.
 """
+
 from __future__ import annotations
 
 import signal

@@ -24,6 +24,7 @@ anything: on the CPU it came within 0.75 to 1.4 times the measured peak (FCN-3 a
 32,768, ConvNet and ResNet-18 on K of 64 to 512; FedSGD clients and attacks, FedAvg attacks). Near the limit,
 the ``memory_check`` settings run a refused run anyway.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,15 @@ import torch
 if TYPE_CHECKING:  # not at run time: inversion.models imports this module, and inversion.fl imports the models
     from inversion.fl.local import LocalTraining
 
-__all__ = ["FLOAT_BYTES", "MemoryEstimate", "attack_memory", "available_memory", "check_memory", "client_memory",
-           "format_bytes"]
+__all__ = [
+    "FLOAT_BYTES",
+    "MemoryEstimate",
+    "attack_memory",
+    "available_memory",
+    "check_memory",
+    "client_memory",
+    "format_bytes",
+]
 
 FLOAT_BYTES = 4
 """Bytes of one float32 value: every estimated tensor is float32."""
@@ -103,17 +111,27 @@ def check_memory(estimate: MemoryEstimate, device: torch.device | str, override:
     """
     free = available_memory(device)
     if estimate.total > free:
-        raise ValueError(f"{estimate.what} needs about {estimate}, more than the {format_bytes(free)} of memory free "
-                         f"on {torch.device(device)}: {advice}; or set {override}=false to run it anyway")
+        raise ValueError(
+            f"{estimate.what} needs about {estimate}, more than the {format_bytes(free)} of memory free "
+            f"on {torch.device(device)}: {advice}; or set {override}=false to run it anyway"
+        )
 
 
 def _shape(input_shape: Sequence[int]) -> str:
     return "x".join(str(int(side)) for side in input_shape)
 
 
-def client_memory(parameters: int, activations: int, input_shape: Sequence[int], batch_size: int, *,
-                  chunk_size: int | None = None, local: LocalTraining | None = None, dp: bool = False,
-                  backward: bool = True) -> MemoryEstimate:
+def client_memory(
+    parameters: int,
+    activations: int,
+    input_shape: Sequence[int],
+    batch_size: int,
+    *,
+    chunk_size: int | None = None,
+    local: LocalTraining | None = None,
+    dp: bool = False,
+    backward: bool = True,
+) -> MemoryEstimate:
     """What a simulated client needs (see the module's docstring).
 
     Args:
@@ -139,8 +157,14 @@ def client_memory(parameters: int, activations: int, input_shape: Sequence[int],
     return MemoryEstimate(what, {name: n * FLOAT_BYTES for name, n in parts.items()})
 
 
-def attack_memory(parameters: int, activations: int, input_shape: Sequence[int], batch_size: int, *,
-                  local: LocalTraining | None = None) -> MemoryEstimate:
+def attack_memory(
+    parameters: int,
+    activations: int,
+    input_shape: Sequence[int],
+    batch_size: int,
+    *,
+    local: LocalTraining | None = None,
+) -> MemoryEstimate:
     """What the gradient-inversion attack on one update needs (see the module's docstring).
 
     Args:
@@ -155,5 +179,6 @@ def attack_memory(parameters: int, activations: int, input_shape: Sequence[int],
     else:
         parts["unrolled local steps"] = local.steps * (2 * parameters + 2 * local.batch_size * activations)
     what = f"the attack on K={k:,} inputs of {_shape(input_shape)}" + (
-        "" if local is None else f" through {local.steps:,} local steps of {local.batch_size:,}")
+        "" if local is None else f" through {local.steps:,} local steps of {local.batch_size:,}"
+    )
     return MemoryEstimate(what, {name: n * FLOAT_BYTES for name, n in parts.items()})

@@ -10,6 +10,7 @@ This module is imported first by :mod:`inversion`, so every command gets the pas
 a user's own ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is kept, and where torch was imported
 before :mod:`inversion` nothing changes (the runtime has already read its settings).
 """
+
 import os
 import sys
 

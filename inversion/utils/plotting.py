@@ -1,11 +1,11 @@
 """Pictures of image batches, drawn with matplotlib's object API (no pyplot, no global backend change)."""
+
 from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
 
 from matplotlib.figure import Figure
 from torch import Tensor

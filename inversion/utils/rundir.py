@@ -11,6 +11,7 @@ Every script that writes a run directory goes through :func:`run_folder`:
   into ``out/previous/<time>/``, so a new ``config.yaml`` never sits beside an older
   ``results.json``, and nothing is deleted. A resumed run keeps them.
 """
+
 from __future__ import annotations
 
 import errno
@@ -22,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["OutputFolderError", "check_out", "run_folder", "LOCK_NAME", "PREVIOUS_NAME"]
+__all__ = ["LOCK_NAME", "PREVIOUS_NAME", "OutputFolderError", "check_out", "run_folder"]
 
 log = logging.getLogger("inversion.utils.rundir")
 
@@ -56,8 +57,7 @@ def _create(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OutputFolderError(f"cannot create out={out} ({err.strerror}): choose a folder you can write to") \
-            from None
+        raise OutputFolderError(f"cannot create out={out} ({err.strerror}): choose a folder you can write to") from None
 
 
 @contextmanager
@@ -74,8 +74,9 @@ def _lock(out: Path) -> Iterator[None]:
             handle.close()
             if err.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
-            raise OutputFolderError(f"another run (pid {holder}) is writing into out={out}: wait for it to finish "
-                                    "or choose another out") from None
+            raise OutputFolderError(
+                f"another run (pid {holder}) is writing into out={out}: wait for it to finish or choose another out"
+            ) from None
         if path.exists() and os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
             break  # locked the file that is in place (not one a finishing run has just removed)
         handle.close()

@@ -1,18 +1,18 @@
 """The ablation sweep: paired runs, outputs, failures recorded, and resumption without redoing work."""
+
 import csv
 import json
 import logging
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from _data import REPO
 
 import inversion.experiments.ablate
-from inversion.experiments.ablate import run_ablation
 from inversion.attack import Inversion
 from inversion.config import ConfigError
-from _data import REPO
+from inversion.experiments.ablate import run_ablation
 
 STEPS = 4
 
@@ -20,13 +20,18 @@ STEPS = 4
 def sweep_yaml(tmp_path, data_root, modes, *, seeds=(0, 1), broken=True):
     """A tiny sweep (K=2, 4 steps): a working MNIST experiment and, with ``broken``, one whose runs all fail."""
     path = tmp_path / "ablate.yaml"
-    common = (f"[data.root={data_root}, data.download=false, model.width=16, attack.max_steps={STEPS}, "
-              "attack.checkpoint_every=0]")
+    common = (
+        f"[data.root={data_root}, data.download=false, model.width=16, attack.max_steps={STEPS}, "
+        "attack.checkpoint_every=0]"
+    )
     path.write_text(
         "experiments:\n"
         f"  - {{name: mnist_small, config: configs/invert/default.yaml, overrides: {common}}}\n"
-        + (f"  - {{name: broken, config: configs/invert/default.yaml, overrides: {common[:-1]}, priors.bn=0.1]}}\n"
-           if broken else "")
+        + (
+            f"  - {{name: broken, config: configs/invert/default.yaml, overrides: {common[:-1]}, priors.bn=0.1]}}\n"
+            if broken
+            else ""
+        )
         + f"batch_sizes: [2]\nseeds: [{', '.join(map(str, seeds))}]\nmodes: [{', '.join(modes)}]\n"
         f"baseline: shared\nout: {tmp_path / 'out'}\n"
     )
@@ -117,24 +122,45 @@ def test_interrupted_run_is_not_recorded_and_is_redone(tmp_path, data_root, monk
     resumed = run_ablation(path, progress=False)
     assert resumed["skipped"] == 1 and resumed["ran"] == 2
     assert [(r["mode"], r["status"], r["steps"]) for r in resumed["runs"]] == [
-        ("oracle", "ok", STEPS), ("shared", "ok", STEPS), ("ilrg", "ok", STEPS)]
+        ("oracle", "ok", STEPS),
+        ("shared", "ok", STEPS),
+        ("ilrg", "ok", STEPS),
+    ]
 
 
 def test_a_nan_score_is_not_a_finished_run_and_never_replaces_one(tmp_path, caplog):
     from inversion.sweep.ledger import load_records
 
-    good = {"key": "k1", "experiment": "e", "dataset": "mnist", "model": "fcn", "K": 2, "seed": 0, "mode": "ilrg",
-            "status": "ok", "psnr": 14.5, "ssim": 0.5, "lpips": 0.2, "label_LnAcc": 1.0}
+    good = {
+        "key": "k1",
+        "experiment": "e",
+        "dataset": "mnist",
+        "model": "fcn",
+        "K": 2,
+        "seed": 0,
+        "mode": "ilrg",
+        "status": "ok",
+        "psnr": 14.5,
+        "ssim": 0.5,
+        "lpips": 0.2,
+        "label_LnAcc": 1.0,
+    }
     ledger = tmp_path / "runs.jsonl"
-    lines = [good, {**good, "psnr": math.nan}, {**good, "key": "k2", "psnr": math.inf},
-             {**good, "key": "k3", "ssim": math.nan}]
+    lines = [
+        good,
+        {**good, "psnr": math.nan},
+        {**good, "key": "k2", "psnr": math.inf},
+        {**good, "key": "k3", "ssim": math.nan},
+    ]
     ledger.write_text("".join(json.dumps(line) + "\n" for line in lines))  # json writes NaN and Infinity
     with caplog.at_level(logging.WARNING, logger="inversion.sweep"):
         records = load_records(ledger, inversion.experiments.ablate.SCHEMA)
     assert records == {"k1": good}  # the good record stands; the others' runs are redone
     assert [m.partition("(")[2] for m in caplog.messages] == [
-        "a finished run without a finite PSNR (nan)); skipped", "a finished run without a finite PSNR (inf)); skipped",
-        "ssim not a finite number); skipped"]
+        "a finished run without a finite PSNR (nan)); skipped",
+        "a finished run without a finite PSNR (inf)); skipped",
+        "ssim not a finite number); skipped",
+    ]
 
 
 def test_bad_ledger_lines_are_reported_skipped_and_redone(tmp_path, data_root, caplog):
@@ -148,8 +174,10 @@ def test_bad_ledger_lines_are_reported_skipped_and_redone(tmp_path, data_root, c
     with caplog.at_level(logging.WARNING, logger="inversion.sweep"):
         resumed = run_ablation(path, progress=False)
     warned = [m for m in caplog.messages if "not a run record" in m]
-    assert len(warned) == len(bad) and all(m.startswith(f"{ledger}:{line}: not a run record (")
-                                           and m.endswith("); skipped") for line, m in enumerate(warned, start=2))
+    assert len(warned) == len(bad) and all(
+        m.startswith(f"{ledger}:{line}: not a run record (") and m.endswith("); skipped")
+        for line, m in enumerate(warned, start=2)
+    )
     assert resumed["skipped"] == 1 and resumed["ran"] == 2  # the good line stays; the bad lines' runs are redone
     assert [(r["mode"], r["status"]) for r in resumed["runs"]] == [("oracle", "ok"), ("shared", "ok"), ("ilrg", "ok")]
     lines = ledger_lines(tmp_path)
@@ -181,7 +209,7 @@ def test_modes_are_paired_on_batch_model_and_initialisation(tmp_path, data_root,
     modes, runs = ["oracle", "shared", "joint"], record_runs(monkeypatch)
     run_ablation(sweep_yaml(tmp_path, data_root, modes, seeds=[0, 1], broken=False), progress=False)
     assert len(runs) == 2 * len(modes)
-    by_seed = {seed: runs[i * len(modes):(i + 1) * len(modes)] for i, seed in enumerate([0, 1])}  # sweep order
+    by_seed = {seed: runs[i * len(modes) : (i + 1) * len(modes)] for i, seed in enumerate([0, 1])}  # sweep order
     for seed, pair in by_seed.items():
         assert [done.plan.mode for done, _ in pair] == modes
         (reference, reference_starts), *others = pair
@@ -205,21 +233,34 @@ def test_experiments_on_the_same_dataset_are_summarised_apart():
     from inversion.experiments.ablate import summarize
 
     def record(experiment, seed, mode, psnr):
-        return {"experiment": experiment, "dataset": "mnist", "K": 8, "seed": seed, "mode": mode, "status": "ok",
-                "psnr": psnr, "ssim": 0.5, "lpips": 0.1, "label_LnAcc": 1.0}
+        return {
+            "experiment": experiment,
+            "dataset": "mnist",
+            "K": 8,
+            "seed": seed,
+            "mode": mode,
+            "status": "ok",
+            "psnr": psnr,
+            "ssim": 0.5,
+            "lpips": 0.1,
+            "label_LnAcc": 1.0,
+        }
 
-    records = [record("fedsgd", 0, "ilrg", 40.0), record("fedsgd", 0, "shared", 20.0),
-               record("fedavg", 0, "ilrg", 16.0), record("fedavg", 0, "shared", 12.0)]
+    records = [
+        record("fedsgd", 0, "ilrg", 40.0),
+        record("fedsgd", 0, "shared", 20.0),
+        record("fedavg", 0, "ilrg", 16.0),
+        record("fedavg", 0, "shared", 12.0),
+    ]
     summary = summarize(records, "shared")
     assert summary[("fedsgd", "ilrg")]["psnr"][0] == 40.0 and summary[("fedavg", "ilrg")]["psnr"][0] == 16.0
     assert summary[("fedsgd", "ilrg")]["gain_db"][0] == 20.0 and summary[("fedavg", "ilrg")]["gain_db"][0] == 4.0
 
 
-@pytest.mark.parametrize("path", sorted(REPO.glob("configs/ablate/*.yaml")),
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(REPO.glob("configs/ablate/*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_ablation_profile_plans_valid_runs(path):
-    from inversion.experiments.ablate import AblateConfig, _plan
     from inversion.config import load_config
+    from inversion.experiments.ablate import AblateConfig, _plan
 
     runs = _plan(load_config(AblateConfig, path))
     assert runs and len({run.key for run in runs}) == len(runs)  # every run distinct

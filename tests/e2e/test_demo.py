@@ -1,18 +1,27 @@
 """The teaching demo: one self-contained page with every section."""
+
 import re
 
 import pytest
 from _data import ctrl_c_at_step
 
 from inversion.config import ConfigError
-
 from inversion.experiments.demo import SECTIONS, run_demo
 
 
 def test_demo_page_is_self_contained_and_complete(tmp_path, data_root):
-    page = run_demo(tmp_path / "demo", [f"data.root={data_root}", "data.download=false", "client.batch_size=3",
-                                        "model.width=16", "attack.max_steps=8", "attack.snapshot_every=4"],
-                    progress=False)
+    page = run_demo(
+        tmp_path / "demo",
+        [
+            f"data.root={data_root}",
+            "data.download=false",
+            "client.batch_size=3",
+            "model.width=16",
+            "attack.max_steps=8",
+            "attack.snapshot_every=4",
+        ],
+        progress=False,
+    )
     text = page.read_text()
     for section in SECTIONS:
         assert f'<section id="{section}">' in text
@@ -27,19 +36,40 @@ def test_demo_page_is_self_contained_and_complete(tmp_path, data_root):
 
 def test_demo_spreads_its_snapshots_over_a_short_run(tmp_path, data_root):
     """Fewer steps than the default snapshot interval: the snapshots follow the run's length."""
-    page = run_demo(tmp_path / "demo", [f"data.root={data_root}", "data.download=false", "client.batch_size=2",
-                                        "model.width=16", "attack.max_steps=6"], progress=False)
+    page = run_demo(
+        tmp_path / "demo",
+        [
+            f"data.root={data_root}",
+            "data.download=false",
+            "client.batch_size=2",
+            "model.width=16",
+            "attack.max_steps=6",
+        ],
+        progress=False,
+    )
     assert page.is_file() and (tmp_path / "demo" / "ilrg" / "snapshots.png").is_file()
     with pytest.raises(ConfigError, match="snapshot_every must be 1..attack.max_steps"):
-        run_demo(tmp_path / "demo2", [f"data.root={data_root}", "attack.max_steps=6", "attack.snapshot_every=7"],
-                 progress=False)
+        run_demo(
+            tmp_path / "demo2",
+            [f"data.root={data_root}", "attack.max_steps=6", "attack.snapshot_every=7"],
+            progress=False,
+        )
 
 
 def test_ctrl_c_during_the_first_attack_stops_the_demo(tmp_path, data_root, monkeypatch):
     """The second attack does not run and no page compares a finished run with an interrupted one."""
     calls = ctrl_c_at_step(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt, match="during its ilrg attack; no demo.html written"):
-        run_demo(tmp_path / "demo", [f"data.root={data_root}", "data.download=false", "client.batch_size=2",
-                                     "model.width=16", "attack.max_steps=6"], progress=False)
+        run_demo(
+            tmp_path / "demo",
+            [
+                f"data.root={data_root}",
+                "data.download=false",
+                "client.batch_size=2",
+                "model.width=16",
+                "attack.max_steps=6",
+            ],
+            progress=False,
+        )
     assert len(calls) == 3  # the shared-label attack never started
     assert not (tmp_path / "demo" / "demo.html").exists() and not (tmp_path / "demo" / "shared").exists()

@@ -5,6 +5,7 @@ errors.
 The federation test starts Ray (about 15-30 s on 2 CPU cores, each client importing Opacus); it is skipped
 when flwr[simulation] or opacus is not installed.
 """
+
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _data import REPO
 
 import inversion
 from inversion.config import load_config
@@ -24,7 +26,6 @@ from inversion.experiments.federate import FederateConfig, run_federation
 from inversion.fl import PrivateBatch, SharedUpdate, client_gradients, client_update
 from inversion.fl.dp import DPSGD
 
-from _data import REPO
 CONFIG = REPO / "configs" / "federate" / "default.yaml"
 LR = 0.1
 DP = DPSGD(noise_multiplier=0.5, max_grad_norm=1.0, delta=1e-5)
@@ -56,12 +57,23 @@ def federation(data_root, tmp_path_factory):
     pytest.importorskip("flwr.simulation")
     pytest.importorskip("ray")
     pytest.importorskip("opacus")
-    cfg = load_config(FederateConfig, CONFIG, [
-        f"data.root={data_root}", "data.download=false", "model.width=32", "client.batch_size=4",
-        "federation.clients=2", "federation.rounds=1", f"federation.lr={LR}",
-        f"client.dp_noise_multiplier={DP.noise_multiplier}", f"client.dp_max_grad_norm={DP.max_grad_norm}",
-        f"client.dp_delta={DP.delta}", f"out={tmp_path_factory.mktemp('federation')}",
-    ])
+    cfg = load_config(
+        FederateConfig,
+        CONFIG,
+        [
+            f"data.root={data_root}",
+            "data.download=false",
+            "model.width=32",
+            "client.batch_size=4",
+            "federation.clients=2",
+            "federation.rounds=1",
+            f"federation.lr={LR}",
+            f"client.dp_noise_multiplier={DP.noise_multiplier}",
+            f"client.dp_max_grad_norm={DP.max_grad_norm}",
+            f"client.dp_delta={DP.delta}",
+            f"out={tmp_path_factory.mktemp('federation')}",
+        ],
+    )
     marker = uuid.uuid4().hex
     os.environ[RUN_MARKER] = marker
     started = time.perf_counter()
@@ -94,7 +106,7 @@ def test_federation_captures_the_clients_true_gradients(federation):
         # weight); rtol=1e-5 also covers float32 summation-order differences between the Ray actor
         # (1 thread) and this process.
         w_max = max(float(p.detach().abs().max()) for p in model.parameters())
-        atol = w_max * 2.0 ** -22 / LR
+        atol = w_max * 2.0**-22 / LR
         for name, grad in update.gradients.items():
             torch.testing.assert_close(grad, expected[name], rtol=1e-5, atol=atol, msg=lambda m: f"{name}: {m}")
         # ... and the comparison is meaningful: the gradients, and the DP noise (std σC/K = 0.125 per entry),
@@ -119,8 +131,15 @@ def test_federation_json_records_the_clients_dp_sgd_but_no_noise_seed(federation
     recorded = json.loads(text)["protocol"]["dp"]
     assert recorded == run.dp
     epsilon = DP.epsilon(1.0, 1)  # one step over the whole batch: rate 1 (one round: also ε over all rounds)
-    assert {k: recorded[k] for k in ("noise_multiplier", "max_grad_norm", "delta", "epsilon", "epsilon_all_rounds")} \
-        == {"noise_multiplier": 0.5, "max_grad_norm": 1.0, "delta": 1e-5, "epsilon": epsilon, "epsilon_all_rounds": epsilon}
+    assert {
+        k: recorded[k] for k in ("noise_multiplier", "max_grad_norm", "delta", "epsilon", "epsilon_all_rounds")
+    } == {
+        "noise_multiplier": 0.5,
+        "max_grad_norm": 1.0,
+        "delta": 1e-5,
+        "epsilon": epsilon,
+        "epsilon_all_rounds": epsilon,
+    }
     assert 0 < epsilon < math.inf
     for client in run.rounds[0]["clients"]:
         assert str(PrivateBatch.load(run.out / client["private"]).record["dp_noise_seed"]) not in text
@@ -156,7 +175,10 @@ def test_ray_is_shut_down_and_nothing_is_left_running(federation):
 def test_config_typo_is_a_one_line_error(tmp_path):
     result = subprocess.run(
         [sys.executable, "scripts/federate.py", "federation.clinets=2", f"out={tmp_path / 'fed'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 2, result.stderr
@@ -187,22 +209,42 @@ def test_dp_noise_seeds_are_fresh_or_fixed_and_never_shared_by_two_clients_or_ro
     assert len(set(seeds(None) + seeds(None))) == 8  # fresh OS entropy on every call
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["client.chunk_size=2"], "client.chunk_size must be null with DP-SGD"),
-    (["model=convnet", "model.width=4"], "batch norm mixes the samples"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["client.chunk_size=2"], "client.chunk_size must be null with DP-SGD"),
+        (["model=convnet", "model.width=4"], "batch norm mixes the samples"),
+    ],
+)
 def test_dp_sgd_a_client_cannot_run_is_refused_before_the_federation_starts(data_root, tmp_path, overrides, message):
-    cfg = load_config(FederateConfig, CONFIG, [f"data.root={data_root}", "data.download=false",
-                                               "client.dp_noise_multiplier=1", *overrides, f"out={tmp_path / 'fed'}"])
+    cfg = load_config(
+        FederateConfig,
+        CONFIG,
+        [
+            f"data.root={data_root}",
+            "data.download=false",
+            "client.dp_noise_multiplier=1",
+            *overrides,
+            f"out={tmp_path / 'fed'}",
+        ],
+    )
     with pytest.raises(ValueError, match=message):
         run_federation(cfg, progress=False)
     assert not (tmp_path / "fed").exists()
 
 
 def test_an_impossible_batch_is_refused_before_the_federation_starts(data_root, tmp_path):
-    cfg = load_config(FederateConfig, CONFIG, [f"data.root={data_root}", "data.download=false",
-                                               "client.batch_size=1000000000000", "client.replacement=true",
-                                               f"out={tmp_path / 'fed'}"])
+    cfg = load_config(
+        FederateConfig,
+        CONFIG,
+        [
+            f"data.root={data_root}",
+            "data.download=false",
+            "client.batch_size=1000000000000",
+            "client.replacement=true",
+            f"out={tmp_path / 'fed'}",
+        ],
+    )
     with pytest.raises(ValueError, match="batch size 1,000,000,000,000 cannot fit"):
         run_federation(cfg, progress=False)
     assert not (tmp_path / "fed").exists()

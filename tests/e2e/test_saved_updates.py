@@ -1,18 +1,18 @@
 """Attacking saved updates: the attack never needs the private batch, and scores only come with it."""
+
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from _data import REPO
 
 from inversion.config import CONFIG_DIR, ConfigError, InvertConfig, ShareConfig, load_config
-from inversion.fl.simulate import simulate_client
-from inversion.fl import PrivateBatch, SharedUpdate
 from inversion.experiments.invert import run_inversion
+from inversion.fl import PrivateBatch, SharedUpdate
+from inversion.fl.simulate import simulate_client
 
-from _data import REPO
 DEFAULT = CONFIG_DIR / "invert" / "default.yaml"
 
 
@@ -20,16 +20,30 @@ DEFAULT = CONFIG_DIR / "invert" / "default.yaml"
 def shared(data_root, tmp_path_factory):
     """A client's update.pt and private.pt, written apart as scripts/share_update.py does."""
     folder = tmp_path_factory.mktemp("share")
-    cfg = load_config(ShareConfig, CONFIG_DIR / "share_update.yaml", [
-        "model=fcn3", "model.width=32", f"data.root={data_root}", "data.download=false", "client.batch_size=3"])
+    cfg = load_config(
+        ShareConfig,
+        CONFIG_DIR / "share_update.yaml",
+        ["model=fcn3", "model.width=32", f"data.root={data_root}", "data.download=false", "client.batch_size=3"],
+    )
     run = simulate_client(cfg, progress=False)
     return run.update.save(folder / "update.pt"), run.private.save(folder / "private.pt")
 
 
 def attack_cfg(data_root, out, update, private=None, *extra):
-    return load_config(InvertConfig, DEFAULT, [
-        f"data.root={data_root}", f"out={out}", f"update={update}", *([f"private={private}"] if private else []),
-        "attack.max_steps=30", "attack.checkpoint_every=0", "attack.snapshot_every=10", *extra])
+    return load_config(
+        InvertConfig,
+        DEFAULT,
+        [
+            f"data.root={data_root}",
+            f"out={out}",
+            f"update={update}",
+            *([f"private={private}"] if private else []),
+            "attack.max_steps=30",
+            "attack.checkpoint_every=0",
+            "attack.snapshot_every=10",
+            *extra,
+        ],
+    )
 
 
 def test_the_attack_needs_no_private_batch_and_gives_the_same_images(shared, data_root, tmp_path):
@@ -66,28 +80,49 @@ def test_mixed_or_missing_private_data_is_refused(shared, data_root, tmp_path):
         run_inversion(attack_cfg(data_root, tmp_path / "a", update_path, unlinked_path), progress=False)
     with pytest.raises(ConfigError, match="uses the true labels"):
         run_inversion(attack_cfg(data_root, tmp_path / "b", update_path, None, "attack.labels=oracle"), progress=False)
-    oracle = run_inversion(attack_cfg(data_root, tmp_path / "c", update_path, private_path, "attack.labels=oracle"),
-                           progress=False)
+    oracle = run_inversion(
+        attack_cfg(data_root, tmp_path / "c", update_path, private_path, "attack.labels=oracle"), progress=False
+    )
     assert oracle.results["labels_used"] == sorted(private.labels.tolist())
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def run_script(script, *args, cwd):
-    return subprocess.run([sys.executable, str(REPO / "scripts" / script), *args],
-                          capture_output=True, text=True, timeout=300, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script), *args], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
 
 
 def test_share_then_invert_from_the_command_line(data_root, tmp_path):
-    shared = run_script("share_update.py", "model=fcn3", "model.width=32", "client.batch_size=2",
-                        f"data.root={data_root}", "data.download=false", f"out={tmp_path / 'share'}", cwd=tmp_path)
+    shared = run_script(
+        "share_update.py",
+        "model=fcn3",
+        "model.width=32",
+        "client.batch_size=2",
+        f"data.root={data_root}",
+        "data.download=false",
+        f"out={tmp_path / 'share'}",
+        cwd=tmp_path,
+    )
     assert shared.returncode == 0, shared.stderr[-2000:]
     update, private = tmp_path / "share" / "update.pt", tmp_path / "share" / "private.pt"
-    blind = run_script("invert.py", "--update", str(update), "--out", str(tmp_path / "blind"),
-                       "attack.max_steps=5", cwd=tmp_path)
+    blind = run_script(
+        "invert.py", "--update", str(update), "--out", str(tmp_path / "blind"), "attack.max_steps=5", cwd=tmp_path
+    )
     assert blind.returncode == 0, blind.stderr[-2000:]
     assert "labels (ilrg): counts" in blind.stdout and "not scored" in blind.stdout and "PSNR" not in blind.stdout
-    scored = run_script("invert.py", "--update", str(update), "--private", str(private), f"data.root={data_root}",
-                        "--out", str(tmp_path / "scored"), "attack.max_steps=5", cwd=tmp_path)
+    scored = run_script(
+        "invert.py",
+        "--update",
+        str(update),
+        "--private",
+        str(private),
+        f"data.root={data_root}",
+        "--out",
+        str(tmp_path / "scored"),
+        "attack.max_steps=5",
+        cwd=tmp_path,
+    )
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert "LnAcc 1.000" in scored.stdout and "PSNR" in scored.stdout
     wrong = run_script("invert.py", "--update", str(update), "client.batch_size=4", cwd=tmp_path)
@@ -100,8 +135,9 @@ def test_aux_labels_on_a_saved_update_draw_from_data_without_the_private_images(
     update_path, private_path = shared
     overrides = ["attack.labels=aux", "aux.size=400", "attack.max_steps=2", "attack.snapshot_every=0"]
     blind = run_inversion(attack_cfg(data_root, tmp_path / "blind", update_path, None, *overrides), progress=False)
-    scored = run_inversion(attack_cfg(data_root, tmp_path / "scored", update_path, private_path, *overrides),
-                           progress=False)
+    scored = run_inversion(
+        attack_cfg(data_root, tmp_path / "scored", update_path, private_path, *overrides), progress=False
+    )
     assert blind.plan.restoration.details["aux"]["excluded"] == 0  # the server alone cannot know them
     assert scored.plan.restoration.details["aux"]["excluded"] == 3  # a simulation keeps them out
     assert scored.results["label_metrics"]["LnAcc"] == 1.0

@@ -1,4 +1,5 @@
 """Training sweeps (scripts/train.py --sweep): experiments x seeds on the sweep engine, tiny FCNs on 300 real digits."""
+
 import json
 import re
 from pathlib import Path
@@ -7,29 +8,43 @@ import numpy as np
 import pytest
 
 import inversion.cli.train
-import inversion.sweep.engine
 import inversion.experiments.train
 import inversion.experiments.train_sweep
+import inversion.sweep.engine
 from inversion.config import CONFIG_DIR, ConfigError, load_config, to_dict
-from inversion.utils.fileio import sha256_file
-from inversion.sweep import LEDGER_NAME
 from inversion.experiments.train import TrainConfig
 from inversion.experiments.train_sweep import TrainSweepConfig, _plan, run_train_sweep
+from inversion.sweep import LEDGER_NAME
+from inversion.utils.fileio import sha256_file
 
-TINY = ["model.width=32", "train.max_images=300", "train.batch_size=32", "train.epochs=2",
-        "train.checkpoint_epochs=[0,1,2]"]  # 240 digits trained on, 60 held out; a fraction of a second a run
+TINY = [
+    "model.width=32",
+    "train.max_images=300",
+    "train.batch_size=32",
+    "train.epochs=2",
+    "train.checkpoint_epochs=[0,1,2]",
+]  # 240 digits trained on, 60 held out; a fraction of a second a run
 EXPERIMENTS = {"sgd": [], "adam": ["train.optimizer=adam", "train.lr=0.001"]}
 
 
-def sweep_yaml(folder: Path, data_root: Path, experiments: dict = EXPERIMENTS, seeds=(0, 1), *,
-               config: str = "configs/train/default.yaml") -> Path:
+def sweep_yaml(
+    folder: Path,
+    data_root: Path,
+    experiments: dict = EXPERIMENTS,
+    seeds=(0, 1),
+    *,
+    config: str = "configs/train/default.yaml",
+) -> Path:
     """A sweep file in ``folder`` (out: ``folder/out``): each experiment the tiny training plus its overrides."""
     path = folder / "sweep.yaml"
     common = [f"data.root={data_root}", "data.download=false", *TINY]
-    lines = [f"  - {{name: {name}, config: {config}, overrides: {json.dumps(common + overrides)}}}"
-             for name, overrides in experiments.items()]
-    path.write_text("experiments:\n" + "\n".join(lines) + f"\nseeds: [{', '.join(map(str, seeds))}]\n"
-                    f"out: {folder / 'out'}\n")
+    lines = [
+        f"  - {{name: {name}, config: {config}, overrides: {json.dumps(common + overrides)}}}"
+        for name, overrides in experiments.items()
+    ]
+    path.write_text(
+        "experiments:\n" + "\n".join(lines) + f"\nseeds: [{', '.join(map(str, seeds))}]\nout: {folder / 'out'}\n"
+    )
     return path
 
 
@@ -42,8 +57,14 @@ def swept(data_root, tmp_path_factory):
 
 def without_timings(records: list[dict]) -> list[dict]:
     """The records without what depends on the machine's speed (seconds) or on where they ran (tracebacks)."""
-    return [{k: ([{**row, "seconds": None} for row in v] if k == "epochs" else v) for k, v in r.items()
-             if k not in ("seconds", "traceback")} for r in records]
+    return [
+        {
+            k: ([{**row, "seconds": None} for row in v] if k == "epochs" else v)
+            for k, v in r.items()
+            if k not in ("seconds", "traceback")
+        }
+        for r in records
+    ]
 
 
 def test_every_run_trains_into_its_folder_with_the_checkpoints_and_accuracies_its_record_lists(swept):
@@ -51,17 +72,25 @@ def test_every_run_trains_into_its_folder_with_the_checkpoints_and_accuracies_it
     out = done["out"]
     assert done["ran"] == 4 and done["skipped"] == 0
     assert [(r["experiment"], r["seed"], r["status"]) for r in done["runs"]] == [
-        ("sgd", 0, "ok"), ("sgd", 1, "ok"), ("adam", 0, "ok"), ("adam", 1, "ok")]
+        ("sgd", 0, "ok"),
+        ("sgd", 1, "ok"),
+        ("adam", 0, "ok"),
+        ("adam", 1, "ok"),
+    ]
     for record in done["runs"]:
         folder = out / record["experiment"] / f"seed{record['seed']}"
         log = json.loads((folder / "train_log.json").read_text())
         assert [c["file"] for c in record["checkpoints"]] == [
-            f"{record['experiment']}/seed{record['seed']}/epoch_{e:03d}.pt" for e in (0, 1, 2)]
+            f"{record['experiment']}/seed{record['seed']}/epoch_{e:03d}.pt" for e in (0, 1, 2)
+        ]
         assert all(sha256_file(out / c["file"]) == c["sha256"] for c in record["checkpoints"])
         assert [r["held_out_accuracy"] for r in record["epochs"]] == [r["held_out_accuracy"] for r in log["epochs"]]
         assert record["epochs"] == log["epochs"] and [r["epoch"] for r in record["epochs"]] == [0, 1, 2]
-        assert (record["train_images"], record["held_out_images"]) == (240, 60) == (
-            log["split"]["train"]["count"], log["split"]["held_out"]["count"])
+        assert (
+            (record["train_images"], record["held_out_images"])
+            == (240, 60)
+            == (log["split"]["train"]["count"], log["split"]["held_out"]["count"])
+        )
         assert log["config"]["train"]["seed"] == log["config"]["model"]["seed"] == record["seed"]
         assert log["config"]["out"] == str(folder) and log["status"] == "finished"
     assert done["runs"][2]["epochs"] != done["runs"][0]["epochs"]  # adam's overrides reached its runs
@@ -75,14 +104,19 @@ def test_the_result_files_hold_every_run_in_plan_order_and_the_mean_over_seeds(s
     table = (out / "training.md").read_text()
     runs = [line for line in table.splitlines() if re.match(r"\| (sgd|adam) \| \d \|", line)]
     assert [line.split(" | ")[:2] for line in runs] == [
-        ["| sgd", "0"], ["| sgd", "1"], ["| adam", "0"], ["| adam", "1"]]
+        ["| sgd", "0"],
+        ["| sgd", "1"],
+        ["| adam", "0"],
+        ["| adam", "1"],
+    ]
     for line, record in zip(runs, done["runs"]):
         cells = line.split(" | ")
         assert cells[2:5] == [f"{row['held_out_accuracy']:.3f}" for row in record["epochs"]]
         assert cells[5] == "240 / 60"
     for experiment in EXPERIMENTS:
-        accuracies = np.array([[row["held_out_accuracy"] for row in r["epochs"]] for r in done["runs"]
-                               if r["experiment"] == experiment])  # (seeds, epochs)
+        accuracies = np.array(
+            [[row["held_out_accuracy"] for row in r["epochs"]] for r in done["runs"] if r["experiment"] == experiment]
+        )  # (seeds, epochs)
         cells = [f"{m:.3f} ± {s:.3f}" for m, s in zip(accuracies.mean(0), accuracies.std(0))]
         assert f"| {experiment} | {' | '.join(cells)} | 2 |" in table
 
@@ -110,8 +144,7 @@ def test_seeds_change_the_split_and_the_initial_weights_and_the_same_seed_trains
     assert without_timings([alone]) == without_timings(done["runs"][:1])
 
 
-def test_a_run_stopped_mid_way_is_not_recorded_and_resumes_from_its_resume_pt(swept, data_root, tmp_path,
-                                                                              monkeypatch):
+def test_a_run_stopped_mid_way_is_not_recorded_and_resumes_from_its_resume_pt(swept, data_root, tmp_path, monkeypatch):
     _, done = swept
     path = sweep_yaml(tmp_path, data_root, {"sgd": []}, seeds=[0])
     real, epochs = inversion.experiments.train._train_epoch, []
@@ -147,8 +180,10 @@ def test_a_failing_run_is_recorded_the_sweep_goes_on_and_the_next_sweep_retries_
     done = run_train_sweep(sweep_yaml(tmp_path, data_root, experiments, seeds=[0]), progress=False)
     ok, failed = done["runs"]
     assert ok["status"] == "ok" and failed["status"] == "failed"
-    assert failed["error"] == ("ConfigError: train.batch_size=1000 but only 240 images are left for training: use a "
-                               "smaller batch, a smaller held_out or more images")
+    assert failed["error"] == (
+        "ConfigError: train.batch_size=1000 but only 240 images are left for training: use a "
+        "smaller batch, a smaller held_out or more images"
+    )
     assert not (tmp_path / "out" / "big").exists()
     table = (tmp_path / "out" / "training.md").read_text()
     assert "1 runs finished, 1 failed, 2 planned" in table and f"- big seed=0: {failed['error']}" in table
@@ -157,8 +192,9 @@ def test_a_failing_run_is_recorded_the_sweep_goes_on_and_the_next_sweep_retries_
 
 
 def test_experiments_that_train_the_same_are_distinct_runs_in_their_own_folders(data_root, tmp_path):
-    one, two = run_train_sweep(sweep_yaml(tmp_path, data_root, {"one": [], "two": []}, seeds=[0]),
-                               progress=False)["runs"]
+    one, two = run_train_sweep(sweep_yaml(tmp_path, data_root, {"one": [], "two": []}, seeds=[0]), progress=False)[
+        "runs"
+    ]
     assert one["key"] != two["key"] and (one["status"], two["status"]) == ("ok", "ok")
     assert [c["sha256"] for c in one["checkpoints"]] == [c["sha256"] for c in two["checkpoints"]]
     assert [c["file"].split("/")[0] for c in one["checkpoints"] + two["checkpoints"]] == ["one"] * 3 + ["two"] * 3
@@ -168,22 +204,29 @@ def test_a_run_folder_holding_another_training_is_refused_not_overwritten(data_r
     run_train_sweep(sweep_yaml(tmp_path, data_root, {"sgd": []}, seeds=[0]), progress=False)
     log = tmp_path / "out" / "sgd" / "seed0" / "train_log.json"
     before = log.read_bytes()
-    (changed,) = run_train_sweep(sweep_yaml(tmp_path, data_root, {"sgd": ["train.lr=0.02"]}, seeds=[0]),
-                                 progress=False)["runs"]
+    (changed,) = run_train_sweep(
+        sweep_yaml(tmp_path, data_root, {"sgd": ["train.lr=0.02"]}, seeds=[0]), progress=False
+    )["runs"]
     assert changed["status"] == "failed" and "was written by another training run" in changed["error"]
     assert log.read_bytes() == before
 
 
-@pytest.mark.parametrize("change,message", [
-    (dict(config="configs/train/nope.yaml"), "experiment 'sgd': config file configs/train/nope.yaml does not exist"),
-    (dict(experiments={"sgd": ["train.lrr=0.1"]}), "experiment 'sgd': Key 'lrr' not in 'TrainSettings'"),
-    (dict(experiments={"sgd": ["train.epochs=0"]}), "experiment 'sgd': train: epochs and batch_size must be >= 1"),
-    (dict(experiments={"sgd": ["train.seed=3"]}), "overrides 'train.seed=3'; out, train.seed, model.seed are set"),
-    (dict(experiments={"a/b": []}), "experiment name 'a/b' must be letters, digits"),
-    (dict(seeds=[0, 0]), "seeds must be unique, got 0 more than once"),
-    (dict(seeds=[]), "experiments and seeds must each list at least one entry"),
-    (dict(overrides=["seedz=[1]"]), "Key 'seedz' not in 'TrainSweepConfig'"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            dict(config="configs/train/nope.yaml"),
+            "experiment 'sgd': config file configs/train/nope.yaml does not exist",
+        ),
+        (dict(experiments={"sgd": ["train.lrr=0.1"]}), "experiment 'sgd': Key 'lrr' not in 'TrainSettings'"),
+        (dict(experiments={"sgd": ["train.epochs=0"]}), "experiment 'sgd': train: epochs and batch_size must be >= 1"),
+        (dict(experiments={"sgd": ["train.seed=3"]}), "overrides 'train.seed=3'; out, train.seed, model.seed are set"),
+        (dict(experiments={"a/b": []}), "experiment name 'a/b' must be letters, digits"),
+        (dict(seeds=[0, 0]), "seeds must be unique, got 0 more than once"),
+        (dict(seeds=[]), "experiments and seeds must each list at least one entry"),
+        (dict(overrides=["seedz=[1]"]), "Key 'seedz' not in 'TrainSweepConfig'"),
+    ],
+)
 def test_a_bad_sweep_fails_before_any_run_and_writes_nothing(data_root, tmp_path, change, message):
     overrides = change.pop("overrides", [])
     path = sweep_yaml(tmp_path, data_root, **{"experiments": {"sgd": []}, **change})
@@ -206,9 +249,11 @@ def test_the_command_runs_a_sweep_and_refuses_what_does_not_go_with_it(swept, tm
     path, done = swept
     code, stdout, _ = cli(monkeypatch, capsys, "--sweep", str(path))
     assert code == 0 and "| sgd | 0 |" in stdout
-    assert stdout.splitlines()[-1] == (f"0 runs now, 4 already done, 0 failed; results in {done['out']}/: "
-                                       f"training.json, training.md, training.png, runs.jsonl; each run's "
-                                       f"checkpoints in {done['out']}/<experiment>/seed<S>/")
+    assert stdout.splitlines()[-1] == (
+        f"0 runs now, 4 already done, 0 failed; results in {done['out']}/: "
+        f"training.json, training.md, training.png, runs.jsonl; each run's "
+        f"checkpoints in {done['out']}/<experiment>/seed<S>/"
+    )
     out = tmp_path / "out"
     for argv, error in [
         (["--sweep", str(path), "--resume"], "--sweep with --resume"),
@@ -226,7 +271,13 @@ def test_the_command_runs_a_sweep_and_refuses_what_does_not_go_with_it(swept, tm
 def test_the_shipped_sweep_plans_fcn3_mnist_for_each_seed_and_optimizer():
     plan = _plan(load_config(TrainSweepConfig, CONFIG_DIR / "train" / "sweeps" / "fcn3_mnist_seeds.yaml"))
     assert [(run.description["experiment"], run.description["seed"]) for run in plan] == [
-        ("sgd", 0), ("sgd", 1), ("sgd", 2), ("adam", 0), ("adam", 1), ("adam", 2)]
+        ("sgd", 0),
+        ("sgd", 1),
+        ("sgd", 2),
+        ("adam", 0),
+        ("adam", 1),
+        ("adam", 2),
+    ]
     assert len({run.key for run in plan}) == 6 and all(run.units == 20 for run in plan)
     shipped = to_dict(load_config(TrainConfig, CONFIG_DIR / "train" / "fcn3_mnist.yaml"))
     assert plan[0].payload["config"] == {**shipped, "out": "runs/train/sweeps/fcn3_mnist_seeds/sgd/seed0"}

@@ -26,6 +26,7 @@ by the client code of the simulation under ``private/``, for scoring only (:data
 private file carries the sha256 of the update the server captures from it: the client computes that
 update itself with the server's own :func:`captured_update`, which is exact (see :func:`fedsgd_train`).
 """
+
 from __future__ import annotations
 
 import os
@@ -40,17 +41,48 @@ except ImportError as _err:  # pragma: no cover - depends on the environment
         f"Flower federations need the optional extra flwr[simulation]: pip install 'flwr[simulation]' ({_err})"
     ) from _err
 
-from inversion.fl.flower.client_app import fedsgd_client_app, fedsgd_train  # noqa: E402
-from inversion.fl.flower.protocol import (BN_MODE_KEY, GLOBAL_MODEL, LAYOUT, LR_KEY, NUM_EXAMPLES_KEY,  # noqa: E402
-                                          PARTITION_KEY, ClientSettings, TaskInfo, captured_update, dp_noise_seed,
-                                          draw_batch, partition_indices, recover_gradients, round_dir, sgd_step,
-                                          update_path)
-from inversion.fl.flower.simulation import run_fedsgd  # noqa: E402
-from inversion.fl.flower.strategy import CapturingStrategy, capturing_server_app  # noqa: E402
+from inversion.fl.flower.client_app import fedsgd_client_app, fedsgd_train
+from inversion.fl.flower.protocol import (
+    BN_MODE_KEY,
+    GLOBAL_MODEL,
+    LAYOUT,
+    LR_KEY,
+    NUM_EXAMPLES_KEY,
+    PARTITION_KEY,
+    ClientSettings,
+    TaskInfo,
+    captured_update,
+    dp_noise_seed,
+    draw_batch,
+    partition_indices,
+    recover_gradients,
+    round_dir,
+    sgd_step,
+    update_path,
+)
+from inversion.fl.flower.simulation import run_fedsgd
+from inversion.fl.flower.strategy import CapturingStrategy, capturing_server_app
 
 __all__ = [
-    "LR_KEY", "BN_MODE_KEY", "NUM_EXAMPLES_KEY", "PARTITION_KEY", "GLOBAL_MODEL", "LAYOUT",
-    "TaskInfo", "ClientSettings", "CapturingStrategy",
-    "round_dir", "update_path", "partition_indices", "draw_batch", "dp_noise_seed", "sgd_step", "recover_gradients",
-    "captured_update", "fedsgd_train", "fedsgd_client_app", "capturing_server_app", "run_fedsgd",
+    "BN_MODE_KEY",
+    "GLOBAL_MODEL",
+    "LAYOUT",
+    "LR_KEY",
+    "NUM_EXAMPLES_KEY",
+    "PARTITION_KEY",
+    "CapturingStrategy",
+    "ClientSettings",
+    "TaskInfo",
+    "captured_update",
+    "capturing_server_app",
+    "dp_noise_seed",
+    "draw_batch",
+    "fedsgd_client_app",
+    "fedsgd_train",
+    "partition_indices",
+    "recover_gradients",
+    "round_dir",
+    "run_fedsgd",
+    "sgd_step",
+    "update_path",
 ]

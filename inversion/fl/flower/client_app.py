@@ -1,4 +1,5 @@
 """The FedSGD client app: draws a batch from its partition, computes its (DP-SGD) gradient, replies w - η g."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -11,9 +12,21 @@ from flwr.clientapp import ClientApp
 
 from inversion.data import load_source
 from inversion.fl.client import client_update
+from inversion.fl.flower.protocol import (
+    BN_MODE_KEY,
+    LR_KEY,
+    NUM_EXAMPLES_KEY,
+    PARTITION_KEY,
+    ClientSettings,
+    captured_update,
+    dp_noise_seed,
+    draw_batch,
+    partition_indices,
+    sgd_step,
+    single_record,
+    update_path,
+)
 from inversion.fl.private import PrivateBatch
-from inversion.fl.flower.protocol import (BN_MODE_KEY, ClientSettings, LR_KEY, NUM_EXAMPLES_KEY, PARTITION_KEY,
-    captured_update, dp_noise_seed, draw_batch, partition_indices, sgd_step, update_path, single_record)
 
 
 @lru_cache(maxsize=2)
@@ -57,20 +70,32 @@ def fedsgd_train(message: Message, context: Context, settings: ClientSettings) -
     model = task.build(single_record(content.array_records, "ArrayRecord").to_torch_state_dict())
     source = _source(_hashable(settings.data))
     if len(source) != settings.num_items:
-        raise ValueError(f"the client's data source has {len(source)} images, the federation was set up for "
-                         f"{settings.num_items} ({source.description})")
+        raise ValueError(
+            f"the client's data source has {len(source)} images, the federation was set up for "
+            f"{settings.num_items} ({source.description})"
+        )
     partition = partition_indices(len(source), num_partitions, settings.partition_seed)[partition_id]
     indices = draw_batch(source.targets, partition, settings, source.spec.num_classes, server_round, partition_id)
     images = source.spec.normalize(source.images(indices))
     labels = torch.as_tensor(source.targets[indices], dtype=torch.int64)
 
     seed = None if settings.dp is None else dp_noise_seed(settings, server_round, partition_id)
-    gradients = client_update(model, images, labels, bn_mode=bn_mode, chunk_size=settings.chunk_size,
-                              dp=settings.dp, dp_seed=seed).gradients  # the simulated client's computation
+    gradients = client_update(
+        model, images, labels, bn_mode=bn_mode, chunk_size=settings.chunk_size, dp=settings.dp, dp_seed=seed
+    ).gradients  # the simulated client's computation
     after = sgd_step(model, gradients, lr)
     if settings.private_dir is not None:
-        expected = captured_update(model, after, task, lr=lr, server_round=server_round, partition_id=partition_id,
-                                   node_id=context.node_id, num_examples=len(labels), bn_mode=bn_mode)
+        expected = captured_update(
+            model,
+            after,
+            task,
+            lr=lr,
+            server_round=server_round,
+            partition_id=partition_id,
+            node_id=context.node_id,
+            num_examples=len(labels),
+            bn_mode=bn_mode,
+        )
         record = {
             **settings.record,
             "protocol": "fedsgd",
@@ -79,7 +104,7 @@ def fedsgd_train(message: Message, context: Context, settings: ClientSettings) -
             "node_id": int(context.node_id),
             "num_partitions": num_partitions,
             "partition_seed": settings.partition_seed,
-            "partition_size": int(len(partition)),
+            "partition_size": len(partition),
             "batch_seed": [int(settings.seed), server_round, partition_id],
             "sampler": settings.sampler,
             "replacement": settings.replacement,
@@ -89,11 +114,14 @@ def fedsgd_train(message: Message, context: Context, settings: ClientSettings) -
             **({} if seed is None else {"dp_noise_seed": seed}),
         }
         PrivateBatch(images, labels, record, expected.sha256).save(
-            update_path(settings.private_dir, server_round, partition_id))
-    reply = RecordDict({
-        "arrays": ArrayRecord.from_torch_state_dict(after),
-        "metrics": MetricRecord({NUM_EXAMPLES_KEY: len(labels), PARTITION_KEY: partition_id}),
-    })
+            update_path(settings.private_dir, server_round, partition_id)
+        )
+    reply = RecordDict(
+        {
+            "arrays": ArrayRecord.from_torch_state_dict(after),
+            "metrics": MetricRecord({NUM_EXAMPLES_KEY: len(labels), PARTITION_KEY: partition_id}),
+        }
+    )
     return Message(reply, reply_to=message)
 
 
@@ -106,5 +134,3 @@ def fedsgd_client_app(settings: ClientSettings) -> ClientApp:
         return fedsgd_train(message, context, settings)
 
     return app
-
-

@@ -1,5 +1,6 @@
 """The federation's public protocol: record keys, the captured files' layout, the task and client settings,
 and the exact map between a client's reply and the gradient the server recovers from it."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -14,8 +15,6 @@ from inversion.data import sample_indices
 from inversion.fl.dp import DPSGD, noise_seed
 from inversion.fl.update import SharedUpdate, UpdateMeta
 from inversion.models import ClassifierModel, build_model
-
-
 
 LR_KEY = "lr"
 """Train-config key of the public learning rate η."""
@@ -123,14 +122,26 @@ def partition_indices(num_items: int, num_partitions: int, seed: int) -> list[np
     return [np.sort(part).astype(np.int64) for part in np.array_split(order, num_partitions)]
 
 
-def draw_batch(targets: np.ndarray, partition: np.ndarray, settings: ClientSettings, num_classes: int,
-               server_round: int, partition_id: int) -> np.ndarray:
+def draw_batch(
+    targets: np.ndarray,
+    partition: np.ndarray,
+    settings: ClientSettings,
+    num_classes: int,
+    server_round: int,
+    partition_id: int,
+) -> np.ndarray:
     """Indices (into the source) of the client's batch in a round: K drawn from its partition by its sampler,
     seeded by ``[settings.seed, server_round, partition_id]``."""
     rng = np.random.default_rng([int(settings.seed), int(server_round), int(partition_id)])
     local = sample_indices(
-        np.asarray(targets)[partition], num_classes, settings.batch_size, settings.sampler, rng=rng,
-        counts=settings.counts, classes=settings.classes, target_class=settings.target_class,
+        np.asarray(targets)[partition],
+        num_classes,
+        settings.batch_size,
+        settings.sampler,
+        rng=rng,
+        counts=settings.counts,
+        classes=settings.classes,
+        target_class=settings.target_class,
         replacement=settings.replacement,
     )
     return partition[local]
@@ -143,7 +154,7 @@ def dp_noise_seed(settings: ClientSettings, server_round: int, partition_id: int
     if settings.dp_noise_seed is None:
         return noise_seed()
     rng = np.random.default_rng([int(settings.dp_noise_seed), int(server_round), int(partition_id)])
-    return int(rng.integers(2 ** 63))
+    return int(rng.integers(2**63))
 
 
 def sgd_step(model: nn.Module, gradients: Mapping[str, Tensor], lr: float) -> dict[str, Tensor]:
@@ -155,8 +166,9 @@ def sgd_step(model: nn.Module, gradients: Mapping[str, Tensor], lr: float) -> di
     return state
 
 
-def recover_gradients(before: Mapping[str, Tensor], after: Mapping[str, Tensor], lr: float,
-                      names: Iterable[str]) -> dict[str, Tensor]:
+def recover_gradients(
+    before: Mapping[str, Tensor], after: Mapping[str, Tensor], lr: float, names: Iterable[str]
+) -> dict[str, Tensor]:
     """What a FedSGD server recovers from one reply: ``g = (w - w') / lr`` per named parameter.
 
     Computed in float64 from the float32 states and stored as float32. Each operation is a
@@ -171,9 +183,18 @@ def recover_gradients(before: Mapping[str, Tensor], after: Mapping[str, Tensor],
     return {name: ((before[name].double() - after[name].double()) / float(lr)).float() for name in names}
 
 
-def captured_update(model: nn.Module, after: Mapping[str, Tensor], task: TaskInfo, *, lr: float,
-                    server_round: int, partition_id: int, node_id: int, num_examples: int,
-                    bn_mode: str) -> SharedUpdate:
+def captured_update(
+    model: nn.Module,
+    after: Mapping[str, Tensor],
+    task: TaskInfo,
+    *,
+    lr: float,
+    server_round: int,
+    partition_id: int,
+    node_id: int,
+    num_examples: int,
+    bn_mode: str,
+) -> SharedUpdate:
     """The :class:`SharedUpdate` an honest-but-curious FedSGD server gets from one reply.
 
     ``model`` holds the global state w the server sent; ``after`` is the state w' the client replied.
@@ -188,10 +209,20 @@ def captured_update(model: nn.Module, after: Mapping[str, Tensor], task: TaskInf
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     gradients = recover_gradients(before, after, lr, names)
     meta = UpdateMeta.describe(
-        model, dataset=task.dataset, input_shape=task.input_shape, mean=task.mean, std=task.std,
-        bn_mode=bn_mode, weights=GLOBAL_MODEL,
-        notes={"protocol": "fedsgd", "lr": float(lr), "round": int(server_round), "client": int(partition_id),
-               "node_id": int(node_id)},
+        model,
+        dataset=task.dataset,
+        input_shape=task.input_shape,
+        mean=task.mean,
+        std=task.std,
+        bn_mode=bn_mode,
+        weights=GLOBAL_MODEL,
+        notes={
+            "protocol": "fedsgd",
+            "lr": float(lr),
+            "round": int(server_round),
+            "client": int(partition_id),
+            "node_id": int(node_id),
+        },
     )
     return SharedUpdate(gradients, int(num_examples), meta)
 

@@ -1,4 +1,5 @@
 """A whole FedSGD federation in Flower's simulation engine: client app, capturing server, quiet logs, clean exit."""
+
 from __future__ import annotations
 
 import logging
@@ -11,10 +12,10 @@ from typing import Any
 
 from flwr.serverapp.strategy import FedAvg
 
-from inversion.models import ClassifierModel
 from inversion.fl.flower.client_app import fedsgd_client_app
-from inversion.fl.flower.protocol import (BN_MODE_KEY, ClientSettings, LR_KEY)
+from inversion.fl.flower.protocol import BN_MODE_KEY, LR_KEY, ClientSettings
 from inversion.fl.flower.strategy import CapturingStrategy, capturing_server_app
+from inversion.models import ClassifierModel
 
 
 class _DropKnownNotices(logging.Filter):
@@ -83,11 +84,20 @@ def run_fedsgd(
     with _quiet_flower(verbose):
         from flwr.simulation import run_simulation  # its import sets up Flower's database layer (noisy)
 
-        fedavg = FedAvg(fraction_train=sampled / num_clients, fraction_evaluate=0.0, min_train_nodes=sampled,
-                        min_evaluate_nodes=0, min_available_nodes=num_clients)
+        fedavg = FedAvg(
+            fraction_train=sampled / num_clients,
+            fraction_evaluate=0.0,
+            min_train_nodes=sampled,
+            min_evaluate_nodes=0,
+            min_available_nodes=num_clients,
+        )
     strategy = CapturingStrategy(fedavg, settings.task, captured_dir, on_round=on_round)
-    server_app = capturing_server_app(strategy, initial_model.state_dict(), num_rounds=rounds,
-                                      train_config={LR_KEY: float(lr), BN_MODE_KEY: str(bn_mode)})
+    server_app = capturing_server_app(
+        strategy,
+        initial_model.state_dict(),
+        num_rounds=rounds,
+        train_config={LR_KEY: float(lr), BN_MODE_KEY: str(bn_mode)},
+    )
     backend_config = {
         "client_resources": {"num_cpus": float(cpus_per_client), "num_gpus": 0.0},
         "init_args": {"log_to_driver": bool(verbose), "logging_level": "INFO" if verbose else "ERROR"},
@@ -95,11 +105,19 @@ def run_fedsgd(
     try:
         with _quiet_flower(verbose), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", category=FutureWarning)
-            run_simulation(server_app=server_app, client_app=fedsgd_client_app(settings), num_supernodes=num_clients,
-                           backend_name="ray", backend_config=backend_config, verbose_logging=verbose)
+            run_simulation(
+                server_app=server_app,
+                client_app=fedsgd_client_app(settings),
+                num_supernodes=num_clients,
+                backend_name="ray",
+                backend_config=backend_config,
+                verbose_logging=verbose,
+            )
     finally:
         _shutdown_ray()
     if len(strategy.rounds) != rounds:
-        raise RuntimeError(f"the federation ended after {len(strategy.rounds)} of {rounds} rounds "
-                           "(see Flower's log above; rerun with federation.verbose=true for details)")
+        raise RuntimeError(
+            f"the federation ended after {len(strategy.rounds)} of {rounds} rounds "
+            "(see Flower's log above; rerun with federation.verbose=true for details)"
+        )
     return strategy.rounds

@@ -1,4 +1,5 @@
 """The torchvision compatibility shim: torchvision models and lpips import and run on this torch."""
+
 import subprocess
 import sys
 

@@ -1,4 +1,5 @@
 """label_restore: the public API, input errors, and iLRG against hand-computed and autograd cases."""
+
 import math
 import sys
 from decimal import Decimal
@@ -26,8 +27,7 @@ def mean_ce_grads(fc: nn.Linear, emb: torch.Tensor, labels: torch.Tensor) -> dic
     """Autograd gradients of the mean cross-entropy w.r.t. the final layer, as restore_labels takes them."""
     loss = nn.functional.cross_entropy(fc(emb), labels)
     gw, gb = torch.autograd.grad(loss, [fc.weight, fc.bias])
-    return dict(grad_weight=gw, grad_bias=gb, weight=fc.weight.detach(), bias=fc.bias.detach(),
-                batch_size=len(labels))
+    return dict(grad_weight=gw, grad_bias=gb, weight=fc.weight.detach(), bias=fc.bias.detach(), batch_size=len(labels))
 
 
 def options_for(method: str, g: dict) -> dict:
@@ -94,8 +94,11 @@ def test_ilrg_one_class_batch_with_a_float_count_above_k():
     # Gradients scaled by 1.21 give n_0 = 5/3 + 5 * 1.21 * 2/3 = 5.7, which rounds above K, and
     # n_1 = n_2 = (5 - 6.05)/3 = -0.35.
     fc = linear_layer(np.zeros((3, 2)), np.zeros(3))
-    g = mean_ce_grads(fc, torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
-                      torch.zeros(5, dtype=torch.long))
+    g = mean_ce_grads(
+        fc,
+        torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
+        torch.zeros(5, dtype=torch.long),
+    )
     g = {**g, "grad_weight": g["grad_weight"] * 1.21, "grad_bias": g["grad_bias"] * 1.21}
     r = restore_labels("ilrg", **g)
     np.testing.assert_allclose(r.details["float_counts"], [5.7, -0.35, -0.35], atol=1e-9)
@@ -143,8 +146,13 @@ def test_ilrg_realistic_untrained_mlp():
     assert np.array_equal(r.counts, true)
     assert r.labels.tolist() == sorted(labels.tolist())
     # every solver and both precisions give the same answer
-    for options in ({"solver": "lu"}, {"solver": "gelsy"}, {"solver": "gelsd"}, {"solver": "pinv"},
-                    {"precision": "float64"}):
+    for options in (
+        {"solver": "lu"},
+        {"solver": "gelsy"},
+        {"solver": "gelsd"},
+        {"solver": "pinv"},
+        {"precision": "float64"},
+    ):
         other = restore_labels("ilrg", **g, **options)
         assert np.array_equal(other.raw_counts, r.raw_counts), options
         np.testing.assert_allclose(other.details["float_counts"], r.details["float_counts"], atol=1e-4)
@@ -183,6 +191,7 @@ def test_result_fields_and_dtypes():
 
 # ---------------------------------------------------------------- class-wise embeddings (the get_emb bound)
 
+
 def reference_get_emb(w: float, b: float, exp_thre: int = 10) -> float:
     """Scalar oracle of the released get_emb: decimal mantissa/exponent split, b = 0 as 1e-64, exponent
     difference clamped. The split uses the shortest decimal that round-trips (repr) instead of '%e', so the
@@ -203,7 +212,7 @@ def reference_get_emb(w: float, b: float, exp_thre: int = 10) -> float:
 
 def test_class_embeddings_match_the_bounded_reference():
     rows = [
-        ([2.0, -4.0, 0.0, 1e3, 1e-3], -2.0),   # plain ratios (and a zero)
+        ([2.0, -4.0, 0.0, 1e3, 1e-3], -2.0),  # plain ratios (and a zero)
         ([1.0, -3.0, 5e-12, 0.0, 7.0], 1e-12),  # ratios 1e12: exponent difference clamped to +10
         ([1e-15, 2e-14, 3.0, 1000.0, 0.1], 7.0),  # ratios < 1e-10: clamped to -10
         ([3.0, -0.5, 0.0, 1e-30, 123.456], 0.0),  # grad b = 0 -> 1e-64: everything nonzero clamped to +10
@@ -229,6 +238,7 @@ def test_class_embeddings_random_rows_are_plain_ratios():
 
 
 # ---------------------------------------------------------------- errors
+
 
 @pytest.fixture()
 def hand_grads():

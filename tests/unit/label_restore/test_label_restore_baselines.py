@@ -1,4 +1,5 @@
 """The baselines idlg, gi, rlg, llg, bias_corrected: each where it is known to work and where it is known to fail."""
+
 import numpy as np
 import pytest
 import torch
@@ -26,8 +27,7 @@ def mlp_grads(labels, num_classes, act=None, seed=0, in_dim=32, dim=64, same_inp
         x = x[:1].expand(len(labels), -1)
     loss = nn.functional.cross_entropy(fc(body(x)), labels)
     gw, gb = torch.autograd.grad(loss, [fc.weight, fc.bias])
-    return dict(grad_weight=gw, grad_bias=gb, weight=fc.weight.detach(), bias=fc.bias.detach(),
-                batch_size=len(labels))
+    return dict(grad_weight=gw, grad_bias=gb, weight=fc.weight.detach(), bias=fc.bias.detach(), batch_size=len(labels))
 
 
 DISTINCT = [3, 7, 11, 12, 18]  # K = 5 distinct labels out of C = 20
@@ -94,6 +94,7 @@ def test_rlg_false_positives_when_k_is_close_to_c():
 
 
 # ---------------------------------------------------------------- llg and bias_corrected (greedy counting)
+
 
 def test_llg_and_bias_corrected_count_repeated_labels_with_uniform_outputs_and_one_input():
     # one shared input and a zero final layer: every row sum is (1/C - n_i/K) |e|_1 and grad b = 1/C - n_i/K

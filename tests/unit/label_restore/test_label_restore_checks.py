@@ -1,14 +1,15 @@
 """label_restore's input checks: consistency findings (warning + RestorationResult.diagnostics) and refusals."""
+
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from test_label_restore import linear_layer, mean_ce_grads, options_for
+from test_label_restore_baselines import mlp_grads
 from torch import nn
 
 from label_restore import METHOD_NAMES, InconsistentGradientWarning, counts_from_labels, get_method, restore_labels
-from test_label_restore import linear_layer, mean_ce_grads, options_for
-from test_label_restore_baselines import mlp_grads
 
 RELU_METHODS = METHOD_NAMES  # every method's assumptions hold for ReLU embeddings
 ANY_ACTIVATION = ("ilrg", "rlg", "bias_corrected")
@@ -27,10 +28,17 @@ def restore_silently(method, g, **changes):
 
 # ---------------------------------------------------------------- consistent inputs: silent
 
+
 @pytest.mark.parametrize("k", [1, 2, 8, 24, 64])
-@pytest.mark.parametrize("num_classes, act, methods", [
-    (10, nn.ReLU, RELU_METHODS), (20, nn.ReLU, RELU_METHODS), (20, nn.SiLU, ANY_ACTIVATION), (100, nn.ReLU, ("ilrg",)),
-])
+@pytest.mark.parametrize(
+    "num_classes, act, methods",
+    [
+        (10, nn.ReLU, RELU_METHODS),
+        (20, nn.ReLU, RELU_METHODS),
+        (20, nn.SiLU, ANY_ACTIVATION),
+        (100, nn.ReLU, ("ilrg",)),
+    ],
+)
 def test_exact_gradients_of_untrained_models_raise_no_finding(k, num_classes, act, methods):
     for seed in range(3):
         g = mlp_grads(random_labels(k, num_classes, seed), num_classes, act(), seed)
@@ -131,6 +139,7 @@ def test_warning_names_the_callers_line():
 
 
 # ---------------------------------------------------------------- refused inputs
+
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_all_zero_gradients_are_refused(method):

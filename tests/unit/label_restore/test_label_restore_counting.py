@@ -1,4 +1,5 @@
 """label_restore.counting: iLRG's rounding and sum-to-K correction, LLG's greedy counting, ranked filling."""
+
 import heapq
 
 import numpy as np

@@ -1,4 +1,5 @@
 """label_restore.linsolve: every solver returns the Moore-Penrose solution pinv(A) @ y, rank-deficient too."""
+
 import numpy as np
 import pytest
 import torch

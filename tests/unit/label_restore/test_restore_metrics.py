@@ -1,4 +1,5 @@
 """label_restore.metrics: LeAcc, LnAcc, IRec by hand, as the iLRG paper's code computes them."""
+
 import numpy as np
 import pytest
 import torch
@@ -51,8 +52,13 @@ def test_metrics_match_the_released_definitions_on_random_counts():
 
 
 def test_perfect_and_empty_predictions():
-    assert label_metrics([0, 3, 1], [0, 3, 1]) == {"LeAcc": 1.0, "LnAcc": 1.0, "IRec": 1.0, "count_mae": 0.0,
-                                                   "sums_to_k": True}
+    assert label_metrics([0, 3, 1], [0, 3, 1]) == {
+        "LeAcc": 1.0,
+        "LnAcc": 1.0,
+        "IRec": 1.0,
+        "count_mae": 0.0,
+        "sums_to_k": True,
+    }
     m = label_metrics([0, 0, 0], [0, 3, 1])
     assert m["LeAcc"] == pytest.approx(1 / 3) and m["LnAcc"] == pytest.approx(1 / 3) and m["IRec"] == 0.0
 

@@ -1,4 +1,5 @@
 """Image priors: hand-computed values and gradients, hooks, seeded augmentations, weighted combination."""
+
 from __future__ import annotations
 
 import math
@@ -28,6 +29,7 @@ def _bn_pre_hooks(model: nn.Module) -> int:
 
 
 # --- total variation -------------------------------------------------------------------------------
+
 
 def test_tv_hand_case():
     x = torch.tensor([[[[0.0, 1.0], [2.0, 4.0]]]])
@@ -64,10 +66,20 @@ def test_tv_multichannel_batch_is_the_mean_over_every_element():
 def test_tv_matches_loop_reference():
     x = torch.randn(3, 2, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     b, c, h, w = x.shape
-    horizontal = sum(abs(x[i, k, r, s + 1] - x[i, k, r, s]) for i in range(b) for k in range(c)
-                     for r in range(h) for s in range(w - 1)) / (b * c * h * (w - 1))
-    vertical = sum(abs(x[i, k, r + 1, s] - x[i, k, r, s]) for i in range(b) for k in range(c)
-                   for r in range(h - 1) for s in range(w)) / (b * c * (h - 1) * w)
+    horizontal = sum(
+        abs(x[i, k, r, s + 1] - x[i, k, r, s])
+        for i in range(b)
+        for k in range(c)
+        for r in range(h)
+        for s in range(w - 1)
+    ) / (b * c * h * (w - 1))
+    vertical = sum(
+        abs(x[i, k, r + 1, s] - x[i, k, r, s])
+        for i in range(b)
+        for k in range(c)
+        for r in range(h - 1)
+        for s in range(w)
+    ) / (b * c * (h - 1) * w)
     assert total_variation(x).item() == pytest.approx((horizontal + vertical).item(), rel=1e-12)
 
 
@@ -77,6 +89,7 @@ def test_tv_rejects_too_small_images():
 
 
 # --- l2 norm -------------------------------------------------------------------------------------------
+
 
 def test_l2_hand_case_and_gradient():
     x = torch.tensor([[[3.0, 4.0]], [[0.0, 1.0]]], requires_grad=True)  # norms 5 and 1
@@ -94,6 +107,7 @@ def test_l2_is_per_image_not_whole_batch():
 
 
 # --- batch-norm statistics ----------------------------------------------------------------------------
+
 
 def _conv_bn(running_mean, running_var) -> nn.Sequential:
     """1x1 conv scaling the single input channel by 2 and -1, then BatchNorm2d(2) with the given statistics."""
@@ -159,8 +173,9 @@ def test_bn_prior_sums_layers_and_reads_only_the_last_forward():
     first, second = torch.randn(4, 2, 4, 4, generator=gen), torch.randn(4, 2, 4, 4, generator=gen)
     features1 = model[0](second)
     features2 = model[3](model[2](model[1](features1)))
-    expected = (bn_statistics_loss(features1, model[1].running_mean, model[1].running_var)
-                + bn_statistics_loss(features2, model[4].running_mean, model[4].running_var))
+    expected = bn_statistics_loss(features1, model[1].running_mean, model[1].running_var) + bn_statistics_loss(
+        features2, model[4].running_mean, model[4].running_var
+    )
     with BNStatistics(model) as prior:
         model(first)
         model(second)
@@ -189,14 +204,17 @@ def test_bn_prior_errors_and_hook_removal():
 
 # --- augmentation ----------------------------------------------------------------------------------------
 
+
 def test_augment_exact_shift_and_flip():
     x = torch.arange(12.0).view(1, 1, 3, 4)
     torch.testing.assert_close(augment(x, (1, 0)), torch.tensor([[[[0.0, 0, 1, 2], [0, 4, 5, 6], [0, 8, 9, 10]]]]))
     torch.testing.assert_close(augment(x, (0, -1)), torch.tensor([[[[4.0, 5, 6, 7], [8, 9, 10, 11], [0, 0, 0, 0]]]]))
-    torch.testing.assert_close(augment(x, (0, 0), flip=True), torch.tensor([[[[3.0, 2, 1, 0], [7, 6, 5, 4],
-                                                                             [11, 10, 9, 8]]]]))
-    torch.testing.assert_close(augment(x, (1, 0), flip=True), torch.tensor([[[[2.0, 1, 0, 0], [6, 5, 4, 0],
-                                                                             [10, 9, 8, 0]]]]))
+    torch.testing.assert_close(
+        augment(x, (0, 0), flip=True), torch.tensor([[[[3.0, 2, 1, 0], [7, 6, 5, 4], [11, 10, 9, 8]]]])
+    )
+    torch.testing.assert_close(
+        augment(x, (1, 0), flip=True), torch.tensor([[[[2.0, 1, 0, 0], [6, 5, 4, 0], [10, 9, 8, 0]]]])
+    )
     with pytest.raises(ValueError, match="smaller than the image"):
         augment(x, (4, 0))
 
@@ -253,8 +271,9 @@ def test_augmentation_consistency_flip_invariant_match_is_exact():
 def test_augmentation_consistency_without_flip_is_never_flipped():
     x = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(4))
     seen = []
-    AugmentationConsistency(max_shift=0, flip=False, copies=5)(x, lambda z: seen.append(z) or z.sum(),
-                                                               torch.Generator().manual_seed(0))
+    AugmentationConsistency(max_shift=0, flip=False, copies=5)(
+        x, lambda z: seen.append(z) or z.sum(), torch.Generator().manual_seed(0)
+    )
     assert len(seen) == 5 and all(torch.equal(z, x) for z in seen)
 
 
@@ -266,6 +285,7 @@ def test_augmentation_consistency_rejects_bad_settings():
 
 
 # --- combination ---------------------------------------------------------------------------------------
+
 
 def test_image_priors_weighted_total_and_terms():
     x = torch.tensor([[[[0.0, 1.0], [2.0, 4.0]]]], requires_grad=True)  # tv 4, l2 sqrt(21)

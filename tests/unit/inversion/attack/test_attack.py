@@ -1,4 +1,5 @@
 """The attack core: matching objectives, label modes, the optimisation loop and bit-identical resume."""
+
 import math
 
 import pytest
@@ -6,8 +7,7 @@ import torch
 
 import inversion as gl
 from inversion.attack import AttackSettings, GradientMatcher, Inversion, lr_factor, plan_labels
-from inversion.fl import client_update
-from inversion.fl import PrivateBatch, SharedUpdate
+from inversion.fl import PrivateBatch, SharedUpdate, client_update
 from inversion.models import build_model
 
 TARGET = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([[2.0]])}
@@ -53,6 +53,7 @@ def attack(model, update, mode="oracle", true_labels=torch.tensor([0, 2, 3]), **
 def best_psnr(recon, truth):
     """PSNR of the best one-to-one pairing (brute force: the batch is tiny)."""
     import itertools
+
     mse = min(float(((recon[list(p)] - truth) ** 2).mean()) for p in itertools.permutations(range(len(truth))))
     return 10 * math.log10(1 / mse)
 
@@ -125,8 +126,13 @@ def test_interrupt_then_resume_is_bit_identical(tmp_path):
         return 0.0
 
     first = attack(model, update, **settings)
-    stopped = first.run(progress=False, monitor=ctrl_c_on_the_fourth_call, monitor_every=10,
-                        checkpoint=tmp_path / "ckpt.pt", checkpoint_every=10)
+    stopped = first.run(
+        progress=False,
+        monitor=ctrl_c_on_the_fourth_call,
+        monitor_every=10,
+        checkpoint=tmp_path / "ckpt.pt",
+        checkpoint_every=10,
+    )
     assert stopped.interrupted
     second = attack(model, update, **settings)
     second.load_checkpoint(tmp_path / "ckpt.pt")
@@ -147,10 +153,12 @@ def test_hidden_batch_size_needs_a_guess():
 
 def test_known_labels_must_be_k_class_indices_of_the_model():
     model, update, images, labels = tiny_problem()  # C = 4 classes, K = 3
-    for bad, match in [(torch.tensor([0, 2, 4]), r"must lie in \[0, 4\) .* got min 0, max 4"),
-                       (torch.tensor([0, -100, 3]), r"must lie in \[0, 4\)"),  # -100: cross_entropy's ignore_index
-                       (torch.tensor([0.0, 2.0, 3.0]), "integer class indices, got dtype torch.float32"),
-                       (torch.tensor([0, 2]), r"shape \(2,\), expected \(3,\)")]:
+    for bad, match in [
+        (torch.tensor([0, 2, 4]), r"must lie in \[0, 4\) .* got min 0, max 4"),
+        (torch.tensor([0, -100, 3]), r"must lie in \[0, 4\)"),  # -100: cross_entropy's ignore_index
+        (torch.tensor([0.0, 2.0, 3.0]), "integer class indices, got dtype torch.float32"),
+        (torch.tensor([0, 2]), r"shape \(2,\), expected \(3,\)"),
+    ]:
         with pytest.raises(ValueError, match=match):
             gl.invert(update, model, labels=bad, max_steps=1, progress=False)
     result = gl.invert(update, model, labels=labels, max_steps=1, progress=False)
@@ -167,8 +175,9 @@ def test_the_attack_leaves_the_callers_model_alone():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     hooks = [len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()]
     model.fc.weight.requires_grad_(False)  # a frozen layer of the caller's stays frozen
-    inversion = Inversion(model, update, plan_labels("ilrg", update, model), AttackSettings(max_steps=4),
-                          priors={"bn": 0.1, "tv": 0.01})
+    inversion = Inversion(
+        model, update, plan_labels("ilrg", update, model), AttackSettings(max_steps=4), priors={"bn": 0.1, "tv": 0.01}
+    )
     result = inversion.run(progress=False)
     assert math.isfinite(result.loss)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # incl. batch-norm statistics
@@ -184,8 +193,15 @@ def test_priors_are_added_to_the_matching_loss():
 
     model, update, _, _ = tiny_problem()
     plain = attack(model, update, max_steps=40, lr=0.05, init="rand")
-    smooth = Inversion(model, update, plain.plan, plain.settings, bounds=(plain.lower, plain.upper),
-                       image_shape=(1, 6, 6), priors={"tv": 2.0})
+    smooth = Inversion(
+        model,
+        update,
+        plain.plan,
+        plain.settings,
+        bounds=(plain.lower, plain.upper),
+        image_shape=(1, 6, 6),
+        priors={"tv": 2.0},
+    )
     x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(3))
     smooth.priors = build_priors({"tv": 2.0})  # as run() builds them
     total, matching, _ = smooth.objective(x.clone().requires_grad_(True), None)
@@ -247,8 +263,9 @@ def test_batch_norm_running_statistics_stay_frozen_during_a_train_mode_attack():
     model = build_model("convnet", num_classes=4, in_channels=1, image_size=(12, 12), width=4, seed=1)
     images, labels = torch.rand(3, 1, 12, 12, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 2, 3])
     update = client_update(model, images, labels, bn_mode="train", mean=(0.0,), std=(1.0,))
-    inversion = Inversion(model, update, plan_labels("ilrg", update, model), AttackSettings(max_steps=6),
-                          priors={"bn": 0.1})
+    inversion = Inversion(
+        model, update, plan_labels("ilrg", update, model), AttackSettings(max_steps=6), priors={"bn": 0.1}
+    )
     running = {k: v.clone() for k, v in inversion.model.state_dict().items() if "running" in k}
     layer = next(m for m in inversion.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     before, seen = layer.running_mean.clone(), []
@@ -270,9 +287,13 @@ def test_unreadable_pickled_or_incomplete_checkpoints_are_refused_in_one_line(tm
     del payload["steps"]
     torch.save(payload, tmp_path / "incomplete.pt")
     torch.save({**payload, "steps": 4, "version": 1}, tmp_path / "old.pt")
-    for name, message in (("cut", "truncated or corrupt"), ("pickled", "refused for security"),
-                          ("incomplete", "incomplete checkpoint .*steps"), ("old", "version-1 checkpoint"),
-                          ("missing", "no checkpoint file")):
+    for name, message in (
+        ("cut", "truncated or corrupt"),
+        ("pickled", "refused for security"),
+        ("incomplete", "incomplete checkpoint .*steps"),
+        ("old", "version-1 checkpoint"),
+        ("missing", "no checkpoint file"),
+    ):
         with pytest.raises((ValueError, FileNotFoundError), match=message) as raised:
             attack(model, update, max_steps=4).load_checkpoint(tmp_path / f"{name}.pt")
         assert len(str(raised.value).splitlines()) == 1

@@ -1,4 +1,5 @@
 """Batched restarts: R restarts as one batched problem, the same optimisation as R sequential runs."""
+
 import pytest
 import torch
 
@@ -71,8 +72,13 @@ def test_an_interrupted_batched_attack_resumes_bit_identically(tmp_path):
             raise KeyboardInterrupt
         return 0.0
 
-    stopped = attack(**settings).run(progress=False, monitor=ctrl_c_on_the_third_call, monitor_every=5,
-                                     checkpoint=tmp_path / "ckpt.pt", checkpoint_every=5)
+    stopped = attack(**settings).run(
+        progress=False,
+        monitor=ctrl_c_on_the_third_call,
+        monitor_every=5,
+        checkpoint=tmp_path / "ckpt.pt",
+        checkpoint_every=5,
+    )
     assert stopped.interrupted and len(stopped.restart_losses) == 3
     second = attack(**settings)
     second.load_checkpoint(tmp_path / "ckpt.pt")
@@ -86,8 +92,9 @@ def test_a_restart_that_reaches_stop_loss_is_frozen_while_the_others_go_on():
     free = attack(max_steps=40, restarts=3, lr=0.1, batch_restarts="always", init="rand", span="never")
     result = free.run(progress=False)
     stop = sum(sorted(result.restart_losses)[:2]) / 2  # reached by the best restart only
-    stopped = attack(max_steps=40, restarts=3, lr=0.1, batch_restarts="always", init="rand", span="never",
-                     stop_loss=stop)
+    stopped = attack(
+        max_steps=40, restarts=3, lr=0.1, batch_restarts="always", init="rand", span="never", stop_loss=stop
+    )
     frozen = stopped.run(progress=False, snapshot_every=1)
     done = [r for r in range(3) if frozen.restart_losses[r] <= stop]
     assert done and len(done) < 3
@@ -101,7 +108,9 @@ def test_a_restart_that_reaches_stop_loss_is_frozen_while_the_others_go_on():
 def test_auto_batches_only_on_cuda_and_always_says_why_it_cannot():
     assert attack(restarts=3).batched is None  # auto on the CPU: one after another, as before
     assert attack(restarts=1, batch_restarts="always").batched is None  # nothing to batch
-    for mode, settings, why in (("joint", {}, "learnable labels"), ("oracle", {"optimizer": "lbfgs", "signed": False},
-                                                                     "L-BFGS")):
+    for mode, settings, why in (
+        ("joint", {}, "learnable labels"),
+        ("oracle", {"optimizer": "lbfgs", "signed": False}, "L-BFGS"),
+    ):
         with pytest.raises(ValueError, match=why):
             attack(mode, restarts=2, batch_restarts="always", **settings)

@@ -1,4 +1,5 @@
 """FedAvg updates: the client's local training, its unrolled twin in the attack, and both stages on it."""
+
 import pytest
 import torch
 from torch.func import functional_call
@@ -51,8 +52,13 @@ def test_the_unrolled_local_training_reproduces_the_clients_delta_on_the_true_ba
     unrolled = unroll_local_training(model, local, K, loss)
     for name, delta in update.gradients.items():
         torch.testing.assert_close(unrolled[name].detach(), delta, rtol=1e-5, atol=1e-7)
-    inversion = Inversion(model, update, plan_labels("oracle", update, model, true_labels=labels),
-                          AttackSettings(max_steps=1), bounds=(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)))
+    inversion = Inversion(
+        model,
+        update,
+        plan_labels("oracle", update, model, true_labels=labels),
+        AttackSettings(max_steps=1),
+        bounds=(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)),
+    )
     assert float(inversion.match(images.clone().requires_grad_(True), None).detach()) < 1e-6
     swapped = images[torch.tensor([0, 2, 1, 3, 4, 5, 6, 7])]  # samples 1 and 2 change mini-batches (and labels)
     assert float(inversion.match(swapped.clone().requires_grad_(True), None).detach()) > 1e-3
@@ -62,8 +68,13 @@ def test_the_attack_inverts_a_fedavg_update():
     model, images, labels = problem()
     update = client_update(model, images, labels, local=LocalTraining(steps=4, batch_size=4, lr=0.1))
     plan = plan_labels("oracle", update, model, true_labels=labels)
-    inversion = Inversion(model, update, plan, AttackSettings(max_steps=200, lr=0.05, init="rand", span="never"),
-                          bounds=(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)))
+    inversion = Inversion(
+        model,
+        update,
+        plan,
+        AttackSettings(max_steps=200, lr=0.05, init="rand", span="never"),
+        bounds=(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)),
+    )
     start = inversion.images(inversion._fresh_restart(0)["x"])
     start_loss = float(inversion.match(start.clone().requires_grad_(True), None).detach())
     result = inversion.run(progress=False)
@@ -92,9 +103,18 @@ def test_a_simulated_fedavg_client_is_configured_and_attacked_end_to_end(data_ro
     from inversion.config import CONFIG_DIR, ConfigError, InvertConfig, load_config
     from inversion.experiments.invert import run_inversion
 
-    base = [f"data.root={data_root}", "data.download=false", "client.batch_size=4", "model.width=32",
-            "client.kind=fedavg", "client.local_steps=4", "client.local_batch_size=2", "client.local_lr=0.05",
-            "attack.max_steps=30", f"out={tmp_path / 'run'}"]
+    base = [
+        f"data.root={data_root}",
+        "data.download=false",
+        "client.batch_size=4",
+        "model.width=32",
+        "client.kind=fedavg",
+        "client.local_steps=4",
+        "client.local_batch_size=2",
+        "client.local_lr=0.05",
+        "attack.max_steps=30",
+        f"out={tmp_path / 'run'}",
+    ]
     with pytest.raises(ConfigError, match="local batch size 3 must divide the client's batch size 4"):
         load_config(InvertConfig, CONFIG_DIR / "invert" / "default.yaml", [*base, "client.local_batch_size=3"])
     run_inversion(load_config(InvertConfig, CONFIG_DIR / "invert" / "default.yaml", base), progress=False)
@@ -110,8 +130,9 @@ def test_the_fedavg_oracle_keeps_the_clients_order_which_decides_the_mini_batche
     update = client_update(model, images[order], labels[order], local=LocalTraining(steps=4, batch_size=2, lr=0.3))
     plan = plan_labels("oracle", update, model, true_labels=labels[order])
     assert plan.fixed.tolist() == labels[order].tolist()
-    inversion = Inversion(model, update, plan, AttackSettings(max_steps=1),
-                          bounds=(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)))
+    inversion = Inversion(
+        model, update, plan, AttackSettings(max_steps=1), bounds=(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
+    )
     assert float(inversion.match(images[order].clone().requires_grad_(True), None).detach()) < 1e-6
     fedsgd = client_update(model, images[order], labels[order])
     assert plan_labels("oracle", fedsgd, model, true_labels=labels[order]).fixed.tolist() == sorted(labels.tolist())

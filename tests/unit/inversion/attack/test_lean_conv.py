@@ -1,4 +1,5 @@
 """The attack's lean convolution: the values and gradients of every order of F.conv2d, one term fewer."""
+
 import copy
 
 import pytest
@@ -42,9 +43,15 @@ def _matching_gradients(model: nn.Module, x0: Tensor, *, weights_too: bool = Fal
 CASES = {
     "stride 1, padding 1": ({"kernel_size": 3, "padding": 1}, {"kernel_size": 3, "padding": 1}, 8),
     "stride 2 on an odd size (output padding), no bias": (
-        {"kernel_size": 3, "stride": 2, "padding": 1}, {"kernel_size": 5, "stride": 2, "padding": 2, "bias": False}, 9),
-    "groups and dilation": ({"kernel_size": 3, "padding": 2, "dilation": 2, "groups": 2},
-                            {"kernel_size": (3, 1), "padding": (1, 0), "groups": 3}, 7),
+        {"kernel_size": 3, "stride": 2, "padding": 1},
+        {"kernel_size": 5, "stride": 2, "padding": 2, "bias": False},
+        9,
+    ),
+    "groups and dilation": (
+        {"kernel_size": 3, "padding": 2, "dilation": 2, "groups": 2},
+        {"kernel_size": (3, 1), "padding": (1, 0), "groups": 3},
+        7,
+    ),
 }
 
 
@@ -55,8 +62,10 @@ def test_values_and_gradients_of_every_order_equal_conv2d(every_size, case, weig
     x0 = torch.randn(3, 4, CASES[case][2], CASES[case][2], generator=torch.Generator().manual_seed(1))
     lean_model = copy.deepcopy(model)
     assert use_lean_convolutions(lean_model) == 2
-    expected, got = _matching_gradients(model, x0, weights_too=weights_too), \
-        _matching_gradients(lean_model, x0, weights_too=weights_too)
+    expected, got = (
+        _matching_gradients(model, x0, weights_too=weights_too),
+        _matching_gradients(lean_model, x0, weights_too=weights_too),
+    )
     torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-6)
     for first, second in zip(got[1] + list(got[2]), expected[1] + list(expected[2])):
         torch.testing.assert_close(first, second, rtol=1e-4, atol=1e-6)
@@ -70,8 +79,9 @@ def test_double_backward_skips_exactly_the_weight_term(every_size):
     flops = []
     for net in (model, lean_model):
         x = torch.randn(3, 4, 8, 8, requires_grad=True)
-        grads = torch.autograd.grad(F.cross_entropy(net(x), torch.tensor([0, 2, 1])), list(net.parameters()),
-                                    create_graph=True)
+        grads = torch.autograd.grad(
+            F.cross_entropy(net(x), torch.tensor([0, 2, 1])), list(net.parameters()), create_graph=True
+        )
         with FlopCounterMode(display=False) as counter:
             torch.autograd.grad(sum((g * g).sum() for g in grads), [x])
         flops.append(counter.get_total_flops())
@@ -83,8 +93,13 @@ def test_only_plain_zero_padded_convolutions_turn(monkeypatch):
     class Custom(nn.Conv2d):
         pass
 
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3, padding="same"),
-                          nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), Custom(2, 2, 3), nn.Linear(2, 2))
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3),
+        nn.Conv2d(2, 2, 3, padding="same"),
+        nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"),
+        Custom(2, 2, 3),
+        nn.Linear(2, 2),
+    )
     plain = copy.deepcopy(model)
     assert use_lean_convolutions(model) == 1
     assert [type(m) for m in model] == [LeanConv2d, nn.Conv2d, nn.Conv2d, Custom, nn.Linear]
@@ -117,9 +132,14 @@ def test_the_attack_is_unchanged_by_its_lean_convolutions(every_size, monkeypatc
     for turn in (True, False):
         if not turn:
             monkeypatch.setattr("inversion.attack.optimize.use_lean_convolutions", lambda model: 0)
-        attack = Inversion(model, update, plan_labels("oracle", update, model, true_labels=labels),
-                           AttackSettings(max_steps=6, restarts=2, checkpoint_every=0, span="never"),
-                           bounds=(torch.full((1, 1, 1, 1), -3.0), torch.full((1, 1, 1, 1), 3.0)), priors={"tv": 1e-4})
+        attack = Inversion(
+            model,
+            update,
+            plan_labels("oracle", update, model, true_labels=labels),
+            AttackSettings(max_steps=6, restarts=2, checkpoint_every=0, span="never"),
+            bounds=(torch.full((1, 1, 1, 1), -3.0), torch.full((1, 1, 1, 1), 3.0)),
+            priors={"tv": 1e-4},
+        )
         assert any(type(m) is LeanConv2d for m in attack.model.modules()) == turn
         runs.append(attack.run(progress=False))
     assert all(type(m) is not LeanConv2d for m in model.modules())  # the caller's model is untouched

@@ -1,4 +1,5 @@
 """The first-layer span constraint: the row space of a linear first layer's gradient holds the batch."""
+
 import math
 
 import pytest
@@ -113,8 +114,15 @@ def test_in_the_span_every_step_ends_in_the_pixel_box_where_the_box_and_the_span
     model = build_model("fcn", num_classes=4, in_channels=1, image_size=(6, 6), width=16, seed=0)
     update = client_update(model, images, labels)
     # signed Adam with lr 5 moves every coefficient by 5 in the first step, a pixel by at least 5·s/√2 = 15
-    settings = {"max_steps": 3, "lr": 5.0, "schedule": "none", "init": "rand", "span": "always", "restarts": 2,
-                "batch_restarts": batched}
+    settings = {
+        "max_steps": 3,
+        "lr": 5.0,
+        "schedule": "none",
+        "init": "rand",
+        "span": "always",
+        "restarts": 2,
+        "batch_restarts": batched,
+    }
     for boxed in (True, False):
         result = attack(model, update, labels, boxed=boxed, **settings).run(progress=False, snapshot_every=1)
         dummies = torch.stack([snapshot for _, _, snapshot in result.snapshots])
@@ -144,7 +152,7 @@ def test_the_true_batch_is_a_fixed_point_of_the_span_parameterisation():
     loss = inversion.match(inversion.images(truth), None)
     (grad,) = torch.autograd.grad(loss, truth)
     assert float(loss.detach()) < 1e-10 and float(grad.norm()) < 1e-6
-    moved = (truth.detach() + 0.05 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(3)))
+    moved = truth.detach() + 0.05 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(3))
     moved.requires_grad_(True)
     (away,) = torch.autograd.grad(inversion.match(inversion.images(moved), None), moved)
     assert float(away.norm()) > 1e3 * float(grad.norm())  # the zero gradient is the truth's, not everywhere's

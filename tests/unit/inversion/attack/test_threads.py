@@ -1,5 +1,6 @@
 """CPU threads: OpenMP's idle threads sleep (set before torch loads its runtime), a small attack runs on one
 thread; the user's choice wins over both."""
+
 import os
 import re
 import subprocess
@@ -8,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from inversion.models import build_model, forward_flops
 from inversion.attack.threads import SMALL_FORWARD_FLOPS, attack_threads, threads_for
+from inversion.models import build_model, forward_flops
 
 
 def _child(code: str, **env: str) -> tuple[str, str]:

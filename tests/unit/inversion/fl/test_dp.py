@@ -1,13 +1,14 @@
 """DP-SGD through Opacus: the client's privatized update, checked against Opacus's own per-sample gradients."""
+
 import math
 
 import pytest
 import torch
 
 from inversion.config import CONFIG_DIR, ConfigError, ShareConfig, load_config
-from inversion.fl.simulate import simulate_client
 from inversion.fl import LocalTraining, PrivateBatch, client_update
 from inversion.fl.dp import DPSGD, dp_client_tensors, per_sample_gradients
+from inversion.fl.simulate import simulate_client
 from inversion.models import build_model
 
 pytest.importorskip("opacus")
@@ -71,10 +72,21 @@ def test_noise_has_the_dp_sgd_scale_and_comes_from_the_clients_seed():
 def test_the_noise_seed_is_fresh_unless_fixed_and_only_the_private_file_holds_it(data_root, tmp_path):
     """By default every run draws its own seed (nobody can regenerate the noise); the private file records it and
     it regenerates the update; the update holds no seed. A fixed client.dp_noise_seed reproduces the update."""
+
     def client(*extra):
-        cfg = load_config(ShareConfig, CONFIG_DIR / "share_update.yaml", [
-            "model=fcn3", "model.width=32", f"data.root={data_root}", "data.download=false", "client.batch_size=3",
-            "client.dp_noise_multiplier=1", *extra])
+        cfg = load_config(
+            ShareConfig,
+            CONFIG_DIR / "share_update.yaml",
+            [
+                "model=fcn3",
+                "model.width=32",
+                f"data.root={data_root}",
+                "data.download=false",
+                "client.batch_size=3",
+                "client.dp_noise_multiplier=1",
+                *extra,
+            ],
+        )
         return simulate_client(cfg, progress=False)
 
     runs = [client(), client()]
@@ -126,11 +138,23 @@ def test_an_ablations_label_modes_see_the_same_dp_noise():
     """The ablation compares label modes pair by pair: each run fixes the DP noise seed to the sweep's seed."""
     from inversion.experiments.ablate import AblateConfig, _plan
 
-    runs = _plan(load_config(AblateConfig, None, [
-        "experiments=[{name: dp, config: configs/invert/default.yaml, overrides: [client.dp_noise_multiplier=0.5]}]",
-        "seeds=[0,1]", "modes=[ilrg,shared]"]))
-    assert [(run.description["seed"], run.payload["client"]["dp_noise_seed"]) for run in runs] == \
-        [(0, 0), (0, 0), (1, 1), (1, 1)]
+    runs = _plan(
+        load_config(
+            AblateConfig,
+            None,
+            [
+                "experiments=[{name: dp, config: configs/invert/default.yaml, overrides: [client.dp_noise_multiplier=0.5]}]",
+                "seeds=[0,1]",
+                "modes=[ilrg,shared]",
+            ],
+        )
+    )
+    assert [(run.description["seed"], run.payload["client"]["dp_noise_seed"]) for run in runs] == [
+        (0, 0),
+        (0, 0),
+        (1, 1),
+        (1, 1),
+    ]
 
 
 def test_bad_dp_settings_and_batch_norm_are_refused():

@@ -1,24 +1,31 @@
 """From config to shared update: the client run that `make run` performs, and its script."""
+
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-from inversion.fl import PrivateBatch, SharedUpdate, client_gradients
-from inversion.config import CONFIG_DIR, ConfigError, ShareConfig, load_config
-from inversion.fl.simulate import simulate_client
-
 from _data import REPO
+
+from inversion.config import CONFIG_DIR, ConfigError, ShareConfig, load_config
+from inversion.fl import PrivateBatch, SharedUpdate, client_gradients
+from inversion.fl.simulate import simulate_client
 
 
 def test_simulate_client_records_everything(data_root):
-    cfg = load_config(ShareConfig, CONFIG_DIR / "share_update.yaml", [
-        "model=fcn3", f"data.root={data_root}", "data.download=false",
-        "client.batch_size=6", "client.sampler=counts", "client.counts={1: 2, 7: 4}",
-    ])
+    cfg = load_config(
+        ShareConfig,
+        CONFIG_DIR / "share_update.yaml",
+        [
+            "model=fcn3",
+            f"data.root={data_root}",
+            "data.download=false",
+            "client.batch_size=6",
+            "client.sampler=counts",
+            "client.counts={1: 2, 7: 4}",
+        ],
+    )
     run = simulate_client(cfg, progress=False)
     update, private = run.update, run.private
     assert update.batch_size == 6
@@ -42,13 +49,26 @@ def test_simulate_client_records_everything(data_root):
 
 def run_script(*args, cwd):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "share_update.py"), *args],
-                          capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "share_update.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env=env,
+    )
 
 
 def test_share_script_writes_its_files(data_root, tmp_path):
-    done = run_script("--config", str(CONFIG_DIR / "share_update.yaml"), f"data.root={data_root}", "data.download=false",
-                      f"out={tmp_path / 'run'}", "client.batch_size=3", cwd=tmp_path)
+    done = run_script(
+        "--config",
+        str(CONFIG_DIR / "share_update.yaml"),
+        f"data.root={data_root}",
+        "data.download=false",
+        f"out={tmp_path / 'run'}",
+        "client.batch_size=3",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "shared update (fedsgd): K=3" in done.stdout
     assert {p.name for p in (tmp_path / "run").iterdir()} == {"update.pt", "private.pt", "config.yaml", "batch.png"}
@@ -67,9 +87,18 @@ def test_share_script_explains_a_typo_without_traceback(tmp_path):
 
 
 def test_synthetic_labels_span_the_models_classes(data_root, tmp_path):
-    base = ["model=lenet5", "model.num_classes=100", "data=cifar10", f"data.root={data_root}", "data.download=false",
-            "client.synthetic_labels=true", "client.parameters=final_layer"]
-    cfg = load_config(ShareConfig, CONFIG_DIR / "share_update.yaml", [*base, "client.batch_size=12", "client.sampler=unique"])
+    base = [
+        "model=lenet5",
+        "model.num_classes=100",
+        "data=cifar10",
+        f"data.root={data_root}",
+        "data.download=false",
+        "client.synthetic_labels=true",
+        "client.parameters=final_layer",
+    ]
+    cfg = load_config(
+        ShareConfig, CONFIG_DIR / "share_update.yaml", [*base, "client.batch_size=12", "client.sampler=unique"]
+    )
     run = simulate_client(cfg, progress=False)
     labels = run.private.labels
     assert len(set(labels.tolist())) == 12 and int(labels.max()) < 100
@@ -95,10 +124,21 @@ def test_num_classes_must_be_positive(num_classes):
 
 @pytest.mark.parametrize("parameters", ["all", "final_layer"])
 def test_labels_beyond_the_models_classes_are_refused(data_root, parameters):
-    cfg = load_config(ShareConfig, CONFIG_DIR / "share_update.yaml", [
-        "model=fcn3", "model.width=8", "model.num_classes=5", f"data.root={data_root}", "data.download=false",
-        "client.batch_size=3", "client.sampler=counts", "client.counts={1: 1, 7: 2}",
-        f"client.parameters={parameters}"])
+    cfg = load_config(
+        ShareConfig,
+        CONFIG_DIR / "share_update.yaml",
+        [
+            "model=fcn3",
+            "model.width=8",
+            "model.num_classes=5",
+            f"data.root={data_root}",
+            "data.download=false",
+            "client.batch_size=3",
+            "client.sampler=counts",
+            "client.counts={1: 1, 7: 2}",
+            f"client.parameters={parameters}",
+        ],
+    )
     expected = "model.num_classes=5 but the batch has label 7: use num_classes >= 8 (the dataset has 10 classes)"
     with pytest.raises(ConfigError) as caught:
         simulate_client(cfg, progress=False)

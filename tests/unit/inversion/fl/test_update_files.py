@@ -1,4 +1,5 @@
 """The threat model in the types: public SharedUpdate files, private PrivateBatch files, checksums, digests."""
+
 import dataclasses
 import json
 import pickle
@@ -10,9 +11,9 @@ import torch
 import inversion as gl
 from inversion import model_from_update
 from inversion.attack import plan_labels
+from inversion.data.specs import SPECS
 from inversion.fl import PrivateBatch, SharedUpdate, UpdateMeta, client_update
 from inversion.fl._records import content_digest, save_record
-from inversion.data.specs import SPECS
 from inversion.fl.update import FORMAT, VERSION
 from inversion.models import build_model
 
@@ -42,7 +43,9 @@ def test_update_and_private_batch_round_trip_apart(tmp_path):
     for name, grad in update.gradients.items():
         assert torch.equal(loaded.gradients[name], grad)
     # nothing private is in the public object or its file
-    public_fields = {f.name for f in dataclasses.fields(SharedUpdate)} | {f.name for f in dataclasses.fields(UpdateMeta)}
+    public_fields = {f.name for f in dataclasses.fields(SharedUpdate)} | {
+        f.name for f in dataclasses.fields(UpdateMeta)
+    }
     assert not public_fields & {"truth", "images", "labels", "record", "seed", "sampler"}
     payload = torch.load(update_path, weights_only=True)
     assert set(payload["tensors"]) == set(update.gradients)
@@ -173,25 +176,28 @@ def one_line_error(call, path, match):
     return message
 
 
-@pytest.mark.parametrize("payload, match", [
-    ({"header_json": "{not json", "sha256": "0"}, "its header is not JSON"),
-    ({"header_json": 5, "sha256": "0"}, "its header is not JSON"),
-    ({"header": [1, 2]}, "its header is not a JSON object"),
-    ({"tensors": [torch.zeros(1)], "sha256": "0"}, "its tensors are a list, not a dict"),
-    ({"tensors": {"fc.bias": [1.0, 2.0]}, "sha256": "0"}, "'fc.bias' is a list, not a dense tensor"),
-    ({"tensors": {"fc.bias": torch.zeros(3).to_sparse()}, "sha256": "0"}, "'fc.bias' is a sparse_coo tensor"),
-    ({"tensors": {1: torch.zeros(1), "a": torch.zeros(1)}, "sha256": "0"}, "tensor name 1 is not a string"),
-    ({"drop": ("sha256",)}, "it has no 'sha256' entry"),
-    ({"header": {"kind": "fedsgd", "meta": {}}}, "its header has no 'batch_size'"),
-    ({"header": {**HEADER, "batch_size": "abc"}}, "batch_size must be a positive integer"),
-    ({"header": {**HEADER, "meta": [1]}}, "metadata must be a JSON object, got a list"),
-    ({"header": {**HEADER, "meta": {"model_sha256": 5}}}, "model_sha256 must be a str or None, got 5"),
-    ({"header": {**HEADER, "meta": {"weights": 5}}}, "weights must be a str or None, got 5"),
-    ({"header": {**HEADER, "meta": {"input_shape": 5}}}, "input_shape must be a list of ints, got 5"),
-    ({"header": {**HEADER, "meta": {"mean": "ab", "std": "ab"}}}, "mean must be a list of floats"),
-    ({"header": {**HEADER, "meta": {"notes": [1]}}}, "notes must be a Mapping"),
-    ({"tensors": {"fc.bias": None}}, "'fc.bias' is a NoneType, expected a torch.Tensor"),
-])
+@pytest.mark.parametrize(
+    "payload, match",
+    [
+        ({"header_json": "{not json", "sha256": "0"}, "its header is not JSON"),
+        ({"header_json": 5, "sha256": "0"}, "its header is not JSON"),
+        ({"header": [1, 2]}, "its header is not a JSON object"),
+        ({"tensors": [torch.zeros(1)], "sha256": "0"}, "its tensors are a list, not a dict"),
+        ({"tensors": {"fc.bias": [1.0, 2.0]}, "sha256": "0"}, "'fc.bias' is a list, not a dense tensor"),
+        ({"tensors": {"fc.bias": torch.zeros(3).to_sparse()}, "sha256": "0"}, "'fc.bias' is a sparse_coo tensor"),
+        ({"tensors": {1: torch.zeros(1), "a": torch.zeros(1)}, "sha256": "0"}, "tensor name 1 is not a string"),
+        ({"drop": ("sha256",)}, "it has no 'sha256' entry"),
+        ({"header": {"kind": "fedsgd", "meta": {}}}, "its header has no 'batch_size'"),
+        ({"header": {**HEADER, "batch_size": "abc"}}, "batch_size must be a positive integer"),
+        ({"header": {**HEADER, "meta": [1]}}, "metadata must be a JSON object, got a list"),
+        ({"header": {**HEADER, "meta": {"model_sha256": 5}}}, "model_sha256 must be a str or None, got 5"),
+        ({"header": {**HEADER, "meta": {"weights": 5}}}, "weights must be a str or None, got 5"),
+        ({"header": {**HEADER, "meta": {"input_shape": 5}}}, "input_shape must be a list of ints, got 5"),
+        ({"header": {**HEADER, "meta": {"mean": "ab", "std": "ab"}}}, "mean must be a list of floats"),
+        ({"header": {**HEADER, "meta": {"notes": [1]}}}, "notes must be a Mapping"),
+        ({"tensors": {"fc.bias": None}}, "'fc.bias' is a NoneType, expected a torch.Tensor"),
+    ],
+)
 def test_malformed_update_files_are_explained(tmp_path, payload, match):
     path = write_payload(tmp_path / "bad.pt", **payload)
     one_line_error(lambda: SharedUpdate.load(path), path, match)
@@ -263,11 +269,15 @@ def test_non_finite_weights_are_blamed_on_the_weights_file(tmp_path):
     state = {name: value.clone() for name, value in model.state_dict().items()}
     state["fc.bias"][1] = float("nan")
     torch.save(state, tmp_path / "nan.pt")
-    one_line_error(lambda: model_from_update(update, weights=tmp_path / "nan.pt"), tmp_path / "nan.pt",
-                   "non-finite values .* in 'fc.bias'")
+    one_line_error(
+        lambda: model_from_update(update, weights=tmp_path / "nan.pt"),
+        tmp_path / "nan.pt",
+        "non-finite values .* in 'fc.bias'",
+    )
 
 
 # ---- inputs that cannot be right: refused where they enter, in one line naming the cause ----
+
 
 def test_a_private_batch_tied_to_no_update_is_never_scored(tmp_path):
     _, update, private = make_pair()
@@ -279,8 +289,13 @@ def test_a_private_batch_tied_to_no_update_is_never_scored(tmp_path):
         unlinked.check_link(update.sha256)
     private.check_matches(update)  # the linked file still scores
     # a file written without the link entry at all (not by PrivateBatch.save) says so, in one line
-    save_record(tmp_path / "bare.pt", "gradleak.PrivateBatch", 1, {"record": {}},
-                {"images": private.images, "labels": private.labels})
+    save_record(
+        tmp_path / "bare.pt",
+        "gradleak.PrivateBatch",
+        1,
+        {"record": {}},
+        {"images": private.images, "labels": private.labels},
+    )
     with pytest.raises(ValueError, match=r"bare\.pt holds an invalid private batch: it has no 'update_sha256' entry"):
         PrivateBatch.load(tmp_path / "bare.pt")
 
@@ -310,8 +325,10 @@ def test_normalisation_and_input_shape_must_fit_each_other_and_the_model(tmp_pat
         dataclasses.replace(update.meta, input_shape=(1, 16, 16))
     with pytest.raises(ValueError, match="input_shape must be \\(C, H, W\\)"):
         UpdateMeta(input_shape=(16, 16))
-    for meta, match in [({"input_shape": (3, 8, 8)}, r"is for inputs \(3, 8, 8\) .* the model takes \(3, 16, 16\)"),
-                        ({"input_shape": None, "mean": (0.5,), "std": (0.5,)}, "normalises 1 channel.* model takes 3")]:
+    for meta, match in [
+        ({"input_shape": (3, 8, 8)}, r"is for inputs \(3, 8, 8\) .* the model takes \(3, 16, 16\)"),
+        ({"input_shape": None, "mean": (0.5,), "std": (0.5,)}, "normalises 1 channel.* model takes 3"),
+    ]:
         shifted = dataclasses.replace(update, meta=dataclasses.replace(update.meta, **meta))
         path = shifted.save(tmp_path / "shifted.pt")
         one_line_error(lambda: model_from_update(SharedUpdate.load(path)), path, match)

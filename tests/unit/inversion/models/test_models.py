@@ -1,4 +1,5 @@
 """Tests of inversion.models: architectures, shapes, determinism, final layer, weights loading."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,19 @@ def _count(model: nn.Module, kind: type[nn.Module]) -> int:
 
 def test_public_names():
     assert MODEL_NAMES == (
-        "fcn", "lenet5", "lenet_zhu", "convnet", "vgg11", "vgg13", "vgg16", "vgg19",
-        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+        "fcn",
+        "lenet5",
+        "lenet_zhu",
+        "convnet",
+        "vgg11",
+        "vgg13",
+        "vgg16",
+        "vgg19",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
     )
     assert ACTIVATIONS == ("relu", "leaky_relu", "silu", "sigmoid", "tanh")
 
@@ -123,8 +135,11 @@ def test_vgg_flat_size_at_224():
 @pytest.mark.parametrize(
     ("name", "convs", "dim"),
     [
-        ("resnet18", 20, 512), ("resnet34", 36, 512), ("resnet50", 53, 2048),
-        ("resnet101", 104, 2048), ("resnet152", 155, 2048),
+        ("resnet18", 20, 512),
+        ("resnet34", 36, 512),
+        ("resnet50", 53, 2048),
+        ("resnet101", 104, 2048),
+        ("resnet152", 155, 2048),
     ],
 )
 def test_resnet_layout(name, convs, dim):
@@ -193,8 +208,15 @@ def test_config_is_json_and_rebuilds():
     model = _build("fcn", in_channels=1, image_size=(28, 28), width=20, seed=5, final_bias=False)
     config = json.loads(json.dumps(model.config))
     assert config == {
-        "name": "fcn", "num_classes": 7, "in_channels": 1, "image_size": [28, 28], "activation": "relu",
-        "seed": 5, "final_bias": False, "width": 20, "depth": 3,
+        "name": "fcn",
+        "num_classes": 7,
+        "in_channels": 1,
+        "image_size": [28, 28],
+        "activation": "relu",
+        "seed": 5,
+        "final_bias": False,
+        "width": 20,
+        "depth": 3,
     }
     again = build_model(**config)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
@@ -208,10 +230,17 @@ def test_every_nonlinearity_uses_the_activation(activation):
     assert found == [kinds[activation]] * 4
 
 
-@pytest.mark.parametrize(("name", "kwargs", "count"), [
-    ("fcn", {}, 2), ("lenet_zhu", {}, 3), ("convnet", {"width": 4}, 8), ("vgg11", {}, 10),
-    ("resnet18", {"width": 4}, 17), ("resnet50", {"width": 4}, 49),
-])
+@pytest.mark.parametrize(
+    ("name", "kwargs", "count"),
+    [
+        ("fcn", {}, 2),
+        ("lenet_zhu", {}, 3),
+        ("convnet", {"width": 4}, 8),
+        ("vgg11", {}, 10),
+        ("resnet18", {"width": 4}, 17),
+        ("resnet50", {"width": 4}, 49),
+    ],
+)
 def test_silu_everywhere(name, kwargs, count):
     model = _build(name, activation="silu", **kwargs)
     assert _count(model, nn.SiLU) == count
@@ -276,10 +305,16 @@ def test_unknown_model_and_activation():
     assert all(name in str(err.value) for name in ACTIVATIONS)
 
 
-@pytest.mark.parametrize(("name", "option"), [
-    ("lenet5", {"depth": 4}), ("vgg16", {"width": 32}), ("resnet18", {"dropout": True}),
-    ("convnet", {"depth": 3}), ("lenet_zhu", {"width": 8}),
-])
+@pytest.mark.parametrize(
+    ("name", "option"),
+    [
+        ("lenet5", {"depth": 4}),
+        ("vgg16", {"width": 32}),
+        ("resnet18", {"dropout": True}),
+        ("convnet", {"depth": 3}),
+        ("lenet_zhu", {"width": 8}),
+    ],
+)
 def test_unused_option_refused(name, option):
     with pytest.raises(ValueError, match=f"{next(iter(option))}.*{name}"):
         _build(name, **option)
@@ -293,10 +328,17 @@ def test_too_small_input(name, side, minimum):
     _build(name, image_size=(minimum, minimum), **kwargs)  # the stated minimum really works
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"depth": 1}, {"width": 0}, {"num_classes": 0}, {"in_channels": 0},
-    {"image_size": (28,)}, {"image_size": (0, 28)},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"depth": 1},
+        {"width": 0},
+        {"num_classes": 0},
+        {"in_channels": 0},
+        {"image_size": (28,)},
+        {"image_size": (0, 28)},
+    ],
+)
 def test_invalid_sizes(kwargs):
     with pytest.raises(ValueError):
         _build("fcn", **kwargs)
@@ -411,8 +453,9 @@ def test_load_weights_refuses_non_finite_values(tmp_path, bad):
 
 
 def test_footprint_counts_parameters_and_the_activations_autograd_keeps():
-    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                        nn.Linear(8, 3))
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 3)
+    )
     # P: conv 2·9 + 2, batch norm 2 + 2, linear 8·3 + 3; A per 1x4x4 input: conv 2·16, ReLU 2·16, pool 2·4,
     # linear 3 (batch norm and flatten keep nothing of their own)
     assert footprint(net, (1, 4, 4)) == (20 + 4 + 27, 32 + 32 + 8 + 3)

@@ -1,5 +1,6 @@
 """The ``aux`` label method (label_restore.aux) and its server side (inversion.restore.auxiliary): exact cases, the
 non-negative solver, refusals, the FedAvg trajectory variant and the drivers."""
+
 import dataclasses
 import json
 
@@ -10,17 +11,22 @@ import torch.nn.functional as F
 from scipy.optimize import nnls
 from torch import nn
 
-from inversion.restore.auxiliary import (AuxiliaryData, aux_restoration, draw_auxiliary, simulated_client_softmax,
-                                 softmax_outputs)
 from inversion.config import CONFIG_DIR, ConfigError, InvertConfig, load_config
 from inversion.data import ArraySource
 from inversion.data.specs import SPECS
+from inversion.experiments.invert import run_inversion
+from inversion.experiments.restore_labels import run_sweep
 from inversion.fl.client import client_update
 from inversion.fl.local import LocalTraining
-from inversion.experiments.restore_labels import run_sweep
 from inversion.models import build_model
-from inversion.experiments.invert import run_inversion
 from inversion.restore import restore_from_update
+from inversion.restore.auxiliary import (
+    AuxiliaryData,
+    aux_restoration,
+    draw_auxiliary,
+    simulated_client_softmax,
+    softmax_outputs,
+)
 from label_restore import InconsistentGradientWarning, restore_labels
 from label_restore.aux import class_conditional_probabilities, nonnegative_counts, project_to_simplex
 from label_restore.linsolve import count_system
@@ -31,15 +37,23 @@ def class_prototype_case(counts, seed=0, dim=7):
     per class with those embeddings: the class-conditional means are exact, so aux must be exact."""
     gen = torch.Generator().manual_seed(seed)
     c = len(counts)
-    weight, bias = torch.randn(c, dim, generator=gen, dtype=torch.float64), torch.randn(c, generator=gen, dtype=torch.float64)
+    weight, bias = (
+        torch.randn(c, dim, generator=gen, dtype=torch.float64),
+        torch.randn(c, generator=gen, dtype=torch.float64),
+    )
     prototypes = 2 * torch.randn(c, dim, generator=gen, dtype=torch.float64)
     labels = torch.repeat_interleave(torch.arange(c), torch.as_tensor(counts))
     emb = prototypes[labels]
     p = torch.softmax(emb @ weight.T + bias, 1)
     y = F.one_hot(labels, c).double()
     k = len(labels)
-    grads = {"grad_weight": (p - y).T @ emb / k, "grad_bias": (p - y).mean(0), "weight": weight, "bias": bias,
-             "batch_size": k}
+    grads = {
+        "grad_weight": (p - y).T @ emb / k,
+        "grad_bias": (p - y).mean(0),
+        "weight": weight,
+        "bias": bias,
+        "batch_size": k,
+    }
     aux_labels = torch.arange(c).repeat(3)
     aux_probs = torch.softmax(prototypes[aux_labels] @ weight.T + bias, 1)
     return grads, aux_probs, aux_labels
@@ -72,8 +86,11 @@ def test_a_trajectory_of_probabilities_is_averaged():
 
 def test_class_conditional_means_by_hand():
     q, per_class, missing = class_conditional_probabilities(
-        torch.tensor([[0.6, 0.3, 0.1], [0.8, 0.1, 0.1], [0.2, 0.2, 0.6]]), torch.tensor([0, 0, 2]), 3,
-        missing_classes="overall_mean")
+        torch.tensor([[0.6, 0.3, 0.1], [0.8, 0.1, 0.1], [0.2, 0.2, 0.6]]),
+        torch.tensor([0, 0, 2]),
+        3,
+        missing_classes="overall_mean",
+    )
     np.testing.assert_allclose(q.numpy(), [[0.7, 0.2, 0.1], [0.8 / 1.5, 0.6 / 3, 0.8 / 3], [0.2, 0.2, 0.6]])
     assert per_class.tolist() == [2, 0, 1] and missing == [1]
 
@@ -106,18 +123,21 @@ def test_project_to_simplex():
         assert np.all((x - u)[x == 0] >= shift[0] - 1e-12)
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"aux_probs": None}, "aux needs aux_probs"),
-    ({"aux_labels": None}, "aux needs aux_labels"),
-    ({"aux_probs": torch.full((15, 4), 0.25)}, r"shape \(N, C\) or \(T, N, C\) with C=5"),
-    ({"aux_probs": torch.randn(15, 5)}, "finite, non-negative softmax"),
-    ({"aux_probs": torch.rand(15, 5)}, "must sum to 1"),
-    ({"aux_labels": torch.arange(5).repeat(3) + 1}, r"must lie in \[0, 4\]"),
-    ({"aux_labels": torch.arange(14)}, r"shape \(15,\)"),
-    ({"aux_labels": torch.zeros(15)}, "integer class indices"),
-    ({"aux_labels": torch.arange(5).repeat(3) % 4}, r"no sample of 1 class\(es\) \(4\)"),
-    ({"missing_classes": "drop"}, "unknown missing_classes"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"aux_probs": None}, "aux needs aux_probs"),
+        ({"aux_labels": None}, "aux needs aux_labels"),
+        ({"aux_probs": torch.full((15, 4), 0.25)}, r"shape \(N, C\) or \(T, N, C\) with C=5"),
+        ({"aux_probs": torch.randn(15, 5)}, "finite, non-negative softmax"),
+        ({"aux_probs": torch.rand(15, 5)}, "must sum to 1"),
+        ({"aux_labels": torch.arange(5).repeat(3) + 1}, r"must lie in \[0, 4\]"),
+        ({"aux_labels": torch.arange(14)}, r"shape \(15,\)"),
+        ({"aux_labels": torch.zeros(15)}, "integer class indices"),
+        ({"aux_labels": torch.arange(5).repeat(3) % 4}, r"no sample of 1 class\(es\) \(4\)"),
+        ({"missing_classes": "drop"}, "unknown missing_classes"),
+    ],
+)
 def test_bad_auxiliary_input_is_refused(change, message):
     grads, aux_probs, aux_labels = class_prototype_case([7, 0, 5, 8, 0])
     with pytest.raises(ValueError, match=message):
@@ -127,12 +147,14 @@ def test_bad_auxiliary_input_is_refused(change, message):
 def test_a_class_without_auxiliary_samples_can_fall_back_and_is_recorded():
     grads, aux_probs, aux_labels = class_prototype_case([7, 0, 5, 8, 0])
     keep = aux_labels != 1
-    r = restore_labels("aux", **grads, aux_probs=aux_probs[keep], aux_labels=aux_labels[keep],
-                       missing_classes="overall_mean")
+    r = restore_labels(
+        "aux", **grads, aux_probs=aux_probs[keep], aux_labels=aux_labels[keep], missing_classes="overall_mean"
+    )
     assert r.details["missing_classes"] == [1] and r.counts.sum() == 20
 
 
 # ---------------------------------------------------------------- the server side: FedAvg trajectory
+
 
 def tiny_model(seed=0):
     torch.manual_seed(seed)
@@ -155,7 +177,9 @@ def test_simulated_client_softmax_matches_a_hand_written_sgd_loop():
     # brute force: the same draw, explicit SGD on a parameter list, each mini-batch's softmax before its step,
     # and the absent class 1's first 32 auxiliary images (all 10) evaluated at every step
     rng = np.random.default_rng(1)
-    picked = np.concatenate([rng.choice(np.arange(0, 10), 2, replace=False), rng.choice(np.arange(20, 30), 4, replace=False)])
+    picked = np.concatenate(
+        [rng.choice(np.arange(0, 10), 2, replace=False), rng.choice(np.arange(20, 30), 4, replace=False)]
+    )
     order = rng.permutation(6)
     x, y = aux.images[picked[order]], torch.tensor([0, 0, 2, 2, 2, 2])[order]
     params = [p.detach().clone().requires_grad_() for p in model.parameters()]
@@ -187,8 +211,13 @@ def test_fedavg_variant_is_exact_on_prototypes_where_the_first_pass_is_not(local
     update = client_update(model, images, labels, local=local)
     result = aux_restoration(update, model, aux, 12)
     assert result.counts.tolist() == counts and result.details["simulated_steps"] == local_steps
-    first = restore_labels("aux", grad_bias=update.final_layer_gradients(model)[1], batch_size=12,
-                           aux_probs=softmax_outputs(model, aux.images), aux_labels=aux.labels)
+    first = restore_labels(
+        "aux",
+        grad_bias=update.final_layer_gradients(model)[1],
+        batch_size=12,
+        aux_probs=softmax_outputs(model, aux.images),
+        aux_labels=aux.labels,
+    )
     assert first.counts.tolist() != counts  # the initial model's class means are not enough at this rate
     if local_batch == 12:  # full-batch steps: clients simulated with the true counts follow the client's path
         assert result.details["misfit"] < 1e-4
@@ -213,9 +242,11 @@ def test_draw_auxiliary_excludes_the_batch_and_records_the_draw():
 
 def test_draw_auxiliary_refuses_positions_outside_the_source():
     source = array_source()
-    for exclude, match in [([3, 60], r"outside the 60 images of 60 random images \(min 3, max 60\)"),
-                           ([-1, 3], r"outside the 60 images .*\(min -1, max 3\)"),
-                           ([1.5], "integer positions in the source, got float64")]:
+    for exclude, match in [
+        ([3, 60], r"outside the 60 images of 60 random images \(min 3, max 60\)"),
+        ([-1, 3], r"outside the 60 images .*\(min -1, max 3\)"),
+        ([1.5], "integer positions in the source, got float64"),
+    ]:
         with pytest.raises(ValueError, match=match):
             draw_auxiliary(source, 5, seed=0, exclude=exclude)
     assert draw_auxiliary(source, 5, seed=0, exclude=np.array([0, 59])).record["excluded"] == 2
@@ -224,20 +255,41 @@ def test_draw_auxiliary_refuses_positions_outside_the_source():
 def test_an_auxiliary_set_of_another_dataset_is_refused():
     model = build_model("fcn", num_classes=10, in_channels=1, image_size=(28, 28), width=8)
     source = array_source()
-    update = client_update(model, source.spec.normalize(source.images([0, 1, 2])), torch.tensor([0, 1, 2]),
-                           dataset="mnist", mean=source.spec.mean, std=source.spec.std)
+    update = client_update(
+        model,
+        source.spec.normalize(source.images([0, 1, 2])),
+        torch.tensor([0, 1, 2]),
+        dataset="mnist",
+        mean=source.spec.mean,
+        std=source.spec.std,
+    )
     assert restore_from_update("aux", update, model, aux=draw_auxiliary(source, 30, seed=0)).counts.sum() == 3
     pixels = np.random.default_rng(0).integers(0, 256, (20, 28, 28, 1), dtype=np.uint8)
     others = [
-        (ArraySource(SPECS["cifar10"], np.zeros((20, 32, 32, 3), dtype=np.uint8), np.arange(20) % 10, "cifar"),
-         r"the auxiliary images are \(3, 32, 32\) \(C, H, W\) but the inputs of the update \(1, 28, 28\)"),
-        (ArraySource(dataclasses.replace(SPECS["mnist"], image_size=(14, 14)), pixels[:, :14, :14], np.arange(20) % 10,
-                     "small"), r"the auxiliary images are \(1, 14, 14\) \(C, H, W\) but the inputs of the update "
-                               r"\(1, 28, 28\)"),
-        (ArraySource(dataclasses.replace(SPECS["mnist"], mean=(0.5,), std=(0.5,)), pixels, np.arange(20) % 10, "half"),
-         r"normalised with mean \(0.5,\), std \(0.5,\) but the inputs of the update with mean \(0.1307,\)"),
-        (ArraySource(dataclasses.replace(SPECS["mnist"], num_classes=100), pixels, np.arange(20) % 10, "many"),
-         "the auxiliary set has 100 classes \\(mnist\\) but the model 10"),
+        (
+            ArraySource(SPECS["cifar10"], np.zeros((20, 32, 32, 3), dtype=np.uint8), np.arange(20) % 10, "cifar"),
+            r"the auxiliary images are \(3, 32, 32\) \(C, H, W\) but the inputs of the update \(1, 28, 28\)",
+        ),
+        (
+            ArraySource(
+                dataclasses.replace(SPECS["mnist"], image_size=(14, 14)),
+                pixels[:, :14, :14],
+                np.arange(20) % 10,
+                "small",
+            ),
+            r"the auxiliary images are \(1, 14, 14\) \(C, H, W\) but the inputs of the update "
+            r"\(1, 28, 28\)",
+        ),
+        (
+            ArraySource(
+                dataclasses.replace(SPECS["mnist"], mean=(0.5,), std=(0.5,)), pixels, np.arange(20) % 10, "half"
+            ),
+            r"normalised with mean \(0.5,\), std \(0.5,\) but the inputs of the update with mean \(0.1307,\)",
+        ),
+        (
+            ArraySource(dataclasses.replace(SPECS["mnist"], num_classes=100), pixels, np.arange(20) % 10, "many"),
+            "the auxiliary set has 100 classes \\(mnist\\) but the model 10",
+        ),
     ]
     for other, match in others:
         with pytest.raises(ValueError, match=match):
@@ -254,9 +306,20 @@ def test_restore_from_update_wants_aux_data_only_for_aux():
 
 
 def test_pipeline_with_aux_labels_records_the_auxiliary_set(data_root, tmp_path):
-    cfg = load_config(InvertConfig, "configs/invert/default.yaml", [
-        f"data.root={data_root}", "data.download=false", "attack.labels=aux", "attack.max_steps=2",
-        "attack.restarts=1", "aux.size=300", "aux.seed=5", f"out={tmp_path}"])
+    cfg = load_config(
+        InvertConfig,
+        "configs/invert/default.yaml",
+        [
+            f"data.root={data_root}",
+            "data.download=false",
+            "attack.labels=aux",
+            "attack.max_steps=2",
+            "attack.restarts=1",
+            "aux.size=300",
+            "aux.seed=5",
+            f"out={tmp_path}",
+        ],
+    )
     run = run_inversion(cfg, progress=False, lpips_metric=None)
     saved = json.loads((tmp_path / "results.json").read_text())["restoration"]
     assert saved["method"] == "aux" and saved["aux"]["size"] == 300 and saved["aux"]["seed"] == 5
@@ -264,9 +327,18 @@ def test_pipeline_with_aux_labels_records_the_auxiliary_set(data_root, tmp_path)
 
 
 def test_an_auxiliary_set_without_some_class_is_a_config_error(data_root, tmp_path):
-    cfg = load_config(InvertConfig, "configs/invert/default.yaml", [
-        f"data.root={data_root}", "data.download=false", "attack.labels=aux", "attack.max_steps=2",
-        "aux.size=3", f"out={tmp_path}"])
+    cfg = load_config(
+        InvertConfig,
+        "configs/invert/default.yaml",
+        [
+            f"data.root={data_root}",
+            "data.download=false",
+            "attack.labels=aux",
+            "attack.max_steps=2",
+            "aux.size=3",
+            f"out={tmp_path}",
+        ],
+    )
     with pytest.raises(ConfigError, match="labels=aux: the auxiliary data has no sample of"):
         run_inversion(cfg, progress=False, lpips_metric=None)
 
@@ -279,10 +351,21 @@ def test_synthetic_client_labels_get_synthetic_auxiliary_labels():
 
 
 def test_benchmark_scores_aux_and_records_the_auxiliary_set(data_root, tmp_path):
-    results = run_sweep(CONFIG_DIR / "restore_labels" / "default.yaml", [
-        f"data.root={data_root}", "data.download=false", f"out={tmp_path}", "restore.trials=2",
-        "restore.batch_sizes=[64]", "restore.methods=[ilrg, aux]", "model=fcn3", "data=mnist", "aux.size=500"],
-        progress=False)
+    results = run_sweep(
+        CONFIG_DIR / "restore_labels" / "default.yaml",
+        [
+            f"data.root={data_root}",
+            "data.download=false",
+            f"out={tmp_path}",
+            "restore.trials=2",
+            "restore.batch_sizes=[64]",
+            "restore.methods=[ilrg, aux]",
+            "model=fcn3",
+            "data=mnist",
+            "aux.size=500",
+        ],
+        progress=False,
+    )
     setting = results["settings"][0]
     assert setting["aux"]["size"]["mean"] == 500 and setting["aux"]["labels"] == "real"
     assert setting["results"]["none"]["aux"]["LnAcc"]["mean"] == 1.0
@@ -291,6 +374,7 @@ def test_benchmark_scores_aux_and_records_the_auxiliary_set(data_root, tmp_path)
 
 def test_a_schedule_that_visits_part_of_the_batch_still_gives_every_class_rows():
     # S * B = 1 < K = 12: the simulated client trains on one sample; the other classes are probed at every step
-    probs, labels = simulated_client_softmax(tiny_model(), tiny_aux(), LocalTraining(steps=1, batch_size=1, lr=0.5),
-                                             np.array([1, 1, 10]), seed=0, repeats=1)
+    probs, labels = simulated_client_softmax(
+        tiny_model(), tiny_aux(), LocalTraining(steps=1, batch_size=1, lr=0.5), np.array([1, 1, 10]), seed=0, repeats=1
+    )
     assert set(labels.tolist()) == {0, 1, 2} and probs.shape == (1 + 30, 3)

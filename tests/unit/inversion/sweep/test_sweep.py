@@ -1,4 +1,5 @@
 """The sweep engine: ledger, resumption, failures, Ctrl-C, the executor options, and Ray giving the same rows."""
+
 import errno
 import json
 import logging
@@ -11,18 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_ablation import sweep_yaml
+from test_train_sweep import sweep_yaml as train_sweep_yaml
+from test_train_sweep import without_timings
 
 import inversion.cli.ablate
-from inversion.experiments.ablate import run_ablation
 from inversion.config import CONFIG_DIR
+from inversion.experiments.ablate import run_ablation
 from inversion.experiments.restore_labels import run_sweep
-from inversion.sweep import LEDGER_NAME, RecordSchema, Run, Sweep, execute, make_executor
-from inversion.utils.fileio import DiskFullError
-from inversion.sweep.executors import ExecutorError
 from inversion.experiments.train_sweep import run_train_sweep
-
-from test_ablation import sweep_yaml
-from test_train_sweep import sweep_yaml as train_sweep_yaml, without_timings
+from inversion.sweep import LEDGER_NAME, RecordSchema, Run, Sweep, execute, make_executor
+from inversion.sweep.executors import ExecutorError
+from inversion.utils.fileio import DiskFullError
 
 DEFAULT = CONFIG_DIR / "restore_labels" / "default.yaml"
 CALLS = []  # payloads the in-process worker ran, in order
@@ -55,8 +56,9 @@ def lose_ctrl_c() -> None:
         pass
 
 
-SCHEMA = RecordSchema(fields={"name": str},
-                      results_problem=lambda r: None if isinstance(r.get("value"), int) else "no value")
+SCHEMA = RecordSchema(
+    fields={"name": str}, results_problem=lambda r: None if isinstance(r.get("value"), int) else "no value"
+)
 
 
 def probe(payload: dict, advance) -> dict:
@@ -89,8 +91,10 @@ def test_engine_writes_the_ledger_and_resumes_without_redoing_finished_runs(tmp_
     out = tmp_path / "out"
     assert ran_now(tiny({"x": 1}, {"x": 2}), out) == [1, 2]
     records = [json.loads(line) for line in (out / LEDGER_NAME).read_text().splitlines()]
-    assert records == [{"key": "key1", "name": "run1", "status": "ok", "value": 1},
-                       {"key": "key2", "name": "run2", "status": "ok", "value": 4}]
+    assert records == [
+        {"key": "key1", "name": "run1", "status": "ok", "value": 1},
+        {"key": "key2", "name": "run2", "status": "ok", "value": 4},
+    ]
     assert ran_now(tiny({"x": 1}, {"x": 2}), out) == []  # all finished: nothing redone
     # a larger plan does only its new run; the table follows the plan's order and lists only its runs
     done = execute(tiny({"x": 3}, {"x": 2}), out, progress=False)
@@ -136,11 +140,11 @@ def test_a_ctrl_c_that_python_lost_still_stops_the_sweep_and_its_run_is_not_reco
     sweep = Sweep(plan=tiny(*payloads).plan, worker=f"{__name__}:square", schema=SCHEMA, write=write)
     with pytest.raises(KeyboardInterrupt):
         ran_now(sweep, out)
-    assert CALLS == [1, 2, 3][:max(recorded, 2)]  # the run after a lost Ctrl-C ran, but is not recorded
+    assert [1, 2, 3][: max(recorded, 2)] == CALLS  # the run after a lost Ctrl-C ran, but is not recorded
     keys = [json.loads(line)["key"] for line in (out / LEDGER_NAME).read_text().splitlines()]
     assert keys == ["key1", "key2", "key3"][:recorded]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the sweep's handler is gone
-    assert ran_now(tiny({"x": 1}, {"x": 2}, {"x": 3}), out) == [2, 3][:3 - recorded]
+    assert ran_now(tiny({"x": 1}, {"x": 2}, {"x": 3}), out) == [2, 3][: 3 - recorded]
 
 
 def test_a_script_exits_130_after_a_ctrl_c_that_python_lost(tmp_path, monkeypatch, capsys):
@@ -160,15 +164,20 @@ def test_no_invalid_finished_record_and_no_run_twice(tmp_path, caplog):
     out = tmp_path / "out"
     ran_now(tiny({"x": 1}, {"x": 2, "value": math.nan}), out)  # a NaN result: recorded as a failure, retried
     first, second = [json.loads(line) for line in (out / LEDGER_NAME).read_text().splitlines()]
-    assert first["status"] == "ok" and second == {"key": "key2", "name": "run2", "status": "failed",
-                                                  "error": "invalid results: no value"}
+    assert first["status"] == "ok" and second == {
+        "key": "key2",
+        "name": "run2",
+        "status": "failed",
+        "error": "invalid results: no value",
+    }
     with (out / LEDGER_NAME).open("a") as ledger:  # a later line never replaces a finished run's record
         ledger.write(json.dumps({**first, "value": 7}) + "\n")
     with caplog.at_level(logging.WARNING, logger="inversion.sweep"):
         done = execute(tiny({"x": 1}, {"x": 2}), out, progress=False)
     assert [(r["key"], r["status"], r["value"]) for r in done["runs"]] == [("key1", "ok", 1), ("key2", "ok", 4)]
-    assert caplog.messages == [f"{out / LEDGER_NAME}:3: not a run record (its run key1 has a finished record "
-                               "already, which stands); skipped"]
+    assert caplog.messages == [
+        f"{out / LEDGER_NAME}:3: not a run record (its run key1 has a finished record already, which stands); skipped"
+    ]
     with pytest.raises(ValueError, match=r"the sweep plans the same run twice \(\{\"name\": \"run3\"\} and"):
         execute(tiny({"x": 3}, {"x": 3}), tmp_path / "twice", progress=False)
     assert not (tmp_path / "twice").exists()
@@ -187,8 +196,10 @@ def test_a_full_disk_stops_the_sweep_with_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr("inversion.sweep.ledger.open", no_space, raising=False)
     with pytest.raises(DiskFullError) as error:  # writing the ledger
         ran_now(tiny({"x": 1}, {"x": 2}), out)
-    assert str(error.value) == (f"cannot write {out / LEDGER_NAME}: No space left on device (the disk or your quota "
-                                "is full); free some space and run again (the files written before are intact)")
+    assert str(error.value) == (
+        f"cannot write {out / LEDGER_NAME}: No space left on device (the disk or your quota "
+        "is full); free some space and run again (the files written before are intact)"
+    )
 
 
 def test_torn_and_foreign_ledger_lines_are_reported_skipped_and_redone(tmp_path, caplog):
@@ -235,8 +246,11 @@ def test_executor_options_are_checked_before_any_work(monkeypatch, tmp_path, cap
         make_executor("ray", address="auto", num_cpus=2)
     if __import__("importlib").util.find_spec("ray") is not None:  # a local Ray: at most the CPUs this process has
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-        with pytest.raises(ExecutorError, match=r"^--num-cpus 3: this machine has 2 CPUs for this process; give at "
-                                                r"most 2 \(or leave it out for all\), or use a cluster with --address$"):
+        with pytest.raises(
+            ExecutorError,
+            match=r"^--num-cpus 3: this machine has 2 CPUs for this process; give at "
+            r"most 2 \(or leave it out for all\), or use a cluster with --address$",
+        ):
             make_executor("ray", num_cpus=3)
         with pytest.raises(ExecutorError, match=r"^--cpus-per-run 2: more than the local Ray's 1 CPUs, so no run"):
             make_executor("ray", num_cpus=1, cpus_per_run=2)
@@ -251,8 +265,21 @@ def test_executor_options_are_checked_before_any_work(monkeypatch, tmp_path, cap
         return {"runs": [], "ran": 0, "skipped": 0, "out": tmp_path}
 
     monkeypatch.setattr(inversion.cli.ablate, "run_ablation", fake_run)
-    monkeypatch.setattr("sys.argv", ["ablate", "seeds=[0]", "--executor", "ray", "modes=[oracle]", "--num-cpus", "2",
-                                     "--config", "x.yaml", "out=y"])
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "ablate",
+            "seeds=[0]",
+            "--executor",
+            "ray",
+            "modes=[oracle]",
+            "--num-cpus",
+            "2",
+            "--config",
+            "x.yaml",
+            "out=y",
+        ],
+    )
     inversion.cli.ablate.run()
     assert seen["overrides"] == ["seeds=[0]", "modes=[oracle]", "out=y"] and seen["config"] == "x.yaml"
     assert (seen["executor"].name, seen["executor"].num_cpus, seen["executor"].cpus_per_run) == ("ray", 2, 1)
@@ -274,8 +301,12 @@ def test_ray_tasks_run_apart_record_failures_and_stop_on_ctrl_c(tmp_path, monkey
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # already running: sweeps use it, keep it
     monkeypatch.chdir(tmp_path)  # the driver now works elsewhere than the Ray it started: its tasks follow it
     try:
-        done = execute(tiny({"x": 1}, {"x": 2, "fail": True}, {"x": 3}, worker="probe"), out, progress=False,
-                       executor=make_executor("ray"))
+        done = execute(
+            tiny({"x": 1}, {"x": 2, "fail": True}, {"x": 3}, worker="probe"),
+            out,
+            progress=False,
+            executor=make_executor("ray"),
+        )
         # a task stopped by Ctrl-C stops the sweep and is not recorded
         with pytest.raises(KeyboardInterrupt, match="stopped"):
             execute(tiny({"x": 4, "stop": True}, worker="probe"), out, progress=False, executor=make_executor("ray"))
@@ -341,20 +372,37 @@ def test_ray_executor_gives_the_same_rows_as_in_process(tmp_path, data_root):
 
 def scores(results: dict) -> list[dict]:
     """Every setting's description and scores, without its timings and memory."""
-    return [{**{k: v for k, v in s.items() if k not in ("client_seconds", "peak_memory_mb", "results")},
-             "results": {spec: {m: {k: v for k, v in per.items() if k != "ms"} for m, per in by_method.items()}
-                         for spec, by_method in s["results"].items()}} for s in results["settings"]]
+    return [
+        {
+            **{k: v for k, v in s.items() if k not in ("client_seconds", "peak_memory_mb", "results")},
+            "results": {
+                spec: {m: {k: v for k, v in per.items() if k != "ms"} for m, per in by_method.items()}
+                for spec, by_method in s["results"].items()
+            },
+        }
+        for s in results["settings"]
+    ]
 
 
 def test_ray_executor_gives_the_same_benchmark_scores(tmp_path, data_root):
     pytest.importorskip("ray")
-    options = [f"data.root={data_root}", "data.download=false", "restore.trials=2", "restore.batch_sizes=[4, 8]",
-               "restore.methods=[ilrg, idlg]", "restore.defenses=[none, 'noise:0.5']", "model.width=64"]
+    options = [
+        f"data.root={data_root}",
+        "data.download=false",
+        "restore.trials=2",
+        "restore.batch_sizes=[4, 8]",
+        "restore.methods=[ilrg, idlg]",
+        "restore.defenses=[none, 'noise:0.5']",
+        "model.width=64",
+    ]
     here = run_sweep(DEFAULT, [*options, f"out={tmp_path / 'here'}"], progress=False)
-    ray = run_sweep(DEFAULT, [*options, f"out={tmp_path / 'ray'}"], progress=False,
-                    executor=make_executor("ray", num_cpus=2))
+    ray = run_sweep(
+        DEFAULT, [*options, f"out={tmp_path / 'ray'}"], progress=False, executor=make_executor("ray", num_cpus=2)
+    )
     assert [s["batch_size"] for s in ray["settings"]] == [4, 8] and ray["failed"] == here["failed"] == []
     assert scores(ray) == scores(here)
-    ledgers = [[json.loads(line)["key"] for line in (tmp_path / out / LEDGER_NAME).read_text().splitlines()]
-               for out in ("here", "ray")]
+    ledgers = [
+        [json.loads(line)["key"] for line in (tmp_path / out / LEDGER_NAME).read_text().splitlines()]
+        for out in ("here", "ray")
+    ]
     assert sorted(ledgers[1]) == sorted(ledgers[0]) and len(ledgers[0]) == 2

@@ -1,18 +1,19 @@
 """Runs too large for the machine are refused before they start, from an estimate of their memory."""
+
 import dataclasses
 
 import pytest
 import torch
 
 import inversion as gl
-import inversion.utils.memory
 import inversion.fl.simulate
 import inversion.models
-from inversion.utils.memory import attack_memory, client_memory
+import inversion.utils.memory
 from inversion.config import CONFIG_DIR, InvertConfig, load_config
+from inversion.experiments.invert import run_inversion
 from inversion.fl import LocalTraining, client_update
 from inversion.models import build_model, footprint
-from inversion.experiments.invert import run_inversion
+from inversion.utils.memory import attack_memory, client_memory
 
 GiB = 2**30
 DEFAULT = CONFIG_DIR / "invert" / "default.yaml"
@@ -21,9 +22,11 @@ DEFAULT = CONFIG_DIR / "invert" / "default.yaml"
 @pytest.fixture
 def free(monkeypatch):
     """Sets how many bytes the checks see free (16 GiB unless changed), whatever this machine has."""
+
     def pin(count=16 * GiB):
         for module in (inversion.utils.memory, inversion.models):
             monkeypatch.setattr(module, "available_memory", lambda device="cpu": count)
+
     pin()
     return pin
 
@@ -69,17 +72,33 @@ def saved_update(path, *, batch_size=None, steps=None):
 
 
 def invert_saved(path, out, *extra):
-    cfg = load_config(InvertConfig, DEFAULT, [f"update={path}", f"out={out}", "attack.device=cpu", "attack.max_steps=2",
-                                              "attack.checkpoint_every=0", "attack.snapshot_every=0", *extra])
+    cfg = load_config(
+        InvertConfig,
+        DEFAULT,
+        [
+            f"update={path}",
+            f"out={out}",
+            "attack.device=cpu",
+            "attack.max_steps=2",
+            "attack.checkpoint_every=0",
+            "attack.snapshot_every=0",
+            *extra,
+        ],
+    )
     return run_inversion(cfg, progress=False)
 
 
-@pytest.mark.parametrize("claim, expected", [
-    ({"batch_size": 10**9}, "the attack on K=1,000,000,000 inputs of 1x4x4 needs about"),
-    ({"steps": 10**9}, "the attack on K=2 inputs of 1x4x4 through 1,000,000,000 local steps of 2 needs about"),
-], ids=["K=1e9", "local.steps=1e9"])
-def test_an_update_claiming_a_huge_batch_or_local_training_is_refused_before_anything_runs(tmp_path, free, claim,
-                                                                                            expected):
+@pytest.mark.parametrize(
+    "claim, expected",
+    [
+        ({"batch_size": 10**9}, "the attack on K=1,000,000,000 inputs of 1x4x4 needs about"),
+        ({"steps": 10**9}, "the attack on K=2 inputs of 1x4x4 through 1,000,000,000 local steps of 2 needs about"),
+    ],
+    ids=["K=1e9", "local.steps=1e9"],
+)
+def test_an_update_claiming_a_huge_batch_or_local_training_is_refused_before_anything_runs(
+    tmp_path, free, claim, expected
+):
     path = saved_update(tmp_path / "update.pt", **claim)
     with pytest.raises(ValueError) as info:  # before label restoration or the attack allocate (a MemoryError)
         invert_saved(path, tmp_path / "run")
@@ -100,20 +119,30 @@ def test_a_small_attack_runs_and_the_override_runs_one_the_estimate_refuses(tmp_
     assert invert_saved(path, tmp_path / "forced", "attack.memory_check=false").result.steps == 2
 
 
-def test_a_simulated_run_that_cannot_fit_is_refused_before_the_client_draws_its_batch(data_root, tmp_path, free,
-                                                                                       monkeypatch):
+def test_a_simulated_run_that_cannot_fit_is_refused_before_the_client_draws_its_batch(
+    data_root, tmp_path, free, monkeypatch
+):
     def no_batch(*args, **kwargs):
         raise AssertionError("the batch was drawn before the memory check")
 
     monkeypatch.setattr(inversion.fl.simulate, "batch_from_config", no_batch)
     base = [f"data.root={data_root}", "data.download=false", f"out={tmp_path / 'run'}", "attack.device=cpu"]
     cases = {  # LeNet-5 on 200,000 MNIST digits: 3·K·A alone is 3·200,000·10,498 float32 values, 23.5 GiB
-        "the attack on K=200,000 inputs of 1x28x28 needs about 26.4 GiB": ["model=lenet5", "client.batch_size=200000",
-                                                                          "client.replacement=true"],
-        "through 1,000,000,000 local steps of 2": ["client.kind=fedavg", "client.local_steps=1000000000",
-                                                   "client.local_batch_size=2", "client.batch_size=4"],
-        "the client's FedSGD update of K=1,000,000,000 inputs": ["client.batch_size=1000000000",
-                                                                 "client.replacement=true"],
+        "the attack on K=200,000 inputs of 1x28x28 needs about 26.4 GiB": [
+            "model=lenet5",
+            "client.batch_size=200000",
+            "client.replacement=true",
+        ],
+        "through 1,000,000,000 local steps of 2": [
+            "client.kind=fedavg",
+            "client.local_steps=1000000000",
+            "client.local_batch_size=2",
+            "client.batch_size=4",
+        ],
+        "the client's FedSGD update of K=1,000,000,000 inputs": [
+            "client.batch_size=1000000000",
+            "client.replacement=true",
+        ],
     }
     for expected, overrides in cases.items():
         with pytest.raises(ValueError, match=expected):
@@ -122,6 +151,7 @@ def test_a_simulated_run_that_cannot_fit_is_refused_before_the_client_draws_its_
 
 def test_the_memory_checks_do_not_change_a_runs_identity():
     from inversion.experiments.invert import run_identity
+
     cfg = load_config(InvertConfig, DEFAULT)
     off = load_config(InvertConfig, DEFAULT, ["attack.memory_check=false", "client.memory_check=false"])
     assert run_identity(cfg, "0" * 64) == run_identity(off, "0" * 64)

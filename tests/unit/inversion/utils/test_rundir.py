@@ -1,4 +1,5 @@
 """Run directories: checked before any work, locked while written, an earlier run's files moved aside."""
+
 import os
 import signal
 import subprocess
@@ -6,10 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from _data import REPO
 
 from inversion.utils.rundir import LOCK_NAME, OutputFolderError, check_out, run_folder
-
-from _data import REPO
 
 
 def test_out_must_be_a_folder_that_can_be_made(tmp_path):
@@ -44,14 +44,19 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_holds_it(tmp_
 
 def test_a_killed_run_does_not_leave_the_folder_locked(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from inversion.utils.rundir import run_folder\n"
-         f"with run_folder({str(tmp_path / 'run')!r}, []):\n    print('held', flush=True); time.sleep(60)"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from inversion.utils.rundir import run_folder\n"
+            f"with run_folder({str(tmp_path / 'run')!r}, []):\n    print('held', flush=True); time.sleep(60)",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(OutputFolderError, match=f"pid {holder.pid}"):
-        with run_folder(tmp_path / "run", []):
-            pass
+    with pytest.raises(OutputFolderError, match=f"pid {holder.pid}"), run_folder(tmp_path / "run", []):
+        pass
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait(timeout=30)
     with run_folder(tmp_path / "run", []):  # the kernel dropped the dead process's lock
@@ -72,22 +77,36 @@ def test_earlier_outputs_are_moved_aside_only_for_a_fresh_run(tmp_path):
     with run_folder(out, ["results.json"]):  # likely the same second: the move gets a folder of its own
         pass
     moved = sorted((out / "previous").iterdir())
-    assert [sorted(p.name for p in folder.iterdir()) for folder in moved] == [["frames", "results.json"],
-                                                                              ["results.json"]]
+    assert [sorted(p.name for p in folder.iterdir()) for folder in moved] == [
+        ["frames", "results.json"],
+        ["results.json"],
+    ]
     assert sorted((folder / "results.json").read_text() for folder in moved) == ["new", "old"]
     assert (out / "mine.txt").read_text() == "not an output"
 
 
-@pytest.mark.parametrize("script,out_option", [
-    ("invert.py", ["--out"]), ("share_update.py", []), ("demo.py", ["--out"]), ("ablate.py", []), ("train.py", []),
-    ("restore_labels.py", []),
-])
+@pytest.mark.parametrize(
+    "script,out_option",
+    [
+        ("invert.py", ["--out"]),
+        ("share_update.py", []),
+        ("demo.py", ["--out"]),
+        ("ablate.py", []),
+        ("train.py", []),
+        ("restore_labels.py", []),
+    ],
+)
 def test_every_script_refuses_a_file_as_out_in_one_line(tmp_path, script, out_option):
     target = tmp_path / "taken"
     target.write_text("keep me")
     argument = [*out_option, str(target)] if out_option else [f"out={target}"]
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / script), *argument],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script), *argument],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == [f"error: out={target} is a file, not a folder: choose another out"]
     assert target.read_text() == "keep me"
