@@ -24,14 +24,15 @@ def config_parser(description: str, default_config: str) -> argparse.ArgumentPar
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run a script's ``main`` with INFO logging; expected errors (a full disk too) become one line and exit
-    code 2, Ctrl-C one line and exit code 130: also a Ctrl-C whose KeyboardInterrupt Python lost (see
-    :mod:`inversion.utils.interrupts`), once ``main`` is done."""
-    from inversion.config import ConfigError
-    from inversion.data import DataUnavailableError, PackError
-    from inversion.evaluation import LPIPSWeightsError
-    from inversion.utils.fileio import DiskFullError
+    """Run a script's ``main`` with INFO logging. A user error (:mod:`inversion.utils.errors`, a full disk
+    too, and the input errors of :mod:`label_restore` and :mod:`priors`) becomes one line and exit code 2;
+    Ctrl-C one line and exit code 130: also a Ctrl-C whose KeyboardInterrupt Python lost (see
+    :mod:`inversion.utils.interrupts`), once ``main`` is done. Any other exception is a bug and keeps its
+    traceback."""
+    from inversion.utils.errors import UserError
     from inversion.utils.interrupts import watch_sigint
+    from label_restore.errors import LabelRestoreInputError
+    from priors.errors import PriorsInputError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -39,15 +40,7 @@ def run_cli(main: Callable[[], object]) -> None:
             main()
             if interrupted():
                 raise KeyboardInterrupt
-    except (
-        ConfigError,
-        DataUnavailableError,
-        PackError,
-        LPIPSWeightsError,
-        ValueError,
-        FileNotFoundError,
-        DiskFullError,
-    ) as err:
+    except (UserError, LabelRestoreInputError, PriorsInputError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as err:  # its message, if any, says what was kept
