@@ -18,10 +18,12 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+
+from .errors import LabelRestoreInputError
 
 __all__ = ["ARGUMENT_NAMES", "LayerInputs", "check_batch_size", "validate_inputs"]
 
@@ -55,6 +57,14 @@ class LayerInputs:
     batch_size: int
     num_classes: int
 
+    def required(self, name: Literal["grad_weight", "grad_bias", "weight", "bias"]) -> torch.Tensor:
+        """The tensor ``name``, which a method reads only when it requires it (``restoration_method(requires=...)``),
+        so that :func:`validate_inputs` has checked it is given; ValueError if it is None."""
+        tensor = getattr(self, name)
+        if tensor is None:
+            raise LabelRestoreInputError(f"{name} was not given ({_WHAT[name]}); pass it.")
+        return tensor
+
 
 def check_batch_size(batch_size: Any) -> int:
     """Return ``batch_size`` as a Python int, or raise ``ValueError`` unless it is an integer >= 1."""
@@ -64,13 +74,13 @@ def check_batch_size(batch_size: Any) -> int:
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise ValueError(
+        raise LabelRestoreInputError(
             f"batch_size must be an integer K >= 1 (the number of samples in the client's batch); "
             f"got {batch_size!r} of type {type(batch_size).__name__}. Pass e.g. batch_size=int(K)."
         )
     value = int(value)
     if value < 1:
-        raise ValueError(
+        raise LabelRestoreInputError(
             f"batch_size must be an integer K >= 1 (the number of samples in the client's batch); got {value}."
         )
     return value
@@ -82,7 +92,7 @@ def _as_tensor(name: str, value: Any) -> torch.Tensor | None:
         return None
     if isinstance(value, torch.Tensor):
         if value.is_meta:
-            raise ValueError(
+            raise LabelRestoreInputError(
                 f"{name} is a meta tensor (a shape without values); label restoration needs real values: pass "
                 f"{_WHAT[name]} as a tensor on cpu or cuda, or a numpy array."
             )
@@ -94,7 +104,7 @@ def _as_tensor(name: str, value: Any) -> torch.Tensor | None:
     else:
         arr = np.asarray(value)
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-            raise ValueError(
+            raise LabelRestoreInputError(
                 f"{name} must be a numeric torch tensor or numpy array ({_WHAT[name]}); "
                 f"got {type(value).__name__} with dtype {arr.dtype}."
             )
@@ -102,7 +112,7 @@ def _as_tensor(name: str, value: Any) -> torch.Tensor | None:
             arr = arr.copy()
         t = torch.from_numpy(arr)
     if t.dtype == torch.bool or t.is_complex():
-        raise ValueError(f"{name} must hold real numbers ({_WHAT[name]}); got dtype {t.dtype}.")
+        raise LabelRestoreInputError(f"{name} must hold real numbers ({_WHAT[name]}); got dtype {t.dtype}.")
     if t.dtype in (torch.float16, torch.bfloat16):
         t = t.to(torch.float32)
     elif not t.is_floating_point():
@@ -151,42 +161,43 @@ def validate_inputs(
     raw = {"grad_weight": grad_weight, "grad_bias": grad_bias, "weight": weight, "bias": bias}
     for name in requires:
         if raw[name] is None:
-            raise ValueError(_missing_message(method, name))
+            raise LabelRestoreInputError(_missing_message(method, name))
     tensors = {name: _as_tensor(name, value) for name, value in raw.items()}
 
     for name in ("grad_weight", "weight"):
         t = tensors[name]
         if t is not None and (t.ndim != 2 or t.shape[0] < 1 or t.shape[1] < 1):
-            raise ValueError(
+            raise LabelRestoreInputError(
                 f"{name} must be a 2-D array of shape (C, M) with C, M >= 1 ({_WHAT[name]}); "
                 f"got shape {_shape_text(t)}."
             )
     for name in ("grad_bias", "bias"):
         t = tensors[name]
         if t is not None and (t.ndim != 1 or t.shape[0] < 1):
-            raise ValueError(
+            raise LabelRestoreInputError(
                 f"{name} must be a 1-D array of shape (C,) with C >= 1 ({_WHAT[name]}); got shape {_shape_text(t)}."
             )
 
     # The first given argument fixes C (and M); every other one must agree with it.
-    ref_name = next((n for n in ARGUMENT_NAMES if tensors[n] is not None), None)
+    given = {name: t for name, t in tensors.items() if t is not None}
+    ref_name = next((n for n in ARGUMENT_NAMES if n in given), None)
     if ref_name is None:
-        raise ValueError(f"{method}: no gradients given; pass at least grad_weight or grad_bias.")
-    ref = tensors[ref_name]
+        raise LabelRestoreInputError(f"{method}: no gradients given; pass at least grad_weight or grad_bias.")
+    ref = given[ref_name]
     num_classes = int(ref.shape[0])
     for name in ARGUMENT_NAMES:
         t = tensors[name]
         if t is None or name == ref_name:
             continue
         if int(t.shape[0]) != num_classes:
-            raise ValueError(
+            raise LabelRestoreInputError(
                 f"shape mismatch: {name} has shape {_shape_text(t)} but {ref_name} has shape "
                 f"{_shape_text(ref)}; both must describe the same final layer with C={num_classes} classes "
                 f"({name} is {_WHAT[name]})."
             )
     gw, w = tensors["grad_weight"], tensors["weight"]
     if gw is not None and w is not None and gw.shape != w.shape:
-        raise ValueError(
+        raise LabelRestoreInputError(
             f"shape mismatch: weight has shape {_shape_text(w)} but grad_weight has shape {_shape_text(gw)}; "
             "the weight and its gradient must have the same shape (C, M)."
         )
@@ -197,7 +208,7 @@ def validate_inputs(
             continue
         bad = int((~torch.isfinite(t)).sum())
         if bad:
-            raise ValueError(
+            raise LabelRestoreInputError(
                 f"{name} contains {bad} non-finite value(s) (NaN or inf); label restoration needs finite "
                 f"{_WHAT[name]}. Check the gradient computation (e.g. a diverged loss) or clean the values "
                 "before calling."
@@ -220,7 +231,7 @@ def _check_not_all_zero(method: str, requires: Sequence[str], tensors: dict[str,
     name = "grad_bias" if "grad_bias" in requires else "grad_weight"
     t = tensors[name]
     if t is not None and not bool(t.any()):
-        raise ValueError(
+        raise LabelRestoreInputError(
             f"{name} is all zero: the final-layer gradient carries no label information, nothing to restore "
             f"({method} reads the labels from {_WHAT[name]}). Check that the update holds this layer's gradients."
         )

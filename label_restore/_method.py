@@ -1,6 +1,6 @@
 """Turn a method's core ``(LayerInputs, **options) -> RestorationResult`` into the public plain function.
 
-The public function has the signature every registry entry shares::
+The public function has the signature of every method that needs the final layer (:data:`label_restore.api.NEEDS`)::
 
     method(grad_weight, grad_bias, weight, bias, batch_size, **options) -> RestorationResult
 
@@ -20,10 +20,12 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any
 
 from ._inputs import LayerInputs, validate_inputs
 from .consistency import InconsistentGradientWarning
+from .errors import LabelRestoreInputError
 from .result import RestorationResult
 
 __all__ = ["restoration_method"]
@@ -36,7 +38,8 @@ _PACKAGE = __name__.partition(".")[0]
 def _outside_stacklevel() -> int:
     """``stacklevel`` for a ``warnings.warn`` made by the caller of this function that names the first frame
     outside this package (the user's call, whether through :func:`restore_labels` or a method directly)."""
-    level, frame = 1, sys._getframe(1)
+    level = 1
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == _PACKAGE:
         level, frame = level + 1, frame.f_back
     return level
@@ -77,7 +80,9 @@ def restoration_method(name: str, requires: Sequence[str]) -> Callable[[Core], C
             unknown = sorted(set(options) - set(option_names))
             if unknown:
                 valid = ", ".join(option_names) if option_names else "(none)"
-                raise ValueError(f"unknown option(s) {', '.join(unknown)} for method {name!r}; valid options: {valid}.")
+                raise LabelRestoreInputError(
+                    f"unknown option(s) {', '.join(unknown)} for method {name!r}; valid options: {valid}."
+                )
             inputs: LayerInputs = validate_inputs(name, requires, grad_weight, grad_bias, weight, bias, batch_size)
             start = time.perf_counter()
             result = core(inputs, **options)

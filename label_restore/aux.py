@@ -41,12 +41,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import nnls
 
 from ._inputs import LayerInputs
 from ._method import restoration_method
 from .consistency import bias_gradient_findings
 from .counting import correct_to_sum, round_counts
+from .errors import LabelRestoreInputError
 from .linsolve import count_system, solve_count_system
 from .result import RestorationResult, make_result
 
@@ -66,17 +66,17 @@ _MAX_ITERATIONS = 500
 def _mean_probs(aux_probs: Any, num_classes: int) -> torch.Tensor:
     """``aux_probs`` checked, averaged over the trajectory axis: a CPU float tensor of shape (N, C)."""
     if aux_probs is None:
-        raise ValueError(
+        raise LabelRestoreInputError(
             "aux needs aux_probs: the model's softmax outputs on the auxiliary data, shape (N, C) "
             "(or (T, N, C) along a simulated FedAvg trajectory), and aux_labels (N,)."
         )
     probs = aux_probs.detach() if isinstance(aux_probs, torch.Tensor) else torch.as_tensor(np.asarray(aux_probs))
     if probs.device.type == "meta":
-        raise ValueError("aux_probs is a meta tensor (no values); pass the softmax outputs themselves.")
+        raise LabelRestoreInputError("aux_probs is a meta tensor (no values); pass the softmax outputs themselves.")
     if not probs.is_floating_point():
-        raise ValueError(f"aux_probs must hold probabilities (floats); got dtype {probs.dtype}.")
+        raise LabelRestoreInputError(f"aux_probs must hold probabilities (floats); got dtype {probs.dtype}.")
     if probs.ndim not in (2, 3) or probs.shape[-1] != num_classes or 0 in probs.shape:
-        raise ValueError(
+        raise LabelRestoreInputError(
             f"aux_probs must have shape (N, C) or (T, N, C) with C={num_classes} (the final layer's "
             f"classes) and N, T >= 1; got shape {tuple(probs.shape)}."
         )
@@ -87,12 +87,12 @@ def _mean_probs(aux_probs: Any, num_classes: int) -> torch.Tensor:
         probs = probs.mean(dim=0)
     row_sums = probs.sum(dim=-1)
     if not bool(torch.isfinite(row_sums).all()) or float(probs.min()) < 0:  # NaN and inf reach the row sums
-        raise ValueError(
+        raise LabelRestoreInputError(
             "aux_probs must hold finite, non-negative softmax outputs (pass softmax(logits), not the logits)."
         )
     worst = float((row_sums - 1.0).abs().max())
     if worst > 1e-3:
-        raise ValueError(
+        raise LabelRestoreInputError(
             f"every row of aux_probs must sum to 1 (softmax outputs); one is off by {worst:.3g}. "
             "Pass softmax(logits), not the logits."
         )
@@ -102,20 +102,20 @@ def _mean_probs(aux_probs: Any, num_classes: int) -> torch.Tensor:
 def _as_labels(aux_labels: Any, num_samples: int, num_classes: int) -> torch.Tensor:
     """``aux_labels`` as an int64 CPU tensor of shape (N,), checked."""
     if aux_labels is None:
-        raise ValueError("aux needs aux_labels: the true labels of the auxiliary samples, shape (N,).")
+        raise LabelRestoreInputError("aux needs aux_labels: the true labels of the auxiliary samples, shape (N,).")
     labels = aux_labels.detach() if isinstance(aux_labels, torch.Tensor) else torch.as_tensor(np.asarray(aux_labels))
     if labels.device.type == "meta":
-        raise ValueError("aux_labels is a meta tensor (no values); pass the labels themselves.")
+        raise LabelRestoreInputError("aux_labels is a meta tensor (no values); pass the labels themselves.")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"aux_labels must hold integer class indices; got dtype {labels.dtype}.")
+        raise LabelRestoreInputError(f"aux_labels must hold integer class indices; got dtype {labels.dtype}.")
     labels = labels.to(device="cpu", dtype=torch.int64)
     if labels.shape != (num_samples,):
-        raise ValueError(
+        raise LabelRestoreInputError(
             f"aux_labels must have shape ({num_samples},), one label per row of aux_probs; "
             f"got shape {tuple(labels.shape)}."
         )
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-        raise ValueError(
+        raise LabelRestoreInputError(
             f"aux_labels must lie in [0, {num_classes - 1}] (C={num_classes} classes); "
             f"got min {int(labels.min())}, max {int(labels.max())}."
         )
@@ -145,7 +145,9 @@ def class_conditional_probabilities(
         ([0.7, 0.3, 0.1, 0.9], [2, 1])
     """
     if missing_classes not in MISSING_CLASS_RULES:
-        raise ValueError(f"unknown missing_classes {missing_classes!r}; use one of {', '.join(MISSING_CLASS_RULES)}.")
+        raise LabelRestoreInputError(
+            f"unknown missing_classes {missing_classes!r}; use one of {', '.join(MISSING_CLASS_RULES)}."
+        )
     probs = _mean_probs(aux_probs, num_classes)
     labels = _as_labels(aux_labels, probs.shape[0], num_classes)
     per_class = torch.bincount(labels, minlength=num_classes)
@@ -153,7 +155,7 @@ def class_conditional_probabilities(
     missing = (per_class == 0).nonzero().reshape(-1).tolist()
     if missing and missing_classes == "error":
         shown = ", ".join(str(c) for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
-        raise ValueError(
+        raise LabelRestoreInputError(
             f"the auxiliary data has no sample of {len(missing)} class(es) ({shown}); give more "
             "auxiliary data covering every class, or missing_classes='overall_mean' to use the mean "
             "softmax of all auxiliary samples for them."
@@ -235,6 +237,8 @@ def nonnegative_counts(probs: torch.Tensor, grad_bias: torch.Tensor, batch_size:
     if solution is None:
         a[0] *= _SUM_ROW_WEIGHT
         y[0] *= _SUM_ROW_WEIGHT
+        from scipy.optimize import nnls  # here, not at import: scipy.optimize takes ~0.4 s to load
+
         solution, solver = nnls(a, y, maxiter=50 * a.shape[1])[0], "nnls"
     residual = float(np.hypot(np.linalg.norm(system @ solution - rhs), solution.sum() - batch_size))
     return solution, {"solver": solver, "residual": residual}
@@ -269,19 +273,25 @@ def aux(
         "aux_per_class_min", "trajectory_models", "missing_classes"}``.
 
     Example:
-        >>> r = aux(grad_bias=gb, batch_size=64, aux_probs=softmax_on_aux, aux_labels=aux_y)  # doctest: +SKIP
+        A model that is unsure of everything (every softmax :math:`(0.5, 0.5)`) and a batch of two samples of
+        class 0 and one of class 1, so :math:`\\nabla b = (0.5, 0.5) - (2, 1) / 3`:
+
+        >>> r = aux(grad_bias=[-1 / 6, 1 / 6], batch_size=3, aux_probs=[[0.5, 0.5], [0.5, 0.5]], aux_labels=[0, 1])
+        >>> r.counts.tolist()
+        [2, 1]
     """
     c, k = inputs.num_classes, inputs.batch_size
     probs, per_class, missing = class_conditional_probabilities(aux_probs, aux_labels, c, missing_classes)
     trajectory = int(np.shape(aux_probs)[0]) if np.ndim(aux_probs) == 3 else 1
-    float_counts, info = nonnegative_counts(probs, inputs.grad_bias, k)
+    grad_bias = inputs.required("grad_bias")
+    float_counts, info = nonnegative_counts(probs, grad_bias, k)
     raw = round_counts(float_counts, k)
     start = round_counts(float_counts, k, clip=True)
     counts = correct_to_sum(start, float_counts, k)
     # The count system's residual measures how far the batch's class means are from the auxiliary ones (it
     # grows like sqrt(K) times the within-class spread of the softmax), not whether the gradient is one of K
     # samples, so it is reported in details but not checked; the NNLS counts sum to K by construction.
-    findings = bias_gradient_findings(inputs.grad_bias.double().numpy(), k)
+    findings = bias_gradient_findings(grad_bias.double().numpy(), k)
     details = {
         "float_counts": float_counts,
         **info,

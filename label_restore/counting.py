@@ -15,6 +15,8 @@ import heapq
 
 import numpy as np
 
+from .errors import LabelRestoreInputError
+
 __all__ = ["correct_to_sum", "greedy_counts", "ranked_cycle", "round_counts"]
 
 
@@ -88,7 +90,7 @@ def correct_to_sum(raw_counts: np.ndarray, float_counts: np.ndarray, batch_size:
     """
     raw = np.asarray(raw_counts, dtype=np.int64)
     if raw.min(initial=0) < 0:
-        raise ValueError("raw_counts must be non-negative")
+        raise LabelRestoreInputError("raw_counts must be non-negative")
     f = np.nan_to_num(np.asarray(float_counts, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     counts = raw.copy()
     delta = int(batch_size) - int(raw.sum())

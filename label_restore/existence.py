@@ -65,7 +65,7 @@ def idlg(inputs: LayerInputs) -> RestorationResult:
         :class:`RestorationResult`; ``raw_counts`` is the 0/1 presence; ``details = {"scores": s}``;
         ``diagnostics`` notes more present classes than ``K`` (:func:`label_restore.consistency.presence_findings`).
     """
-    s = inputs.grad_weight.sum(dim=1, dtype=torch.float64).numpy()
+    s = inputs.required("grad_weight").sum(dim=1, dtype=torch.float64).numpy()
     present = s < 0
     counts = fill_present(present, s, inputs.batch_size)
     raw = present.astype(np.int64)
@@ -91,7 +91,7 @@ def gi(inputs: LayerInputs) -> RestorationResult:
         :class:`RestorationResult`; ``raw_counts`` is the 0/1 presence; ``details = {"scores": m}``;
         ``diagnostics`` notes more present classes than ``K`` (:func:`label_restore.consistency.presence_findings`).
     """
-    m = inputs.grad_weight.amin(dim=1).double().numpy()
+    m = inputs.required("grad_weight").amin(dim=1).double().numpy()
     present = m < 0
     order = np.argsort(m, kind="stable")
     counts = ranked_cycle(order, inputs.batch_size, m.shape[0])

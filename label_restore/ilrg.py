@@ -38,6 +38,7 @@ from ._inputs import LayerInputs
 from ._method import restoration_method
 from .consistency import bias_gradient_findings, count_system_findings
 from .counting import correct_to_sum, round_counts
+from .errors import LabelRestoreInputError
 from .linsolve import SOLVERS, solve_count_system
 from .result import RestorationResult, make_result
 
@@ -166,7 +167,7 @@ def class_probabilities(
         float64, shape :math:`(C, C)`, row :math:`j` = :math:`\\hat p_j`.
     """
     if precision not in _PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; use 'float32' or 'float64'.")
+        raise LabelRestoreInputError(f"unknown precision {precision!r}; use 'float32' or 'float64'.")
     dtype = _PRECISIONS[precision]
     logits = torch.addmm(bias.to(dtype), embeddings.to(dtype), weight.to(dtype).T)
     if alpha != 1.0:
@@ -175,7 +176,7 @@ def class_probabilities(
     if not bool(torch.isfinite(row_max).all()):
         if dtype is torch.float32:
             return class_probabilities(embeddings, weight, bias, "float64", alpha)
-        raise ValueError(
+        raise LabelRestoreInputError(
             "the class-wise logits W e_i + b overflow even in float64; the gradients or weights are too large "
             "for iLRG (check their scale)."
         )
@@ -211,20 +212,28 @@ def ilrg(
         "residual": ...}`` and the consistency findings in ``diagnostics``.
 
     Example:
-        >>> r = ilrg(gW, gb, W, b, batch_size=8)  # doctest: +SKIP
-        >>> r.counts.sum()  # doctest: +SKIP
-        8
+        An untrained layer (:math:`W = 0`, :math:`b = 0`: uniform softmax), embeddings :math:`e_k = (1, 1)` and
+        two samples of class 0, one of class 2, so :math:`\\nabla b = \\bar p - \\bar y`, :math:`\\nabla W =
+        \\nabla b \\, e^\\top`:
+
+        >>> import numpy as np
+        >>> gb = np.full(3, 1 / 3) - np.array([2, 0, 1]) / 3
+        >>> r = ilrg(np.outer(gb, [1.0, 1.0]), gb, np.zeros((3, 2)), np.zeros(3), batch_size=3)
+        >>> r.counts.tolist(), r.details["solver"]
+        ([2, 0, 1], 'lu')
     """
     if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}.")
+        raise LabelRestoreInputError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}.")
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a finite number > 0; got {alpha!r}.")
+        raise LabelRestoreInputError(f"alpha must be a finite number > 0; got {alpha!r}.")
     if isinstance(exp_clamp, bool) or not isinstance(exp_clamp, int) or not 0 <= exp_clamp <= 300:
-        raise ValueError(f"exp_clamp must be an integer in [0, 300]; got {exp_clamp!r}.")
+        raise LabelRestoreInputError(f"exp_clamp must be an integer in [0, 300]; got {exp_clamp!r}.")
     k = inputs.batch_size
-    grad_bias = inputs.grad_bias
-    emb = class_embeddings(inputs.grad_weight, grad_bias, exp_clamp=exp_clamp)
-    probs = class_probabilities(emb, inputs.weight, inputs.bias, precision=precision, alpha=float(alpha))
+    grad_bias = inputs.required("grad_bias")
+    emb = class_embeddings(inputs.required("grad_weight"), grad_bias, exp_clamp=exp_clamp)
+    probs = class_probabilities(
+        emb, inputs.required("weight"), inputs.required("bias"), precision=precision, alpha=float(alpha)
+    )
     float_counts, info = solve_count_system(probs, grad_bias, k, solver=solver, overwrite=True)
     raw = round_counts(float_counts, k)
     start = round_counts(float_counts, k, clip=True)

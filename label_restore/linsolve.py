@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from scipy.linalg import lapack
 
+from .errors import LabelRestoreInputError
+
 __all__ = ["SOLVERS", "count_system", "min_norm_lstsq", "solve_count_system"]
 
 SOLVERS = ("auto", "lu", "gelsy", "gelsd", "pinv")
@@ -128,7 +130,7 @@ def min_norm_lstsq(a: Any, y: Any, driver: str = "gelsy") -> np.ndarray:
         return _gelsy(at.numpy(), yt.numpy())
     if driver == "gelsd":
         return torch.linalg.lstsq(at, yt.reshape(-1, 1), driver="gelsd").solution.reshape(-1).numpy()
-    raise ValueError(f"unknown least-squares driver {driver!r}; use 'gelsy', 'gelsd' or 'pinv'.")
+    raise LabelRestoreInputError(f"unknown least-squares driver {driver!r}; use 'gelsy', 'gelsd' or 'pinv'.")
 
 
 def _reduced_system(
@@ -201,10 +203,10 @@ def solve_count_system(
         instances); for a nonsingular reduced system it is :math:`K |\\sum_i \\nabla b_i| / \\sqrt C`.
     """
     if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}.")
+        raise LabelRestoreInputError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}.")
     p = _as_f64(probs)
     if p.ndim != 2 or p.shape[0] != p.shape[1]:
-        raise ValueError(f"probs must be a square (C, C) matrix; got shape {tuple(p.shape)}.")
+        raise LabelRestoreInputError(f"probs must be a square (C, C) matrix; got shape {tuple(p.shape)}.")
     if solver in ("gelsy", "gelsd", "pinv"):
         return _explicit_solve(p, grad_bias, batch_size, solver)
 

@@ -73,7 +73,7 @@ def llg(inputs: LayerInputs) -> RestorationResult:
         :class:`RestorationResult` with ``details = {"scores": s, "impact": m}``; ``diagnostics`` notes raw counts
         above ``K`` (:func:`label_restore.consistency.presence_findings`).
     """
-    s = inputs.grad_weight.sum(dim=1, dtype=torch.float64).numpy()
+    s = inputs.required("grad_weight").sum(dim=1, dtype=torch.float64).numpy()
     k = inputs.batch_size
     impact = llg_impact(s, k)
     raw, counts = greedy_counts(s, k, impact)
@@ -114,7 +114,7 @@ def bias_corrected(inputs: LayerInputs) -> RestorationResult:
         findings of :func:`label_restore.consistency.bias_gradient_findings` (more than ``K`` negative entries
         among them).
     """
-    g = inputs.grad_bias.double().numpy().copy()
+    g = inputs.required("grad_bias").double().numpy().copy()
     k = inputs.batch_size
     impact = bias_impact(g, k)
     raw, counts = greedy_counts(g, k, impact)

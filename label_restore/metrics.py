@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import LabelRestoreInputError
+
 __all__ = ["counts_from_labels", "label_metrics"]
 
 
@@ -25,12 +27,11 @@ def _int_vector(name: str, value: Any) -> np.ndarray:
         value = value.detach().cpu().numpy()
     arr = np.asarray(value)
     if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D; got shape {arr.shape}.")
+        raise LabelRestoreInputError(f"{name} must be 1-D; got shape {arr.shape}.")
     if arr.size and not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"{name} must hold integers; got dtype {arr.dtype}.")
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise ValueError(f"{name} must hold whole numbers; got {arr!r}.")
+        raise LabelRestoreInputError(f"{name} must hold integers; got dtype {arr.dtype}.")
+    if np.issubdtype(arr.dtype, np.floating) and (not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr))):
+        raise LabelRestoreInputError(f"{name} must hold whole numbers; got {arr!r}.")
     return arr.astype(np.int64)
 
 
@@ -50,7 +51,9 @@ def counts_from_labels(labels: Any, num_classes: int) -> np.ndarray:
     """
     lab = _int_vector("labels", labels)
     if lab.size and (lab.min() < 0 or lab.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes - 1}]; got min {lab.min()}, max {lab.max()}.")
+        raise LabelRestoreInputError(
+            f"labels must lie in [0, {num_classes - 1}]; got min {lab.min()}, max {lab.max()}."
+        )
     return np.bincount(lab, minlength=num_classes).astype(np.int64)
 
 
@@ -73,14 +76,14 @@ def label_metrics(pred_counts: Any, true_counts: Any) -> dict[str, float | bool]
     pred = _int_vector("pred_counts", pred_counts)
     true = _int_vector("true_counts", true_counts)
     if pred.shape != true.shape:
-        raise ValueError(f"pred_counts has shape {pred.shape} but true_counts has shape {true.shape}.")
+        raise LabelRestoreInputError(f"pred_counts has shape {pred.shape} but true_counts has shape {true.shape}.")
     if pred.size == 0:
-        raise ValueError("counts must cover at least one class.")
+        raise LabelRestoreInputError("counts must cover at least one class.")
     if true.min() < 0 or pred.min() < 0:
-        raise ValueError("counts must be non-negative.")
+        raise LabelRestoreInputError("counts must be non-negative.")
     k = int(true.sum())
     if k < 1:
-        raise ValueError("true_counts must sum to K >= 1.")
+        raise LabelRestoreInputError("true_counts must sum to K >= 1.")
     return {
         "LeAcc": float(np.mean((pred > 0) == (true > 0))),
         "LnAcc": float(np.mean(pred == true)),

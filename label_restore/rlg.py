@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.optimize import linprog
 
 from ._inputs import LayerInputs
 from ._method import restoration_method
@@ -75,6 +74,8 @@ def separation_margin(subspace: np.ndarray, i: int) -> float:
     b_ub[i] = -1.0
     cost = np.zeros(r + 1)
     cost[r] = -1.0
+    from scipy.optimize import linprog  # here, not at import: scipy.optimize takes ~0.4 s to load
+
     res = linprog(cost, A_ub=a_ub, b_ub=b_ub, bounds=[(None, None)] * r + [(None, 1.0)], method="highs")
     if res.status != 0:
         return -np.inf
@@ -101,10 +102,11 @@ def rlg(inputs: LayerInputs, *, tol: float = 1e-9) -> RestorationResult:
         ``K`` and more present classes than ``K`` (:mod:`label_restore.consistency`).
     """
     k = inputs.batch_size
-    v, rank = class_subspace(inputs.grad_weight, k)
+    grad_weight = inputs.required("grad_weight")
+    v, rank = class_subspace(grad_weight, k)
     margins = np.array([separation_margin(v, i) for i in range(v.shape[0])])
     present = margins > -tol
-    norms = inputs.grad_weight.to(torch.float64).norm(dim=1).numpy()
+    norms = grad_weight.to(torch.float64).norm(dim=1).numpy()
     counts = fill_present(present, -norms, k)
     raw = present.astype(np.int64)
     details = {"margins": margins, "rank": v.shape[1]}

@@ -8,6 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import PriorsInputError
+from .registry import register_prior
+
 __all__ = ["AugmentationConsistency", "augment"]
 
 
@@ -26,11 +29,19 @@ def augment(x: Tensor, shift: tuple[int, int] = (0, 0), flip: bool = False) -> T
 
     Returns:
         a tensor of the shape of ``x`` (differentiable w.r.t. ``x``).
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+        >>> augment(x, shift=(1, 0)).tolist()  # one column right; the first column is vacated
+        [[0.0, 1.0, 2.0], [0.0, 4.0, 5.0]]
+        >>> augment(x, shift=(0, -1), flip=True).tolist()  # one row up, then mirrored
+        [[6.0, 5.0, 4.0], [0.0, 0.0, 0.0]]
     """
     dx, dy = (int(s) for s in shift)
     height, width = x.shape[-2:]
     if abs(dx) >= width or abs(dy) >= height:
-        raise ValueError(f"shift {shift} must be smaller than the image size (H, W) = ({height}, {width})")
+        raise PriorsInputError(f"shift {shift} must be smaller than the image size (H, W) = ({height}, {width})")
     out = F.pad(x, (dx, -dx, dy, -dy)) if dx or dy else x
     return out.flip(-1) if flip else out
 
@@ -55,13 +66,30 @@ class AugmentationConsistency(nn.Module):
     def __init__(self, max_shift: int = 2, flip: bool = True, copies: int = 1) -> None:
         super().__init__()
         if max_shift < 0 or copies < 1:
-            raise ValueError(f"need max_shift >= 0 and copies >= 1; got max_shift={max_shift}, copies={copies}")
+            raise PriorsInputError(f"need max_shift >= 0 and copies >= 1; got max_shift={max_shift}, copies={copies}")
         self.max_shift, self.flip, self.copies = int(max_shift), bool(flip), int(copies)
 
-    def forward(self, x: Tensor, match: Callable[[Tensor], Tensor], generator: torch.Generator) -> Tensor:
-        """``match`` (a batch like ``x`` -> scalar tensor) averaged over the augmented copies of ``x`` (B, C, H, W)."""
-        draw = {"generator": generator, "device": generator.device}
-        shifts = torch.randint(-self.max_shift, self.max_shift + 1, (self.copies, 2), **draw).tolist()
-        flips = (torch.rand(self.copies, **draw) < 0.5).tolist() if self.flip else [False] * self.copies
-        total = sum(match(augment(x, (dx, dy), flipped)) for (dx, dy), flipped in zip(shifts, flips))
-        return total / self.copies
+    def forward(
+        self, x: Tensor, match: Callable[[Tensor], Tensor] | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``match`` (a batch like ``x`` -> scalar tensor) averaged over the augmented copies of ``x`` (B, C, H, W).
+
+        Raises:
+            ValueError: ``match`` or ``generator`` is missing.
+        """
+        if match is None or generator is None:
+            raise PriorsInputError("the 'augment' prior needs match= and generator=")
+        device = generator.device
+        shifts = torch.randint(
+            -self.max_shift, self.max_shift + 1, (self.copies, 2), generator=generator, device=device
+        ).tolist()
+        flips = (
+            (torch.rand(self.copies, generator=generator, device=device) < 0.5).tolist()
+            if self.flip
+            else [False] * self.copies
+        )
+        losses = [match(augment(x, (dx, dy), flipped)) for (dx, dy), flipped in zip(shifts, flips)]
+        return sum(losses[1:], losses[0]) / self.copies  # copies >= 1: a tensor
+
+
+register_prior("augment", AugmentationConsistency, batchable=False)

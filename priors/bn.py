@@ -6,11 +6,15 @@ layer's running statistics (those of the client's training data).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+
+from .errors import PriorsInputError
+from .registry import register_prior
 
 __all__ = ["BNStatistics", "bn_statistics_loss"]
 
@@ -32,7 +36,7 @@ def bn_statistics_loss(features: Tensor, running_mean: Tensor, running_var: Tens
         a scalar tensor (differentiable w.r.t. ``features``).
     """
     if features.ndim < 2:
-        raise ValueError(f"batch-norm features must have shape (N, C, *); got {tuple(features.shape)}")
+        raise PriorsInputError(f"batch-norm features must have shape (N, C, *); got {tuple(features.shape)}")
     dims = [0, *range(2, features.ndim)]
     var, mean = torch.var_mean(features, dim=dims, correction=0)
     return torch.linalg.vector_norm(mean - running_mean) + torch.linalg.vector_norm(var - running_var)
@@ -54,7 +58,8 @@ class BNStatistics:
     it on the dummy batch ``x``, with autograd enabled, before asking; this class runs nothing). Works in train or eval
     mode: the statistics are always those of the input batch.
 
-    Use :meth:`remove` (or a ``with`` block) to detach the hooks.
+    Calling it (a built prior, :mod:`priors.registry`) returns :meth:`value`; ``x``, ``match`` and ``generator``
+    are not read. Use :meth:`remove` (or a ``with`` block) to detach the hooks.
 
     Raises:
         ValueError: the model has no batch-norm layer with running statistics.
@@ -65,7 +70,7 @@ class BNStatistics:
             m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
         ]
         if not layers:
-            raise ValueError(
+            raise PriorsInputError(
                 "the 'bn' prior does not apply: the model has no batch-norm layers with running statistics "
                 "(nn.BatchNorm1d/2d/3d, track_running_stats=True); set its weight to 0"
             )
@@ -77,7 +82,9 @@ class BNStatistics:
         self._losses = []
 
     def _record(self, layer: nn.modules.batchnorm._BatchNorm, inputs: tuple[Any, ...]) -> None:
-        self._losses.append(bn_statistics_loss(inputs[0], layer.running_mean, layer.running_var))
+        mean, var = layer.running_mean, layer.running_var
+        assert mean is not None and var is not None  # hooked layers track running statistics
+        self._losses.append(bn_statistics_loss(inputs[0], mean, var))
 
     def value(self) -> Tensor:
         """The prior for the most recent forward pass: a scalar tensor with its autograd graph."""
@@ -88,6 +95,12 @@ class BNStatistics:
                 "BNStatistics.value(): no batch-norm statistics recorded; run the model's forward on the batch first"
             )
         return torch.stack(self._losses).sum()
+
+    def __call__(
+        self, x: Tensor, *, match: Callable[[Tensor], Tensor] | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """:meth:`value` (the prior for the model's most recent forward, which the caller ran on ``x``)."""
+        return self.value()
 
     def remove(self) -> None:
         """Detach every hook and drop the recorded statistics (idempotent)."""
@@ -100,3 +113,6 @@ class BNStatistics:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+register_prior("bn", BNStatistics, needs_model=True, batchable=False)

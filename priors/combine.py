@@ -1,4 +1,5 @@
-"""Weighted combination of the image priors, built from a mapping of weights (a config's ``priors`` section)."""
+"""Weighted combination of the registered image priors (:mod:`priors.registry`), built from a mapping of weights
+(a config's ``priors`` section)."""
 
 from __future__ import annotations
 
@@ -9,32 +10,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .augment import AugmentationConsistency
-from .bn import BNStatistics
-from .norm import L2Norm
-from .tv import TotalVariation
+from .errors import PriorsInputError
+from .registry import Prior, prior_names, prior_spec
 
-__all__ = ["PRIOR_NAMES", "ImagePriors", "Prior", "build_priors"]
-
-PRIOR_NAMES = ("tv", "l2", "bn", "augment")
-"""Every prior, in the order they are evaluated ("bn" before "augment", whose forwards replace the statistics)."""
-
-Prior = TotalVariation | L2Norm | BNStatistics | AugmentationConsistency
+__all__ = ["ImagePriors", "build_priors"]
 
 
 def _checked_weights(weights: Mapping[str, Any]) -> dict[str, float]:
     """The weights as floats; unknown names and negative or non-finite weights raise ValueError."""
-    unknown = sorted(set(weights) - set(PRIOR_NAMES))
+    names = prior_names()
+    unknown = sorted(set(weights) - set(names))
     if unknown:
-        raise ValueError(f"unknown prior(s) {unknown}; the priors are {list(PRIOR_NAMES)}")
+        raise PriorsInputError(f"unknown prior(s) {unknown}; the priors are {list(names)}")
     checked = {}
     for name, weight in weights.items():
         try:
             checked[name] = float(weight)
         except (TypeError, ValueError):
-            raise ValueError(f"the weight of prior {name!r} must be a number; got {weight!r}") from None
+            raise PriorsInputError(f"the weight of prior {name!r} must be a number; got {weight!r}") from None
         if not math.isfinite(checked[name]) or checked[name] < 0:
-            raise ValueError(f"the weight of prior {name!r} must be finite and >= 0; got {weight!r}")
+            raise PriorsInputError(f"the weight of prior {name!r} must be finite and >= 0; got {weight!r}")
     return checked
 
 
@@ -44,20 +39,21 @@ class ImagePriors:
     .. math:: \mathcal{R}(x) = \sum_{p} w_p \, \mathcal{R}_p(x)
 
     Args:
-        priors: ``{name: (weight, prior)}`` with names from :data:`PRIOR_NAMES`, each prior of its kind:
-            ``tv``: :class:`~priors.tv.TotalVariation`, ``l2``: :class:`~priors.norm.L2Norm`,
-            ``bn``: :class:`~priors.bn.BNStatistics`, ``augment``: :class:`~priors.augment.AugmentationConsistency`.
-            Usually made by :func:`build_priors`; build it by hand to configure a prior (e.g. ``max_shift``).
+        priors: ``{name: (weight, prior)}`` with registered names (:func:`~priors.registry.prior_names`), each a
+            built prior of its kind (:mod:`priors.registry`), e.g. ``tv``: :class:`~priors.tv.TotalVariation`,
+            ``l2``: :class:`~priors.norm.L2Norm`, ``bn``: :class:`~priors.bn.BNStatistics`, ``augment``:
+            :class:`~priors.augment.AugmentationConsistency`. Usually made by :func:`build_priors`; build it by hand
+            to configure a prior (e.g. ``max_shift``).
 
-    Calling it runs no model forward itself: the ``bn`` term is read from the hooks of the model's most recent
-    forward, so the caller must run the model on ``x`` (with autograd) first; ``augment`` runs ``match`` on
-    augmented copies (after ``bn`` has been read).
+    The priors are evaluated in registration order. Calling it runs no model forward itself: the ``bn`` term is
+    read from the hooks of the model's most recent forward, so the caller must run the model on ``x`` (with
+    autograd) first; ``augment`` runs ``match`` on augmented copies (after ``bn`` has been read).
     """
 
     def __init__(self, priors: Mapping[str, tuple[float, Prior]]) -> None:
         weights = _checked_weights({name: weight for name, (weight, _) in priors.items()})
         self.priors: dict[str, tuple[float, Prior]] = {
-            name: (weights[name], priors[name][1]) for name in PRIOR_NAMES if name in priors
+            name: (weights[name], priors[name][1]) for name in prior_names() if name in priors
         }
 
     def __call__(
@@ -71,8 +67,8 @@ class ImagePriors:
 
         Args:
             x: the dummy batch :math:`(B, C, H, W)`.
-            match: the gradient-matching loss of a batch (needed by ``augment``).
-            generator: the source of the augmentations' randomness (needed by ``augment``).
+            match: the gradient-matching loss of a batch (needed by ``augment``), handed to every prior.
+            generator: the source of the priors' randomness (needed by ``augment``), handed to every prior.
 
         Returns:
             ``(total, terms)``: the scalar tensor :math:`\\sum_p w_p \\mathcal{R}_p(x)` (0 with no priors) and
@@ -80,42 +76,49 @@ class ImagePriors:
         """
         total, terms = x.new_zeros(()), {}
         for name, (weight, prior) in self.priors.items():
-            if name == "bn":
-                value = prior.value()
-            elif name == "augment":
-                if match is None or generator is None:
-                    raise ValueError("the 'augment' prior needs match= and generator=")
-                value = prior(x, match, generator)
-            else:
-                value = prior(x)
+            value = prior(x, match=match, generator=generator)
             total = total + weight * value
             terms[name] = value.item()
         return total, terms
 
     def remove(self) -> None:
-        """Detach the ``bn`` prior's hooks from the model (nothing else holds any)."""
-        if "bn" in self.priors:
-            self.priors["bn"][1].remove()
+        """Release what the priors hold (their ``remove()``, e.g. the ``bn`` prior's hooks on the model)."""
+        for _, prior in self.priors.values():
+            remove = getattr(prior, "remove", None)
+            if remove is not None:
+                remove()
 
 
 def build_priors(weights: Mapping[str, Any], *, model: nn.Module | None = None) -> ImagePriors:
-    """The priors with a non-zero weight, each with its default settings.
+    """The registered priors with a non-zero weight, each from its builder (its default settings).
 
     Args:
-        weights: ``{name: weight}``, names from :data:`PRIOR_NAMES`; a weight of 0 leaves the prior out.
-        model: the attacked model, needed by ``bn`` (which hooks its batch-norm layers).
+        weights: ``{name: weight}``, registered names (:func:`~priors.registry.prior_names`); a weight of 0 leaves
+            the prior out.
+        model: the attacked model, needed by the priors that read it (``needs_model``, e.g. ``bn``, which hooks
+            its batch-norm layers).
 
     Raises:
-        ValueError: an unknown name, a negative or non-finite weight, ``bn`` without a model or with a model
-            that has no batch-norm layers.
+        ValueError: an unknown name, a negative or non-finite weight, a prior that needs the model without one,
+            or the prior's own refusal (e.g. ``bn`` with a model that has no batch-norm layers).
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[[[0.0, 1.0], [2.0, 4.0]]]])  # TV: (1 + 2) / 2 + (2 + 3) / 2 = 4
+        >>> total, terms = build_priors({"tv": 0.5, "bn": 0.0})(x)
+        >>> total.item(), terms
+        (2.0, {'tv': 4.0})
     """
-    active = {name: weight for name, weight in _checked_weights(weights).items() if weight > 0}
-    if "bn" in active and model is None:
-        raise ValueError("the 'bn' prior needs the model (build_priors(..., model=model))")
-    makers: dict[str, Callable[[], Prior]] = {
-        "tv": TotalVariation,
-        "l2": L2Norm,
-        "bn": lambda: BNStatistics(model),
-        "augment": AugmentationConsistency,
-    }
-    return ImagePriors({name: (weight, makers[name]()) for name, weight in active.items()})
+    checked = _checked_weights(weights)
+    specs = [prior_spec(name) for name in prior_names() if checked.get(name, 0.0) > 0]
+    for spec in specs:
+        if spec.needs_model and model is None:
+            raise PriorsInputError(f"the {spec.name!r} prior needs the model (build_priors(..., model=model))")
+    built: dict[str, tuple[float, Prior]] = {}
+    try:
+        for spec in specs:
+            built[spec.name] = (checked[spec.name], spec.build(model) if spec.needs_model else spec.build())
+    except BaseException:
+        ImagePriors(built).remove()  # the hooks of those built so far
+        raise
+    return ImagePriors(built)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import Tensor, nn
+
+from .errors import PriorsInputError
+from .registry import register_prior
 
 __all__ = ["L2Norm", "l2_norm"]
 
@@ -17,14 +23,25 @@ def l2_norm(x: Tensor) -> Tensor:
 
     Returns:
         a scalar tensor (differentiable w.r.t. ``x``; its gradient is :math:`x_b / (B \lVert x_b \rVert_2)`).
+
+    Example:
+        >>> import torch
+        >>> l2_norm(torch.tensor([[3.0, 4.0], [0.0, 1.0]]))  # (5 + 1) / 2
+        tensor(3.)
     """
     if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f"l2_norm needs a non-empty batch of shape (B, D, ...); got {tuple(x.shape)}")
+        raise PriorsInputError(f"l2_norm needs a non-empty batch of shape (B, D, ...); got {tuple(x.shape)}")
     return x.flatten(1).norm(dim=1).mean()
 
 
 class L2Norm(nn.Module):
-    """Module form of :func:`l2_norm`: ``(B, *) -> ()``."""
+    """Module form of :func:`l2_norm`: ``(B, *) -> ()``; a built prior (:mod:`priors.registry`), which reads neither
+    ``match`` nor ``generator``."""
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, *, match: Callable[[Tensor], Tensor] | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
         return l2_norm(x)
+
+
+register_prior("l2", L2Norm)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import Tensor, nn
+
+from .errors import PriorsInputError
+from .registry import register_prior
 
 __all__ = ["TotalVariation", "total_variation"]
 
@@ -22,16 +28,27 @@ def total_variation(x: Tensor) -> Tensor:
 
     Returns:
         a scalar tensor (differentiable w.r.t. ``x``).
+
+    Example:
+        >>> import torch
+        >>> total_variation(torch.tensor([[0.0, 1.0], [2.0, 4.0]]))  # (1 + 2) / 2 + (2 + 3) / 2
+        tensor(4.)
     """
     if x.ndim < 2 or x.shape[-1] < 2 or x.shape[-2] < 2:
-        raise ValueError(f"total_variation needs images of shape (*, H, W) with H, W >= 2; got {tuple(x.shape)}")
+        raise PriorsInputError(f"total_variation needs images of shape (*, H, W) with H, W >= 2; got {tuple(x.shape)}")
     horizontal = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
     vertical = (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
     return horizontal + vertical
 
 
 class TotalVariation(nn.Module):
-    """Module form of :func:`total_variation`: ``(*, H, W) -> ()``."""
+    """Module form of :func:`total_variation`: ``(*, H, W) -> ()``; a built prior (:mod:`priors.registry`), which
+    reads neither ``match`` nor ``generator``."""
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, *, match: Callable[[Tensor], Tensor] | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
         return total_variation(x)
+
+
+register_prior("tv", TotalVariation)

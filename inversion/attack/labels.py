@@ -1,14 +1,17 @@
 """Label modes of the attack: which labels the dummies are optimised with.
 
-- any :data:`label_restore.METHOD_NAMES` entry (``ilrg``, ``idlg``, ...): restore the label
-  counts from the shared update and give the resulting K labels to the K dummies,
-  fixed during optimisation;
+- any registered label-restoration method (:func:`label_restore.available_methods`: ``ilrg``,
+  ``idlg``, ..., and those registered at run time): restore the label counts from the shared
+  update (:func:`~inversion.restore.restore_from_update`) and give the resulting K labels to the
+  K dummies, fixed during optimisation;
 - ``oracle``: the true labels, handed over explicitly by an experiment driver (an upper bound,
   for ablations; the only mode that reads anything private);
 - ``joint``: unknown labels, one learnable logit vector per dummy, optimised with the
   images (DLG, Zhu et al. 2019);
 - ``shared``: unknown labels, one learnable logit vector shared by the whole batch (the
   "IG" baseline of the iLRG paper).
+
+:func:`label_modes` lists them, reading the method registry when called.
 """
 
 from __future__ import annotations
@@ -25,12 +28,20 @@ from inversion.fl.update import SharedUpdate
 from inversion.models import final_layer
 from inversion.restore import restore_from_update
 from inversion.restore.auxiliary import AuxiliaryData
-from label_restore import METHOD_NAMES, RestorationResult
+from inversion.utils.errors import InputError
+from label_restore import METHOD_NAMES, RestorationResult, available_methods
 
-__all__ = ["LABEL_MODES", "LabelPlan", "batch_loss", "labels_in_use", "plan_labels"]
+__all__ = ["LABEL_MODES", "LabelPlan", "batch_loss", "label_modes", "labels_in_use", "plan_labels"]
 
 LEARNABLE = ("joint", "shared")
+
+#: The built-in label modes (with the built-in methods only); :func:`label_modes` lists the valid ones.
 LABEL_MODES = ("oracle", *LEARNABLE, *METHOD_NAMES)
+
+
+def label_modes() -> tuple[str, ...]:
+    """Every valid label mode: ``oracle``, the learnable ones, then every registered restoration method."""
+    return ("oracle", *LEARNABLE, *available_methods())
 
 
 @dataclass
@@ -38,7 +49,7 @@ class LabelPlan:
     """The labels the attack uses.
 
     Attributes:
-        mode: one of :data:`LABEL_MODES`.
+        mode: one of :func:`label_modes`.
         num_classes: C.
         batch_size: K.
         fixed: (K,) int64 labels for fixed modes (sorted by class), None for learnable ones.
@@ -76,38 +87,40 @@ def plan_labels(
     """The label plan of a mode for an update (restoration runs here, on the server's side).
 
     Args:
-        mode: one of :data:`LABEL_MODES`.
+        mode: one of :func:`label_modes`.
         update: the shared update (public).
         model: the server's model.
         true_labels: (K,) the client's labels in its batch order, for ``oracle`` only (an evaluation upper
             bound). For a FedAvg update the oracle keeps that order, which decides the local mini-batches;
             for FedSGD (order-free) it sorts them, like the restored labels.
         batch_size: K when the update does not reveal it (``update.batch_size`` is None).
-        aux: the server's labelled auxiliary data, for mode ``aux`` (:mod:`inversion.restore.auxiliary`).
+        aux: the server's labelled auxiliary data, for methods that read it (e.g. ``aux``;
+            :func:`~inversion.restore.needs_auxiliary`, :mod:`inversion.restore.auxiliary`).
         options: the restoration method's options (e.g. ``missing_classes`` for ``aux``).
 
     Raises:
         ValueError: unknown mode, ``oracle`` without ``true_labels`` or with labels that are not K integers in
             [0, C), or an unknown or conflicting K.
     """
-    if mode not in LABEL_MODES:
-        raise ValueError(f"unknown label mode {mode!r}; choose one of {', '.join(LABEL_MODES)}")
+    modes = label_modes()
+    if mode not in modes:
+        raise InputError(f"unknown label mode {mode!r}; choose one of {', '.join(modes)}")
     if batch_size is not None and update.batch_size is not None and int(batch_size) != update.batch_size:
-        raise ValueError(f"batch_size={batch_size} contradicts the update, which says K={update.batch_size}")
+        raise InputError(f"batch_size={batch_size} contradicts the update, which says K={update.batch_size}")
     k = update.batch_size if update.batch_size is not None else batch_size
     if k is None:
-        raise ValueError("the update does not reveal the batch size K; pass batch_size (your guess of K)")
+        raise InputError("the update does not reveal the batch size K; pass batch_size (your guess of K)")
     num_classes = final_layer(model).out_features
     plan = LabelPlan(str(mode), num_classes, int(k))
     if mode == "oracle":
         if true_labels is None:
-            raise ValueError(
+            raise InputError(
                 "label mode 'oracle' needs the true labels: give the private batch (it is an "
                 "evaluation upper bound, not an attack)"
             )
         labels = _known_labels(true_labels, plan)
         plan.fixed = labels.clone() if update.kind == "fedavg" else torch.sort(labels).values
-    elif mode in METHOD_NAMES:
+    elif mode not in LEARNABLE:
         plan.restoration = restore_from_update(str(mode), update, model, batch_size=plan.batch_size, aux=aux, **options)
         plan.fixed = torch.as_tensor(plan.restoration.labels, dtype=torch.int64)
     return plan
@@ -120,12 +133,12 @@ def _known_labels(labels: Tensor, plan: LabelPlan) -> Tensor:
     )
     if not integer:
         kind = f"dtype {labels.dtype}" if isinstance(labels, Tensor) else f"a {type(labels).__name__}"
-        raise ValueError(f"known labels must be a tensor of integer class indices, got {kind}")
+        raise InputError(f"known labels must be a tensor of integer class indices, got {kind}")
     if tuple(labels.shape) != (plan.batch_size,):
-        raise ValueError(f"oracle labels have shape {tuple(labels.shape)}, expected ({plan.batch_size},)")
+        raise InputError(f"oracle labels have shape {tuple(labels.shape)}, expected ({plan.batch_size},)")
     labels = labels.long().cpu()
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= plan.num_classes):
-        raise ValueError(
+        raise InputError(
             f"known labels must lie in [0, {plan.num_classes}) (the model's {plan.num_classes} classes); "
             f"got min {int(labels.min())}, max {int(labels.max())}"
         )
@@ -143,6 +156,7 @@ def batch_loss(logits: Tensor, plan: LabelPlan, label_logits: Tensor | None, row
     """
     if plan.fixed is not None:
         return F.cross_entropy(logits, plan.fixed[rows].to(logits.device))
+    assert label_logits is not None  # a plan without fixed labels has a learnable mode, which learns them
     soft = torch.softmax(label_logits if label_logits.ndim == 1 else label_logits[rows], dim=-1).expand_as(logits)
     return -(soft * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
@@ -151,5 +165,6 @@ def labels_in_use(plan: LabelPlan, label_logits: Tensor | None) -> np.ndarray:
     """The hard labels (K,) the attack ends with: fixed ones, or the argmax of the learned logits."""
     if plan.fixed is not None:
         return plan.fixed.cpu().numpy()
+    assert label_logits is not None  # a plan without fixed labels has a learnable mode, which learns them
     hard = label_logits.detach().argmax(dim=-1).cpu()
     return (hard.expand(plan.batch_size) if hard.ndim == 0 else hard).numpy().astype(np.int64)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, cast
 
 import torch
 
-from inversion.attack.labels import LABEL_MODES
+from inversion.attack.labels import label_modes
 from inversion.attack.objectives import OBJECTIVES
 from inversion.attack.span import SPAN_MODES
-from inversion.utils.choices import choices, coerce
+from inversion.utils.choices import Choice, choices, coerce
+from inversion.utils.errors import InputError
 
 __all__ = [
     "BATCH_RESTART_MODES",
@@ -23,7 +24,6 @@ __all__ = [
     "BatchRestarts",
     "Device",
     "Init",
-    "LabelMode",
     "Objective",
     "Optimizer",
     "Schedule",
@@ -37,14 +37,22 @@ SCHEDULES = ("step", "cosine", "none")
 DEVICES = ("auto", "cpu", "cuda")
 BATCH_RESTART_MODES = ("auto", "always", "never")
 
-LabelMode = choices("LabelMode", LABEL_MODES)
-Objective = choices("Objective", OBJECTIVES)
-Optimizer = choices("Optimizer", OPTIMIZERS)
-Schedule = choices("Schedule", SCHEDULES)
-Init = choices("Init", INITS)
-Device = choices("Device", DEVICES)
-Span = choices("Span", SPAN_MODES)
-BatchRestarts = choices("BatchRestarts", BATCH_RESTART_MODES)
+if TYPE_CHECKING:  # a type made at run time is no type to mypy; its members are strings, so a field holds a str
+    Objective = str
+    Optimizer = str
+    Schedule = str
+    Init = str
+    Device = str
+    Span = str
+    BatchRestarts = str
+else:  # the fields' types for omegaconf, which checks a config's value against the members
+    Objective = choices("Objective", OBJECTIVES)
+    Optimizer = choices("Optimizer", OPTIMIZERS)
+    Schedule = choices("Schedule", SCHEDULES)
+    Init = choices("Init", INITS)
+    Device = choices("Device", DEVICES)
+    Span = choices("Span", SPAN_MODES)
+    BatchRestarts = choices("BatchRestarts", BATCH_RESTART_MODES)
 
 
 @dataclass
@@ -55,7 +63,11 @@ class AttackSettings:
     section is this class, so a config key or value the class does not accept is rejected.
 
     Attributes:
-        labels: the label mode: a :data:`label_restore.METHOD_NAMES` entry, ``oracle``, ``joint`` or ``shared``.
+        method: the attack, a name in its registry (:func:`~inversion.attack.registry.attack_names`, including
+            those registered at run time): ``gradient_matching`` (this module's settings drive it).
+        labels: the label mode (:func:`~inversion.attack.labels.label_modes`): a registered label-restoration
+            method (:func:`label_restore.available_methods`, including those registered at run time), ``oracle``,
+            ``joint`` or ``shared``.
         objective: ``cosine`` (Inverting Gradients) or ``l2`` (DLG).
         layer_weights: parameter-name prefix -> weight in the objective; None: all 1.
         parameters: names or dotted prefixes of the parameters to match; None: every shared gradient.
@@ -68,7 +80,8 @@ class AttackSettings:
             on a CUDA device where it applies, ``always`` (an error where it does not apply), ``never``.
         init: ``randn``, ``rand`` (uniform in the pixel box) or ``zeros``.
         span: the first-layer span constraint (:mod:`inversion.attack.span`): ``auto`` uses it where the
-            model's first trainable layer is linear on the flattened input, ``always`` insists (an error where it does not apply), ``never`` turns it off.
+            model's first trainable layer is linear on the flattened input, ``always`` insists (an error where
+            it does not apply), ``never`` turns it off.
         stop_loss: stop a restart once the matching loss is this low; None: never.
         seed: seeds the initialisations and the priors' randomness.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
@@ -79,31 +92,40 @@ class AttackSettings:
             has free (:func:`inversion.utils.memory.attack_memory`); false: run it anyway.
     """
 
-    labels: LabelMode = LabelMode.ilrg
-    objective: Objective = Objective.cosine
+    method: str = "gradient_matching"
+    labels: str = "ilrg"
+    objective: Objective = "cosine"
     layer_weights: Optional[Dict[str, float]] = None
     parameters: Optional[List[str]] = None
-    optimizer: Optimizer = Optimizer.adam
+    optimizer: Optimizer = "adam"
     lr: float = 0.1
     signed: bool = True
     boxed: bool = True
-    schedule: Schedule = Schedule.step
+    schedule: Schedule = "step"
     max_steps: int = 2000
     restarts: int = 1
-    batch_restarts: BatchRestarts = BatchRestarts.auto
-    init: Init = Init.randn
-    span: Span = Span.auto
+    batch_restarts: BatchRestarts = "auto"
+    init: Init = "randn"
+    span: Span = "auto"
     stop_loss: Optional[float] = None
     seed: int = 0
-    device: Device = Device.auto
+    device: Device = "auto"
     checkpoint_every: int = 500
     snapshot_every: int = 0
     monitor_every: int = 50
     memory_check: bool = True
 
     def __post_init__(self) -> None:
+        from inversion.attack.registry import attack_names  # here: the registry imports the attacks, which import this
+
+        if self.method not in attack_names():
+            raise InputError(f"unknown attack {self.method!r}; choose one of {', '.join(attack_names())}", "method")
+        self.method = str(self.method)
+        modes = label_modes()
+        if self.labels not in modes:
+            raise InputError(f"unknown label mode {self.labels!r}; choose one of {', '.join(modes)}")
+        self.labels = str(self.labels)
         for name, kind in (
-            ("labels", LabelMode),
             ("objective", Objective),
             ("optimizer", Optimizer),
             ("schedule", Schedule),
@@ -112,21 +134,21 @@ class AttackSettings:
             ("span", Span),
             ("batch_restarts", BatchRestarts),
         ):
-            setattr(self, name, coerce(kind, getattr(self, name), name if name != "labels" else "label mode"))
+            setattr(self, name, coerce(cast(type[Choice], kind), getattr(self, name), name))  # str to mypy only
         if self.max_steps < 1 or self.restarts < 1:
-            raise ValueError(f"max_steps and restarts must be >= 1, got {self.max_steps} and {self.restarts}")
+            raise InputError(f"max_steps and restarts must be >= 1, got {self.max_steps} and {self.restarts}")
         if not 0 < self.lr < math.inf:
-            raise ValueError(f"lr must be > 0 and finite, got {self.lr}")
+            raise InputError(f"lr must be > 0 and finite, got {self.lr}")
         if self.checkpoint_every < 0 or self.snapshot_every < 0:
-            raise ValueError("checkpoint_every and snapshot_every must be >= 0 (0: never)")
+            raise InputError("checkpoint_every and snapshot_every must be >= 0 (0: never)")
         if self.monitor_every < 1:
-            raise ValueError(f"monitor_every must be >= 1, got {self.monitor_every}")
+            raise InputError(f"monitor_every must be >= 1, got {self.monitor_every}")
         if self.optimizer == "lbfgs" and self.signed:
-            raise ValueError("signed gradients are an Adam option; set signed=false with optimizer=lbfgs")
+            raise InputError("signed gradients are an Adam option; set signed=false with optimizer=lbfgs")
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a ValueError."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda was asked for but no CUDA device is available; use auto or cpu")
+        raise InputError("device cuda was asked for but no CUDA device is available; use auto or cpu")
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")

@@ -1,6 +1,7 @@
-"""The server's labelled auxiliary data, and the statistics the ``aux`` label method reads from it.
+"""The server's labelled auxiliary data, and the statistics the label methods that need it read from it.
 
-``aux`` (:mod:`label_restore.aux`) assumes a stronger server than iLRG: one that owns a few thousand labelled
+Such methods (``needs="auxiliary"`` in :func:`label_restore.register_method`; built in: ``aux``,
+:mod:`label_restore.aux`) assume a stronger server than iLRG: one that owns a few thousand labelled
 images from the clients' distribution (a public split, never the client's batch). This module draws that set
 (:func:`draw_auxiliary`), evaluates the model on it (:func:`softmax_outputs`) and, for a FedAvg update,
 simulates the client's local training on it (:func:`simulated_client_softmax`, RLU's idea): the pseudo-gradient
@@ -26,6 +27,7 @@ from inversion.data import DatasetSpec, ImageSource
 from inversion.fl.local import LocalTraining
 from inversion.fl.update import SharedUpdate
 from inversion.models import final_layer
+from inversion.utils.errors import InputError
 from label_restore import RestorationResult, restore_labels
 from label_restore.aux import class_conditional_probabilities
 from label_restore.result import make_result
@@ -64,7 +66,7 @@ class AuxiliaryData:
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.labels.shape != (self.images.shape[0],) or self.images.shape[0] < 1:
-            raise ValueError(
+            raise InputError(
                 f"auxiliary data needs images (N, C, H, W) and labels (N,) with N >= 1; got "
                 f"{tuple(self.images.shape)} and {tuple(self.labels.shape)}"
             )
@@ -79,22 +81,23 @@ class AuxiliaryData:
         meta, spec, shape = update.meta, self.spec, tuple(self.images.shape[1:])
         fix = "draw the auxiliary set from the update's dataset"
         if meta.input_shape is not None and shape != meta.input_shape:
-            raise ValueError(
+            raise InputError(
                 f"the auxiliary images are {shape} (C, H, W) but the inputs of {update.display_name} "
                 f"{meta.input_shape}: {fix}"
             )
         if (
             spec is not None
             and meta.mean is not None
+            and meta.std is not None  # given with the mean (checked on creation)
             and not (_same(spec.mean, meta.mean) and _same(spec.std, meta.std))
         ):
-            raise ValueError(
+            raise InputError(
                 f"the auxiliary images are normalised with mean {spec.mean}, std {spec.std} but the "
                 f"inputs of {update.display_name} with mean {meta.mean}, std {meta.std}: {fix}"
             )
         classes = final_layer(model).out_features
         if spec is not None and spec.num_classes > classes:
-            raise ValueError(
+            raise InputError(
                 f"the auxiliary set has {spec.num_classes} classes ({spec.name}) but the model {classes}: {fix}"
             )
 
@@ -123,29 +126,29 @@ def draw_auxiliary(
             nothing is left after ``exclude``.
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"the auxiliary set size must be a positive integer, got {size!r}")
+        raise InputError(f"the auxiliary set size must be a positive integer, got {size!r}")
     positions = np.asarray(exclude)
     if positions.size and positions.dtype.kind not in "iu":
-        raise ValueError(f"exclude must hold integer positions in the source, got {positions.dtype} values")
+        raise InputError(f"exclude must hold integer positions in the source, got {positions.dtype} values")
     excluded = np.unique(positions.astype(np.int64))
     if excluded.size and (excluded[0] < 0 or excluded[-1] >= len(source)):
-        raise ValueError(
+        raise InputError(
             f"exclude holds positions outside the {len(source)} images of {source.description} "
             f"(min {excluded[0]}, max {excluded[-1]}): give positions in this source (the client's "
             "batch must come from it)"
         )
     pool = np.setdiff1d(np.arange(len(source), dtype=np.int64), excluded)
     if not pool.size:
-        raise ValueError(
+        raise InputError(
             f"no auxiliary images are left: all {len(source)} images of {source.description} are the client's"
         )
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(pool, size=size, replace=False)) if size < pool.size else pool
     images = source.spec.normalize(source.images(chosen))
     if synthetic_classes is None:
-        labels, kind = source.targets[chosen], "real"
+        drawn, kind = source.targets[chosen], "real"
     else:
-        labels, kind = rng.integers(0, synthetic_classes, chosen.size), f"synthetic (uniform over {synthetic_classes})"
+        drawn, kind = rng.integers(0, synthetic_classes, chosen.size), f"synthetic (uniform over {synthetic_classes})"
     record = {
         "source": source.description,
         "requested": size,
@@ -153,9 +156,9 @@ def draw_auxiliary(
         "seed": seed,
         "excluded": int(excluded.size),
         "labels": kind,
-        "classes": int(np.unique(labels).size),
+        "classes": int(np.unique(drawn).size),
     }
-    labels = torch.as_tensor(labels, dtype=torch.int64)
+    labels = torch.as_tensor(drawn, dtype=torch.int64)
     spec = source.spec if synthetic_classes is None else dataclasses.replace(source.spec, num_classes=synthetic_classes)
     return AuxiliaryData(images, labels, record, spec)
 
@@ -255,17 +258,24 @@ def _misfit(
     return float(torch.linalg.vector_norm(residual)), residual
 
 
+_Simulated = tuple[float, Tensor, np.ndarray, np.ndarray | None]
+"""A FedAvg search's simulated client: (misfit, residual (C,), counts (C,), the counts restored with its statistics
+or None)."""
+
+
 def aux_restoration(
     update: SharedUpdate,
     model: nn.Module,
     aux: AuxiliaryData,
     batch_size: int,
     *,
-    missing_classes: str = "error",
+    method: str = "aux",
     max_passes: int = MAX_PASSES,
     seed: int = 0,
+    **options: Any,
 ) -> RestorationResult:
-    """The ``aux`` method on a shared update, with the auxiliary statistics it needs.
+    """A label method that needs auxiliary data (``aux`` by default) on a shared update, with the auxiliary
+    statistics it needs: the final layer's gradients and parameters, plus ``aux_probs`` and ``aux_labels``.
 
     FedSGD: one restoration with the model's softmax outputs on ``aux``. FedAvg: that restoration gives first
     counts; then clients with the current counts are simulated through the update's public schedule
@@ -277,6 +287,15 @@ def aux_restoration(
     and from them single samples move between the :data:`MOVES` classes the misfit points at while it falls.
     Over whole local epochs (S·B a multiple of K) every sample counts equally in the pseudo-gradient; otherwise
     the first mini-batches count more, which no server can undo without the client's order.
+
+    Args:
+        update, model: the shared update and model.
+        aux: the server's auxiliary data.
+        batch_size: K.
+        method: the registered label method (one that needs ``"auxiliary"``).
+        max_passes: FedAvg: the most fixed-point rounds.
+        seed: FedAvg: the first simulated client's seed.
+        options: the method's options (for ``aux``: ``missing_classes``).
 
     Returns:
         the restoration, with ``details["aux"]`` = ``aux.record``, ``details["server_seconds"]`` (forward passes
@@ -291,39 +310,51 @@ def aux_restoration(
     """
     aux.check_fits(update, model)
     start = time.perf_counter()
-    _, grad_bias = update.final_layer_gradients(model)
+    grad_weight, grad_bias = update.final_layer_gradients(model)
+    layer = final_layer(model)
     options = {
+        "grad_weight": grad_weight,
         "grad_bias": grad_bias,
+        "weight": layer.weight.detach(),
+        "bias": None if layer.bias is None else layer.bias.detach(),
         "batch_size": batch_size,
         "aux_labels": aux.labels,
-        "missing_classes": missing_classes,
+        **options,
     }
-    result = restore_labels("aux", aux_probs=softmax_outputs(model, aux.images), **options)
+    result = restore_labels(method, aux_probs=softmax_outputs(model, aux.images), **options)
     extra: dict[str, Any] = {"aux": aux.record}
     if update.kind == "fedavg":
         local = update.meta.local
+        assert local is not None  # a fedavg update records its local training (checked on creation)
+        if grad_bias is None:
+            raise InputError(
+                f"{method} on a FedAvg update scores the counts by the final layer's bias gradient, but the "
+                "model's final layer has no bias: use a FedSGD update or a model with a bias"
+            )
         extra.update(
             first_pass_counts={str(c): int(n) for c, n in enumerate(result.counts) if n},
             simulated_steps=local.steps,
             simulations=0,
         )
 
-        def simulate(counts: np.ndarray, restore: bool) -> tuple[float, Tensor, np.ndarray, np.ndarray | None]:
-            """(misfit, residual vector, counts, with ``restore`` the counts restored with these clients'
-            statistics, else None)."""
+        def simulate(counts: np.ndarray, restore: bool) -> _Simulated:
+            """The clients simulated with ``counts``; their restored counts only with ``restore``."""
             probs, labels = simulated_client_softmax(model, aux, local, counts, seed, bn_mode=update.meta.bn_mode)
             extra["simulations"] += 1
             restored = None
             if restore:
-                restored = restore_labels("aux", aux_probs=probs, **{**options, "aux_labels": labels}).counts
+                restored = restore_labels(method, aux_probs=probs, **{**options, "aux_labels": labels}).counts
             return (*_misfit(probs, labels, counts, grad_bias, batch_size), counts, restored)
 
-        counts, scored = result.counts, []
+        counts = result.counts
+        scored: list[_Simulated] = []
         for _ in range(max_passes):  # fixed-point rounds: simulate with the counts, restore again
             if any(np.array_equal(counts, entry[2]) for entry in scored):
                 break
             scored.append(simulate(counts, restore=True))
-            counts = scored[-1][3]
+            restored = scored[-1][3]
+            assert restored is not None  # simulate(restore=True) restores
+            counts = restored
         best = min(scored, key=lambda entry: entry[0])
         for _ in range(batch_size):  # then move one sample at a time, where the residual points, while it helps
             misfit, residual, counts, _ = best
@@ -339,8 +370,12 @@ def aux_restoration(
                 break
             best = min(tries, key=lambda entry: entry[0])
         counts = best[2]
-        kept = {key: result.details[key] for key in ("aux_samples", "aux_per_class_min", "missing_classes")}
-        result = make_result("aux", counts, counts, counts > 0, batch_size, details=kept)
+        kept = {
+            key: result.details[key]
+            for key in ("aux_samples", "aux_per_class_min", "missing_classes")
+            if key in result.details
+        }
+        result = make_result(method, counts, counts, counts > 0, batch_size, details=kept)
         extra.update(misfit=best[0], solver="simulation search")
     extra["server_seconds"] = time.perf_counter() - start
     seconds = extra["server_seconds"] if update.kind == "fedavg" else result.seconds

@@ -9,9 +9,18 @@ from torch import nn
 from inversion.fl.update import SharedUpdate
 from inversion.models import final_layer
 from inversion.restore.auxiliary import AuxiliaryData, aux_restoration
-from label_restore import RestorationResult, restore_labels
+from inversion.utils.errors import InputError
+from label_restore import RestorationResult, available_methods, method_spec, restore_labels
 
-__all__ = ["restore_from_update"]
+__all__ = ["needs_auxiliary", "restore_from_update"]
+
+
+def needs_auxiliary(method: str) -> bool:
+    """Whether ``method`` is a registered label method that reads the server's auxiliary data (``aux=``).
+
+    False for anything else, e.g. the attack's label modes ``oracle``, ``joint`` and ``shared``.
+    """
+    return method in available_methods() and method_spec(method).needs == "auxiliary"
 
 
 def restore_from_update(
@@ -25,30 +34,49 @@ def restore_from_update(
 ) -> RestorationResult:
     """Restore the batch's label counts from a shared update, as the server would.
 
-    Reads only what the server has: the final layer's gradients from ``update``, its
-    current weight and bias from ``model`` and the batch size K (the update's, or ``batch_size``
-    when the protocol does not reveal it). A shared update holds nothing private.
+    Reads only what the server has: the update, the model and the batch size K (the update's, or ``batch_size``
+    when the protocol does not reveal it), plus the server's auxiliary data where the method needs it. A shared
+    update holds nothing private. What the method is handed depends on what it needs
+    (:func:`label_restore.method_spec`):
+
+    - ``"final_layer"``: the final layer's gradients from ``update`` and its current weight and bias from
+      ``model`` (:func:`label_restore.restore_labels`);
+    - ``"auxiliary"``: the same, plus the model's softmax outputs on ``aux`` and their labels; for a FedAvg update
+      the server simulates the client's local training on ``aux`` (:func:`~.auxiliary.aux_restoration`);
+    - ``"update"``: ``fn(update, model, batch_size=K, **options)``.
 
     Args:
-        method: a :data:`label_restore.METHOD_NAMES` entry, e.g. ``"ilrg"``.
+        method: a registered label method (:func:`label_restore.available_methods`), e.g. ``"ilrg"``.
         update: the client's shared update (full or final-layer only).
         model: the shared model (its final layer is found by :func:`~inversion.models.final_layer`).
         batch_size: K, needed only when ``update.batch_size`` is None.
-        aux: the server's labelled auxiliary data, for ``method="aux"`` only (see :mod:`inversion.restore.auxiliary`).
+        aux: the server's labelled auxiliary data (:mod:`inversion.restore.auxiliary`), for methods that need it
+            (:func:`needs_auxiliary`, e.g. ``aux``) only.
         options: method-specific keyword arguments (for ``aux``: ``missing_classes``, ``max_passes``).
+
+    Raises:
+        ValueError: unknown method, unknown K, ``aux`` missing for a method that needs it or given to one that
+            does not, or the method's own refusal of its inputs.
+        TypeError: a method that needs the update returned something else than a ``RestorationResult``.
     """
+    spec = method_spec(method)
     k = update.batch_size if update.batch_size is not None else batch_size
     if k is None:
-        raise ValueError("the update does not reveal the batch size K; pass batch_size (your guess of K)")
-    if method == "aux":
+        raise InputError("the update does not reveal the batch size K; pass batch_size (your guess of K)")
+    if spec.needs == "auxiliary":
         if aux is None:
-            raise ValueError(
-                "label method 'aux' needs the server's labelled auxiliary data: pass aux= "
+            raise InputError(
+                f"label method {method!r} needs the server's labelled auxiliary data: pass aux= "
                 "(inversion.restore.auxiliary.draw_auxiliary)"
             )
-        return aux_restoration(update, model, aux, int(k), **options)
+        return aux_restoration(update, model, aux, int(k), method=method, **options)
     if aux is not None:
-        raise ValueError(f"aux= is auxiliary data for the 'aux' method; {method!r} does not read it")
+        raise InputError(f"aux= is auxiliary data for methods such as 'aux'; {method!r} does not read it")
+    if spec.needs == "update":
+        result = spec.fn(update, model, batch_size=int(k), **options)
+        if not isinstance(result, RestorationResult):
+            raise TypeError(f"label method {method!r} returned a {type(result).__name__}, not a RestorationResult")
+        return result
     grad_weight, grad_bias = update.final_layer_gradients(model)
     layer = final_layer(model)
     return restore_labels(

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-import label_restore
 from label_restore import (
     METHOD_NAMES,
     InconsistentGradientWarning,
@@ -17,7 +16,6 @@ from label_restore import (
     counts_from_labels,
     get_method,
     label_metrics,
-    register_method,
     restore_labels,
 )
 from label_restore.ilrg import class_embeddings, class_probabilities
@@ -319,23 +317,6 @@ def test_methods_that_need_only_grad_weight_ignore_the_rest(hand_grads):
         assert np.array_equal(alone.counts, full.counts), name
     r = restore_labels("bias_corrected", grad_bias=hand_grads["grad_bias"], batch_size=5)
     assert r.counts.tolist() == [2, 0, 3]
-
-
-def test_registry():
-    assert METHOD_NAMES == ("ilrg", "aux", "idlg", "gi", "rlg", "llg", "bias_corrected")
-    with pytest.raises(ValueError, match="already registered"):
-        register_method("ilrg", lambda *a, **k: None)
-
-    def const(grad_weight=None, grad_bias=None, weight=None, bias=None, batch_size=None):
-        return restore_labels("idlg", grad_weight, batch_size=batch_size)
-
-    register_method("test_const", const)
-    try:
-        r = restore_labels("test_const", grad_weight=-torch.ones(3, 2), batch_size=3)
-        assert r.counts.tolist() == [1, 1, 1]
-        assert "test_const" in label_restore.available_methods()
-    finally:
-        label_restore.api._REGISTRY.pop("test_const")
 
 
 def test_leaf_package_imports_no_inversion():

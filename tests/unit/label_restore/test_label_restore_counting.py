@@ -143,7 +143,7 @@ def test_greedy_counts_hand_case():
 def test_greedy_updates_the_chosen_class():
     # present (-2.5, -2.0) -> (-1.5, -1.0); then class 0 (-> -0.5), class 1 (-> 0.0), class 0 (-> 0.5).
     # Not updating the chosen class (or updating another one) would give class 0 all three: [4, 1, 0].
-    raw, counts = greedy_counts(np.array([-2.5, -2.0, 1.0]), 5, impact=-1.0)
+    _raw, counts = greedy_counts(np.array([-2.5, -2.0, 1.0]), 5, impact=-1.0)
     assert counts.tolist() == [3, 2, 0]
     assert counts.tolist() == sequential_greedy([-2.5, -2.0, 1.0], 5, -1.0).tolist()
 

@@ -58,7 +58,7 @@ def test_count_system_solvers_equal_pinv_on_stochastic_systems(c):
     want = pinv_solution(a, y)
     solvers = ("auto", "lu") if c >= 256 else ("auto", "lu", "gelsy", "gelsd", "pinv")  # keep the test fast
     for solver in solvers:
-        got, info = solve_count_system(p, gb, 16, solver=solver)
+        got, _info = solve_count_system(p, gb, 16, solver=solver)
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9, err_msg=solver)
     assert solve_count_system(p, gb, 16)[1]["solver"] == ("lu-mixed" if c >= 256 else "lu")
     assert solve_count_system(p, gb, 16, solver="lu")[1]["solver"] == "lu"
