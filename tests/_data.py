@@ -43,9 +43,9 @@ def copy_packs(data_root: Path, destination: Path, *names: str) -> Path:
 def ctrl_c_at_step(monkeypatch, step: int) -> list[int]:
     """Make the attack's ``step``-th optimisation step (counted over all attacks from now on) raise
     KeyboardInterrupt, as Ctrl-C would; returns the list that counts the steps begun."""
-    from inversion.attack.optimize import Inversion
+    from inversion.attack.steppers import SequentialStepper
 
-    real_step, calls = Inversion._step, []
+    real_step, calls = SequentialStepper.step, []
 
     def stepped(self, *args):
         calls.append(1)
@@ -53,5 +53,5 @@ def ctrl_c_at_step(monkeypatch, step: int) -> list[int]:
             raise KeyboardInterrupt
         return real_step(self, *args)
 
-    monkeypatch.setattr(Inversion, "_step", stepped)
+    monkeypatch.setattr(SequentialStepper, "step", stepped)
     return calls

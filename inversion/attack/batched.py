@@ -10,8 +10,10 @@ loss, and Adam's per-element updates on the stacked tensor are R independent Ada
 optimisation as R sequential runs, with R times the work per kernel (fewer, larger kernels on a GPU).
 
 :func:`batching_obstacle` says when this does not apply: FedAvg updates (their unrolled local steps),
-learnable labels, L-BFGS (its line search would couple the restarts), the ``bn`` and ``augment``
-priors (model hooks and random augmentations per forward), and train-mode batch norm.
+learnable labels, L-BFGS (its line search would couple the restarts), priors that are not batchable
+(:attr:`priors.PriorSpec.batchable`: ``bn`` and ``augment``, with model hooks and random augmentations
+per forward), and train-mode batch norm. :func:`batched_match` builds the batched matching of an
+attack's restarts where its ``batch_restarts`` setting asks for it and it applies.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ from torch.func import functional_call, vmap
 
 from inversion.attack.labels import LabelPlan, batch_loss
 from inversion.attack.objectives import GradientMatcher
+from inversion.utils.errors import InputError
+from priors import prior_spec
 
 if TYPE_CHECKING:
+    from inversion.attack.problem import AttackProblem
     from inversion.attack.settings import AttackSettings
 
-__all__ = ["BatchedMatch", "batching_obstacle"]
+__all__ = ["BatchedMatch", "batched_match", "batching_obstacle"]
 
 
 def batching_obstacle(
@@ -42,9 +47,11 @@ def batching_obstacle(
         return f"learnable labels (label mode {plan.mode})"
     if settings.optimizer != "adam":
         return "L-BFGS (its line search would couple the restarts)"
-    hooked = sorted(name for name, weight in priors.items() if name in ("bn", "augment") and float(weight) > 0)
-    if hooked:
-        return f"the {' and '.join(hooked)} prior(s)"
+    unbatchable = sorted(
+        name for name, weight in priors.items() if float(weight) > 0 and not prior_spec(name).batchable
+    )
+    if unbatchable:
+        return f"the {' and '.join(unbatchable)} prior(s)"
     if train_mode_batch_norm:
         return "train-mode batch norm (batch statistics per forward)"
     return None
@@ -80,3 +87,31 @@ class BatchedMatch:
         losses = self._losses(self.stacked, images)
         gradients = torch.autograd.grad(losses.sum(), [self.stacked[n] for n in self.names], create_graph=True)
         return self.matcher.batched(gradients)
+
+
+def batched_match(problem: AttackProblem) -> BatchedMatch | None:
+    """The batched matching of ``problem``'s restarts where ``batch_restarts`` asks for it and it applies, else None.
+
+    Raises:
+        ValueError: ``batch_restarts=always`` where batching does not apply (the message says why).
+    """
+    settings = problem.settings
+    mode = str(settings.batch_restarts)
+    if settings.restarts == 1 or mode == "never" or (mode == "auto" and problem.device.type != "cuda"):
+        return None
+    obstacle = batching_obstacle(
+        settings,
+        problem.plan,
+        problem.prior_weights,
+        fedavg=problem.local is not None,
+        train_mode_batch_norm=problem.bn_mode == "train"
+        and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in problem.model.modules()),
+    )
+    if obstacle is None:
+        return BatchedMatch(problem.model, problem.names, problem.plan, problem.matcher, settings.restarts)
+    if mode == "always":
+        raise InputError(
+            f"attack.batch_restarts=always: restarts cannot run batched with {obstacle}; "
+            "set attack.batch_restarts=auto or never"
+        )
+    return None

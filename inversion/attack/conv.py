@@ -19,11 +19,13 @@ private copy of the model (:func:`use_lean_convolutions`); its results do not ch
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.grad import conv2d_weight
 
 __all__ = ["MIN_MULTIPLY_ADDS", "LeanConv2d", "conv2d", "multiply_adds", "use_lean_convolutions"]
 
@@ -49,7 +51,7 @@ class _Conv2d(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        x, weight, bias, stride, padding, dilation, groups = inputs
+        x, weight, _bias, stride, padding, dilation, groups = inputs
         ctx.save_for_backward(x, weight)
         ctx.conv = (stride, padding, dilation, groups)
         # the rows/columns of x that the strided convolution does not reach: the transposed one must restore them
@@ -69,7 +71,7 @@ class _Conv2d(torch.autograd.Function):
                 grad_output, weight, None, stride, padding, ctx.output_padding, groups, dilation
             )
         if _used(ctx, 1):
-            grad_weight = torch.nn.grad.conv2d_weight(x, weight.shape, grad_output, stride, padding, dilation, groups)
+            grad_weight = conv2d_weight(x, weight.shape, grad_output, stride, padding, dilation, groups)
         if _used(ctx, 2):
             grad_bias = grad_output.sum((0, 2, 3))
         return grad_x, grad_weight, grad_bias, None, None, None, None
@@ -87,9 +89,9 @@ def conv2d(
     x: Tensor,
     weight: Tensor,
     bias: Tensor | None = None,
-    stride: _Pair = (1, 1),
-    padding: _Pair = (0, 0),
-    dilation: _Pair = (1, 1),
+    stride: Sequence[int] = (1, 1),
+    padding: Sequence[int] = (0, 0),
+    dilation: Sequence[int] = (1, 1),
     groups: int = 1,
 ) -> Tensor:
     """``F.conv2d`` (zero padding given as numbers) with a cheaper double backward.
@@ -119,10 +121,13 @@ than the Python around the split (about 0.15 ms per convolution and step here)."
 
 
 def multiply_adds(x: Tensor, layer: nn.Conv2d) -> int:
-    """Multiply-adds of ``layer``'s forward on ``x`` (B, C_in, H, W): B * C_out * C_in / groups * kH * kW * H_out * W_out."""
+    """Multiply-adds of ``layer``'s forward on ``x`` (B, C_in, H, W):
+    B * C_out * C_in / groups * kH * kW * H_out * W_out. ValueError for padding given as a string (``"same"``)."""
+    padding = layer.padding
+    if isinstance(padding, str):
+        raise ValueError(f"multiply_adds needs a convolution with numeric padding, not padding={padding!r}")
     out = [
-        (x.shape[2 + d] + 2 * layer.padding[d] - layer.dilation[d] * (layer.kernel_size[d] - 1) - 1) // layer.stride[d]
-        + 1
+        (x.shape[2 + d] + 2 * padding[d] - layer.dilation[d] * (layer.kernel_size[d] - 1) - 1) // layer.stride[d] + 1
         for d in range(2)
     ]
     return x.shape[0] * layer.weight[0].numel() * layer.out_channels * out[0] * out[1]
@@ -133,9 +138,10 @@ class LeanConv2d(nn.Conv2d):
     :data:`MIN_MULTIPLY_ADDS` multiply-adds, else by ``F.conv2d``."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if multiply_adds(x, self) < MIN_MULTIPLY_ADDS:
+        padding = self.padding  # numeric: use_lean_convolutions turns no other
+        if isinstance(padding, str) or multiply_adds(x, self) < MIN_MULTIPLY_ADDS:
             return super().forward(x)
-        return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
 
 def use_lean_convolutions(model: nn.Module) -> int:

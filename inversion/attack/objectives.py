@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from inversion.utils.errors import InputError
+
 __all__ = ["OBJECTIVES", "GradientMatcher"]
 
 OBJECTIVES = ("cosine", "l2")
@@ -46,12 +48,12 @@ class GradientMatcher:
         device: torch.device | str = "cpu",
     ) -> None:
         if objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+            raise InputError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
         missing = [n for n in names if n not in target]
         if missing:
-            raise ValueError(f"the shared update has no gradient for {missing[:5]}; match a subset it holds")
+            raise InputError(f"the shared update has no gradient for {missing[:5]}; match a subset it holds")
         if not names:
-            raise ValueError("no parameters to match")
+            raise InputError("no parameters to match")
         self.objective = objective
         self.names = list(names)
         self.targets = [target[n].detach().reshape(-1).to(device) for n in self.names]
@@ -68,7 +70,7 @@ class GradientMatcher:
             return 1.0
         weight = float(layer_weights[max(matches, key=len)])
         if weight < 0:
-            raise ValueError(f"layer weight for {name!r} is negative ({weight})")
+            raise InputError(f"layer weight for {name!r} is negative ({weight})")
         return weight
 
     def __call__(self, gradients: Sequence[Tensor]) -> Tensor:

@@ -33,6 +33,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from inversion.utils.errors import InputError
+
 __all__ = ["SPAN_MODES", "FirstLayerSpan", "first_linear_weight", "row_space_basis", "span_for_update"]
 
 SPAN_MODES = ("auto", "always", "never")
@@ -51,7 +53,7 @@ def first_linear_weight(model: nn.Module, image_shape: Sequence[int]) -> tuple[s
     """
     probe = torch.randn(2, *image_shape, generator=torch.Generator().manual_seed(0))
     names = {module: name for name, module in model.named_modules()}
-    calls: list[tuple[nn.Module, Tensor]] = []
+    calls: list[tuple[nn.Module, Tensor | None]] = []
 
     def record(module: nn.Module, inputs: tuple) -> None:
         if not calls and any(True for _ in module.parameters(recurse=False)):
@@ -94,10 +96,10 @@ def row_space_basis(weight_grad: Tensor, max_rank: int, rtol: float = RTOL) -> T
     """
     grad = weight_grad.detach().to(torch.float64)
     if not torch.isfinite(grad).all():
-        raise ValueError("the first layer's gradient is not finite: the span constraint cannot be used")
+        raise InputError("the first layer's gradient is not finite: the span constraint cannot be used")
     _, singular, vh = torch.linalg.svd(grad, full_matrices=False)
     if singular.numel() == 0 or singular[0] == 0:
-        raise ValueError("the first layer's gradient is zero: it spans nothing; set attack.span=never")
+        raise InputError("the first layer's gradient is zero: it spans nothing; set attack.span=never")
     rank = min(int((singular > rtol * singular[0]).sum()), max_rank)
     return vh[:rank].T.contiguous().to(torch.float32)
 
@@ -116,11 +118,13 @@ class FirstLayerSpan(nn.Module):
         layer: the name of the weight the basis came from (for the records).
     """
 
+    basis: Tensor  # a buffer: moves with the module, not a parameter
+
     def __init__(self, basis: Tensor, image_shape: Sequence[int], layer: str = "") -> None:
         super().__init__()
         self.image_shape = tuple(int(s) for s in image_shape)
         if basis.dim() != 2 or basis.shape[0] != torch.Size(self.image_shape).numel():
-            raise ValueError(f"a basis of shape {tuple(basis.shape)} does not fit images of shape {self.image_shape}")
+            raise InputError(f"a basis of shape {tuple(basis.shape)} does not fit images of shape {self.image_shape}")
         self.register_buffer("basis", basis)
         self.scale = math.sqrt(basis.shape[0] / max(basis.shape[1], 1))
         self.layer = layer
@@ -160,7 +164,7 @@ def span_for_update(
     images). ``always`` raises a ValueError that says why where it does not apply; ``never`` never uses it.
     """
     if mode not in SPAN_MODES:
-        raise ValueError(f"unknown span mode {mode!r}; choose one of {', '.join(SPAN_MODES)}")
+        raise InputError(f"unknown span mode {mode!r}; choose one of {', '.join(SPAN_MODES)}")
     if mode == "never":
         return None
     found = first_linear_weight(model, image_shape)
@@ -177,5 +181,5 @@ def span_for_update(
         name = found[0]
         return FirstLayerSpan(row_space_basis(gradients[name], batch_size), image_shape, layer=name)
     if mode == "always":
-        raise ValueError(f"attack.span=always: {why}; set attack.span=auto or never")
+        raise InputError(f"attack.span=always: {why}; set attack.span=auto or never")
     return None

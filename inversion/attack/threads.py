@@ -1,10 +1,10 @@
 """CPU threads of an attack: one for a small problem, torch's count (all cores) otherwise.
 
-A small problem's operations are too short for a second thread to pay for waking it: on the 2-core
-development machine (``scripts/bench_threads.py``, README "CPU threads") the default run (FCN-3, K=8,
-5 MFLOP per forward pass of the batch) and LeNet-5 on K=8 CIFAR images (10 MFLOP) ran 10-20 % faster on one
-thread than on two on a quiet machine, and beside busy processes one thread also avoids waiting for a
-second one that the scheduler has set aside. From about 30 MFLOP on (FCN-3 on K=50, LeNet-5 on K=64,
+A small problem's operations are too short for a second thread to pay for waking it: on the 2-core development
+machine (``scripts/bench_threads.py``; docs/attack.md, "CPU threads on a shared machine") the default run
+(FCN-3, K=8, 5 MFLOP per forward pass of the batch) and LeNet-5 on K=8 CIFAR images (10 MFLOP) ran 10-20 %
+faster on one thread than on two on a quiet machine, and beside busy processes one thread also avoids waiting
+for a second one that the scheduler has set aside. From about 30 MFLOP on (FCN-3 on K=50, LeNet-5 on K=64,
 ResNet-18) two threads are faster. Together with OpenMP's passive waiting (:mod:`inversion.utils.openmp`) this
 keeps a small attack from collapsing on a shared machine.
 

@@ -7,6 +7,7 @@ import torch
 
 import inversion as gl
 from inversion.attack import AttackSettings, GradientMatcher, Inversion, lr_factor, plan_labels
+from inversion.attack.steppers import SequentialStepper
 from inversion.fl import PrivateBatch, SharedUpdate, client_update
 from inversion.models import build_model
 
@@ -44,7 +45,10 @@ def tiny_problem(batch_size=3, seed=0):
     return model, update, images, labels
 
 
-def attack(model, update, mode="oracle", true_labels=torch.tensor([0, 2, 3]), **settings):
+TRUE_LABELS = torch.tensor([0, 2, 3])
+
+
+def attack(model, update, mode="oracle", true_labels=TRUE_LABELS, **settings):
     plan = plan_labels(mode, update, model, true_labels=true_labels if mode == "oracle" else None)
     bounds = (torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
     return Inversion(model, update, plan, AttackSettings(**settings), bounds=bounds, image_shape=(1, 6, 6))
@@ -61,8 +65,8 @@ def best_psnr(recon, truth):
 def test_oracle_attack_drives_loss_down_and_psnr_up():
     model, update, images, _ = tiny_problem()
     inversion = attack(model, update, max_steps=300, lr=0.05, init="rand", span="never")  # exactly boxed pixels
-    start = inversion.images(inversion._fresh_restart(0)["x"])
-    start_loss = float(inversion.match(start.clone().requires_grad_(True), None).detach())
+    start = inversion.problem.images(inversion.problem.fresh_restart(0).x)
+    start_loss = float(inversion.problem.match(start.clone().requires_grad_(True), None).detach())
     result = inversion.run(progress=False)
     assert result.loss < 0.05 * start_loss
     assert best_psnr(result.images, images) > best_psnr(start.detach(), images) + 5
@@ -80,7 +84,7 @@ def test_ilrg_labels_equal_oracle_where_restoration_is_exact():
 def test_learnable_label_modes(mode, shape):
     model, update, _, _ = tiny_problem()
     inversion = attack(model, update, mode, max_steps=5)
-    assert inversion._fresh_restart(0)["label_logits"].shape == shape
+    assert inversion.problem.fresh_restart(0).label_logits.shape == shape
     result = inversion.run(progress=False)
     assert result.labels.shape == (3,) and result.labels.max() < 4
     if mode == "shared":
@@ -182,7 +186,7 @@ def test_the_attack_leaves_the_callers_model_alone():
     assert math.isfinite(result.loss)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # incl. batch-norm statistics
     assert [len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()] == hooks
-    assert not any(len(m._forward_pre_hooks) for m in inversion.model.modules())  # the prior's hooks are gone
+    assert not any(len(m._forward_pre_hooks) for m in inversion.problem.model.modules())  # the prior's hooks are gone
     assert not model.training and not model.fc.weight.requires_grad
     assert all(p.grad is None for p in model.parameters())
 
@@ -196,16 +200,16 @@ def test_priors_are_added_to_the_matching_loss():
     smooth = Inversion(
         model,
         update,
-        plain.plan,
-        plain.settings,
-        bounds=(plain.lower, plain.upper),
+        plain.problem.plan,
+        plain.problem.settings,
+        bounds=(plain.problem.lower, plain.problem.upper),
         image_shape=(1, 6, 6),
         priors={"tv": 2.0},
     )
     x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(3))
-    smooth.priors = build_priors({"tv": 2.0})  # as run() builds them
-    total, matching, _ = smooth.objective(x.clone().requires_grad_(True), None)
-    smooth.priors = None
+    smooth.problem.priors = build_priors({"tv": 2.0})  # as run() builds them
+    total, matching, _ = smooth.problem.objective(x.clone().requires_grad_(True), None)
+    smooth.problem.priors = None
     assert float(total.detach()) == pytest.approx(float(matching.detach()) + 2.0 * float(total_variation(x)), rel=1e-6)
     tv_plain = float(total_variation(plain.run(progress=False).images))
     tv_smooth = float(total_variation(smooth.run(progress=False).images))
@@ -214,26 +218,24 @@ def test_priors_are_added_to_the_matching_loss():
 
 def test_the_sign_step_applies_to_the_images_only_not_to_the_label_logits():
     model, update, _, _ = tiny_problem()
-    inversion = attack(model, update, "joint", max_steps=5, signed=True)
-    inversion.state.update(inversion._fresh_restart(0))
-    x = inversion.state["x"].clone().requires_grad_(True)
-    logits = inversion.state["label_logits"].clone().requires_grad_(True)
-    total, _, _ = inversion.objective(inversion.images(x), logits)
-    raw_x, raw_logits = torch.autograd.grad(total, [x, logits])
-    inversion._step(inversion._optimizer(x, logits), x, logits)
-    assert torch.equal(x.grad, raw_x.sign())
-    assert torch.allclose(logits.grad, raw_logits) and not torch.equal(logits.grad, raw_logits.sign())
+    problem = attack(model, update, "joint", max_steps=5, signed=True).problem
+    stepper = SequentialStepper(problem, problem.fresh_restart(0))
+    total, _, _ = problem.objective(problem.images(stepper.x), stepper.logits)
+    raw_x, raw_logits = torch.autograd.grad(total, [stepper.x, stepper.logits])
+    stepper.step()
+    assert torch.equal(stepper.x.grad, raw_x.sign())
+    assert torch.allclose(stepper.logits.grad, raw_logits) and not torch.equal(stepper.logits.grad, raw_logits.sign())
 
 
 def test_the_returned_images_are_the_best_iterate_of_the_best_restart():
     """result.images is the lowest-loss iterate of all restarts (not the last one, nor another restart's)."""
     model, update, _, _ = tiny_problem()
     inversion = attack(model, update, max_steps=25, restarts=3, lr=0.3, span="never")  # a large step: oscillates
-    starts = [inversion.images(inversion._fresh_restart(r)["x"]) for r in range(3)]
+    starts = [inversion.problem.images(inversion.problem.fresh_restart(r).x) for r in range(3)]
     result = inversion.run(progress=False, snapshot_every=1)
 
     def loss_of(images):
-        return float(inversion.match(images.clone().requires_grad_(True), None).detach())
+        return float(inversion.problem.match(images.clone().requires_grad_(True), None).detach())
 
     iterates = {r: [starts[r]] + [images for restart, _, images in result.snapshots if restart == r] for r in range(3)}
     losses = {r: [loss_of(x) for x in iterates[r][:-1]] for r in range(3)}  # the iterates the attack evaluated
@@ -246,13 +248,13 @@ def test_the_returned_images_are_the_best_iterate_of_the_best_restart():
 def test_the_learning_rate_follows_the_schedule_at_every_step(monkeypatch):
     model, update, _, _ = tiny_problem()
     used = []
-    real_step = Inversion._step
+    real_step = SequentialStepper.step
 
-    def spy(self, optimizer, *args):
-        used.append(optimizer.param_groups[0]["lr"])
-        return real_step(self, optimizer, *args)
+    def spy(self):
+        used.append(self.optimizer.param_groups[0]["lr"])
+        return real_step(self)
 
-    monkeypatch.setattr(Inversion, "_step", spy)
+    monkeypatch.setattr(SequentialStepper, "step", spy)
     attack(model, update, max_steps=16, lr=0.2, schedule="step").run(progress=False)
     assert used == pytest.approx([0.2 * lr_factor("step", step, 16) for step in range(16)])
     assert used[0] == pytest.approx(0.2) and used[-1] == pytest.approx(0.2e-3)
@@ -266,13 +268,13 @@ def test_batch_norm_running_statistics_stay_frozen_during_a_train_mode_attack():
     inversion = Inversion(
         model, update, plan_labels("ilrg", update, model), AttackSettings(max_steps=6), priors={"bn": 0.1}
     )
-    running = {k: v.clone() for k, v in inversion.model.state_dict().items() if "running" in k}
-    layer = next(m for m in inversion.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    running = {k: v.clone() for k, v in inversion.problem.model.state_dict().items() if "running" in k}
+    layer = next(m for m in inversion.problem.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     before, seen = layer.running_mean.clone(), []
     layer.register_forward_pre_hook(lambda module, inputs: seen.append(module.running_mean.clone()))
     inversion.run(progress=False)
     assert len(seen) >= 6 and all(torch.equal(mean, before) for mean in seen)  # the target never moved
-    assert all(torch.equal(v, running[k]) for k, v in inversion.model.state_dict().items() if k in running)
+    assert all(torch.equal(v, running[k]) for k, v in inversion.problem.model.state_dict().items() if k in running)
 
 
 def test_unreadable_pickled_or_incomplete_checkpoints_are_refused_in_one_line(tmp_path):

@@ -25,7 +25,7 @@ def attack(mode="oracle", priors=None, **settings):
 
 
 def loss_of(inversion, images):
-    return float(inversion.match(images.clone().requires_grad_(True), None).detach())
+    return float(inversion.problem.match(images.clone().requires_grad_(True), None).detach())
 
 
 def test_the_batched_matcher_equals_the_single_one_per_restart():
@@ -42,7 +42,7 @@ def test_batched_restarts_follow_the_sequential_ones_and_the_lowest_loss_wins(sp
     settings = dict(max_steps=12, restarts=RESTARTS, lr=0.3, init="rand", span=span, seed=3)
     sequential = attack(batch_restarts="never", **settings)
     batched = attack(batch_restarts="always", **settings)
-    assert sequential.batched is None and batched.batched is not None
+    assert sequential.runner.batched is None and batched.runner.batched is not None
     one, together = sequential.run(progress=False), batched.run(progress=False)
     # the same optimisation: each restart ends at (nearly) the same best loss, computed in another order
     assert together.restart_losses == pytest.approx(one.restart_losses, rel=1e-3, abs=1e-7)
@@ -106,11 +106,30 @@ def test_a_restart_that_reaches_stop_loss_is_frozen_while_the_others_go_on():
 
 
 def test_auto_batches_only_on_cuda_and_always_says_why_it_cannot():
-    assert attack(restarts=3).batched is None  # auto on the CPU: one after another, as before
-    assert attack(restarts=1, batch_restarts="always").batched is None  # nothing to batch
+    assert attack(restarts=3).runner.batched is None  # auto on the CPU: one after another, as before
+    assert attack(restarts=1, batch_restarts="always").runner.batched is None  # nothing to batch
     for mode, settings, why in (
         ("joint", {}, "learnable labels"),
         ("oracle", {"optimizer": "lbfgs", "signed": False}, "L-BFGS"),
     ):
         with pytest.raises(ValueError, match=why):
             attack(mode, restarts=2, batch_restarts="always", **settings)
+
+
+def test_the_priors_registry_says_which_priors_batch():
+    """A prior that is not batchable (its spec says so, whatever its name) keeps the restarts sequential."""
+    from priors import register_prior, unregister_prior
+
+    def mean_square(x, *, match=None, generator=None):
+        return (x**2).mean()
+
+    register_prior("test_sq", lambda: mean_square)
+    register_prior("test_sq_hooked", lambda: mean_square, batchable=False)
+    try:
+        assert attack(restarts=2, batch_restarts="always", priors={"test_sq": 0.1}).runner.batched is not None
+        with pytest.raises(ValueError, match=r"with the augment and test_sq_hooked prior\(s\)"):
+            attack(restarts=2, batch_restarts="always", priors={"test_sq_hooked": 0.1, "tv": 0.1, "augment": 0.1})
+        assert attack(restarts=2, batch_restarts="always", priors={"test_sq_hooked": 0.0}).runner.batched is not None
+    finally:
+        unregister_prior("test_sq")
+        unregister_prior("test_sq_hooked")

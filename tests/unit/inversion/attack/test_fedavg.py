@@ -59,9 +59,9 @@ def test_the_unrolled_local_training_reproduces_the_clients_delta_on_the_true_ba
         AttackSettings(max_steps=1),
         bounds=(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)),
     )
-    assert float(inversion.match(images.clone().requires_grad_(True), None).detach()) < 1e-6
+    assert float(inversion.problem.match(images.clone().requires_grad_(True), None).detach()) < 1e-6
     swapped = images[torch.tensor([0, 2, 1, 3, 4, 5, 6, 7])]  # samples 1 and 2 change mini-batches (and labels)
-    assert float(inversion.match(swapped.clone().requires_grad_(True), None).detach()) > 1e-3
+    assert float(inversion.problem.match(swapped.clone().requires_grad_(True), None).detach()) > 1e-3
 
 
 def test_the_attack_inverts_a_fedavg_update():
@@ -75,8 +75,8 @@ def test_the_attack_inverts_a_fedavg_update():
         AttackSettings(max_steps=200, lr=0.05, init="rand", span="never"),
         bounds=(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)),
     )
-    start = inversion.images(inversion._fresh_restart(0)["x"])
-    start_loss = float(inversion.match(start.clone().requires_grad_(True), None).detach())
+    start = inversion.problem.images(inversion.problem.fresh_restart(0).x)
+    start_loss = float(inversion.problem.match(start.clone().requires_grad_(True), None).detach())
     result = inversion.run(progress=False)
     assert result.loss < 0.1 * start_loss  # measured: 0.027 from 0.59
     assert float(((result.images - images) ** 2).mean()) < 0.6 * float(((start - images) ** 2).mean())  # 0.074/0.155
@@ -133,6 +133,6 @@ def test_the_fedavg_oracle_keeps_the_clients_order_which_decides_the_mini_batche
     inversion = Inversion(
         model, update, plan, AttackSettings(max_steps=1), bounds=(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
     )
-    assert float(inversion.match(images[order].clone().requires_grad_(True), None).detach()) < 1e-6
+    assert float(inversion.problem.match(images[order].clone().requires_grad_(True), None).detach()) < 1e-6
     fedsgd = client_update(model, images[order], labels[order])
     assert plan_labels("oracle", fedsgd, model, true_labels=labels[order]).fixed.tolist() == sorted(labels.tolist())

@@ -140,7 +140,7 @@ def test_the_attack_is_unchanged_by_its_lean_convolutions(every_size, monkeypatc
             bounds=(torch.full((1, 1, 1, 1), -3.0), torch.full((1, 1, 1, 1), 3.0)),
             priors={"tv": 1e-4},
         )
-        assert any(type(m) is LeanConv2d for m in attack.model.modules()) == turn
+        assert any(type(m) is LeanConv2d for m in attack.problem.model.modules()) == turn
         runs.append(attack.run(progress=False))
     assert all(type(m) is not LeanConv2d for m in model.modules())  # the caller's model is untouched
     assert runs[0].restart_losses == pytest.approx(runs[1].restart_losses, rel=1e-4)

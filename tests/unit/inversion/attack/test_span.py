@@ -27,7 +27,7 @@ def batch_projection(images, batch):
 
 
 def batch_residual(images, batch):
-    """Per-image ||x - P x|| / ||x|| (0 for x = 0), P the projection onto the span of the private ``batch`` (float64)."""
+    """Per-image ||x - P x|| / ||x|| (0 for x = 0), P the projection onto the private ``batch``'s span (float64)."""
     flat = images.flatten(1).double()
     return (flat - batch_projection(images, batch)).norm(dim=1) / flat.norm(dim=1).clamp_min(1e-300)
 
@@ -63,7 +63,7 @@ def test_the_first_linear_layer_is_found_by_tracing_and_only_on_the_flattened_in
 
 @pytest.mark.parametrize("local", [None, LocalTraining(steps=3, batch_size=2, lr=0.1)], ids=["fedsgd", "fedavg"])
 def test_the_true_batch_lies_in_the_row_space_and_other_images_do_not(local):
-    model, images, labels, update = problem(local=local)
+    model, images, _, update = problem(local=local)
     span = span_for_update("always", model, update.gradients, 4, (1, 6, 6))
     assert span.record() == {"layer": "features.1.weight", "rank": 4, "dimension": 36}
     assert torch.allclose(span.basis.T @ span.basis, torch.eye(4), atol=1e-5)  # orthonormal
@@ -86,8 +86,8 @@ def test_every_dummy_stays_in_the_span_during_a_boxed_attack():
     inversion = attack(model, update, labels, max_steps=30, lr=0.2, init="rand", span="always")
     result = inversion.run(progress=False, snapshot_every=1)
     assert len(result.snapshots) == 30 and result.span["rank"] == 4
-    for _, _, dummies in result.snapshots + [(0, 0, result.images)]:
-        assert float(inversion.span.residual(dummies).max()) < 1e-5
+    for _, _, dummies in [*result.snapshots, (0, 0, result.images)]:
+        assert float(inversion.problem.span.residual(dummies).max()) < 1e-5
         assert float(batch_residual(dummies, images).max()) < SPAN_TOL  # against the batch itself
 
 
@@ -134,11 +134,11 @@ def test_in_the_span_every_step_ends_in_the_pixel_box_where_the_box_and_the_span
 def test_the_boxed_projection_in_the_span_is_the_spans_nearest_point_to_the_clamped_dummies():
     model, images, labels, update = problem()
     inversion = attack(model, update, labels, span="always")
-    leaf = inversion.span.coefficients(3 * torch.randn(4, 1, 6, 6, generator=torch.Generator().manual_seed(5)))
-    before = inversion.images(leaf)
+    leaf = inversion.problem.span.coefficients(3 * torch.randn(4, 1, 6, 6, generator=torch.Generator().manual_seed(5)))
+    before = inversion.problem.images(leaf)
     assert float(((before < 0) | (before > 1)).float().mean()) > 0.3  # far out of the box [0, 1]
-    inversion._project(leaf)
-    after = inversion.images(leaf)
+    inversion.problem.project(leaf)
+    after = inversion.problem.images(leaf)
     expected = batch_projection(before.clamp(0, 1), images)  # clamp to the box, then back onto the span
     error = (after.flatten(1).double() - expected).norm(dim=1) / expected.norm(dim=1)
     assert float(error.max()) < SPAN_TOL
@@ -148,13 +148,13 @@ def test_the_boxed_projection_in_the_span_is_the_spans_nearest_point_to_the_clam
 def test_the_true_batch_is_a_fixed_point_of_the_span_parameterisation():
     model, images, labels, update = problem()
     inversion = attack(model, update, labels, objective="l2", span="always")
-    truth = inversion.span.coefficients(images).requires_grad_(True)
-    loss = inversion.match(inversion.images(truth), None)
+    truth = inversion.problem.span.coefficients(images).requires_grad_(True)
+    loss = inversion.problem.match(inversion.problem.images(truth), None)
     (grad,) = torch.autograd.grad(loss, truth)
     assert float(loss.detach()) < 1e-10 and float(grad.norm()) < 1e-6
     moved = truth.detach() + 0.05 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(3))
     moved.requires_grad_(True)
-    (away,) = torch.autograd.grad(inversion.match(inversion.images(moved), None), moved)
+    (away,) = torch.autograd.grad(inversion.problem.match(inversion.problem.images(moved), None), moved)
     assert float(away.norm()) > 1e3 * float(grad.norm())  # the zero gradient is the truth's, not everywhere's
 
 
@@ -168,7 +168,7 @@ def test_the_span_attack_beats_the_unconstrained_one_at_the_same_budget():
 
 
 def test_auto_uses_the_span_only_where_it_applies_and_always_says_why_not():
-    model, images, labels, update = problem(batch_size=4, width=3)  # 3 outputs cannot span 4 images
+    model, _, _, update = problem(batch_size=4, width=3)  # 3 outputs cannot span 4 images
     assert span_for_update("auto", model, update.gradients, 4, (1, 6, 6)) is None
     with pytest.raises(ValueError, match="3 outputs, fewer than the batch size 4"):
         span_for_update("always", model, update.gradients, 4, (1, 6, 6))

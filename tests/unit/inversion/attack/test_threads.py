@@ -67,10 +67,9 @@ def test_the_thread_count_is_restored_after_the_attack(monkeypatch):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        with pytest.raises(RuntimeError, match="inside"):
-            with attack_threads(fcn(300), (1, 28, 28), 8, "cpu") as chosen:
-                assert chosen == torch.get_num_threads() == 1
-                raise RuntimeError("inside")
+        with pytest.raises(RuntimeError, match="inside"), attack_threads(fcn(300), (1, 28, 28), 8, "cpu") as chosen:
+            assert chosen == torch.get_num_threads() == 1
+            raise RuntimeError("inside")
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
