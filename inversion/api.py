@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from inversion.attack import Inversion, InversionResult, plan_labels
+from inversion.attack import InversionResult, get_attack, plan_labels
 from inversion.attack.settings import resolve_device
 from inversion.config import InvertConfig, load_config
 from inversion.config.presets import PRESET_DIR, load_preset
@@ -33,6 +33,7 @@ from inversion.fl.simulate import ClientRun, check_attack_memory, simulate_clien
 from inversion.fl.update import SharedUpdate, UpdateMeta
 from inversion.models import ClassifierModel, footprint
 from inversion.restore.auxiliary import AuxiliaryData
+from inversion.utils.errors import InputError
 from label_restore import RestorationResult, counts_from_labels, label_metrics
 
 __all__ = ["Reconstruction", "invert", "load_private", "load_update", "score", "simulate"]
@@ -115,7 +116,8 @@ def invert(
             priors, and the pixel box when the update carries neither its normalisation nor a known dataset name.
         priors: ``{name: weight}`` replacing the preset's priors.
         batch_size: K, when the update does not reveal it.
-        aux: the server's labelled auxiliary data, for ``labels="aux"`` (:func:`~inversion.restore.auxiliary.draw_auxiliary`).
+        aux: the server's labelled auxiliary data, for label methods that read it, e.g. ``labels="aux"``
+            (:func:`~inversion.restore.auxiliary.draw_auxiliary`, :func:`~inversion.restore.needs_auxiliary`).
         progress: show a progress bar.
         settings: :class:`AttackSettings` fields to change, e.g. ``max_steps=500, device="cuda"``.
 
@@ -133,14 +135,14 @@ def invert(
         attack = dataclasses.replace(attack, labels=labels)
     mode, known = ("oracle", labels) if isinstance(labels, Tensor) else (str(attack.labels), None)
     if mode == "oracle" and known is None:
-        raise ValueError("labels='oracle' needs the true labels: pass them as a tensor, labels=private.labels")
+        raise InputError("labels='oracle' needs the true labels: pass them as a tensor, labels=private.labels")
     check_model(update, model)
     meta = update.meta
     spec = SPECS.get(meta.dataset, chosen.spec)  # the update's dataset, else the preset's
     mean = meta.mean if meta.mean is not None else (spec.mean if spec else None)
     std = meta.std if meta.std is not None else (spec.std if spec else None)
     if mean is None:
-        raise ValueError(
+        raise InputError(
             "the update carries no normalisation and the preset has none: describe the update with "
             "dataset= or mean=/std= (SharedUpdate.from_gradients)"
         )
@@ -148,7 +150,7 @@ def invert(
     try:
         meta = dataclasses.replace(meta, mean=mean, std=std)
     except ValueError as err:  # only the preset's normalisation can disagree with the update's input shape here
-        raise ValueError(
+        raise InputError(
             f"the update carries no normalisation and that of {spec.name} (preset {chosen.name}) does "
             f"not fit it: {err}; describe the update with mean=/std="
         ) from None
@@ -165,7 +167,7 @@ def invert(
             "the update's K (and local steps) need a larger machine",
         )
     plan = plan_labels(mode, update, model, true_labels=known, batch_size=batch_size, aux=aux)
-    inversion = Inversion(
+    inversion = get_attack(attack.method)(
         model,
         update,
         plan,

@@ -12,6 +12,7 @@ ledger: re-running skips finished runs, so an interrupted sweep resumes) and run
 """
 
 from inversion.cli import config_parser, run_cli
+from inversion.config import AblateConfig, load_config
 from inversion.experiments.ablate import run_ablation
 from inversion.sweep.options import add_executor_options, executor_from_args, report
 
@@ -20,7 +21,8 @@ def main() -> None:
     parser = config_parser(__doc__.splitlines()[0], "configs/ablate/cpu.yaml")
     add_executor_options(parser)
     args = parser.parse_intermixed_args()
-    done = run_ablation(args.config, args.overrides, executor=executor_from_args(args))
+    executor = executor_from_args(args)
+    done = run_ablation(load_config(AblateConfig, args.config, args.overrides), executor=executor)
     report(done, "ablation.md", "ablation.csv, ablation.md, ablation.png, runs.jsonl")
 
 

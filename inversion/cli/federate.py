@@ -14,8 +14,8 @@ clients run DP-SGD (Opacus; ``client.dp_max_grad_norm`` C, ``client.dp_delta`` Î
 """
 
 from inversion.cli import config_parser, run_cli
-from inversion.config import load_config
-from inversion.experiments.federate import FederateConfig, run_federation
+from inversion.config import FederateConfig, load_config
+from inversion.experiments.federate import run_federation
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ resume.pt). ``--executor ray`` runs one Ray task per run; the results are the sa
 """
 
 from inversion.cli import config_parser, run_cli
-from inversion.config import ConfigError, load_config
-from inversion.experiments.train import TrainConfig, run_training
+from inversion.config import ConfigError, TrainConfig, TrainSweepConfig, load_config
+from inversion.experiments.train import run_training
 from inversion.experiments.train_sweep import OUTPUTS, run_train_sweep
 from inversion.sweep.options import add_executor_options, executor_from_args, report
 
@@ -69,7 +69,8 @@ def _sweep(args) -> None:
         raise ConfigError(
             f"--sweep with {' and '.join(given)}: a sweep file names its configs, and a sweep resumes by itself"
         )
-    done = run_train_sweep(args.sweep, args.overrides, executor=executor_from_args(args))
+    executor = executor_from_args(args)
+    done = run_train_sweep(load_config(TrainSweepConfig, args.sweep, args.overrides), executor=executor)
     report(
         done,
         "training.md",

@@ -10,12 +10,12 @@ so the Python API and the command line cannot drift apart.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from inversion.attack.settings import AttackSettings
-from inversion.config import CONFIG_DIR, ConfigError, InvertConfig, load_config, resolve
+from inversion.config.compose import CONFIG_DIR, load_config
+from inversion.config.schemas import ConfigError, InvertConfig
 from inversion.data.specs import SPECS, DatasetSpec
 
 __all__ = ["PRESET_DIR", "Preset", "load_preset", "preset_names"]
@@ -62,6 +62,6 @@ def load_preset(name: str | Path) -> Preset:
     path = Path(name) if str(name).endswith((".yaml", ".yml")) else PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"no attack preset {str(name)!r}; presets: {', '.join(preset_names())}")
-    cfg = resolve(load_config(InvertConfig, path))
-    priors = {k: v for k, v in dataclasses.asdict(cfg.priors).items() if v}
+    cfg = load_config(InvertConfig, path)
+    priors = {name: weight for name, weight in cfg.priors.items() if weight}
     return Preset(path.stem, cfg.attack, priors, str(cfg.data.name), cfg.client.batch_size)

@@ -20,16 +20,13 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
-from inversion.attack.settings import LabelMode
-from inversion.config import ConfigError, InvertConfig, load_config, to_dict
+from inversion.config import AblateConfig, ConfigError, InvertConfig, load_config, to_dict
 from inversion.data import default_data_root
 from inversion.evaluation import LPIPSMetric
 from inversion.experiments.invert import run_inversion
@@ -38,7 +35,7 @@ from inversion.sweep.executors import Executor
 from inversion.utils.fileio import atomic_write
 from inversion.utils.plotting import figure
 
-__all__ = ["CSV_COLUMNS", "OUTPUTS", "AblateConfig", "Experiment", "run_ablation", "summarize"]
+__all__ = ["CSV_COLUMNS", "OUTPUTS", "run_ablation", "summarize"]
 
 CSV_COLUMNS = (
     "dataset",
@@ -61,48 +58,18 @@ OUTPUTS = ("ablation.csv", "ablation.md", "ablation.png")
 """The result files a sweep rebuilds in ``out`` from its ledger."""
 
 
-@dataclass
-class Experiment:
-    """One inversion setting of the sweep."""
-
-    name: str = "experiment"
-    config: str = "configs/invert/default.yaml"  # relative to the repository, or absolute
-    overrides: list[str] = field(default_factory=list)
-
-
-@dataclass
-class AblateConfig:
-    """``scripts/ablate.py``: experiments x batch sizes x seeds x label modes."""
-
-    experiments: list[Experiment] = field(default_factory=lambda: [Experiment()])
-    batch_sizes: list[int] = field(default_factory=list)  # empty: each experiment's own client.batch_size
-    seeds: list[int] = field(default_factory=lambda: [0])
-    modes: list[LabelMode] = field(
-        default_factory=lambda: [LabelMode[m] for m in ("oracle", "ilrg", "joint", "shared")]
-    )
-    baseline: str = "shared"  # the paired gain of every mode is reported over this one
-    out: str = "runs/ablate"
-
-
-def _plan(cfg: DictConfig) -> list[Run]:
-    """Every run of the sweep, its config built and validated before any work; the payload is that config,
-    resolved, with the run's own folder ``out/runs/<key>`` as its ``out`` (the key does not depend on it)."""
-    sweep = to_dict(cfg)
-    if not sweep["experiments"] or not sweep["modes"] or not sweep["seeds"]:
-        raise ConfigError("ablation: experiments, seeds and modes must each list at least one entry")
-    if sweep["baseline"] not in sweep["modes"]:
-        raise ConfigError(f"ablation.baseline {sweep['baseline']!r} is not among the modes {sweep['modes']}")
-    for name in ("modes", "seeds", "batch_sizes"):  # a repeated value would run (and count) the same runs twice
-        repeated = [value for i, value in enumerate(sweep[name]) if value in sweep[name][:i]]
-        if repeated:
-            raise ConfigError(f"ablation.{name} lists {repeated[0]!r} more than once: list each value once")
+def _plan(sweep: AblateConfig) -> list[Run]:
+    """Every run of the sweep (a resolved :class:`~inversion.config.AblateConfig`), its config composed from its
+    experiment's file and overrides and resolved before any work; the payload is that config as a record, with the
+    run's own folder ``out/runs/<key>`` as its ``out`` (the key does not depend on it)."""
     runs = []
-    for experiment in sweep["experiments"]:
-        for k in sweep["batch_sizes"] or [None]:
-            for seed in sweep["seeds"]:
-                for mode in sweep["modes"]:
+    batch_sizes: list[int | None] = [*sweep.batch_sizes] or [None]  # None: each experiment's own
+    for experiment in sweep.experiments:
+        for k in batch_sizes:
+            for seed in sweep.seeds:
+                for mode in sweep.modes:
                     overrides = [
-                        *experiment["overrides"],
+                        *experiment.overrides,
                         *([f"client.batch_size={k}"] if k else []),
                         f"client.seed={seed}",
                         f"client.dp_noise_seed={seed}",
@@ -110,18 +77,21 @@ def _plan(cfg: DictConfig) -> list[Run]:
                         f"attack.seed={seed}",
                         f"attack.labels={mode}",
                     ]
-                    run_cfg = load_config(InvertConfig, experiment["config"], overrides)
+                    try:
+                        run_cfg = load_config(InvertConfig, experiment.config, overrides)
+                    except ConfigError as err:
+                        raise ConfigError(f"ablation: experiment {experiment.name!r}: {err}") from None
                     resolved = {**to_dict(run_cfg), "out": None}
                     key = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
                     description = {
-                        "experiment": experiment["name"],
-                        "dataset": resolved["data"]["name"],
-                        "model": resolved["model"]["name"],
-                        "K": resolved["client"]["batch_size"],
+                        "experiment": experiment.name,
+                        "dataset": str(run_cfg.data.name),
+                        "model": str(run_cfg.model.name),
+                        "K": run_cfg.client.batch_size,
                         "seed": seed,
                         "mode": mode,
                     }
-                    runs.append(Run(key, description, {**resolved, "out": str(Path(sweep["out"]) / "runs" / key)}))
+                    runs.append(Run(key, description, {**resolved, "out": str(Path(sweep.out) / "runs" / key)}))
     return runs
 
 
@@ -150,16 +120,11 @@ SCHEMA = RecordSchema(
 """What every ledger record holds besides its key and status, and what a finished one holds."""
 
 
-def run_ablation(
-    config_path: str | Path | None,
-    overrides: list[str] = (),
-    *,
-    progress: bool = True,
-    executor: Executor | None = None,
-) -> dict:
+def run_ablation(sweep: AblateConfig, *, progress: bool = True, executor: Executor | None = None) -> dict:
     """Run (or resume) the sweep; write ``runs.jsonl``, ``ablation.csv``, ``ablation.md``, ``ablation.png``.
 
     Args:
+        sweep: the resolved sweep config (:func:`inversion.config.load_config`).
         executor: where the runs execute (default: one after another in this process; see
             :func:`inversion.sweep.make_executor`). The results do not depend on it.
 
@@ -167,10 +132,9 @@ def run_ablation(
         ``{"runs": records in sweep order, "ran": how many ran now, "skipped": how many were done,
         "out": the output folder}``.
     """
-    cfg = load_config(AblateConfig, config_path, overrides)
-    plan = _plan(cfg)
-    write = partial(_write_outputs, descriptions=[run.description for run in plan], baseline=cfg.baseline)
-    sweep = Sweep(
+    plan = _plan(sweep)
+    write = partial(_write_outputs, descriptions=[run.description for run in plan], baseline=sweep.baseline)
+    engine_sweep = Sweep(
         plan=plan,
         worker=f"{__name__}:_finished_run",
         schema=SCHEMA,
@@ -179,7 +143,7 @@ def run_ablation(
         name="ablation",
         label=_label,
     )
-    return execute(sweep, cfg.out, executor=executor, progress=progress)
+    return execute(engine_sweep, sweep.out, executor=executor, progress=progress)
 
 
 def _label(description: dict) -> str:
@@ -191,15 +155,16 @@ _LPIPS: dict[str, LPIPSMetric] = {}
 
 
 def _finished_run(config: dict, advance: Callable[[int], None]) -> dict[str, Any]:
-    """The sweep's worker: one inversion of ``config`` (resolved, ``out`` its run directory); its record's results.
+    """The sweep's worker: one inversion of ``config`` (a resolved config's record, ``out`` its run directory); its
+    record's results.
 
     Raises KeyboardInterrupt if it was stopped early. ``advance``: unused (a run is one unit of the bar).
     """
-    cfg = load_config(InvertConfig, base=OmegaConf.create(config))
-    root = str(to_dict(cfg.data)["root"] or default_data_root())
+    run = load_config(InvertConfig, base=config)  # the plain record the plan handed over, typed again
+    root = str(run.data.root or default_data_root())
     if root not in _LPIPS:
         _LPIPS[root] = LPIPSMetric(root)
-    results = run_inversion(cfg, progress=False, lpips_metric=_LPIPS[root]).results
+    results = run_inversion(run, progress=False, lpips_metric=_LPIPS[root]).results
     if results["attack"]["interrupted"]:  # Ctrl-C inside the attack: a best-so-far result, not a finished run
         raise KeyboardInterrupt(
             f"a run stopped after {results['attack']['steps']} steps: not recorded, the next sweep redoes it"
@@ -269,7 +234,8 @@ def _write_outputs(out: Path, ordered: list[dict], *, descriptions: list[dict], 
             "",
             f"Images: {'; '.join(sources) or 'n/a'}",
             "",
-            f"| mode | label LnAcc | PSNR (dB) | SSIM | LPIPS | gain over {baseline} (dB) | gap to oracle (dB) | runs |",
+            f"| mode | label LnAcc | PSNR (dB) | SSIM | LPIPS | gain over {baseline} (dB) | gap to oracle (dB) "
+            "| runs |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for mode in modes:

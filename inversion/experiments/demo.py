@@ -1,23 +1,22 @@
 """A self-contained HTML walk-through of one gradient-leakage attack, for learners.
 
 Two paired runs of the same client batch, model and initial dummies (iLRG-restored labels and
-the label-free "shared" baseline) are turned into one page with every picture embedded as a
-base64 PNG: no external asset, so it opens offline in any browser.
+the label-free "shared" baseline) of one resolved inversion config are turned into one page with every
+picture embedded as a base64 PNG: no external asset, so it opens offline in any browser.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
 
 from inversion.attack.span import span_for_update
-from inversion.config import CONFIG_DIR, ConfigError, InvertConfig, load_config
+from inversion.config import ConfigError, InvertConfig
 from inversion.experiments.invert import InversionRun, run_inversion
 from inversion.utils.fileio import atomic_write
 from inversion.utils.plotting import figure, save_image_rows
@@ -195,7 +194,8 @@ mean closer to the private images.</p>
 body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; line-height: 1.45; color: #222; }}
 section {{ margin-bottom: 2.5em; }} img {{ max-width: 100%; }} table {{ border-collapse: collapse; margin: 0.8em 0; }}
 td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; font-size: 0.9em; }}
-.pair {{ display: flex; gap: 1em; }} .pair figure {{ flex: 1; margin: 0; }} figcaption {{ text-align: center; font-weight: bold; }}
+.pair {{ display: flex; gap: 1em; }} .pair figure {{ flex: 1; margin: 0; }}
+figcaption {{ text-align: center; font-weight: bold; }}
 </style></head><body>
 <h1>How much does a shared gradient leak?</h1>
 <p>One gradient-inversion attack on one federated-learning client, step by step.</p>
@@ -204,38 +204,33 @@ td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; font-
 
 
 SNAPSHOTS = 4
-"""Snapshots of the dummies the page shows per run (every ``max_steps // SNAPSHOTS`` steps, unless
-``attack.snapshot_every`` is given)."""
+"""Snapshots of the dummies the page shows per run: every ``max_steps // SNAPSHOTS`` steps, unless
+``attack.snapshot_every`` is given (not 0)."""
 
 
-def _demo_config(overrides: Sequence[str]) -> DictConfig:
-    """The demo's attack config: 1000 steps, no checkpoints, snapshots spread over the run (``overrides`` win)."""
-    cfg = load_config(
-        InvertConfig,
-        CONFIG_DIR / "invert" / "default.yaml",
-        ["attack.max_steps=1000", "attack.checkpoint_every=0", *overrides],
-    )
-    steps = cfg.attack.max_steps
-    if any(o.startswith("attack.snapshot_every=") for o in overrides):
-        if not 1 <= cfg.attack.snapshot_every <= steps:
-            raise ConfigError(
-                f"the demo shows snapshots: attack.snapshot_every must be 1..attack.max_steps ({steps}), "
-                f"got {cfg.attack.snapshot_every}"
-            )
-        return cfg
-    return load_config(InvertConfig, None, [f"attack.snapshot_every={max(1, steps // SNAPSHOTS)}"], base=cfg)
+def _snapshots(cfg: InvertConfig) -> InvertConfig:
+    """``cfg`` with ``attack.snapshot_every`` of the page: as given (1..max_steps), or spread over the run (0)."""
+    steps, every = cfg.attack.max_steps, cfg.attack.snapshot_every
+    if every == 0:
+        every = max(1, steps // SNAPSHOTS)
+    elif every > steps:
+        raise ConfigError(
+            f"must be 1..attack.max_steps ({steps}), got {every}: the demo shows snapshots; "
+            f"leave it out (or 0) for {SNAPSHOTS} spread over the run",
+            "attack.snapshot_every",
+        )
+    return dataclasses.replace(cfg, attack=dataclasses.replace(cfg.attack, snapshot_every=every))
 
 
-def run_demo(out: str | Path, overrides: Sequence[str] = (), *, progress: bool = True) -> Path:
-    """Run the paired attacks and write ``out/demo.html``; returns its path."""
+def run_demo(out: str | Path, cfg: InvertConfig, *, progress: bool = True) -> Path:
+    """Run the paired attacks of a resolved config (its ``attack.labels`` set to ``ilrg``, then ``shared``; each run
+    in ``out/<labels>/``) and write ``out/demo.html``; returns its path."""
+    cfg = _snapshots(cfg)
     with run_folder(out, DEMO_OUTPUTS) as out:
-        cfg = _demo_config(overrides)
         runs = {}
         for mode in ("ilrg", "shared"):
-            runs[mode] = run_inversion(
-                load_config(InvertConfig, None, [f"attack.labels={mode}", f"out={out / mode}"], base=cfg),
-                progress=progress,
-            )
+            attack = dataclasses.replace(cfg.attack, labels=mode)
+            runs[mode] = run_inversion(dataclasses.replace(cfg, attack=attack, out=str(out / mode)), progress=progress)
             if runs[mode].result.interrupted:  # Ctrl-C: no second attack, no page of half a comparison
                 raise KeyboardInterrupt(f"the demo stopped during its {mode} attack; no demo.html written")
         path = out / "demo.html"

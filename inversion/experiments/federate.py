@@ -1,8 +1,8 @@
 """A real Flower federation (FedSGD under FedAvg) whose honest-but-curious server captures every update.
 
-From a :class:`FederateConfig` (``data``, ``model``, ``client`` groups and a ``federation`` section),
-:func:`run_federation` splits the real images into N disjoint partitions, runs R rounds of FedSGD
-in Flower's simulation engine (:mod:`inversion.fl.flower`; needs ``flwr[simulation]``, imported only
+From a resolved :class:`~inversion.config.FederateConfig` (``data``, ``model``, ``client`` groups and a
+``federation`` section), :func:`run_federation` splits the real images into N disjoint partitions, runs R
+rounds of FedSGD in Flower's simulation engine (:mod:`inversion.fl.flower`; needs ``flwr[simulation]``, imported only
 when a federation runs), and writes into ``out``::
 
     captured/round_RRR/global_model.pt  the global state w of round RRR (what the server sent)
@@ -26,74 +26,26 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from inversion.config import ClientConfig, DataConfig, ModelConfig, save_config, to_dict
+from inversion.config import DataConfig, FederateConfig, save_config, to_dict
 from inversion.data.batch import check_fits_in_memory
 from inversion.fl.dp import DPSGD, check_dp_model
 from inversion.fl.private import PrivateBatch
 from inversion.fl.simulate import absolute_data, model_from_config, source_from_config
 from inversion.fl.update import SharedUpdate
+from inversion.utils.errors import InputError
 from inversion.utils.fileio import atomic_write
 from inversion.utils.rundir import run_folder
 
-__all__ = ["FederateConfig", "FederationRun", "FederationSettings", "run_federation"]
+__all__ = ["FederationRun", "run_federation"]
 
 OUTPUTS = ("captured", "private", "federation.json", "config.yaml")
 """What a federation writes into ``out`` (and what ``overwrite=true`` removes first)."""
-
-
-@dataclass
-class FederationSettings:
-    """The federation: N clients with disjoint partitions, R rounds of FedSGD at learning rate η."""
-
-    clients: int = 4  # N: virtual clients (Flower SuperNodes), each with its own partition
-    rounds: int = 3  # R
-    lr: float = 0.1  # η, public: sent to the clients in the train config
-    partition_seed: int = 0  # seed of the random split of the data into N disjoint partitions
-    clients_per_round: int | None = None  # None: all N every round (else FedAvg samples this many)
-    cpus_per_client: float = 1.0  # Ray resources per client (clients run in parallel on the free cores)
-    verbose: bool = False  # show Flower's and Ray's logs and the clients' output
-
-    def __post_init__(self) -> None:
-        if self.clients < 1:
-            raise ValueError(f"federation.clients must be >= 1, got {self.clients}")
-        if self.rounds < 1:
-            raise ValueError(f"federation.rounds must be >= 1, got {self.rounds}")
-        if not self.lr > 0:
-            raise ValueError(f"federation.lr must be > 0 (the server divides by it), got {self.lr}")
-        if self.clients_per_round is not None and not 1 <= self.clients_per_round <= self.clients:
-            raise ValueError(
-                f"federation.clients_per_round must be in 1..{self.clients} or null (all), got {self.clients_per_round}"
-            )
-        if not self.cpus_per_client > 0:
-            raise ValueError(f"federation.cpus_per_client must be > 0, got {self.cpus_per_client}")
-
-
-@dataclass
-class FederateConfig:
-    """``scripts/federate.py``: the data, the shared model, the clients' batches, the federation, ``out``.
-
-    ``client.batch_size`` is K; the client's sampler draws within its own partition, seeded by
-    ``[client.seed, round, partition id]``; ``client.bn_mode`` is sent to the clients as part of the
-    protocol. ``client.parameters`` must be ``all`` (FedSGD shares the whole model) and
-    ``client.synthetic_labels`` false (clients train on their real labels). ``client.dp_noise_multiplier``
-    σ, ``client.dp_max_grad_norm`` C and ``client.dp_delta`` δ make every client run DP-SGD (no
-    ``client.chunk_size``, no batch norm); ``client.dp_noise_seed`` fixes its noise (reproducible, and
-    removable by whoever knows the seed); null draws it from OS entropy for every client and round.
-    """
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    client: ClientConfig = field(default_factory=ClientConfig)
-    federation: FederationSettings = field(default_factory=FederationSettings)
-    out: str = "runs/federate"
-    overwrite: bool = False  # replace the outputs of an earlier federation in out
 
 
 @dataclass
@@ -126,29 +78,6 @@ class FederationRun:
         return [self.out / c["update"] for r in self.rounds for c in r["clients"]]
 
 
-def _check_client(cfg: DictConfig) -> None:
-    client = to_dict(cfg.client)
-    if client["parameters"] != "all":
-        raise ValueError("client.parameters must be 'all' in a federation: FedSGD clients share the whole model")
-    if client["kind"] != "fedsgd":
-        raise ValueError(
-            "the Flower federation runs FedSGD clients: set client.kind=fedsgd (FedAvg clients are "
-            "simulated by scripts/share_update.py and scripts/invert.py)"
-        )
-    if client["synthetic_labels"]:
-        raise ValueError("client.synthetic_labels is not allowed in a federation: clients train on their real labels")
-    chunk = client["chunk_size"]
-    if chunk is not None and (chunk < 1 or (client["bn_mode"] == "train" and chunk < client["batch_size"])):
-        raise ValueError(
-            f"client.chunk_size must be null or >= 1 (>= client.batch_size with bn_mode=train), got {chunk}"
-        )
-    if chunk is not None and client["dp_noise_multiplier"] is not None:
-        raise ValueError(
-            "client.chunk_size must be null with DP-SGD (client.dp_noise_multiplier): its per-sample "
-            "gradients are computed over the whole batch"
-        )
-
-
 def _dp_record(dp: DPSGD, batch_size: int, rounds: int) -> dict[str, Any]:
     """The public facts of the clients' DP-SGD: σ, C, δ, ε of one update (one step at rate 1), and ε of a
     client that takes part in every round (``rounds`` steps at rate 1, composed)."""
@@ -163,7 +92,7 @@ def _dp_record(dp: DPSGD, batch_size: int, rounds: int) -> dict[str, Any]:
 def _prepare_out(out: Path, overwrite: bool) -> None:
     present = [name for name in OUTPUTS if (out / name).exists()]
     if present and not overwrite:
-        raise ValueError(
+        raise InputError(
             f"{out} already holds a federation's outputs ({', '.join(present)}); choose another out= "
             "or set overwrite=true to replace them"
         )
@@ -201,12 +130,13 @@ def _check_links(out: Path, rounds: list[dict[str, Any]]) -> None:
 
 
 def run_federation(
-    cfg: DictConfig, *, progress: bool = True, on_round: Callable[[dict[str, Any]], None] | None = None
+    cfg: FederateConfig, *, progress: bool = True, on_round: Callable[[dict[str, Any]], None] | None = None
 ) -> FederationRun:
-    """Run the federation a :class:`FederateConfig` describes and write its files (module docstring).
+    """Run the federation a :class:`~inversion.config.FederateConfig` describes and write its files (module
+    docstring).
 
     Args:
-        cfg: a config loaded with ``load_config(FederateConfig, ...)``.
+        cfg: the resolved config (``load_config(FederateConfig, ...)``).
         progress: show a progress bar over rounds.
         on_round: also called with each round's record as the server finishes it.
 
@@ -217,13 +147,11 @@ def run_federation(
             its captured update.
     """
     started = time.perf_counter()
-    _check_client(cfg)
-    fed: FederationSettings = OmegaConf.to_object(cfg.federation)
-    client = to_dict(cfg.client)
-    dp = OmegaConf.to_object(cfg.client).dp_sgd()
+    fed, client = cfg.federation, cfg.client
+    dp = client.dp_sgd()
     data = absolute_data(cfg.data)
 
-    source = source_from_config(OmegaConf.create(data))  # may download once, here; the clients only read
+    source = source_from_config(DataConfig(**data))  # may download once, here; the clients only read
     spec = source.spec
     model = model_from_config(cfg.model, source)
     if dp is not None:
@@ -232,9 +160,9 @@ def run_federation(
     try:
         from inversion.fl import flower
 
-        dp_record = None if dp is None else _dp_record(dp, client["batch_size"], fed.rounds)  # imports opacus
+        dp_record = None if dp is None else _dp_record(dp, client.batch_size, fed.rounds)  # imports opacus
     except ImportError as err:
-        raise ValueError(str(err)) from None
+        raise InputError(str(err)) from None
 
     task = flower.TaskInfo(
         model={k: v for k, v in model.config.items() if k != "weights"},
@@ -248,28 +176,28 @@ def run_federation(
         task=task,
         data={**data, "download": False},
         num_items=len(source),
-        batch_size=client["batch_size"],
-        sampler=client["sampler"],
-        counts=client["counts"],
-        classes=client["classes"],
-        target_class=client["target_class"],
-        replacement=client["replacement"],
-        seed=client["seed"],
-        chunk_size=client["chunk_size"],
+        batch_size=client.batch_size,
+        sampler=str(client.sampler),
+        counts=client.counts,
+        classes=client.classes,
+        target_class=client.target_class,
+        replacement=client.replacement,
+        seed=client.seed,
+        chunk_size=client.chunk_size,
         partition_seed=fed.partition_seed,
         private_dir=str(out / "private"),
         record={"config": to_dict(cfg)},
         dp=dp,
-        dp_noise_seed=client["dp_noise_seed"],
+        dp_noise_seed=client.dp_noise_seed,
     )
-    if client["replacement"]:
-        check_fits_in_memory(source, client["batch_size"])
+    if client.replacement:
+        check_fits_in_memory(source, client.batch_size)
     partitions = flower.partition_indices(len(source), fed.clients, fed.partition_seed)
     for pid, partition in enumerate(partitions):  # a sampler request a partition cannot meet: fail now, clearly
         try:
             flower.draw_batch(source.targets, partition, settings, spec.num_classes, 1, pid)
         except ValueError as err:
-            raise ValueError(
+            raise InputError(
                 f"client {pid}'s partition ({len(partition)} images) cannot give its batch: {err}"
             ) from None
     with run_folder(out, OUTPUTS, keep=True):  # checked and locked; earlier outputs: refused or removed
@@ -289,7 +217,7 @@ def run_federation(
                 num_clients=fed.clients,
                 rounds=fed.rounds,
                 lr=fed.lr,
-                bn_mode=client["bn_mode"],
+                bn_mode=str(client.bn_mode),
                 captured_dir=out / "captured",
                 clients_per_round=fed.clients_per_round,
                 cpus_per_client=fed.cpus_per_client,
@@ -319,8 +247,8 @@ def run_federation(
                 "clients_per_round": fed.clients_per_round or fed.clients,
                 "rounds": fed.rounds,
                 "lr": fed.lr,
-                "batch_size": client["batch_size"],
-                "bn_mode": client["bn_mode"],
+                "batch_size": client.batch_size,
+                "bn_mode": str(client.bn_mode),
                 "dp": dp_record,
                 "engine": "flwr.simulation.run_simulation, Ray backend, CPU",
             },

@@ -1,7 +1,8 @@
 """The end-to-end run behind ``scripts/invert.py``: update -> labels -> inversion -> evaluation -> files.
 
-The update comes from a simulated client (the config's ``data``, ``model`` and ``client``
-groups) or from a saved update file (``update=``). Either way the attack receives only the
+:func:`run_inversion` takes a resolved :class:`~inversion.config.InvertConfig`. The update comes from a
+simulated client (the config's ``data``, ``model`` and ``client`` groups) or from a saved update file
+(``update=``). Either way the attack receives only the
 public :class:`~inversion.fl.update.SharedUpdate`; the client's
 :class:`~inversion.fl.private.PrivateBatch` (simulated, or ``private=``) is used only for the
 progress bar's PSNR, the scores and the pictures, and a run without it gives the same images.
@@ -19,21 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from inversion.attack import Inversion, InversionResult, LabelPlan, plan_labels
+from inversion.attack import InversionResult, LabelPlan, get_attack, plan_labels
 from inversion.attack.settings import resolve_device
 from inversion.attack.threads import attack_threads
-from inversion.config import (
-    ConfigError,
-    InvertConfig,
-    ModelConfig,
-    config_digest,
-    load_config,
-    resolve,
-    save_config,
-    to_dict,
-)
+from inversion.config import ConfigError, InvertConfig, ModelConfig, config_digest, load_config, save_config, to_dict
 from inversion.data import default_data_root
 from inversion.evaluation import PSNR_CAP_DB, LPIPSMetric, evaluate_reconstruction, match_images, psnr, save_grid
 from inversion.fl._records import save_record
@@ -50,6 +41,7 @@ from inversion.fl.simulate import (
 )
 from inversion.fl.update import SharedUpdate
 from inversion.models import ClassifierModel, footprint
+from inversion.restore import needs_auxiliary
 from inversion.restore.auxiliary import AuxiliaryData
 from inversion.utils.fileio import atomic_write
 from inversion.utils.plotting import save_image_rows
@@ -112,7 +104,7 @@ def _check_resume(out: Path, resume: bool, run: InvertConfig) -> bool:
     return resume
 
 
-def run_identity(cfg: DictConfig, update_sha256: str) -> str:
+def run_identity(cfg: InvertConfig, update_sha256: str) -> str:
     """The sha256 of what determines a run's attack: the resolved config and the update's content.
 
     ``out`` and ``data.root`` (where files are, not what they hold) are left out, so a moved or
@@ -124,7 +116,7 @@ def run_identity(cfg: DictConfig, update_sha256: str) -> str:
     )
 
 
-def _check_saved_config(path: Path, cfg: DictConfig, update_sha256: str) -> None:
+def _check_saved_config(path: Path, cfg: InvertConfig, update_sha256: str) -> None:
     """Refuse to resume unless ``path`` (the ``config.yaml`` beside the checkpoint) records this run's config.
 
     Compared as the run's identity (:func:`run_identity`): where files are (``out``, ``data.root``) may differ.
@@ -133,7 +125,7 @@ def _check_saved_config(path: Path, cfg: DictConfig, update_sha256: str) -> None
     if not path.is_file():
         raise ConfigError(f"--resume: {path} is missing, so the checkpoint's run cannot be checked; {what}")
     try:
-        saved = load_config(InvertConfig, path)
+        saved = load_config(InvertConfig, path)  # the record the checkpoint's run wrote
     except ConfigError as err:
         raise ConfigError(f"--resume: {path} is not a readable config ({err}); {what}") from None
     if run_identity(saved, update_sha256) != run_identity(cfg, update_sha256):
@@ -143,11 +135,11 @@ def _check_saved_config(path: Path, cfg: DictConfig, update_sha256: str) -> None
         )
 
 
-def _attacked_model_config(cfg: DictConfig, model: ClassifierModel) -> DictConfig:
-    """``cfg`` with the ``model`` group of ``model``, the model a saved update names (the config's own model group
+def _attacked_model_config(run: InvertConfig, model: ClassifierModel) -> InvertConfig:
+    """``run`` with the ``model`` group of ``model``, the model a saved update names (the config's own model group
     is not used then): what config.yaml and results.json record, and what the run's identity covers."""
     spec = {field.name: model.config.get(field.name, field.default) for field in dataclasses.fields(ModelConfig)}
-    return load_config(InvertConfig, base=OmegaConf.create({**to_dict(cfg), "model": spec}))
+    return dataclasses.replace(run, model=ModelConfig(**spec))
 
 
 def _saved_update(run: InvertConfig) -> tuple[SharedUpdate, PrivateBatch | None, ClassifierModel]:
@@ -170,46 +162,48 @@ def _saved_update(run: InvertConfig) -> tuple[SharedUpdate, PrivateBatch | None,
 
 
 def run_inversion(
-    cfg: DictConfig, *, resume: bool = False, progress: bool = True, lpips_metric: LPIPSMetric | None = None
+    run: InvertConfig, *, resume: bool = False, progress: bool = True, lpips_metric: LPIPSMetric | None = None
 ) -> InversionRun:
     """Get the update (simulated or saved), choose labels, invert it, score it, write the run directory.
 
-    Writes into ``cfg.out``: ``config.yaml``, ``checkpoint.pt`` (every ``attack.checkpoint_every``
+    Args:
+        run: the resolved config (:func:`inversion.config.load_config`).
+        resume: continue from ``out/checkpoint.pt`` (the same run: its ``config.yaml`` is checked).
+        progress: show a progress bar.
+        lpips_metric: the LPIPS metric to score with (default: one loaded from the data root).
+
+    Writes into ``run.out``: ``config.yaml``, ``checkpoint.pt`` (every ``attack.checkpoint_every``
     steps), ``results.json``, ``reconstruction.pt`` (the images and labels), ``reconstruction.png``
     and, with a private batch, ``grid.png`` (true images above their matched reconstructions);
     with ``attack.snapshot_every``, ``snapshots.png``.
     """
-    run: InvertConfig = resolve(cfg)
     settings = run.attack
     try:
         device = resolve_device(settings.device)
     except ValueError as err:
-        raise ConfigError(f"attack.device: {err}") from None
+        raise ConfigError(str(err), "attack.device") from None
     out = check_out(run.out)
     resuming = _check_resume(out, resume, run)
-    update, private, model, client = _client(cfg, run, progress, device)
+    update, private, model, client = _client(run, progress, device)
     if run.update is not None and update.meta.model is not None:
-        cfg = _attacked_model_config(cfg, model)
-    if settings.labels == "oracle" and private is None:
-        raise ConfigError("label mode 'oracle' uses the true labels: give the private batch (private=...)")
-    true_labels = private.labels if settings.labels == "oracle" else None
-    aux, options = None, {}
-    if settings.labels == "aux":
-        aux = _auxiliary(cfg, run, client, private)
+        run = _attacked_model_config(run, model)
+    # oracle: the true labels, which a saved update's config must give (private=), as its resolution checks
+    true_labels = private.labels if settings.labels == "oracle" and private is not None else None
+    aux: AuxiliaryData | None = None
+    options: dict[str, Any] = {}
+    if needs_auxiliary(settings.labels):
+        aux = _auxiliary(run, client, private)
         options = {"missing_classes": str(run.aux.missing_classes)}
     try:
         plan = plan_labels(settings.labels, update, model, true_labels=true_labels, aux=aux, **options)
     except ValueError as err:
         if aux is None:
             raise
-        raise ConfigError(f"labels=aux: {err}") from None
+        raise ConfigError(f"labels={settings.labels}: {err}") from None
     digest = update.sha256  # hashes every gradient: once per run
-    try:
-        inversion = Inversion(
-            model, update, plan, settings, priors=to_dict(cfg.priors), device=device, identity=run_identity(cfg, digest)
-        )
-    except ValueError as err:
-        raise ConfigError(f"priors: {err}" if "prior" in str(err) else str(err)) from None
+    inversion = get_attack(settings.method)(  # the attack: the one place it is built
+        model, update, plan, settings, priors=dict(run.priors), device=device, identity=run_identity(run, digest)
+    )
     with run_folder(out, RUN_OUTPUTS, keep=resuming):
         note = (
             ""
@@ -224,9 +218,9 @@ def run_inversion(
                 inversion.load_checkpoint(out / CHECKPOINT)
             except ValueError as err:
                 raise ConfigError(f"--resume: {err}") from None
-            _check_saved_config(out / "config.yaml", cfg, digest)
+            _check_saved_config(out / "config.yaml", run, digest)
             log.info("resuming from %s", out / CHECKPOINT)
-        save_config(cfg, out / "config.yaml", header=note)
+        save_config(run, out / "config.yaml", header=note)
         with attack_threads(model, inversion.shape[1:], plan.batch_size, device):  # one for a small problem
             result = inversion.run(
                 progress=progress,
@@ -241,7 +235,7 @@ def run_inversion(
             if private is not None:
                 metric = lpips_metric if lpips_metric is not None else LPIPSMetric(run.data.root or default_data_root())
                 scores = evaluate_reconstruction(result.images, private.images, update.meta.denormalize, lpips=metric)
-            results = _results(cfg, update, digest, private, plan, result, scores, device)
+            results = _results(run, update, digest, private, plan, result, scores, device)
         save_record(
             out / "reconstruction.pt",
             RECONSTRUCTION_FORMAT,
@@ -256,7 +250,7 @@ def run_inversion(
 
 
 def _client(
-    cfg: DictConfig, run: InvertConfig, progress: bool, device: torch.device
+    run: InvertConfig, progress: bool, device: torch.device
 ) -> tuple[SharedUpdate, PrivateBatch | None, ClassifierModel, ClientRun | None]:
     """The attacked update, the private batch (None when not given), the server's model and the simulated
     client (None for a saved update); refuses, before the client runs or the labels are restored, an attack
@@ -275,23 +269,17 @@ def _client(
                 f"{update.display_name} (its K and local steps) needs a larger machine",
             )
         return update, private, model, None
-    if run.private is not None:
-        raise ConfigError("private= scores a saved update: give update= too (a simulated client has its own)")
-    if run.client.parameters != "all":
-        raise ConfigError("inversion matches the full gradient: set client.parameters=all")
-    client = simulate_client(cfg, progress=progress, attack_device=device)
+    client = simulate_client(run, progress=progress, attack=run.attack, attack_device=device)
     return client.update, client.private, client.model, client
 
 
-def _auxiliary(
-    cfg: DictConfig, run: InvertConfig, client: ClientRun | None, private: PrivateBatch | None
-) -> AuxiliaryData:
+def _auxiliary(run: InvertConfig, client: ClientRun | None, private: PrivateBatch | None) -> AuxiliaryData:
     """The server's auxiliary set: from the simulated client's images without its batch, or from ``data``
     without the private batch's images (a saved update)."""
     if client is not None:
         return client_auxiliary(run.aux, client)
     exclude = () if private is None else private.record.get("indices", ())
-    return auxiliary_from_config(run.aux, source_from_config(cfg.data), exclude)
+    return auxiliary_from_config(run.aux, source_from_config(run.data), exclude)
 
 
 def _psnr_monitor(update: SharedUpdate, private: PrivateBatch | None) -> Callable[[torch.Tensor], float] | None:
@@ -307,8 +295,9 @@ def _psnr_monitor(update: SharedUpdate, private: PrivateBatch | None) -> Callabl
     return monitor
 
 
-#: What ``results.json`` records of an ``aux`` restoration's details: the auxiliary set used, the server's time
-#: (forward passes and FedAvg simulation included), the FedAvg first pass, classes without auxiliary images.
+#: What ``results.json`` records of the details of a restoration that read auxiliary data: the auxiliary set used,
+#: the server's time (forward passes and FedAvg simulation included), the FedAvg first pass, classes without
+#: auxiliary images.
 _SERVER_DETAILS = (
     "aux",
     "server_seconds",
@@ -326,7 +315,7 @@ def _present(counts: np.ndarray) -> dict[str, int]:
 
 
 def _results(
-    cfg,
+    run: InvertConfig,
     update: SharedUpdate,
     digest: str,
     private: PrivateBatch | None,
@@ -335,7 +324,7 @@ def _results(
     scores: dict | None,
     device,
 ) -> dict[str, Any]:
-    record = to_dict(cfg)
+    record = to_dict(run)
     used = counts_from_labels(np.asarray(result.labels), plan.num_classes)
     truth = None if private is None else counts_from_labels(private.labels.numpy(), plan.num_classes)
     restoration = None
@@ -351,7 +340,8 @@ def _results(
     return {
         "config": record,
         "device": str(device),
-        "threads": torch.get_num_threads(),  # the attack's (inversion.attack.threads): CPU results are bit-reproducible for it
+        # the attack's (inversion.attack.threads): CPU results are bit-reproducible for it
+        "threads": torch.get_num_threads(),
         "update": {
             "sha256": digest,
             "kind": update.kind,

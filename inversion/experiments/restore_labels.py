@@ -36,17 +36,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from inversion.config import AuxConfig, ConfigError, RestoreConfig, config_digest, load_config, to_dict
-from inversion.fl.defenses import defend_update, parse_defense
+from inversion.config import AuxConfig, ConfigError, RestoreConfig, RestoreSweep, config_digest, load_config, to_dict
+from inversion.fl.defenses import defend_update
 from inversion.fl.simulate import client_auxiliary, simulate_client, source_from_config
-from inversion.restore import restore_from_update
+from inversion.restore import needs_auxiliary, restore_from_update
 from inversion.restore.auxiliary import AuxiliaryData
 from inversion.sweep import RecordSchema, Run, Sweep, execute
 from inversion.sweep.executors import Executor
 from inversion.utils.fileio import atomic_write
-from label_restore import METHOD_NAMES, InconsistentGradientWarning, label_metrics
+from label_restore import InconsistentGradientWarning, label_metrics
 
 __all__ = ["METRICS", "OUTPUTS", "format_markdown", "run_sweep"]
 
@@ -80,14 +79,14 @@ SCHEMA = RecordSchema(fields={"setting": dict}, results_problem=_results_problem
 """A ledger record: the setting (its swept values), and for a finished one its results."""
 
 
-def _settings(sweep: dict) -> list[dict[str, Any]]:
+def _settings(sweep: RestoreSweep) -> list[dict[str, Any]]:
     """The cross product of the swept values; each a dict of the swept keys only."""
-    axes = {
-        "data": sweep["datasets"],
-        "model": sweep["models"],
-        "activation": sweep["activations"],
-        "batch_size": sweep["batch_sizes"],
-        "sampler": sweep["samplers"],
+    axes: dict[str, list[Any]] = {
+        "data": sweep.datasets,
+        "model": sweep.models,
+        "activation": [str(a) for a in sweep.activations],
+        "batch_size": sweep.batch_sizes,
+        "sampler": [str(s) for s in sweep.samplers],
     }
     axes = {k: v for k, v in axes.items() if v}
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())] or [{}]
@@ -101,28 +100,6 @@ def _setting_overrides(setting: dict[str, Any], user_overrides: Sequence[str]) -
         raise ConfigError(f"{clash[0]!r} conflicts with the sweep's own list (restore.datasets / restore.models)")
     keys = {"activation": "model.activation", "batch_size": "client.batch_size", "sampler": "client.sampler"}
     return [*groups, *user_overrides, *(f"{keys[k]}={v}" for k, v in setting.items() if k in keys)]
-
-
-def _check(cfg: DictConfig) -> tuple[dict, list]:
-    """Validate what the schema cannot: trials, defenses vs. the parameters computed."""
-    sweep = to_dict(cfg.restore)
-    if sweep["trials"] < 1:
-        raise ConfigError(f"restore.trials must be >= 1, got {sweep['trials']}")
-    if not sweep["methods"]:
-        raise ConfigError("restore.methods is empty; name at least one of " + ", ".join(METHOD_NAMES))
-    bad = [k for k in sweep["batch_sizes"] if k < 1]
-    if bad:
-        raise ConfigError(
-            f"restore.batch_sizes holds {bad[0]}: a batch size K is a positive number of images "
-            "(leave the list empty for client.batch_size)"
-        )
-    try:
-        defenses = [parse_defense(d) for d in sweep["defenses"] or ["none"]]
-    except ValueError as err:
-        raise ConfigError(f"restore.defenses: {err}") from None
-    if any(d.name == "clip" for d in defenses) and to_dict(cfg.client)["parameters"] != "all":
-        raise ConfigError("clip defenses scale by the global norm of ALL gradients; set client.parameters=all for them")
-    return sweep, defenses
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -155,9 +132,11 @@ def run_sweep(
 ) -> dict:
     """Run (or resume) the benchmark of a config; write ``runs.jsonl``, ``results.json`` and ``results.md``.
 
-    Every setting's config is built and validated before any work starts, so a typo
-    fails at once and never leaves partial results. The result files are rewritten
-    atomically after each finished setting.
+    The sweep's settings are compositions of the config itself (``restore.datasets`` and ``restore.models`` select
+    the data and model groups, under the same overrides), so the benchmark takes the config's file and overrides:
+    the sweep's plan resolves every setting's config (:func:`~inversion.config.load_config`) before any work
+    starts, so a typo fails at once and never leaves partial results; each setting then runs from its resolved
+    config. The result files are rewritten atomically after each finished setting.
 
     Args:
         on_setting: called with the results of each setting finished now.
@@ -168,21 +147,18 @@ def run_sweep(
         the results as written to ``results.json``.
     """
     cfg = load_config(RestoreConfig, config_path, overrides)
-    sweep, _ = _check(cfg)
     plan = []
-    for setting in _settings(sweep):
+    for setting in _settings(cfg.restore):
         setting_cfg = load_config(RestoreConfig, config_path, _setting_overrides(setting, overrides))
-        _check(setting_cfg)
         key = config_digest(setting_cfg, ignore=NOT_IN_KEY, setting=setting)[:16]
-        plan.append(
-            Run(key, {"setting": setting}, {"setting": setting, "config": to_dict(setting_cfg)}, units=sweep["trials"])
-        )
+        payload = {"setting": setting, "config": to_dict(setting_cfg)}
+        plan.append(Run(key, {"setting": setting}, payload, units=cfg.restore.trials))
     done = execute(
         Sweep(
             plan=plan,
             worker=f"{__name__}:_setting_results",
             schema=SCHEMA,
-            write=partial(_write_results, config=to_dict(cfg)),
+            write=partial(_write_results, config=to_dict(cfg), note=cfg.restore.note),
             outputs=OUTPUTS,
             name="label restoration",
             unit="trial",
@@ -200,11 +176,11 @@ def _finished_setting(on_setting: Callable[[dict], None], record: dict) -> None:
         on_setting(record["result"])
 
 
-def _write_results(out: Path, records: list[dict], *, config: dict) -> None:
+def _write_results(out: Path, records: list[dict], *, config: dict, note: str | None) -> None:
     """Rewrite results.json and results.md from the records (in plan order) of the planned settings."""
     results = {
         "config": config,
-        "note": config["restore"]["note"],
+        "note": note,
         "machine": _machine(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": [r["result"] for r in records if r["status"] == "ok"],
@@ -215,29 +191,31 @@ def _write_results(out: Path, records: list[dict], *, config: dict) -> None:
 
 
 def _setting_results(payload: dict, advance: Callable[[int], None]) -> dict:
-    """The sweep's worker: every trial of one setting (``payload``: the setting and its resolved config)."""
-    cfg = load_config(RestoreConfig, base=OmegaConf.create(payload["config"]))
-    sweep, defenses = _check(cfg)
-    return {"result": _run_setting(payload["setting"], cfg, sweep, defenses, advance)}
+    """The sweep's worker: every trial of one setting (``payload``: the setting and its resolved config's record)."""
+    cfg = load_config(RestoreConfig, base=payload["config"])  # the plain record the plan handed over, typed again
+    return {"result": _run_setting(payload["setting"], cfg, advance)}
 
 
-def _run_setting(setting: dict, cfg: DictConfig, sweep: dict, defenses: list, advance: Callable[[int], None]) -> dict:
+def _run_setting(setting: dict, cfg: RestoreConfig, advance: Callable[[int], None]) -> dict:
     """All trials of one setting (``advance(1)`` after each); per defense and method, mean and std of every score.
 
     Trial t uses the setting's config with seeds + t: a new batch, and a new model unless ``fixed_model``.
     """
-    methods = sweep["methods"]
+    sweep = cfg.restore
+    methods, defenses = sweep.methods, sweep.parsed_defenses()
     keys = (*METRICS, "LnAcc_corrected", "sums_to_k", "flagged", "ms")
-    scores = {d.spec: {m: {k: [] for k in keys} for m in methods} for d in defenses}
+    scores: dict[str, dict[str, dict[str, list[float]]]] = {
+        d.spec: {m: {k: [] for k in keys} for m in methods} for d in defenses
+    }
     client_seconds, sources, labels_kind = [], set(), set()
     images = source_from_config(cfg.data)  # the same for every trial: only seeds change
-    aux_cfg: AuxConfig = OmegaConf.to_object(cfg.aux)
+    aux_cfg = cfg.aux
+    reads_aux = any(needs_auxiliary(m) for m in methods)  # the server's own labelled images, drawn for every trial
     aux_records = []
-    for trial in range(sweep["trials"]):
-        seeds = [f"client.seed={cfg.client.seed + trial}"]
-        if not sweep["fixed_model"]:
-            seeds.append(f"model.seed={cfg.model.seed + trial}")
-        trial_cfg = load_config(RestoreConfig, None, seeds, base=cfg)
+    for trial in range(sweep.trials):
+        model = cfg.model if sweep.fixed_model else dataclasses.replace(cfg.model, seed=cfg.model.seed + trial)
+        client = dataclasses.replace(cfg.client, seed=cfg.client.seed + trial)
+        trial_cfg = dataclasses.replace(cfg, model=model, client=client)
         start = time.perf_counter()
         run = simulate_client(trial_cfg, progress=False, source=images)
         client_seconds.append(time.perf_counter() - start)
@@ -246,7 +224,7 @@ def _run_setting(setting: dict, cfg: DictConfig, sweep: dict, defenses: list, ad
         num_classes = run.update.final_layer_gradients(run.model)[0].shape[0]
         truth = np.bincount(run.private.labels.numpy(), minlength=num_classes)
         aux = None
-        if "aux" in methods:  # the server's own labelled images: new ones per trial, never the client's batch
+        if reads_aux:  # new ones per trial, never the client's batch
             aux = client_auxiliary(dataclasses.replace(aux_cfg, seed=aux_cfg.seed + trial), run)
             aux_records.append(aux.record)
         for defense in defenses:
@@ -267,18 +245,17 @@ def _run_setting(setting: dict, cfg: DictConfig, sweep: dict, defenses: list, ad
                 entry["flagged"].append(float(bool(result.diagnostics)))
                 entry["ms"].append(1000.0 * elapsed)
         advance(1)
-    model_cfg = to_dict(cfg.model)
     return {
         "setting": setting,
-        "dataset": to_dict(cfg.data)["name"],
+        "dataset": str(cfg.data.name),
         "model": run.model.config,
-        "batch_size": int(cfg.client.batch_size),
-        "sampler": to_dict(cfg.client)["sampler"],
+        "batch_size": cfg.client.batch_size,
+        "sampler": str(cfg.client.sampler),
         "labels": sorted(labels_kind),
         "data_source": sorted(sources)[0] if len(sources) == 1 else sorted(sources),
-        "trials": sweep["trials"],
-        "model_per_trial": not sweep["fixed_model"],
-        "model_seed": model_cfg["seed"],
+        "trials": sweep.trials,
+        "model_per_trial": not sweep.fixed_model,
+        "model_seed": cfg.model.seed,
         "client_seconds": _summary(client_seconds),
         "aux": None
         if not aux_records
@@ -292,8 +269,9 @@ def _run_setting(setting: dict, cfg: DictConfig, sweep: dict, defenses: list, ad
 
 
 def _aux_options(method: str, aux: AuxiliaryData | None, aux_cfg: AuxConfig) -> dict[str, Any]:
-    """The keyword arguments of :func:`restore_from_update` for ``method``: the auxiliary set for ``aux``."""
-    if method != "aux":
+    """The keyword arguments of :func:`restore_from_update` for ``method``: the auxiliary set for a method that
+    reads it (:func:`~inversion.restore.needs_auxiliary`)."""
+    if not needs_auxiliary(method):
         return {}
     return {"aux": aux, "missing_classes": str(aux_cfg.missing_classes)}
 
@@ -331,8 +309,9 @@ def format_markdown(results: dict) -> str:
             + (
                 ""
                 if not record.get("aux")
-                else f" aux: {record['aux']['size']['mean']:,.0f} labelled auxiliary images per trial from the client's "
-                f"images without its batch ({record['aux']['classes']} classes, {record['aux']['labels']} labels)."
+                else f" aux: {record['aux']['size']['mean']:,.0f} labelled auxiliary images per trial from the "
+                f"client's images without its batch ({record['aux']['classes']} classes, "
+                f"{record['aux']['labels']} labels)."
             ),
             "",
         ]
@@ -346,7 +325,8 @@ def format_markdown(results: dict) -> str:
             for method, m in by_method.items():
                 lines.append(
                     f"| {method} | {_fmt(m['LeAcc'])} | {_fmt(m['LnAcc'])} | {_fmt(m['IRec'])} | "
-                    f"{_fmt(m['count_mae'])} | {_fmt(m['LnAcc_corrected'])} | {m['sums_to_k']['mean']:.2f} | {m['flagged']['mean']:.2f} | "
+                    f"{_fmt(m['count_mae'])} | {_fmt(m['LnAcc_corrected'])} | {m['sums_to_k']['mean']:.2f} | "
+                    f"{m['flagged']['mean']:.2f} | "
                     f"{_fmt(m['ms'], 1)} |"
                 )
             lines.append("")

@@ -6,9 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
-
-from inversion.config import save_config
+from inversion.config import ShareConfig, save_config
 from inversion.fl.simulate import ClientRun, simulate_client
 from inversion.utils.plotting import save_image_rows
 from inversion.utils.rundir import check_out, run_folder
@@ -30,7 +28,7 @@ class SharedFiles:
     picture: Path
 
 
-def run_share_update(cfg: DictConfig) -> SharedFiles:
+def run_share_update(cfg: ShareConfig) -> SharedFiles:
     """Simulate the client of a resolved :class:`~inversion.config.ShareConfig` and write its files into
     ``cfg.out``: the update (public) and the private batch (for scoring only), the config and a picture."""
     check_out(cfg.out)

@@ -1,11 +1,11 @@
 """Train a zoo model on real images: checkpoints at chosen epochs, a log of train and held-out accuracy, resume.
 
-:func:`run_training` takes a :class:`TrainConfig` (``data`` and ``model`` groups, a ``train`` section and
-``out``). A split seeded by ``train.seed`` keeps a fraction ``train.held_out`` of the source's images (of at
-most ``train.max_images``, a seeded sample) out of training; the model, initialised from ``model.seed``,
-trains on the rest with mini-batch SGD or Adam on the CPU, reshuffled in every epoch by a generator seeded
-with ``[train.seed, epoch]`` (which also seeds torch's RNG for that epoch, e.g. for dropout). Written into
-``out``, each file atomically and holding tensors and plain data only::
+:func:`run_training` takes a resolved :class:`~inversion.config.TrainConfig` (``data`` and ``model`` groups, a
+``train`` section and ``out``). A split seeded by ``train.seed`` keeps a fraction ``train.held_out`` of the
+source's images (of at most ``train.max_images``, a seeded sample) out of training; the model, initialised from
+``model.seed``, trains on the rest with mini-batch SGD or Adam on the CPU, reshuffled in every epoch by a
+generator seeded with ``[train.seed, epoch]`` (which also seeds torch's RNG for that epoch, e.g. for dropout).
+Written into ``out``, each file atomically and holding tensors and plain data only::
 
     epoch_EEE.pt     the state_dict after EEE epochs (000: the untrained model), for the chosen epochs;
                      ``inversion.models.load_weights`` (weights_only) loads it
@@ -27,33 +27,28 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from inversion.config import ConfigError, DataConfig, ModelConfig, config_digest, save_config, to_dict
+from inversion.config import ConfigError, TrainConfig, TrainSettings, config_digest, save_config, to_dict
 from inversion.data import ImageSource
 from inversion.data.batch import check_fits_in_memory
 from inversion.fl.simulate import absolute_data, check_labels, model_from_config, source_from_config
 from inversion.models.training_record import LOG_FORMAT, LOG_NAME, TrainingRecord, indices_sha256, load_training_record
-from inversion.utils.choices import choices
 from inversion.utils.fileio import atomic_write, load_tensor_file, sha256_file
 from inversion.utils.rundir import check_out, run_folder
 
 __all__ = [
     "LOG_NAME",
-    "OPTIMIZERS",
     "RESUME_NAME",
     "Split",
-    "TrainConfig",
-    "TrainSettings",
     "TrainingRecord",
     "evaluate",
     "load_training_record",
@@ -69,56 +64,6 @@ OUTPUTS = ("config.yaml", LOG_NAME, RESUME_NAME)
 """The fixed names a run writes into ``out``, besides its ``epoch_EEE.pt`` checkpoints."""
 EVAL_CHUNK = 1000
 """Images per forward pass when evaluating."""
-OPTIMIZERS = ("sgd", "adam")
-OptimizerName = choices("OptimizerName", OPTIMIZERS)
-
-
-@dataclass
-class TrainSettings:
-    """How the model is trained, and which images it sees."""
-
-    epochs: int = 1
-    batch_size: int = 64  # images per step; the last incomplete batch of an epoch's shuffle is skipped
-    optimizer: OptimizerName = OptimizerName.sgd
-    lr: float = 0.01
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0
-    seed: int = 0  # the split, the per-epoch shuffles and torch's RNG during training
-    checkpoint_epochs: list[int] | None = None  # epochs whose state_dict is saved (0: untrained); null: [0, epochs]
-    held_out: float = 0.2  # fraction of the images kept out of training, for evaluation
-    max_images: int | None = None  # use a seeded sample of at most this many images of the source
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
-            raise ValueError(
-                f"momentum must be in [0, 1) and weight_decay >= 0, got {self.momentum} and {self.weight_decay}"
-            )
-        outside = [e for e in self.checkpoint_epochs or () if not 0 <= e <= self.epochs]
-        if outside:
-            raise ValueError(f"checkpoint_epochs must lie in 0..epochs={self.epochs}, got {outside}")
-        if not 0 <= self.held_out < 1:
-            raise ValueError(f"held_out must be a fraction in [0, 1), got {self.held_out}")
-        if self.max_images is not None and self.max_images < 2:
-            raise ValueError(f"max_images must be >= 2 or null (all images), got {self.max_images}")
-
-    @property
-    def saved_epochs(self) -> list[int]:
-        """The epochs whose checkpoint this run writes, sorted."""
-        return sorted(set([0, self.epochs] if self.checkpoint_epochs is None else self.checkpoint_epochs))
-
-
-@dataclass
-class TrainConfig:
-    """``scripts/train.py``: train a ``model`` on the ``data`` group's images as ``train`` says; files in ``out``."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainSettings = field(default_factory=TrainSettings)
-    out: str = "runs/train"
 
 
 @dataclass(frozen=True)
@@ -138,7 +83,7 @@ def split_indices(num_images: int, held_out: float, seed: int, max_images: int |
     """A seeded split: of a random sample of ``min(num_images, max_images)`` images, ``round(held_out * n)``
     are held out and the rest trained on."""
     order = np.random.default_rng(seed).permutation(num_images)[:max_images]
-    cut = int(round(held_out * len(order)))
+    cut = round(held_out * len(order))
     return Split(np.sort(order[cut:]), np.sort(order[:cut]))
 
 
@@ -206,7 +151,7 @@ def _train_epoch(
     return loss_sum / steps, correct / (steps * batch_size)
 
 
-def _identity(cfg: DictConfig, split: Split) -> str:
+def _identity(cfg: TrainConfig, split: Split) -> str:
     """The sha256 of what determines the training trajectory: the config (without ``out``, ``data.root``,
     ``train.epochs`` and ``train.checkpoint_epochs``, so a moved run resumes and a finished one trains on)
     and the split."""
@@ -322,7 +267,7 @@ def _write_log(path: Path, header: dict[str, Any], done: _Finished, status: str)
         handle.write((json.dumps(record, indent=1) + "\n").encode())
 
 
-def _header(cfg: DictConfig, source: ImageSource, model: nn.Module, split: Split) -> dict[str, Any]:
+def _header(cfg: TrainConfig, source: ImageSource, model: nn.Module, split: Split) -> dict[str, Any]:
     """What the log records about the run apart from its progress."""
     return {
         "format": LOG_FORMAT,
@@ -389,17 +334,17 @@ def _data(source: ImageSource, settings: TrainSettings) -> _Data:
 
 
 def run_training(
-    cfg: DictConfig,
+    cfg: TrainConfig,
     *,
     resume: bool = False,
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainingRecord:
-    """Train as a :class:`TrainConfig` says and write ``out`` (module docstring); Ctrl-C stops after saving
-    the last finished epoch (the log says ``interrupted``) and re-raises.
+    """Train as a :class:`~inversion.config.TrainConfig` says and write ``out`` (module docstring); Ctrl-C stops
+    after saving the last finished epoch (the log says ``interrupted``) and re-raises.
 
     Args:
-        cfg: a config loaded with ``load_config(TrainConfig, ...)``.
+        cfg: the resolved config (``load_config(TrainConfig, ...)``).
         resume: continue from ``out/resume.pt`` (the same run; ``train.epochs`` may grow).
         progress: show a progress bar over the training steps.
         on_epoch: called with each epoch's log row (as in ``TrainingRecord.history``) once the epoch is saved.
@@ -412,7 +357,7 @@ def run_training(
             or a refused resume.
         ValueError: ``out`` unusable, or data missing.
     """
-    settings: TrainSettings = OmegaConf.to_object(cfg.train)
+    settings = cfg.train
     out = check_out(cfg.out)
     if resume and not (out / RESUME_NAME).is_file():
         raise ConfigError(f"--resume: no {RESUME_NAME} in {out}; run without --resume to start")

@@ -16,120 +16,61 @@ tasks; ``training.json``, ``training.md`` and ``training.png`` are rebuilt from 
 from __future__ import annotations
 
 import json
-import re
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator
-from omegaconf import DictConfig, OmegaConf
 
-from inversion.config import ConfigError, config_digest, load_config, to_dict
-from inversion.experiments.train import RESUME_NAME, TrainConfig, run_training
+from inversion.config import ConfigError, TrainConfig, TrainSweepConfig, config_digest, load_config, to_dict
+from inversion.experiments.train import RESUME_NAME, run_training
 from inversion.sweep import RecordSchema, Run, Sweep, execute
 from inversion.sweep.executors import Executor
 from inversion.utils.fileio import atomic_write, sha256_file
 from inversion.utils.plotting import figure
 
-__all__ = [
-    "OUTPUTS",
-    "SCHEMA",
-    "TrainExperiment",
-    "TrainSweepConfig",
-    "format_markdown",
-    "run_train_sweep",
-    "summarize",
-]
+__all__ = ["OUTPUTS", "SCHEMA", "format_markdown", "run_train_sweep", "summarize"]
 
 OUTPUTS = ("training.json", "training.md", "training.png")
 """The result files a sweep rebuilds in ``out`` from its ledger."""
-SET_BY_THE_SWEEP = ("out", "train.seed", "model.seed")
-"""The keys a run's own seed and folder set; an experiment's overrides may not name them."""
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-"""An experiment's name: a folder name in ``out`` that no result file or ``previous/`` can clash with."""
 
 
-@dataclass
-class TrainExperiment:
-    """One training setting of the sweep."""
+def _plan(sweep: TrainSweepConfig) -> list[Run]:
+    """Every run of the sweep (a resolved :class:`~inversion.config.TrainSweepConfig`), its training config
+    composed from its experiment's file and overrides and resolved before any work.
 
-    name: str = "default"  # its runs' folder in out: <out>/<name>/seed<S>/
-    config: str = "configs/train/default.yaml"  # relative to the repository, or absolute
-    overrides: list[str] = field(default_factory=list)
-
-
-@dataclass
-class TrainSweepConfig:
-    """``scripts/train.py --sweep``: every experiment trained once per seed (``train.seed`` = ``model.seed``)."""
-
-    experiments: list[TrainExperiment] = field(default_factory=lambda: [TrainExperiment()])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    out: str = "runs/train/sweep"
-
-
-def _check(sweep: dict) -> None:
-    """What the schema cannot check: non-empty, unique lists; folder names; no override of the sweep's keys."""
-    if not sweep["experiments"] or not sweep["seeds"]:
-        raise ConfigError("train sweep: experiments and seeds must each list at least one entry")
-    names = [experiment["name"] for experiment in sweep["experiments"]]
-    for what, values in (("experiment names", names), ("seeds", sweep["seeds"])):
-        twice = sorted({str(v) for v in values if values.count(v) > 1})
-        if twice:
-            raise ConfigError(f"train sweep: {what} must be unique, got {', '.join(twice)} more than once")
-    for experiment in sweep["experiments"]:
-        if not NAME.fullmatch(experiment["name"]) or experiment["name"] == "previous":
-            raise ConfigError(
-                f"train sweep: experiment name {experiment['name']!r} must be letters, digits, _ and - "
-                "(it names a folder in out), and not 'previous'"
-            )
-        clash = [o for o in experiment["overrides"] if o.partition("=")[0] in SET_BY_THE_SWEEP]
-        if clash:
-            raise ConfigError(
-                f"train sweep: experiment {experiment['name']!r} overrides {clash[0]!r}; "
-                f"{', '.join(SET_BY_THE_SWEEP)} are set by the sweep (seeds, out)"
-            )
-
-
-def _plan(cfg: DictConfig) -> list[Run]:
-    """Every run of the sweep, its training config built and validated before any work.
-
-    The payload is that config, resolved, with ``<out>/<name>/seed<S>`` as its ``out``, and that folder
+    The payload is that config as a record, with ``<out>/<name>/seed<S>`` as its ``out``, and that folder
     relative to ``out``; the key does not depend on ``out``.
     """
-    sweep = to_dict(cfg)
-    _check(sweep)
     runs = []
-    for experiment in sweep["experiments"]:
-        for seed in sweep["seeds"]:
-            folder = f"{experiment['name']}/seed{seed}"
+    for experiment in sweep.experiments:
+        for seed in sweep.seeds:
+            folder = f"{experiment.name}/seed{seed}"
             try:
                 run_cfg = load_config(
                     TrainConfig,
-                    experiment["config"],
+                    experiment.config,
                     [
-                        *experiment["overrides"],
+                        *experiment.overrides,
                         f"train.seed={seed}",
                         f"model.seed={seed}",
-                        f"out={Path(sweep['out']) / folder}",
+                        f"out={Path(sweep.out) / folder}",
                     ],
                 )
             except ConfigError as err:
-                raise ConfigError(f"train sweep: experiment {experiment['name']!r}: {err}") from None
-            key = config_digest(run_cfg, ignore=("out",), experiment=experiment["name"])[:16]
-            resolved = to_dict(run_cfg)
+                raise ConfigError(f"train sweep: experiment {experiment.name!r}: {err}") from None
+            key = config_digest(run_cfg, ignore=("out",), experiment=experiment.name)[:16]
             description = {
-                "experiment": experiment["name"],
+                "experiment": experiment.name,
                 "seed": seed,
-                "dataset": resolved["data"]["name"],
-                "model": resolved["model"]["name"],
+                "dataset": str(run_cfg.data.name),
+                "model": str(run_cfg.model.name),
             }
-            runs.append(
-                Run(key, description, {"config": resolved, "folder": folder}, units=resolved["train"]["epochs"])
-            )
+            payload = {"config": to_dict(run_cfg), "folder": folder}
+            runs.append(Run(key, description, payload, units=run_cfg.train.epochs))
     return runs
 
 
@@ -161,19 +102,14 @@ SCHEMA = RecordSchema(
 """What every ledger record holds besides its key and status, and what a finished one holds."""
 
 
-def run_train_sweep(
-    config_path: str | Path | None,
-    overrides: list[str] = (),
-    *,
-    progress: bool = True,
-    executor: Executor | None = None,
-) -> dict:
+def run_train_sweep(sweep: TrainSweepConfig, *, progress: bool = True, executor: Executor | None = None) -> dict:
     """Run (or resume) the sweep; write ``runs.jsonl``, ``training.json``, ``training.md``, ``training.png``.
 
-    Every run's config is built and validated first, so a typo, a missing config file or a bad override
-    fails at once (ConfigError) and writes nothing.
+    Every run's config is composed and resolved first, so a missing config file or a bad override fails at once
+    (ConfigError) and writes nothing.
 
     Args:
+        sweep: the resolved sweep config (:func:`inversion.config.load_config`).
         executor: where the runs execute (default: one after another in this process; see
             :func:`inversion.sweep.make_executor`). The results do not depend on it.
 
@@ -181,10 +117,9 @@ def run_train_sweep(
         ``{"runs": records in plan order, "ran": how many ran now, "skipped": how many were done,
         "out": the output folder}``.
     """
-    cfg = load_config(TrainSweepConfig, config_path, overrides)
-    plan = _plan(cfg)
-    write = partial(_write_outputs, config=to_dict(cfg), descriptions=[run.description for run in plan])
-    sweep = Sweep(
+    plan = _plan(sweep)
+    write = partial(_write_outputs, config=to_dict(sweep), descriptions=[run.description for run in plan])
+    engine_sweep = Sweep(
         plan=plan,
         worker=f"{__name__}:_train_run",
         schema=SCHEMA,
@@ -194,7 +129,7 @@ def run_train_sweep(
         unit="epoch",
         label=_label,
     )
-    return execute(sweep, cfg.out, executor=executor, progress=progress)
+    return execute(engine_sweep, sweep.out, executor=executor, progress=progress)
 
 
 def _label(description: dict) -> str:
@@ -204,7 +139,7 @@ def _label(description: dict) -> str:
 def _train_run(payload: dict, advance: Callable[[int], None]) -> dict[str, Any]:
     """The sweep's worker: train ``payload["config"]`` into its ``out`` (continuing from its ``resume.pt`` if
     there is one); its record's results. ``advance(1)`` after each trained epoch."""
-    cfg = load_config(TrainConfig, base=OmegaConf.create(payload["config"]))
+    cfg = load_config(TrainConfig, base=payload["config"])  # the plain record the plan handed over, typed again
     resume = (Path(cfg.out) / RESUME_NAME).is_file()
     record = run_training(cfg, resume=resume, progress=False, on_epoch=partial(_trained_epoch, advance))
     return {

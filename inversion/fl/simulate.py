@@ -1,18 +1,18 @@
-"""From a config to the objects of a simulated client: image source, model, private batch, shared update."""
+"""From a resolved config (its typed ``data``, ``model`` and ``client`` sections) to the objects of a simulated
+client: image source, model, private batch, shared update."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from inversion.attack.settings import AttackSettings
-from inversion.config import AuxConfig, ClientConfig, ConfigError, ModelConfig, to_dict
+from inversion.config import AuxConfig, ClientConfig, ConfigError, DataConfig, ModelConfig, to_dict
 from inversion.data import (
     Batch,
     ImageSource,
@@ -34,6 +34,7 @@ from inversion.utils.memory import attack_memory, check_memory, client_memory
 
 __all__ = [
     "ClientRun",
+    "ClientSetup",
     "auxiliary_from_config",
     "batch_from_config",
     "build_from_model_config",
@@ -50,24 +51,31 @@ def _tuple(values):
     return None if values is None else tuple(values)
 
 
-def source_from_config(data: DictConfig) -> ImageSource:
+class ClientSetup(Protocol):
+    """A resolved config with the sections a simulated client reads (e.g. ``ShareConfig``, ``InvertConfig``)."""
+
+    data: DataConfig
+    model: ModelConfig
+    client: ClientConfig
+
+
+def source_from_config(data: DataConfig) -> ImageSource:
     """The image source described by a ``data`` config group."""
-    d = to_dict(data)
     return load_source(
-        d["name"],
-        root=d["root"],
-        split=d["split"],
-        download=d["download"],
-        folder=d["folder"],
-        image_size=_tuple(d["image_size"]),
-        channels=d["channels"],
-        mean=_tuple(d["mean"]),
-        std=_tuple(d["std"]),
+        str(data.name),
+        root=data.root,
+        split=str(data.split),
+        download=data.download,
+        folder=data.folder,
+        image_size=_tuple(data.image_size),
+        channels=data.channels,
+        mean=_tuple(data.mean),
+        std=_tuple(data.std),
     )
 
 
 def build_from_model_config(model: ModelConfig, input_shape: Sequence[int], num_classes: int) -> ClassifierModel:
-    """The model a (resolved) ``model`` config group describes, for inputs of ``input_shape`` (C, H, W).
+    """The model a ``model`` config group describes, for inputs of ``input_shape`` (C, H, W).
 
     ``num_classes`` applies when the group leaves ``num_classes`` unset; ``weights`` are loaded
     (tensors only) and recorded in ``model.config["weights"]``.
@@ -90,36 +98,32 @@ def build_from_model_config(model: ModelConfig, input_shape: Sequence[int], num_
     return net
 
 
-def model_from_config(model: DictConfig, source: ImageSource) -> ClassifierModel:
+def model_from_config(model: ModelConfig, source: ImageSource) -> ClassifierModel:
     """The shared model of a ``model`` config group, shaped for the source's images."""
     spec = source.spec
-    return build_from_model_config(OmegaConf.to_object(model), (spec.channels, *spec.image_size), spec.num_classes)
+    return build_from_model_config(model, (spec.channels, *spec.image_size), spec.num_classes)
 
 
-def batch_from_config(client: DictConfig, source: ImageSource, model: ClassifierModel) -> Batch:
+def batch_from_config(client: ClientConfig, source: ImageSource, model: ClassifierModel) -> Batch:
     """The client's private batch as a ``client`` config group describes it.
 
-    With ``synthetic_labels`` the labels are drawn over the model's classes independently
-    of the images, which is refused for a model with trained weights (its gradients
-    depend on whether images and labels match).
+    With ``synthetic_labels`` the labels are drawn over the model's classes independently of the images (a
+    config refuses them for a model with trained weights, whose gradients depend on whether images and labels
+    match, and with ``replacement``).
     """
-    c = to_dict(client)
-    options = {"seed": c["seed"], "counts": c["counts"], "classes": c["classes"], "target_class": c["target_class"]}
-    if not c["synthetic_labels"]:
-        return sample_batch(source, c["batch_size"], c["sampler"], replacement=c["replacement"], **options)
-    if model.config.get("weights"):
-        raise ValueError(
-            "client.synthetic_labels is only valid for untrained models: a trained model's gradients depend on "
-            "whether each label matches its image. Use real labels, or drop model.weights"
-        )
-    if c["replacement"]:
-        raise ValueError(
-            "client.synthetic_labels draws distinct images; client.replacement=true is not allowed with it"
-        )
-    return sample_synthetic_batch(source, c["batch_size"], final_layer(model).out_features, c["sampler"], **options)
+    options: dict[str, Any] = {
+        "seed": client.seed,
+        "counts": client.counts,
+        "classes": client.classes,
+        "target_class": client.target_class,
+    }
+    sampler = str(client.sampler)
+    if not client.synthetic_labels:
+        return sample_batch(source, client.batch_size, sampler, replacement=client.replacement, **options)
+    return sample_synthetic_batch(source, client.batch_size, final_layer(model).out_features, sampler, **options)
 
 
-def client_images(images: str, source: ImageSource, data: DictConfig, weights: str | None) -> ImageSource:
+def client_images(images: str, source: ImageSource, data: DataConfig, weights: str | None) -> ImageSource:
     """The images a client draws its batch from: all of ``source``, or those the model in ``weights``
     (a checkpoint of ``scripts/train.py``) was trained on (``trained``) or held out from (``held_out``).
 
@@ -133,8 +137,8 @@ def client_images(images: str, source: ImageSource, data: DictConfig, weights: s
         return source
     if weights is None:
         raise ConfigError(
-            f"client.images={images} draws from a trained model's split: give model.weights=<a "
-            "checkpoint of scripts/train.py>"
+            f"{images} draws from a trained model's split; give model.weights=<a checkpoint of scripts/train.py>",
+            "client.images",
         )
     try:
         record = load_training_record(weights)
@@ -163,9 +167,9 @@ def check_labels(labels: Tensor, model: ClassifierModel, source: ImageSource, wh
         )
 
 
-def absolute_data(data: DictConfig) -> dict[str, Any]:
-    """The ``data`` group as a dict with ``root`` (default: the data root) and ``folder`` made absolute,
-    so that it reloads from any directory (a federation's clients, a training record)."""
+def absolute_data(data: DataConfig) -> dict[str, Any]:
+    """The ``data`` group as a record (a plain dict) with ``root`` (default: the data root) and ``folder`` made
+    absolute, so that it reloads from any directory (a federation's clients, a training record)."""
     record = to_dict(data)
     record["root"] = str(Path(record["root"] or default_data_root()).expanduser().resolve())
     if record["folder"] is not None:
@@ -226,13 +230,14 @@ def check_attack_memory(
 
 
 def simulate_client(
-    cfg: DictConfig,
+    cfg: ClientSetup,
     *,
     progress: bool = True,
     source: ImageSource | None = None,
-    attack_device: torch.device | str | None = None,
+    attack: AttackSettings | None = None,
+    attack_device: torch.device | str = "cpu",
 ) -> ClientRun:
-    """Run the client of a config with ``data``, ``model`` and ``client`` groups.
+    """Run the client of a resolved config with ``data``, ``model`` and ``client`` sections.
 
     The update carries public metadata only (model spec and state digest, input shape,
     normalisation, batch-norm mode, and the trained-weights file if any). Everything private
@@ -240,8 +245,8 @@ def simulate_client(
     into the :class:`PrivateBatch`, tied to the update by its digest; so does the seed of the DP-SGD
     noise (record ``dp_noise_seed``: ``client.dp_noise_seed``, or fresh OS entropy when that is null).
     Pass ``source`` to reuse an image source already loaded from ``cfg.data`` (e.g. across the trials
-    of a benchmark). Before the batch is drawn, the client's memory is estimated, and with ``attack_device``
-    that of the attack of ``cfg.attack`` that is to run next on that device (:mod:`inversion.utils.memory`).
+    of a benchmark). Before the batch is drawn, the client's memory is estimated, and with ``attack`` that of
+    the attack that is to run next on ``attack_device`` (:mod:`inversion.utils.memory`).
 
     Raises:
         ConfigError: ``model.num_classes`` is not positive, or smaller than a label of the batch.
@@ -250,11 +255,10 @@ def simulate_client(
     """
     source = source if source is not None else source_from_config(cfg.data)
     model = model_from_config(cfg.model, source)
-    source = client_images(cfg.client.images, source, cfg.data, cfg.model.weights)
-    client: ClientConfig = OmegaConf.to_object(cfg.client)
+    source = client_images(str(cfg.client.images), source, cfg.data, cfg.model.weights)
+    client = cfg.client
     spec = source.spec
     shape = (spec.channels, *spec.image_size)
-    attack: AttackSettings | None = None if attack_device is None else OmegaConf.to_object(cfg.attack)
     if client.memory_check or (attack is not None and attack.memory_check):
         sizes = footprint(model, shape)
         check_client_memory(sizes, shape, client)
@@ -268,7 +272,7 @@ def simulate_client(
                 attack_device,
                 "use a smaller client.batch_size, fewer client.local_steps or a smaller model",
             )
-    batch = batch_from_config(cfg.client, source, model)
+    batch = batch_from_config(client, source, model)
     check_labels(batch.labels, model, source)
     dp = client.dp_sgd()
     dp_seed = None if dp is None else noise_seed(client.dp_noise_seed)
@@ -276,9 +280,9 @@ def simulate_client(
         model,
         batch.images,
         batch.labels,
-        bn_mode=client.bn_mode,
+        bn_mode=str(client.bn_mode),
         chunk_size=client.chunk_size,
-        parameters=client.parameters,
+        parameters=str(client.parameters),
         dataset=spec.name,
         mean=spec.mean,
         std=spec.std,

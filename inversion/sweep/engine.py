@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from inversion.sweep.executors import Executor, InProcess
 from inversion.sweep.ledger import LEDGER_NAME, RecordSchema, append, load_records, record_problem
+from inversion.utils.errors import InputError
 from inversion.utils.interrupts import watch_sigint
 from inversion.utils.rundir import run_folder
 
@@ -149,7 +150,7 @@ def _check_plan(plan: Sequence[Run]) -> None:
     seen = {}
     for run in plan:
         if run.key in seen:
-            raise ValueError(
+            raise InputError(
                 f"the sweep plans the same run twice ({json.dumps(seen[run.key])} and "
                 f"{json.dumps(run.description)}): remove the repeated value from the config's lists"
             )

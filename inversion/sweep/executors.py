@@ -26,6 +26,7 @@ from collections.abc import Callable, Generator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
+from inversion.utils.errors import InputError
 from inversion.utils.fileio import DiskFullError
 
 if TYPE_CHECKING:
@@ -36,8 +37,9 @@ __all__ = ["EXECUTORS", "Executor", "ExecutorError", "InProcess", "RayExecutor",
 EXECUTORS = ("in-process", "ray")
 
 
-class ExecutorError(ValueError):
-    """An executor cannot be set up (ray missing, options that do not fit, no cluster at the address)."""
+class ExecutorError(InputError):
+    """An executor cannot be set up (ray missing, options that do not fit, no cluster at the address): a user
+    error, reported in one line."""
 
 
 class Executor(Protocol):

@@ -10,19 +10,22 @@ import torch
 from _data import REPO
 
 import inversion.experiments.ablate
-from inversion.attack import Inversion
-from inversion.config import ConfigError
+from inversion.attack.problem import AttackProblem
+from inversion.attack.runner import Runner
+from inversion.attack.steppers import SequentialStepper
+from inversion.config import AblateConfig, ConfigError, load_config
 from inversion.experiments.ablate import run_ablation
 
 STEPS = 4
 
 
-def sweep_yaml(tmp_path, data_root, modes, *, seeds=(0, 1), broken=True):
-    """A tiny sweep (K=2, 4 steps): a working MNIST experiment and, with ``broken``, one whose runs all fail."""
+def sweep_yaml(tmp_path, data_root, modes, *, seeds=(0, 1), broken=True, extra=""):
+    """A tiny sweep (K=2, 4 steps): a working MNIST experiment (with the override ``extra``, if given) and, with
+    ``broken``, one whose runs all fail."""
     path = tmp_path / "ablate.yaml"
     common = (
         f"[data.root={data_root}, data.download=false, model.width=16, attack.max_steps={STEPS}, "
-        "attack.checkpoint_every=0]"
+        f"attack.checkpoint_every=0{', ' + extra if extra else ''}]"
     )
     path.write_text(
         "experiments:\n"
@@ -38,15 +41,21 @@ def sweep_yaml(tmp_path, data_root, modes, *, seeds=(0, 1), broken=True):
     return path
 
 
+def ablate(path, **options):
+    """The sweep of an ablation config file, as scripts/ablate.py runs it: loaded and resolved, then run."""
+    return run_ablation(load_config(AblateConfig, path), **options)
+
+
 def ledger_lines(tmp_path):
     return (tmp_path / "out" / "runs.jsonl").read_text().splitlines()
 
 
+@pytest.mark.slow
 def test_sweep_writes_outputs_records_failures_and_resumes(tmp_path, data_root):
-    first = run_ablation(sweep_yaml(tmp_path, data_root, ["oracle", "shared"]), progress=False)
+    first = ablate(sweep_yaml(tmp_path, data_root, ["oracle", "shared"]), progress=False)
     assert first["ran"] == 8 and first["skipped"] == 0
     out = tmp_path / "out"
-    rows = list(csv.DictReader(open(out / "ablation.csv")))
+    rows = list(csv.DictReader((out / "ablation.csv").read_text().splitlines()))
     assert len(rows) == 8 and {r["mode"] for r in rows} == {"oracle", "shared"}
     broken = [r for r in rows if r["status"] == "failed"]
     assert len(broken) == 4 and all("no batch-norm layers" in r["error"] for r in broken)
@@ -58,7 +67,7 @@ def test_sweep_writes_outputs_records_failures_and_resumes(tmp_path, data_root):
     assert "| oracle |" in table and "gain over shared" in table and "## Failed runs" in table
     assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
     # resume with one more mode: finished runs are skipped, the failures retried, only new work done
-    second = run_ablation(sweep_yaml(tmp_path, data_root, ["oracle", "shared", "ilrg"]), progress=False)
+    second = ablate(sweep_yaml(tmp_path, data_root, ["oracle", "shared", "ilrg"]), progress=False)
     assert second["skipped"] == 4 and second["ran"] == 4 + 2 + 2
     modes = {r["mode"] for r in second["runs"] if r["status"] == "ok"}
     assert modes == {"oracle", "shared", "ilrg"}
@@ -66,15 +75,17 @@ def test_sweep_writes_outputs_records_failures_and_resumes(tmp_path, data_root):
 
 def test_bad_sweep_fails_before_any_run(tmp_path, data_root):
     path = sweep_yaml(tmp_path, data_root, ["oracle", "dlg"])
-    with pytest.raises(ConfigError, match="dlg"):
-        run_ablation(path, progress=False)
+    with pytest.raises(ConfigError, match=r"^modes: unknown label mode 'dlg'; choose from oracle, joint, shared"):
+        ablate(path, progress=False)
     assert not (tmp_path / "out").exists()
-    with pytest.raises(ConfigError, match="baseline"):
-        run_ablation(sweep_yaml(tmp_path, data_root, ["oracle"]), progress=False)
-    with pytest.raises(ConfigError, match=r"^ablation.modes lists 'shared' more than once: list each value once$"):
-        run_ablation(sweep_yaml(tmp_path, data_root, ["shared", "oracle", "shared"]), progress=False)
-    with pytest.raises(ConfigError, match=r"^ablation.seeds lists 1 more than once"):
-        run_ablation(sweep_yaml(tmp_path, data_root, ["shared"], seeds=(1, 0, 1)), progress=False)
+    with pytest.raises(ConfigError, match=r"^baseline: 'shared' is not among the modes \(oracle\)"):
+        ablate(sweep_yaml(tmp_path, data_root, ["oracle"]), progress=False)
+    with pytest.raises(ConfigError, match=r"^modes: lists 'shared' more than once; list each value once$"):
+        ablate(sweep_yaml(tmp_path, data_root, ["shared", "oracle", "shared"]), progress=False)
+    with pytest.raises(ConfigError, match=r"^seeds: lists 1 more than once"):
+        ablate(sweep_yaml(tmp_path, data_root, ["shared"], seeds=(1, 0, 1)), progress=False)
+    with pytest.raises(ConfigError, match=r"^ablation: experiment 'mnist_small': Key 'widht' not in 'ModelConfig'"):
+        ablate(sweep_yaml(tmp_path, data_root, ["shared"], broken=False, extra="model.widht=3"), progress=False)
     assert not (tmp_path / "out").exists()
 
 
@@ -84,27 +95,27 @@ def interrupt_second_run(monkeypatch, at_call, out):
     The tables written after the first run are removed first, so they exist afterwards only if the
     interrupted sweep rewrote them.
     """
-    real_step, real_close, attacks, calls = Inversion._step, Inversion._close_restarts, [], []
+    real_step, real_close, attacks, calls = SequentialStepper.step, Runner.close_restarts, [], []
 
     def close(self, following):
-        if at_call == "end" and attacks.index(self) == 1:
+        if at_call == "end" and attacks.index(self.problem) == 1:
             (out / "ablation.csv").unlink()
             raise KeyboardInterrupt
         return real_close(self, following)
 
     def step(self, *args):
-        if self not in attacks:
-            attacks.append(self)
+        if self.problem not in attacks:
+            attacks.append(self.problem)
             calls.append(0)
-        run = attacks.index(self)
+        run = attacks.index(self.problem)
         calls[run] += 1
         if run == 1 and calls[run] == at_call:
             (out / "ablation.csv").unlink()
             raise KeyboardInterrupt
         return real_step(self, *args)
 
-    monkeypatch.setattr(Inversion, "_step", step)
-    monkeypatch.setattr(Inversion, "_close_restarts", close)
+    monkeypatch.setattr(SequentialStepper, "step", step)
+    monkeypatch.setattr(Runner, "close_restarts", close)
 
 
 @pytest.mark.parametrize("at_call", [3, 1, "end"], ids=["best-so-far result", "raised", "after the last step"])
@@ -114,12 +125,12 @@ def test_interrupted_run_is_not_recorded_and_is_redone(tmp_path, data_root, monk
     with monkeypatch.context() as patch:
         interrupt_second_run(patch, at_call, tmp_path / "out")
         with pytest.raises(KeyboardInterrupt):
-            run_ablation(path, progress=False)
+            ablate(path, progress=False)
     (first,) = [json.loads(line) for line in ledger_lines(tmp_path)]
     assert first["mode"] == "oracle" and first["status"] == "ok" and first["steps"] == STEPS
-    rows = list(csv.DictReader(open(tmp_path / "out" / "ablation.csv")))
+    rows = list(csv.DictReader((tmp_path / "out" / "ablation.csv").read_text().splitlines()))
     assert [r["mode"] for r in rows] == ["oracle"]
-    resumed = run_ablation(path, progress=False)
+    resumed = ablate(path, progress=False)
     assert resumed["skipped"] == 1 and resumed["ran"] == 2
     assert [(r["mode"], r["status"], r["steps"]) for r in resumed["runs"]] == [
         ("oracle", "ok", STEPS),
@@ -165,14 +176,14 @@ def test_a_nan_score_is_not_a_finished_run_and_never_replaces_one(tmp_path, capl
 
 def test_bad_ledger_lines_are_reported_skipped_and_redone(tmp_path, data_root, caplog):
     path = sweep_yaml(tmp_path, data_root, ["oracle", "shared", "ilrg"], seeds=[0], broken=False)
-    oracle, shared, ilrg = run_ablation(path, progress=False)["runs"]
+    oracle, shared, ilrg = ablate(path, progress=False)["runs"]
     no_status = {k: v for k, v in shared.items() if k != "status"}
     no_psnr = {k: v for k, v in ilrg.items() if k != "psnr"}
     bad = ["[1, 2]", '{"key": 3}', json.dumps(no_status), json.dumps(no_psnr), '{"key": "torn", "sta']
     ledger = tmp_path / "out" / "runs.jsonl"
     ledger.write_text("\n".join([json.dumps(oracle), *bad]))  # no newline at the end: a torn last line
     with caplog.at_level(logging.WARNING, logger="inversion.sweep"):
-        resumed = run_ablation(path, progress=False)
+        resumed = ablate(path, progress=False)
     warned = [m for m in caplog.messages if "not a run record" in m]
     assert len(warned) == len(bad) and all(
         m.startswith(f"{ledger}:{line}: not a run record (") and m.endswith("); skipped")
@@ -187,11 +198,11 @@ def test_bad_ledger_lines_are_reported_skipped_and_redone(tmp_path, data_root, c
 
 def record_runs(monkeypatch):
     """Capture every run of the sweep: (InversionRun, the initial dummies of each restart)."""
-    real_run, real_fresh, runs, starts = inversion.experiments.ablate.run_inversion, Inversion._fresh_restart, [], []
+    real_run, real_fresh, runs, starts = inversion.experiments.ablate.run_inversion, AttackProblem.fresh_restart, [], []
 
     def fresh(self, restart):
         state = real_fresh(self, restart)
-        starts.append(state["x"].clone())
+        starts.append(state.x.clone())
         return state
 
     def run(cfg, **kwargs):
@@ -200,14 +211,14 @@ def record_runs(monkeypatch):
         runs.append((done, starts[first:]))
         return done
 
-    monkeypatch.setattr(Inversion, "_fresh_restart", fresh)
+    monkeypatch.setattr(AttackProblem, "fresh_restart", fresh)
     monkeypatch.setattr(inversion.experiments.ablate, "run_inversion", run)
     return runs
 
 
 def test_modes_are_paired_on_batch_model_and_initialisation(tmp_path, data_root, monkeypatch):
     modes, runs = ["oracle", "shared", "joint"], record_runs(monkeypatch)
-    run_ablation(sweep_yaml(tmp_path, data_root, modes, seeds=[0, 1], broken=False), progress=False)
+    ablate(sweep_yaml(tmp_path, data_root, modes, seeds=[0, 1], broken=False), progress=False)
     assert len(runs) == 2 * len(modes)
     by_seed = {seed: runs[i * len(modes) : (i + 1) * len(modes)] for i, seed in enumerate([0, 1])}  # sweep order
     for seed, pair in by_seed.items():
@@ -258,6 +269,7 @@ def test_experiments_on_the_same_dataset_are_summarised_apart():
 
 
 @pytest.mark.parametrize("path", sorted(REPO.glob("configs/ablate/*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.slow
 def test_every_shipped_ablation_profile_plans_valid_runs(path):
     from inversion.config import load_config
     from inversion.experiments.ablate import AblateConfig, _plan

@@ -5,12 +5,18 @@ import re
 import pytest
 from _data import ctrl_c_at_step
 
+from inversion.cli.demo import demo_config
 from inversion.config import ConfigError
 from inversion.experiments.demo import SECTIONS, run_demo
 
 
+def demo(out, overrides, **options):
+    """The demo of ``scripts/demo.py`` with ``overrides``: its config resolved, then run."""
+    return run_demo(out, demo_config(overrides), **options)
+
+
 def test_demo_page_is_self_contained_and_complete(tmp_path, data_root):
-    page = run_demo(
+    page = demo(
         tmp_path / "demo",
         [
             f"data.root={data_root}",
@@ -36,7 +42,7 @@ def test_demo_page_is_self_contained_and_complete(tmp_path, data_root):
 
 def test_demo_spreads_its_snapshots_over_a_short_run(tmp_path, data_root):
     """Fewer steps than the default snapshot interval: the snapshots follow the run's length."""
-    page = run_demo(
+    page = demo(
         tmp_path / "demo",
         [
             f"data.root={data_root}",
@@ -48,8 +54,8 @@ def test_demo_spreads_its_snapshots_over_a_short_run(tmp_path, data_root):
         progress=False,
     )
     assert page.is_file() and (tmp_path / "demo" / "ilrg" / "snapshots.png").is_file()
-    with pytest.raises(ConfigError, match="snapshot_every must be 1..attack.max_steps"):
-        run_demo(
+    with pytest.raises(ConfigError, match=r"^attack.snapshot_every: must be 1..attack.max_steps \(6\), got 7"):
+        demo(
             tmp_path / "demo2",
             [f"data.root={data_root}", "attack.max_steps=6", "attack.snapshot_every=7"],
             progress=False,
@@ -60,7 +66,7 @@ def test_ctrl_c_during_the_first_attack_stops_the_demo(tmp_path, data_root, monk
     """The second attack does not run and no page compares a finished run with an interrupted one."""
     calls = ctrl_c_at_step(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt, match="during its ilrg attack; no demo.html written"):
-        run_demo(
+        demo(
             tmp_path / "demo",
             [
                 f"data.root={data_root}",

@@ -11,7 +11,7 @@ import pytest
 import torch
 from _data import REPO, ctrl_c_at_step
 
-from inversion.config import CONFIG_DIR, ConfigError, InvertConfig, load_config
+from inversion.config import CONFIG_DIR, ConfigError, InvertConfig, load_config, to_dict
 from inversion.experiments.invert import run_inversion
 
 DEFAULT = CONFIG_DIR / "invert" / "default.yaml"
@@ -129,15 +129,22 @@ def test_an_inconsistent_update_is_flagged_in_the_results(data_root, tmp_path):
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("priors.bn=0.1", "no batch-norm layers"),
-        ("client.parameters=final_layer", "client.parameters=all"),
+        ("client.parameters=final_layer", "client.parameters: inversion matches the full gradient"),
         ("attack.labels=dlg", "dlg"),
         ("attack.optimizer=lbfgs", "signed gradients are an Adam option"),
+        ("priors.nope=0.1", "priors.nope: unknown prior"),
     ],
 )
 def test_config_errors(data_root, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
-        run_inversion(tiny(data_root, tmp_path, override), progress=False)
+        tiny(data_root, tmp_path, override)
+
+
+def test_a_prior_the_model_cannot_serve_is_refused_before_the_attack(data_root, tmp_path):
+    cfg = tiny(data_root, tmp_path / "run", "priors.bn=0.1")  # a valid config: FCN-3 has no batch norm to read
+    with pytest.raises(ValueError, match="no batch-norm layers"):
+        run_inversion(cfg, progress=False)
+    assert not (tmp_path / "run" / "results.json").exists()
 
 
 def test_script_prints_where_the_results_are(data_root, tmp_path):
@@ -236,7 +243,7 @@ def test_a_saved_update_fixes_the_model_recorded_and_refuses_model_overrides(dat
     cfg = tiny(data_root, out, f"update={path}", "model=lenet5", "attack.max_steps=2", "attack.snapshot_every=0")
     done = run_inversion(cfg, progress=False)
     attacked = {"name": "fcn", "width": 32, "depth": 3, "activation": "relu", "num_classes": 10}
-    recorded = load_config(InvertConfig, out / "config.yaml").model
+    recorded = to_dict(load_config(InvertConfig, out / "config.yaml"))["model"]
     for model in (done.results["config"]["model"], recorded):
         assert {key: str(model[key]) for key in attacked} == {key: str(value) for key, value in attacked.items()}
     assert run_inversion(cfg, resume=True, progress=False).result.steps == 2  # its config.yaml matches

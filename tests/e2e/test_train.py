@@ -1,4 +1,5 @@
-"""Trained checkpoints: scripts/train.py's library (inversion.experiments.train) on a tiny FCN and a few hundred real digits."""
+"""Trained checkpoints: scripts/train.py's library (inversion.experiments.train) on a tiny FCN and a few hundred
+real digits."""
 
 import json
 import subprocess
@@ -8,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 from _data import REPO
-from omegaconf import OmegaConf
 
 import inversion.experiments.train as train
-from inversion.config import ConfigError, load_config
-from inversion.experiments.train import TrainConfig, evaluate, load_training_record, run_training
+from inversion.config import ConfigError, DataConfig, TrainConfig, load_config
+from inversion.experiments.train import evaluate, load_training_record, run_training
 from inversion.fl.simulate import source_from_config
 from inversion.models import build_model, load_weights
 from inversion.utils.fileio import load_tensor_file, sha256_file
@@ -50,7 +50,7 @@ def trained(data_root, tmp_path_factory):
 
 def held_out_images(record):
     """The normalised held-out images (N, C, H, W) and labels (N,), reloaded from the record's data group."""
-    source = source_from_config(OmegaConf.create(record.data))
+    source = source_from_config(DataConfig(**record.data))
     images = source.spec.normalize(source.images(record.held_out_indices))
     return images, torch.as_tensor(source.targets[record.held_out_indices])
 
@@ -166,9 +166,10 @@ def test_d_the_log_records_a_disjoint_seeded_split_and_the_record_returns_it(tra
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("train.checkpoint_epochs=[0,4]", r"train: checkpoint_epochs must lie in 0..epochs=3, got \[4\]"),
-        ("train.held_out=1.0", r"train: held_out must be a fraction in \[0, 1\), got 1.0"),
-        ("train.epochs=0", "train: epochs and batch_size must be >= 1"),
+        ("train.checkpoint_epochs=[0,4]", r"^train.checkpoint_epochs: must lie in 0..epochs=3, got \[4\]$"),
+        ("train.held_out=1.0", r"^train.held_out: must be a fraction in \[0, 1\), got 1.0$"),
+        ("train.epochs=0", "^train.epochs: must be >= 1, got 0$"),
+        ("train.lr=inf", "^train.lr: must be > 0 and finite, got inf$"),
         ("train.optimizer=rmsprop", "rmsprop"),
         ("train.held_uot=0.1", "held_uot"),
     ],
@@ -179,6 +180,7 @@ def test_e_config_errors_are_refused_before_any_work(data_root, tmp_path, overri
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_f_the_script_runs_end_to_end_and_refuses_a_file_as_out(data_root, tmp_path):
     out = tmp_path / "script"
     done = subprocess.run(
@@ -250,11 +252,11 @@ def test_a_client_draws_its_batch_from_the_images_the_model_was_trained_on_or_he
         run = client(f"client.images={images}")
         indices = run.private.record["indices"]
         assert set(indices) <= set(allowed.tolist()) and len(set(indices)) == 16
-        source = source_from_config(OmegaConf.create(trained.data))  # the recorded indices are the dataset's
+        source = source_from_config(DataConfig(**trained.data))  # the recorded indices are the dataset's
         truth = source.spec.normalize(source.images(indices))
         assert torch.equal(run.private.images, truth)
         assert run.private.labels.tolist() == source.targets[indices].tolist()
-    with pytest.raises(ConfigError, match="client.images=trained draws from a trained model's split"):
+    with pytest.raises(ConfigError, match="^client.images: trained draws from a trained model's split"):
         simulate_client(
             load_config(ShareConfig, None, [f"data.root={data_root}", "data.download=false", "client.images=trained"]),
             progress=False,

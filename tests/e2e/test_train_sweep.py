@@ -11,9 +11,8 @@ import inversion.cli.train
 import inversion.experiments.train
 import inversion.experiments.train_sweep
 import inversion.sweep.engine
-from inversion.config import CONFIG_DIR, ConfigError, load_config, to_dict
-from inversion.experiments.train import TrainConfig
-from inversion.experiments.train_sweep import TrainSweepConfig, _plan, run_train_sweep
+from inversion.config import CONFIG_DIR, ConfigError, TrainConfig, TrainSweepConfig, load_config, to_dict
+from inversion.experiments.train_sweep import _plan, run_train_sweep
 from inversion.sweep import LEDGER_NAME
 from inversion.utils.fileio import sha256_file
 
@@ -48,11 +47,16 @@ def sweep_yaml(
     return path
 
 
+def train_sweep(path: Path, overrides=(), **options) -> dict:
+    """The training sweep of a sweep file, as ``scripts/train.py --sweep`` runs it: loaded and resolved, then run."""
+    return run_train_sweep(load_config(TrainSweepConfig, path, overrides), **options)
+
+
 @pytest.fixture(scope="module")
 def swept(data_root, tmp_path_factory):
     """The 2 x 2 sweep (sgd and adam, seeds 0 and 1), run once in this process: (its yaml, execute's result)."""
     path = sweep_yaml(tmp_path_factory.mktemp("sweep"), data_root)
-    return path, run_train_sweep(path, progress=False)
+    return path, train_sweep(path, progress=False)
 
 
 def without_timings(records: list[dict]) -> list[dict]:
@@ -127,7 +131,7 @@ def test_a_second_sweep_skips_every_finished_run_without_training(swept, monkeyp
     checkpoints = sorted(out.glob("*/seed*/*.pt"))
     before = {p: p.stat().st_mtime_ns for p in checkpoints}
     monkeypatch.setattr(inversion.experiments.train_sweep, "run_training", lambda *a, **k: pytest.fail("trained again"))
-    again = run_train_sweep(path, progress=False)
+    again = train_sweep(path, progress=False)
     assert (again["ran"], again["skipped"]) == (0, 4) and again["runs"] == done["runs"]
     assert len(checkpoints) == 4 * 4 and {p: p.stat().st_mtime_ns for p in checkpoints} == before
 
@@ -138,7 +142,7 @@ def test_seeds_change_the_split_and_the_initial_weights_and_the_same_seed_trains
     assert sgd0[0] != sgd1[0]  # model.seed: other initial weights
     logs = [json.loads((done["out"] / "sgd" / f"seed{s}" / "train_log.json").read_text()) for s in (0, 1)]
     assert logs[0]["split"]["held_out"]["sha256"] != logs[1]["split"]["held_out"]["sha256"]  # train.seed
-    (alone,) = run_train_sweep(sweep_yaml(tmp_path, data_root, {"sgd": []}, seeds=[0]), progress=False)["runs"]
+    (alone,) = train_sweep(sweep_yaml(tmp_path, data_root, {"sgd": []}, seeds=[0]), progress=False)["runs"]
     assert alone["key"] == done["runs"][0]["key"]  # the key does not depend on out
     assert {c["epoch"]: c["sha256"] for c in alone["checkpoints"]} == sgd0
     assert without_timings([alone]) == without_timings(done["runs"][:1])
@@ -165,11 +169,11 @@ def test_a_run_stopped_mid_way_is_not_recorded_and_resumes_from_its_resume_pt(sw
     monkeypatch.setattr(inversion.sweep.engine.Progress, "advance", advance)
     stop = True
     with pytest.raises(KeyboardInterrupt):
-        run_train_sweep(path, progress=False)
+        train_sweep(path, progress=False)
     assert not (tmp_path / "out" / LEDGER_NAME).exists() and (tmp_path / "out" / "sgd" / "seed0" / "resume.pt").exists()
     assert advanced == [1]  # epoch 1 (epoch 0 only evaluates the untrained model)
     stop, epochs[:], advanced[:] = False, [], []
-    resumed = run_train_sweep(path, progress=False)
+    resumed = train_sweep(path, progress=False)
     assert epochs == [2] and advanced == [1] and resumed["ran"] == 1  # epoch 1 came from resume.pt
     assert resumed["runs"][0]["checkpoints"] == done["runs"][0]["checkpoints"]  # bit-identical to an unbroken run
     assert without_timings(resumed["runs"]) == without_timings(done["runs"][:1])
@@ -177,7 +181,7 @@ def test_a_run_stopped_mid_way_is_not_recorded_and_resumes_from_its_resume_pt(sw
 
 def test_a_failing_run_is_recorded_the_sweep_goes_on_and_the_next_sweep_retries_it(data_root, tmp_path):
     experiments = {"sgd": [], "big": ["train.batch_size=1000"]}  # only 240 images to train on: fails in its run
-    done = run_train_sweep(sweep_yaml(tmp_path, data_root, experiments, seeds=[0]), progress=False)
+    done = train_sweep(sweep_yaml(tmp_path, data_root, experiments, seeds=[0]), progress=False)
     ok, failed = done["runs"]
     assert ok["status"] == "ok" and failed["status"] == "failed"
     assert failed["error"] == (
@@ -187,26 +191,24 @@ def test_a_failing_run_is_recorded_the_sweep_goes_on_and_the_next_sweep_retries_
     assert not (tmp_path / "out" / "big").exists()
     table = (tmp_path / "out" / "training.md").read_text()
     assert "1 runs finished, 1 failed, 2 planned" in table and f"- big seed=0: {failed['error']}" in table
-    again = run_train_sweep(sweep_yaml(tmp_path, data_root, experiments, seeds=[0]), progress=False)
+    again = train_sweep(sweep_yaml(tmp_path, data_root, experiments, seeds=[0]), progress=False)
     assert (again["ran"], again["skipped"]) == (1, 1) and again["runs"][1]["status"] == "failed"
 
 
 def test_experiments_that_train_the_same_are_distinct_runs_in_their_own_folders(data_root, tmp_path):
-    one, two = run_train_sweep(sweep_yaml(tmp_path, data_root, {"one": [], "two": []}, seeds=[0]), progress=False)[
-        "runs"
-    ]
+    one, two = train_sweep(sweep_yaml(tmp_path, data_root, {"one": [], "two": []}, seeds=[0]), progress=False)["runs"]
     assert one["key"] != two["key"] and (one["status"], two["status"]) == ("ok", "ok")
     assert [c["sha256"] for c in one["checkpoints"]] == [c["sha256"] for c in two["checkpoints"]]
     assert [c["file"].split("/")[0] for c in one["checkpoints"] + two["checkpoints"]] == ["one"] * 3 + ["two"] * 3
 
 
 def test_a_run_folder_holding_another_training_is_refused_not_overwritten(data_root, tmp_path):
-    run_train_sweep(sweep_yaml(tmp_path, data_root, {"sgd": []}, seeds=[0]), progress=False)
+    train_sweep(sweep_yaml(tmp_path, data_root, {"sgd": []}, seeds=[0]), progress=False)
     log = tmp_path / "out" / "sgd" / "seed0" / "train_log.json"
     before = log.read_bytes()
-    (changed,) = run_train_sweep(
-        sweep_yaml(tmp_path, data_root, {"sgd": ["train.lr=0.02"]}, seeds=[0]), progress=False
-    )["runs"]
+    (changed,) = train_sweep(sweep_yaml(tmp_path, data_root, {"sgd": ["train.lr=0.02"]}, seeds=[0]), progress=False)[
+        "runs"
+    ]
     assert changed["status"] == "failed" and "was written by another training run" in changed["error"]
     assert log.read_bytes() == before
 
@@ -219,11 +221,14 @@ def test_a_run_folder_holding_another_training_is_refused_not_overwritten(data_r
             "experiment 'sgd': config file configs/train/nope.yaml does not exist",
         ),
         (dict(experiments={"sgd": ["train.lrr=0.1"]}), "experiment 'sgd': Key 'lrr' not in 'TrainSettings'"),
-        (dict(experiments={"sgd": ["train.epochs=0"]}), "experiment 'sgd': train: epochs and batch_size must be >= 1"),
-        (dict(experiments={"sgd": ["train.seed=3"]}), "overrides 'train.seed=3'; out, train.seed, model.seed are set"),
-        (dict(experiments={"a/b": []}), "experiment name 'a/b' must be letters, digits"),
-        (dict(seeds=[0, 0]), "seeds must be unique, got 0 more than once"),
-        (dict(seeds=[]), "experiments and seeds must each list at least one entry"),
+        (dict(experiments={"sgd": ["train.epochs=0"]}), "experiment 'sgd': train.epochs: must be >= 1, got 0"),
+        (
+            dict(experiments={"sgd": ["train.seed=3"]}),
+            "experiments: experiment 'sgd' overrides 'train.seed=3'; out, train.seed, model.seed are set",
+        ),
+        (dict(experiments={"a/b": []}), "experiments: experiment name 'a/b' names a folder in out: use letters"),
+        (dict(seeds=[0, 0]), "seeds: lists 0 more than once; list each value once"),
+        (dict(seeds=[]), "seeds: is empty; list at least one entry"),
         (dict(overrides=["seedz=[1]"]), "Key 'seedz' not in 'TrainSweepConfig'"),
     ],
 )
@@ -231,7 +236,7 @@ def test_a_bad_sweep_fails_before_any_run_and_writes_nothing(data_root, tmp_path
     overrides = change.pop("overrides", [])
     path = sweep_yaml(tmp_path, data_root, **{"experiments": {"sgd": []}, **change})
     with pytest.raises(ConfigError, match=re.escape(message)):
-        run_train_sweep(path, overrides, progress=False)
+        train_sweep(path, overrides, progress=False)
     assert not (tmp_path / "out").exists()
 
 
@@ -259,7 +264,7 @@ def test_the_command_runs_a_sweep_and_refuses_what_does_not_go_with_it(swept, tm
         (["--sweep", str(path), "--resume"], "--sweep with --resume"),
         (["--sweep", str(path), "--config", "configs/train/default.yaml"], "--sweep with --config"),
         (["--sweep", str(tmp_path / "none.yaml")], f"config file {tmp_path / 'none.yaml'} does not exist"),
-        (["--sweep", str(path), f"out={out}", "seeds=[0,0]"], "seeds must be unique"),
+        (["--sweep", str(path), f"out={out}", "seeds=[0,0]"], "seeds: lists 0 more than once"),
         (["--executor", "ray", f"out={out}"], "--executor ray: only with --sweep"),
         (["--num-cpus", "2", f"out={out}"], "--num-cpus: only with --executor ray"),
     ]:

@@ -8,7 +8,16 @@ import pytest
 import torch
 from _data import REPO
 
-from inversion.config import CONFIG_DIR, ConfigError, ShareConfig, load_config
+from inversion.config import (
+    CONFIG_DIR,
+    ClientConfig,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    ShareConfig,
+    load_config,
+    to_dict,
+)
 from inversion.fl import PrivateBatch, SharedUpdate, client_gradients
 from inversion.fl.simulate import simulate_client
 
@@ -111,14 +120,15 @@ def test_synthetic_labels_span_the_models_classes(data_root, tmp_path):
         simulate_client(too_many, progress=False)
     weights = tmp_path / "w.pt"
     torch.save(run.model.state_dict(), weights)
-    trained = load_config(ShareConfig, CONFIG_DIR / "share_update.yaml", [*base, f"model.weights={weights}"])
-    with pytest.raises(ValueError, match="only valid for untrained models"):
-        simulate_client(trained, progress=False)
+    with pytest.raises(ConfigError, match="^client.synthetic_labels: is only valid for untrained models"):
+        load_config(ShareConfig, CONFIG_DIR / "share_update.yaml", [*base, f"model.weights={weights}"])
+    with pytest.raises(ConfigError, match="^client.replacement: is not allowed with synthetic_labels"):
+        load_config(ShareConfig, CONFIG_DIR / "share_update.yaml", [*base, "client.replacement=true"])
 
 
 @pytest.mark.parametrize("num_classes", [0, -3])
 def test_num_classes_must_be_positive(num_classes):
-    with pytest.raises(ConfigError, match=rf"model: num_classes must be a positive integer .*got {num_classes}"):
+    with pytest.raises(ConfigError, match=rf"^model.num_classes: must be a positive integer, got {num_classes}; "):
         load_config(ShareConfig, CONFIG_DIR / "share_update.yaml", ["model=fcn3", f"model.num_classes={num_classes}"])
 
 
@@ -143,3 +153,33 @@ def test_labels_beyond_the_models_classes_are_refused(data_root, parameters):
     with pytest.raises(ConfigError) as caught:
         simulate_client(cfg, progress=False)
     assert str(caught.value) == expected
+
+
+def test_a_driver_runs_a_config_built_in_python(data_root, tmp_path):
+    """No YAML and no omegaconf: the driver takes the typed objects and does what the loaded config does."""
+    from inversion.experiments.share_update import run_share_update
+
+    built = ShareConfig(
+        data=DataConfig(root=str(data_root), download=False),
+        model=ModelConfig(name="fcn", depth=3, width=32),
+        client=ClientConfig(batch_size=3, sampler="counts", counts={1: 1, 7: 2}),
+        out=str(tmp_path / "run"),
+    )
+    files = run_share_update(built)
+    loaded = load_config(
+        ShareConfig,
+        CONFIG_DIR / "share_update.yaml",
+        [
+            "model=fcn3",
+            "model.width=32",
+            f"data.root={data_root}",
+            "data.download=false",
+            "client.batch_size=3",
+            "client.sampler=counts",
+            "client.counts={1: 1, 7: 2}",
+            f"out={tmp_path / 'run'}",
+        ],
+    )
+    assert to_dict(built) == to_dict(loaded) and load_config(ShareConfig, files.config) == built
+    assert sorted(files.run.private.labels.tolist()) == [1, 7, 7]
+    assert files.run.update.sha256 == simulate_client(loaded, progress=False).update.sha256

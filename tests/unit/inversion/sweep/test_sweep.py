@@ -1,5 +1,6 @@
 """The sweep engine: ledger, resumption, failures, Ctrl-C, the executor options, and Ray giving the same rows."""
 
+import contextlib
 import errno
 import json
 import logging
@@ -17,7 +18,7 @@ from test_train_sweep import sweep_yaml as train_sweep_yaml
 from test_train_sweep import without_timings
 
 import inversion.cli.ablate
-from inversion.config import CONFIG_DIR
+from inversion.config import CONFIG_DIR, AblateConfig, TrainSweepConfig, load_config
 from inversion.experiments.ablate import run_ablation
 from inversion.experiments.restore_labels import run_sweep
 from inversion.experiments.train_sweep import run_train_sweep
@@ -50,10 +51,8 @@ def square(payload: dict, advance) -> dict:
 def lose_ctrl_c() -> None:
     """A Ctrl-C whose KeyboardInterrupt Python loses, as it does when the signal is handled while a weakref callback
     or a ``__del__`` method runs (seen in an ablation: in a WeakKeyDictionary's callback as tensors were freed)."""
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         signal.raise_signal(signal.SIGINT)
-    except KeyboardInterrupt:
-        pass
 
 
 SCHEMA = RecordSchema(
@@ -148,7 +147,7 @@ def test_a_ctrl_c_that_python_lost_still_stops_the_sweep_and_its_run_is_not_reco
 
 
 def test_a_script_exits_130_after_a_ctrl_c_that_python_lost(tmp_path, monkeypatch, capsys):
-    def lost_while_writing(config, overrides, *, executor):
+    def lost_while_writing(sweep, *, executor):
         (tmp_path / "ablation.md").write_text("table")
         lose_ctrl_c()
         return {"runs": [], "ran": 0, "skipped": 0, "out": tmp_path}
@@ -259,8 +258,8 @@ def test_executor_options_are_checked_before_any_work(monkeypatch, tmp_path, cap
     # overrides before, between and after the options; the options reach the executor, not the config
     seen = {}
 
-    def fake_run(config, overrides, *, executor):
-        seen.update(config=config, overrides=overrides, executor=executor)
+    def fake_run(sweep, *, executor):
+        seen.update(sweep=sweep, executor=executor)
         (tmp_path / "ablation.md").write_text("table")
         return {"runs": [], "ran": 0, "skipped": 0, "out": tmp_path}
 
@@ -276,12 +275,19 @@ def test_executor_options_are_checked_before_any_work(monkeypatch, tmp_path, cap
             "--num-cpus",
             "2",
             "--config",
-            "x.yaml",
+            str(CONFIG_DIR / "ablate" / "cpu.yaml"),
+            "baseline=oracle",
             "out=y",
         ],
     )
     inversion.cli.ablate.run()
-    assert seen["overrides"] == ["seeds=[0]", "modes=[oracle]", "out=y"] and seen["config"] == "x.yaml"
+    sweep = seen["sweep"]  # the config the command resolved, with every override
+    assert isinstance(sweep, AblateConfig) and (sweep.seeds, sweep.modes, sweep.baseline, sweep.out) == (
+        [0],
+        ["oracle"],
+        "oracle",
+        "y",
+    )
     assert (seen["executor"].name, seen["executor"].num_cpus, seen["executor"].cpus_per_run) == ("ray", 2, 1)
     # without ray installed: one line, exit code 2
     monkeypatch.setitem(__import__("sys").modules, "ray", None)
@@ -292,6 +298,7 @@ def test_executor_options_are_checked_before_any_work(monkeypatch, tmp_path, cap
     assert capsys.readouterr().err == "error: the ray executor needs ray: pip install 'gradleak[ray]'\n"
 
 
+@pytest.mark.ray
 def test_ray_tasks_run_apart_record_failures_and_stop_on_ctrl_c(tmp_path, monkeypatch, data_root):
     ray = pytest.importorskip("ray")
     trainings = train_sweep_yaml(tmp_path, data_root)  # a training sweep on the same Ray (its start costs seconds)
@@ -311,13 +318,14 @@ def test_ray_tasks_run_apart_record_failures_and_stop_on_ctrl_c(tmp_path, monkey
         with pytest.raises(KeyboardInterrupt, match="stopped"):
             execute(tiny({"x": 4, "stop": True}, worker="probe"), out, progress=False, executor=make_executor("ray"))
         assert ray.is_initialized()
-        trained = run_train_sweep(trainings, [f"out={tmp_path / 'ray'}"], progress=False, executor=make_executor("ray"))
+        ray_sweep = load_config(TrainSweepConfig, trainings, [f"out={tmp_path / 'ray'}"])
+        trained = run_train_sweep(ray_sweep, progress=False, executor=make_executor("ray"))
     finally:
         ray.shutdown()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a Ray task: then training is bit-identical
     try:
-        here = run_train_sweep(trainings, [f"out={tmp_path / 'here'}"], progress=False)
+        here = run_train_sweep(load_config(TrainSweepConfig, trainings, [f"out={tmp_path / 'here'}"]), progress=False)
     finally:
         torch.set_num_threads(threads)
     assert trained["ran"] == here["ran"] == 4 and [r["status"] for r in here["runs"]] == ["ok"] * 4
@@ -351,11 +359,16 @@ def ray_running() -> bool:
 NUMBERS = ("label_LnAcc", "psnr", "ssim", "lpips", "per_image_psnr")
 
 
+@pytest.mark.ray
 def test_ray_executor_gives_the_same_rows_as_in_process(tmp_path, data_root):
     pytest.importorskip("ray")
     path = sweep_yaml(tmp_path, data_root, ["oracle", "shared"], seeds=[0], broken=True)
-    here = run_ablation(path, [f"out={tmp_path / 'here'}"], progress=False)
-    ray = run_ablation(path, [f"out={tmp_path / 'ray'}"], progress=False, executor=make_executor("ray", num_cpus=2))
+    here = run_ablation(load_config(AblateConfig, path, [f"out={tmp_path / 'here'}"]), progress=False)
+    ray = run_ablation(
+        load_config(AblateConfig, path, [f"out={tmp_path / 'ray'}"]),
+        progress=False,
+        executor=make_executor("ray", num_cpus=2),
+    )
     assert not ray_running()  # the sweep shut down the Ray it started
     assert ray["ran"] == here["ran"] == 4
     (exact, numbers), (ray_exact, ray_numbers) = rows(here), rows(ray)
@@ -384,6 +397,7 @@ def scores(results: dict) -> list[dict]:
     ]
 
 
+@pytest.mark.ray
 def test_ray_executor_gives_the_same_benchmark_scores(tmp_path, data_root):
     pytest.importorskip("ray")
     options = [
