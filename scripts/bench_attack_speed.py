@@ -24,6 +24,7 @@ import argparse
 import math
 import platform
 import resource
+from functools import partial
 
 import torch
 
@@ -55,7 +56,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, options in MODELS:
         model, images, labels = problem(name, options, args.batch_size, 3, device)
-        client_ms, _ = time_call(lambda: client_gradients(model, images, labels), repeats=20, warmup=3)
+        client_ms, _ = time_call(partial(client_gradients, model, images, labels), repeats=20, warmup=3)
         step_ms = warm_step_ms(model, images, labels, args.steps, args.min_seconds, device)
         print(
             f"| {name} | {client_ms:.1f} | {step_ms:.1f} | {step_ms / client_ms:.2f}x | {1e3 / step_ms:.1f} | "

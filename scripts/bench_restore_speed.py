@@ -2,7 +2,8 @@
 C=1000, M=2048 under 50 ms, and under 5% of the client's gradient computation for the same case; aux at
 C=1000, M=2048 with 10,000 auxiliary samples under 100 ms beyond the auxiliary forward pass).
 
-    python scripts/bench_restore_speed.py [--repeats 15] [--batch-size 64] [--solvers auto,gelsy,pinv] [--aux-size 10000]
+    python scripts/bench_restore_speed.py [--repeats 15] [--batch-size 64] [--solvers auto,gelsy,pinv]
+                                          [--aux-size 10000]
 
 Restoration is timed on synthetic final layers (``label_restore.benchmark``): ``random`` gradients, and
 ``batch``, the exact mean-CE gradients of K random ReLU embeddings, whose restored counts are also scored.
@@ -18,6 +19,7 @@ import inversion  # noqa: F401  (first: the OpenMP wait policy and the torchvisi
 
 # isort: on
 import argparse
+from functools import partial
 
 import torch
 
@@ -35,10 +37,7 @@ def restoration(args) -> float:
         for kind, layer in layers.items():
             gw, gb, w, b = layer[:4]
             for solver in args.solvers.split(","):
-
-                def call(solver=solver):
-                    return restore_labels("ilrg", gw, gb, w, b, k, solver=solver)
-
+                call = partial(restore_labels, "ilrg", gw, gb, w, b, k, solver=solver)
                 repeats = max(3, args.repeats // 3) if solver in ("pinv", "gelsd") else args.repeats
                 median, best = time_call(call, repeats=repeats)
                 note = f"solver ran: {call().details['solver']}"
@@ -53,7 +52,7 @@ def restoration(args) -> float:
                 )
         gw, gb, w, b = layers["batch"][:4]
         for name in ("idlg", "gi", "llg", "bias_corrected"):
-            median, best = time_call(lambda: restore_labels(name, gw, gb, w, b, k), repeats=args.repeats)
+            median, best = time_call(partial(restore_labels, name, gw, gb, w, b, k), repeats=args.repeats)
             print(f"{name:14s} C={c:4d} M={m:4d} K={k} median {median:8.2f} ms  min {best:8.2f} ms")
     return headline
 
@@ -114,7 +113,8 @@ def main() -> None:
     full_s, head_s = client(args)
     print(
         f"iLRG (C=1000, M=2048) takes {ilrg_ms:.1f} ms = {100 * ilrg_ms / 1e3 / full_s:.2f}% of the client's "
-        f"full gradient computation and {100 * ilrg_ms / 1e3 / head_s:.2f}% of its final-layer-only one (K={args.batch_size})"
+        f"full gradient computation and {100 * ilrg_ms / 1e3 / head_s:.2f}% of its final-layer-only one "
+        f"(K={args.batch_size})"
     )
 
 

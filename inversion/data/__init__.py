@@ -1,5 +1,6 @@
 """Image data: dataset specs, sources of real images (torchvision files, downloads,
 registry sample packs, own image folders), the pack cache, and client batch samplers."""
+
 from __future__ import annotations
 
 from inversion.data.batch import Batch, sample_batch, sample_synthetic_batch
@@ -14,23 +15,23 @@ from inversion.data.specs import DATASET_NAMES, SPECS, DatasetSpec
 __all__ = [
     "DATASET_NAMES",
     "PACKS",
+    "SAMPLER_NAMES",
     "SPECS",
     "ArraySource",
+    "Batch",
     "DataRootError",
     "DataUnavailableError",
     "DatasetSpec",
     "FolderSource",
     "ImageSource",
-    "SubsetSource",
     "PackError",
     "PackInfo",
-    "SAMPLER_NAMES",
-    "Batch",
+    "SubsetSource",
     "default_data_root",
     "ensure_pack",
     "load_source",
     "sample_batch",
-    "sample_synthetic_batch",
     "sample_indices",
+    "sample_synthetic_batch",
     "synthetic_counts",
 ]

@@ -1,4 +1,5 @@
 """A client's private batch: indices drawn by a sampler, images loaded and normalised."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from inversion.data.samplers import sample_indices, synthetic_counts
 from inversion.data.image_source import ImageSource
+from inversion.data.samplers import sample_indices, synthetic_counts
+from inversion.utils.errors import InputError
 
 __all__ = ["Batch", "check_fits_in_memory", "sample_batch", "sample_synthetic_batch"]
 
@@ -58,8 +60,15 @@ def sample_batch(
         check_fits_in_memory(source, batch_size)
     rng = np.random.default_rng(seed)
     indices = sample_indices(
-        source.targets, source.spec.num_classes, batch_size, sampler, rng=rng,
-        counts=counts, classes=classes, target_class=target_class, replacement=replacement,
+        source.targets,
+        source.spec.num_classes,
+        batch_size,
+        sampler,
+        rng=rng,
+        counts=counts,
+        classes=classes,
+        target_class=target_class,
+        replacement=replacement,
     )
     images = source.spec.normalize(source.images(indices))
     labels = torch.as_tensor(source.targets[indices], dtype=torch.int64)
@@ -90,7 +99,7 @@ def sample_synthetic_batch(
         ValueError: the source has fewer than K images, or bad sampler options.
     """
     if batch_size > len(source):
-        raise ValueError(
+        raise InputError(
             f"synthetic labels need {batch_size} distinct images but the source has {len(source)}; "
             "use a larger source (e.g. a folder of images) or a smaller batch"
         )
@@ -114,7 +123,7 @@ def check_fits_in_memory(source: ImageSource, batch_size: int) -> None:
     per_image = 4 * channels * height * width
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if batch_size * per_image > memory:
-        raise ValueError(
+        raise InputError(
             f"batch size {batch_size:,} cannot fit: its {channels}x{height}x{width} float32 images need "
             f"{batch_size * per_image / 2**30:,.0f} GiB, more than this machine's {memory / 2**30:,.0f} GiB of "
             f"memory; the limit is {memory // per_image:,} images of this size (set a smaller client.batch_size)"

@@ -1,4 +1,5 @@
 """Own images in an ImageFolder layout: ``folder/<class>/**/<image>``, decoded lazily."""
+
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ import numpy as np
 
 from inversion.data.image_source import ImageSource
 from inversion.data.specs import DatasetSpec
+from inversion.utils.errors import InputError, MissingFileError
 
 __all__ = ["IMAGE_EXTENSIONS", "FolderSource", "list_image_folder"]
 
@@ -29,22 +31,28 @@ def list_image_folder(folder: str | os.PathLike) -> tuple[list[str], list[str], 
     is refused. Nothing is decoded."""
     root = Path(folder).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
+        raise MissingFileError(f"image folder {root} does not exist or is not a directory")
     classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     if not classes:
-        raise ValueError(f"image folder {root} has no class subfolders; put the images of each "
-                         f"class in their own subfolder, e.g. {root / 'cat'}/0001.png")
+        raise InputError(
+            f"image folder {root} has no class subfolders; put the images of each "
+            f"class in their own subfolder, e.g. {root / 'cat'}/0001.png"
+        )
     if len(classes) < 2:
-        raise ValueError(f"image folder {root} has one class ({classes[0]}); a classifier needs at least two "
-                         "(with one, the cross-entropy and every update are zero): add a class subfolder")
+        raise InputError(
+            f"image folder {root} has one class ({classes[0]}); a classifier needs at least two "
+            "(with one, the cross-entropy and every update are zero): add a class subfolder"
+        )
     paths: list[str] = []
     targets: list[int] = []
     owners: dict[tuple[int, int], str] = {}  # (device, inode) of every image file -> its first path
     for index, name in enumerate(classes):
         files = _class_images(root / name, owners)
         if not files:
-            raise ValueError(f"class folder {root / name} holds no images (extensions: "
-                             f"{' '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
+            raise InputError(
+                f"class folder {root / name} holds no images (extensions: "
+                f"{' '.join(IMAGE_EXTENSIONS)}); add images or remove the folder"
+            )
         paths += files
         targets += [index] * len(files)
     return classes, paths, np.asarray(targets, dtype=np.int64)
@@ -71,8 +79,10 @@ def _class_images(folder: Path, owners: dict[tuple[int, int], str]) -> list[str]
         if first == path:
             unique.append(path)
         elif not first.startswith(os.path.join(str(folder), "")):
-            raise ValueError(f"{path} is the same file as {first} of another class; an image belongs to one "
-                             "class: remove one of them")
+            raise InputError(
+                f"{path} is the same file as {first} of another class; an image belongs to one "
+                "class: remove one of them"
+            )
     return unique
 
 
@@ -81,7 +91,7 @@ def _identity(path: str) -> tuple[int, int]:
     try:
         info = os.stat(path)
     except OSError as error:
-        raise ValueError(f"{path}: cannot be read ({error.strerror}); fix or remove it") from None
+        raise InputError(f"{path}: cannot be read ({error.strerror}); fix or remove it") from None
     return info.st_dev, info.st_ino
 
 
@@ -96,25 +106,33 @@ class FolderSource(ImageSource):
     Extra attributes: ``classes`` (names, index order) and ``paths`` (one per image).
     """
 
-    def __init__(self, folder: str | os.PathLike, *, image_size: Sequence[int] | None = None,
-                 channels: int | None = None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        *,
+        image_size: Sequence[int] | None = None,
+        channels: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         classes, paths, targets = list_image_folder(folder)
         with _open_image(paths[0]) as first:  # reads the header only
             first_mode, (width, height) = first.mode, first.size
         if channels is None:
             channels = 1 if first_mode in _GRAY_MODES else 3
         if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+            raise InputError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
         size = _image_size(image_size) if image_size is not None else (height, width)
         mean = _per_channel("mean", mean, channels)
         std = _per_channel("std", std, channels)
         if min(std) <= 0:
-            raise ValueError(f"std must be positive in every channel, got {std}")
+            raise InputError(f"std must be positive in every channel, got {std}")
         spec = DatasetSpec("folder", len(classes), channels, size, mean, std)
         resized = f", resized to {size[0]}x{size[1]}" if image_size is not None else ""
-        description = (f"folder: {len(paths):,} images in {len(classes)} classes from {Path(folder)} "
-                       f"({channels}x{size[0]}x{size[1]}{resized})")
+        description = (
+            f"folder: {len(paths):,} images in {len(classes)} classes from {Path(folder)} "
+            f"({channels}x{size[0]}x{size[1]}{resized})"
+        )
         super().__init__(spec, targets, description)
         self.classes = classes
         self.paths = paths
@@ -139,11 +157,13 @@ class FolderSource(ImageSource):
                 image = Image.fromarray(np.clip(np.rint(sixteen / 257), 0, 255).astype(np.uint8), "L")
             image = image.convert("L" if self.spec.channels == 1 else "RGB")
             if self._resize:
-                image = image.resize((width, height), Image.BILINEAR)
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
             elif image.size != (width, height):
                 first, first_width, first_height = self._first
-                raise ValueError(f"{path} is {image.width}x{image.height} (WxH) but the first image {first} "
-                                 f"is {first_width}x{first_height}; pass image_size=(H, W) to resize all images")
+                raise InputError(
+                    f"{path} is {image.width}x{image.height} (WxH) but the first image {first} "
+                    f"is {first_width}x{first_height}; pass image_size=(H, W) to resize all images"
+                )
             return np.asarray(image, dtype=np.uint8)
 
 
@@ -157,15 +177,16 @@ def _open_image(path: str) -> Iterator:
         with Image.open(path) as image:
             yield image
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ValueError(f"{path}: not a readable image ({type(error).__name__}: {error}); "
-                         "replace or remove the file") from error
+        raise InputError(
+            f"{path}: not a readable image ({type(error).__name__}: {error}); replace or remove the file"
+        ) from error
 
 
 def _image_size(image_size: Sequence[int]) -> tuple[int, int]:
     """Validated (H, W)."""
     size = tuple(image_size)
     if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in size):
-        raise ValueError(f"image_size must be (H, W) with two positive ints, got {image_size!r}")
+        raise InputError(f"image_size must be (H, W) with two positive ints, got {image_size!r}")
     return int(size[0]), int(size[1])
 
 
@@ -175,5 +196,5 @@ def _per_channel(name: str, values: Sequence[float] | None, channels: int) -> tu
         return (0.5,) * channels
     result = tuple(float(v) for v in values)
     if len(result) != channels:
-        raise ValueError(f"{name} needs {channels} value(s), one per channel, got {values!r}")
+        raise InputError(f"{name} needs {channels} value(s), one per channel, got {values!r}")
     return result

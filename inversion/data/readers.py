@@ -11,6 +11,7 @@ Layouts (``root`` is the folder given to ``torchvision.datasets.X(root, ...)``):
 No checksums are checked, so hand-made files of the same format are read as well; CIFAR
 pickles are read with an unpickler that builds only plain data and numpy arrays.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -21,13 +22,16 @@ import numpy as np
 
 from inversion.data.safe_pickle import ArrayUnpickler, RefusedPickleError
 from inversion.data.specs import SPECS
+from inversion.utils.errors import InputError
 
 __all__ = ["expected_files", "read_idx", "read_torchvision_files"]
 
 _FOLDERS = {"mnist": "MNIST/raw", "cifar100": "cifar-100-python", "cifar10": "cifar-10-batches-py"}
-_FILES = {
-    "mnist": {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")},
+_FILES: dict[str, dict[str, tuple[str, ...]]] = {
+    "mnist": {
+        "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    },
     "cifar100": {"train": ("train",), "test": ("test",)},
     "cifar10": {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
 }
@@ -46,8 +50,9 @@ def read_torchvision_files(name: str, root: str | Path, split: str) -> tuple[np.
     "cifar10") and ``split`` ("train"/"test"), or None when not all files are present.
     Raises ValueError when a present file is malformed."""
     folder = Path(root) / _FOLDERS[name]
-    paths = [_locate(folder / file, gz_allowed=name == "mnist") for file in _FILES[name][split]]
-    if any(path is None for path in paths):
+    located = [_locate(folder / file, gz_allowed=name == "mnist") for file in _FILES[name][split]]
+    paths = [path for path in located if path is not None]
+    if len(paths) < len(located):
         return None
     if name == "mnist":
         images, labels = _read_mnist(*paths)
@@ -56,8 +61,9 @@ def read_torchvision_files(name: str, root: str | Path, split: str) -> tuple[np.
         images = np.concatenate([part[0] for part in parts])
         labels = np.concatenate([part[1] for part in parts])
     if labels.size and (labels.min() < 0 or labels.max() >= SPECS[name].num_classes):
-        raise ValueError(f"{folder}: labels outside 0..{SPECS[name].num_classes - 1} "
-                         f"(found {labels.min()}..{labels.max()})")
+        raise InputError(
+            f"{folder}: labels outside 0..{SPECS[name].num_classes - 1} (found {labels.min()}..{labels.max()})"
+        )
     return images, labels
 
 
@@ -68,21 +74,23 @@ def read_idx(path: str | Path) -> np.ndarray:
     big-endian uint32; then the data. Raises ValueError on anything else."""
     path = Path(path)
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as file:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as file:
             data = file.read()
     except (gzip.BadGzipFile, EOFError) as error:
-        raise ValueError(f"{path}: not a readable gzip file ({error})") from error
+        raise InputError(f"{path}: not a readable gzip file ({error})") from error
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _IDX_UBYTE:
-        raise ValueError(f"{path}: not an IDX file of unsigned bytes (magic number "
-                         f"{data[:4].hex() or 'missing'}, expected 000008NN)")
+        raise InputError(
+            f"{path}: not an IDX file of unsigned bytes (magic number {data[:4].hex() or 'missing'}, expected 000008NN)"
+        )
     ndim = data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: IDX header is cut short ({len(data)} bytes, {ndim} dims need {header})")
+        raise InputError(f"{path}: IDX header is cut short ({len(data)} bytes, {ndim} dims need {header})")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     if len(data) - header != int(np.prod(dims)):
-        raise ValueError(f"{path}: IDX dims {dims} need {int(np.prod(dims))} data bytes, "
-                         f"the file holds {len(data) - header}")
+        raise InputError(
+            f"{path}: IDX dims {dims} need {int(np.prod(dims))} data bytes, the file holds {len(data) - header}"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -98,10 +106,11 @@ def _read_mnist(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.nd
     """MNIST IDX image and label files -> (N, 28, 28, 1) uint8, (N,) int64."""
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.shape[1:] != SPECS["mnist"].image_size:
-        raise ValueError(f"{images_path}: expected MNIST images of dims (N, 28, 28), got {images.shape}")
+        raise InputError(f"{images_path}: expected MNIST images of dims (N, 28, 28), got {images.shape}")
     if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(f"{labels_path}: expected {len(images)} labels (dims ({len(images)},)), "
-                         f"got dims {labels.shape}")
+        raise InputError(
+            f"{labels_path}: expected {len(images)} labels (dims ({len(images)},)), got dims {labels.shape}"
+        )
     return images[..., None], labels.astype(np.int64)
 
 
@@ -113,19 +122,21 @@ def _read_cifar_pickle(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarr
         with open(path, "rb") as file:
             batch = ArrayUnpickler(file, encoding="bytes").load()  # bytes: Python 2 str, as in the real files
     except RefusedPickleError as error:
-        raise ValueError(f"{path}: refused: not a plain pickle of arrays, so reading it could run code "
-                         f"({error}); delete it or replace it with the real CIFAR batch") from error
+        raise InputError(
+            f"{path}: refused: not a plain pickle of arrays, so reading it could run code "
+            f"({error}); delete it or replace it with the real CIFAR batch"
+        ) from error
     except Exception as error:  # any other unpickling failure means: not a CIFAR batch
-        raise ValueError(f"{path}: not a readable CIFAR python batch ({error})") from error
+        raise InputError(f"{path}: not a readable CIFAR python batch ({error})") from error
     if not isinstance(batch, dict):
-        raise ValueError(f"{path}: expected a dict in the CIFAR batch, got {type(batch).__name__}")
+        raise InputError(f"{path}: expected a dict in the CIFAR batch, got {type(batch).__name__}")
     data, labels = _field(batch, "data", path), _field(batch, label_key, path)
     data = np.asarray(data)
     labels = np.asarray(labels, dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{path}: expected data of uint8 rows of 3072 values, got {data.dtype} {data.shape}")
+        raise InputError(f"{path}: expected data of uint8 rows of 3072 values, got {data.dtype} {data.shape}")
     if labels.shape != (len(data),):
-        raise ValueError(f"{path}: expected {len(data)} labels, got shape {labels.shape}")
+        raise InputError(f"{path}: expected {len(data)} labels, got shape {labels.shape}")
     return np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)), labels
 
 
@@ -134,4 +145,4 @@ def _field(batch: dict, key: str, path: Path):
     for candidate in (key.encode(), key):
         if candidate in batch:
             return batch[candidate]
-    raise ValueError(f"{path}: the CIFAR batch has no {key!r} entry (keys: {sorted(map(str, batch))})")
+    raise InputError(f"{path}: the CIFAR batch has no {key!r} entry (keys: {sorted(map(str, batch))})")

@@ -16,11 +16,14 @@ Classes are drawn among those the source holds enough images of, so a small
 source (e.g. 20 CIFAR-100 images) still yields valid batches where it can, and a
 request it cannot meet is a clear error rather than a silent duplicate.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import numpy as np
+
+from inversion.utils.errors import InputError
 
 __all__ = ["SAMPLER_NAMES", "sample_indices", "synthetic_counts"]
 
@@ -29,45 +32,43 @@ SAMPLER_NAMES = ("random", "unique", "balanced", "extreme", "counts")
 
 def _check_common(sampler: str, num_classes: int, batch_size: int) -> None:
     if sampler not in SAMPLER_NAMES:
-        raise ValueError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLER_NAMES)}")
+        raise InputError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLER_NAMES)}")
     if int(batch_size) < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
     if int(num_classes) < 1:
-        raise ValueError(f"number of classes must be >= 1, got {num_classes}")
+        raise InputError(f"number of classes must be >= 1, got {num_classes}")
 
 
 def _explicit_counts(counts: Mapping[int, int] | None, num_classes: int, batch_size: int) -> np.ndarray:
     """Per-class counts (C,) from a ``{class: count}`` mapping, validated against C and K."""
     if not counts:
-        raise ValueError("sampler 'counts' needs explicit per-class counts, e.g. client.counts={0: 1, 18: 6, 92: 1}")
+        raise InputError("sampler 'counts' needs explicit per-class counts, e.g. client.counts={0: 1, 18: 6, 92: 1}")
     out = np.zeros(num_classes, dtype=np.int64)
     for label, count in counts.items():
         label, count = int(label), int(count)
         if not 0 <= label < num_classes:
-            raise ValueError(f"counts name class {label}, outside 0..{num_classes - 1}")
+            raise InputError(f"counts name class {label}, outside 0..{num_classes - 1}")
         if count < 0:
-            raise ValueError(f"count for class {label} is negative ({count})")
+            raise InputError(f"count for class {label} is negative ({count})")
         out[label] = count
     if out.sum() != batch_size:
-        raise ValueError(f"counts sum to {int(out.sum())} but the batch size is {batch_size}; make them agree")
+        raise InputError(f"counts sum to {int(out.sum())} but the batch size is {batch_size}; make them agree")
     return out
 
 
 def _balanced_split(batch_size: int, classes: int | None, num_classes: int) -> np.ndarray:
     """Counts (n,) for K split over n classes as evenly as possible (largest first)."""
     if classes is None:
-        raise ValueError("sampler 'balanced' needs the number of classes to split the batch over (client.classes)")
+        raise InputError("sampler 'balanced' needs the number of classes to split the batch over (client.classes)")
     if not 1 <= classes <= min(batch_size, num_classes):
-        raise ValueError(
-            f"balanced sampler: classes must be in 1..min(K={batch_size}, C={num_classes}), got {classes}"
-        )
+        raise InputError(f"balanced sampler: classes must be in 1..min(K={batch_size}, C={num_classes}), got {classes}")
     base, extra = divmod(batch_size, classes)
     return np.array([base + 1] * extra + [base] * (classes - extra), dtype=np.int64)
 
 
 def _pick_classes(rng: np.random.Generator, eligible: np.ndarray, needed: int, what: str) -> np.ndarray:
     if eligible.size < needed:
-        raise ValueError(
+        raise InputError(
             f"{what}: the source has only {eligible.size} classes with enough images, {needed} needed; "
             "use a larger source, a smaller batch, or client.replacement=true (recorded in results)"
         )
@@ -92,7 +93,7 @@ def _class_counts_for_source(
         return _explicit_counts(counts, num_classes, batch_size)
     if sampler == "unique":
         if batch_size > num_classes:
-            raise ValueError(f"sampler 'unique' needs K <= number of classes ({num_classes}), got K={batch_size}")
+            raise InputError(f"sampler 'unique' needs K <= number of classes ({num_classes}), got K={batch_size}")
         eligible = np.flatnonzero(per_class >= 1)
         out[_pick_classes(rng, eligible, batch_size, "unique sampler")] = 1
         return out
@@ -105,7 +106,7 @@ def _class_counts_for_source(
     # extreme
     if target_class is not None:
         if not 0 <= int(target_class) < num_classes:
-            raise ValueError(f"target_class {target_class} is outside 0..{num_classes - 1}")
+            raise InputError(f"target_class {target_class} is outside 0..{num_classes - 1}")
         out[int(target_class)] = batch_size
         return out
     need = 1 if replacement else batch_size
@@ -150,12 +151,12 @@ def sample_indices(
     _check_common(sampler, num_classes, batch_size)
     targets = np.asarray(targets, dtype=np.int64)
     if targets.ndim != 1 or targets.size == 0:
-        raise ValueError("targets must be a non-empty 1-D array of class indices")
+        raise InputError("targets must be a non-empty 1-D array of class indices")
     if targets.min() < 0 or targets.max() >= num_classes:
-        raise ValueError(f"targets must lie in 0..{num_classes - 1}")
+        raise InputError(f"targets must lie in 0..{num_classes - 1}")
     if sampler == "random":
         if batch_size > targets.size and not replacement:
-            raise ValueError(
+            raise InputError(
                 f"asked for {batch_size} distinct images but the source has {targets.size}; "
                 "use a larger source or client.replacement=true (recorded in results)"
             )
@@ -163,22 +164,31 @@ def sample_indices(
 
     per_class = np.bincount(targets, minlength=num_classes)
     wanted = _class_counts_for_source(
-        sampler, per_class, batch_size, rng,
-        counts=counts, classes=classes, target_class=target_class, replacement=replacement,
+        sampler,
+        per_class,
+        batch_size,
+        rng,
+        counts=counts,
+        classes=classes,
+        target_class=target_class,
+        replacement=replacement,
     )
     short = np.flatnonzero((wanted > per_class) if not replacement else (wanted > 0) & (per_class == 0))
     if short.size:
         c = int(short[0])
-        raise ValueError(
+        raise InputError(
             f"asked for {int(wanted[c])} images of class {c} but the source has only {int(per_class[c])}; "
-            + ("" if replacement else "set client.replacement=true to sample with replacement (recorded in results) or ")
+            + (
+                ""
+                if replacement
+                else "set client.replacement=true to sample with replacement (recorded in results) or "
+            )
             + "use a larger source"
         )
     order = np.argsort(targets, kind="stable")
     starts = np.concatenate(([0], np.cumsum(per_class)[:-1]))
     picked = [
-        order[starts[c] + rng.choice(per_class[c], size=wanted[c], replace=replacement)]
-        for c in np.flatnonzero(wanted)
+        order[starts[c] + rng.choice(per_class[c], size=wanted[c], replace=replacement)] for c in np.flatnonzero(wanted)
     ]
     return rng.permutation(np.concatenate(picked)).astype(np.int64)
 
@@ -208,6 +218,12 @@ def synthetic_counts(
         return np.bincount(rng.integers(0, num_classes, size=batch_size), minlength=num_classes).astype(np.int64)
     unlimited = np.full(num_classes, batch_size, dtype=np.int64)
     return _class_counts_for_source(
-        sampler, unlimited, batch_size, rng,
-        counts=counts, classes=classes, target_class=target_class, replacement=False,
+        sampler,
+        unlimited,
+        batch_size,
+        rng,
+        counts=counts,
+        classes=classes,
+        target_class=target_class,
+        replacement=False,
     )

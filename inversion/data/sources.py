@@ -12,6 +12,7 @@ For mnist / cifar100 / cifar10, in order (exactly one INFO line on the
 
 ``folder`` is an ImageFolder of the user's own images (``folder.FolderSource``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,6 +28,7 @@ from inversion.data.image_source import ArraySource, ImageSource
 from inversion.data.packs import ensure_pack
 from inversion.data.readers import expected_files, read_torchvision_files
 from inversion.data.specs import DATASET_NAMES, SPECS
+from inversion.utils.errors import InputError
 
 __all__ = ["DataUnavailableError", "default_data_root", "load_source"]
 
@@ -42,10 +44,18 @@ def default_data_root() -> Path:
     return Path(os.environ.get(DATA_ROOT_ENV) or "data").expanduser()
 
 
-def load_source(name: str, *, root: str | os.PathLike | None = None, split: str = "test",
-                download: bool = True, folder: str | None = None,
-                image_size: tuple[int, int] | None = None, channels: int | None = None,
-                mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> ImageSource:
+def load_source(
+    name: str,
+    *,
+    root: str | os.PathLike | None = None,
+    split: str = "test",
+    download: bool = True,
+    folder: str | None = None,
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> ImageSource:
     """The images of dataset ``name`` (one of DATASET_NAMES) as an ImageSource.
 
     ``root``: data root (default ``default_data_root()``); ``split``: "train" or "test"
@@ -55,16 +65,16 @@ def load_source(name: str, *, root: str | os.PathLike | None = None, split: str 
     fixed datasets they must be None (or equal to the dataset's spec).
     """
     if name not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+        raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     if split not in SPLITS:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"split must be 'train' or 'test', got {split!r}")
     if name == "folder":
         if folder is None:
-            raise ValueError("the 'folder' dataset needs folder=PATH (one subfolder of images per class)")
+            raise InputError("the 'folder' dataset needs folder=PATH (one subfolder of images per class)")
         source: ImageSource = FolderSource(folder, image_size=image_size, channels=channels, mean=mean, std=std)
     else:
         if folder is not None:
-            raise ValueError(f"folder= is only for the 'folder' dataset, not {name!r}")
+            raise InputError(f"folder= is only for the 'folder' dataset, not {name!r}")
         _check_fixed_options(name, image_size=image_size, channels=channels, mean=mean, std=std)
         source = _load_fixed(name, Path(root) if root is not None else default_data_root(), split, download)
     log.info("data source: %s", source.description)
@@ -86,8 +96,7 @@ def _load_fixed(name: str, root: Path, split: str, download: bool) -> ArraySourc
         images, labels, pack = ensure_pack(name, root, fetch=download)
     except PackError as error:
         raise DataUnavailableError(_unavailable_message(name, root, split, download_failure, error)) from error
-    description = (f"{name}: {pack}; no torchvision files under {root}, "
-                   f"torchvision download {download_failure}")
+    description = f"{name}: {pack}; no torchvision files under {root}, torchvision download {download_failure}"
     return ArraySource(SPECS[name], images, labels, description)
 
 
@@ -142,5 +151,7 @@ def _check_fixed_options(name: str, **options) -> None:
     for option, value in options.items():
         fixed = getattr(spec, option)
         if value is not None and (value if option == "channels" else tuple(value)) != fixed:
-            raise ValueError(f"{option}={value!r} cannot be set for {name}: it is fixed by the dataset "
-                             f"({option}={fixed!r}); options like this are for the 'folder' dataset")
+            raise InputError(
+                f"{option}={value!r} cannot be set for {name}: it is fixed by the dataset "
+                f"({option}={fixed!r}); options like this are for the 'folder' dataset"
+            )

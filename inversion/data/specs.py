@@ -1,10 +1,13 @@
 """Fixed properties of the supported datasets: classes, image shape, normalisation."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from inversion.utils.errors import InputError
 
 __all__ = ["DATASET_NAMES", "SPECS", "DatasetSpec"]
 
@@ -37,13 +40,11 @@ class DatasetSpec:
     def _stats(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and std as (C, 1, 1) tensors on the images' device and dtype."""
         if images.dim() < 3 or images.shape[-3] != self.channels:
-            raise ValueError(
-                f"{self.name}: expected images of shape (B, {self.channels}, H, W), "
-                f"got {tuple(images.shape)}"
+            raise InputError(
+                f"{self.name}: expected images of shape (B, {self.channels}, H, W), got {tuple(images.shape)}"
             )
-        options = {"dtype": images.dtype, "device": images.device}
-        mean = torch.tensor(self.mean, **options).view(-1, 1, 1)
-        std = torch.tensor(self.std, **options).view(-1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(-1, 1, 1)
         return mean, std
 
 
@@ -51,10 +52,6 @@ DATASET_NAMES = ("mnist", "cifar100", "cifar10", "folder")
 
 SPECS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec("mnist", 10, 1, (28, 28), (0.1307,), (0.3081,)),
-    "cifar100": DatasetSpec(
-        "cifar100", 100, 3, (32, 32), (0.5071, 0.4867, 0.4412), (0.2673, 0.2564, 0.2762)
-    ),
-    "cifar10": DatasetSpec(
-        "cifar10", 10, 3, (32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-    ),
+    "cifar100": DatasetSpec("cifar100", 100, 3, (32, 32), (0.5071, 0.4867, 0.4412), (0.2673, 0.2564, 0.2762)),
+    "cifar10": DatasetSpec("cifar10", 10, 3, (32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }

@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from inversion.evaluation.lpips_weights import alexnet_backbone
 from inversion.evaluation.metrics import check_pair
+from inversion.utils.errors import InputError
 
 __all__ = ["LPIPS_MIN_SIZE", "LPIPSMetric"]
 
@@ -47,10 +49,10 @@ class LPIPSMetric:
         the metric's device; identical images give 0."""
         check_pair(x, y)
         if x.shape[1] not in (1, 3):
-            raise ValueError(f"LPIPS takes 1- or 3-channel images, got {x.shape[1]} channels")
+            raise InputError(f"LPIPS takes 1- or 3-channel images, got {x.shape[1]} channels")
         low, high = min(x.min(), y.min()).item(), max(x.max(), y.max()).item()
         if low < 0 or high > 1:
-            raise ValueError(
+            raise InputError(
                 f"LPIPS expects images in [0, 1], got values in [{low:.3g}, {high:.3g}]; denormalise and clamp first"
             )
         x, y = (self._prepare(images) for images in (x, y))
@@ -67,8 +69,8 @@ class LPIPSMetric:
         return images
 
 
-def _load_backbone(net: nn.Module, state: dict[str, Tensor]) -> None:
-    """Overwrite every parameter of lpips's AlexNet (``net.slice1..5``, parameters named as in
+def _load_backbone(net: Any, state: dict[str, Tensor]) -> None:
+    """Overwrite every parameter of lpips's AlexNet (an ``nn.Module``: ``net.slice1..5``, parameters named as in
     torchvision's ``alexnet().features``) with ``state``; RuntimeError unless the names and
     shapes match exactly and every parameter now equals the given weights."""
     parameters = {

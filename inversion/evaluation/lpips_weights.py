@@ -35,6 +35,7 @@ from torch import Tensor
 from inversion.data.errors import PackError
 from inversion.data.packs import LPIPS_ALEXNET, cache_write, pack_folder, verified_archive
 from inversion.data.registry import DOWNLOAD_TIMEOUT_S
+from inversion.utils.errors import InputError, UserError
 from inversion.utils.fileio import sha256_file
 
 __all__ = [
@@ -54,7 +55,7 @@ _CONTENT = "alexnet"  # the key of the pack's samples / content_sha256
 _UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
-class LPIPSWeightsError(RuntimeError):
+class LPIPSWeightsError(UserError, RuntimeError):
     """No genuine AlexNet backbone weights for LPIPS could be found or fetched."""
 
 
@@ -67,7 +68,7 @@ def alexnet_backbone(root: str | Path, *, fetch: bool = True) -> tuple[dict[str,
     if checkpoint.is_file():
         try:
             return _from_torchvision(checkpoint), f"torchvision's cached weights {checkpoint}"
-        except _UNREADABLE + (RuntimeError, pickle.UnpicklingError) as error:
+        except (*_UNREADABLE, RuntimeError, pickle.UnpicklingError) as error:
             log.warning("ignoring torchvision's AlexNet weights %s: %s", checkpoint, error)
             problems.append(f"torchvision's cached {checkpoint} is unusable: {error}")
     else:
@@ -109,7 +110,7 @@ def converted_backbone(root: str | Path, *, fetch: bool = True) -> dict[str, np.
             f"{LPIPS_ALEXNET.content_sha256[_CONTENT]}; the converter no longer matches"
         )
     with cache_write(cache) as file:
-        np.savez(file, **arrays)
+        np.savez(file, **arrays)  # type: ignore[arg-type]  # numpy's stub types allow_pickle among the **kwds
     log.debug("cached the converted AlexNet backbone in %s", cache)
     return arrays
 
@@ -227,7 +228,7 @@ def _from_torchvision(path: Path) -> dict[str, Tensor]:
     expected = TORCHVISION_ALEXNET.rsplit("-", 1)[1].split(".")[0]
     digest = sha256_file(path)
     if not digest.startswith(expected):
-        raise ValueError(f"sha256 {digest} does not start with {expected}")
+        raise InputError(f"sha256 {digest} does not start with {expected}")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     return {
         name.removeprefix(_TORCHVISION_PREFIX): tensor.float()

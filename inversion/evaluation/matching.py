@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from inversion.evaluation.metrics import PSNR_CAP_DB, check_pair, psnr_from_mse
+from inversion.utils.errors import InputError
 
 __all__ = ["MATCH_BY", "match_images", "pairwise_mse"]
 
@@ -31,8 +31,10 @@ def match_images(recon: Tensor, truth: Tensor, *, by: str = "psnr") -> np.ndarra
     (``scipy.optimize.linear_sum_assignment``) that maximises the total PSNR (``by="psnr"``,
     each PSNR capped at PSNR_CAP_DB) or minimises the total MSE (``by="mse"``)."""
     if by not in MATCH_BY:
-        raise ValueError(f"unknown matching criterion {by!r}; expected one of {MATCH_BY}")
+        raise InputError(f"unknown matching criterion {by!r}; expected one of {MATCH_BY}")
     mse = pairwise_mse(truth, recon)
     cost = mse if by == "mse" else -psnr_from_mse(mse).clamp(max=PSNR_CAP_DB)
+    from scipy.optimize import linear_sum_assignment  # here, not at import: scipy.optimize takes ~0.4 s
+
     _, columns = linear_sum_assignment(cost.cpu().numpy())  # rows come back as 0..B-1
     return columns.astype(np.int64)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import kornia
 import torch
 from torch import Tensor
+
+from inversion.utils.errors import InputError
 
 __all__ = ["PSNR_CAP_DB", "SSIM_WINDOW", "check_pair", "psnr", "psnr_from_mse", "ssim"]
 
@@ -18,7 +19,7 @@ SSIM_WINDOW = 11  # Gaussian window, sigma 1.5 (kornia's), as in Wang et al. (20
 def check_pair(x: Tensor, y: Tensor) -> None:
     """ValueError unless ``x`` and ``y`` are image batches (B, C, H, W) of the same shape."""
     if x.dim() != 4 or x.shape != y.shape:
-        raise ValueError(
+        raise InputError(
             f"expected two image batches (B, C, H, W) of one shape, got {tuple(x.shape)} and {tuple(y.shape)}"
         )
 
@@ -45,6 +46,8 @@ def ssim(x: Tensor, y: Tensor) -> Tensor:
     Identical images give 1."""
     check_pair(x, y)
     if min(x.shape[-2:]) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {tuple(x.shape[-2:])}")
+        raise InputError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {tuple(x.shape[-2:])}")
+    import kornia  # here, not at import time: it takes half a second to load
+
     index = kornia.metrics.ssim(x, y, SSIM_WINDOW, max_val=1.0, eps=0.0, padding="valid")
     return index.flatten(1).mean(1)

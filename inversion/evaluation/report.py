@@ -10,6 +10,7 @@ from torch import Tensor
 from inversion.evaluation.lpips_metric import LPIPSMetric
 from inversion.evaluation.matching import match_images
 from inversion.evaluation.metrics import PSNR_CAP_DB, psnr, ssim
+from inversion.utils.errors import InputError
 from inversion.utils.plotting import save_image_rows
 
 __all__ = ["evaluate_reconstruction", "save_grid", "unit_images"]
@@ -79,7 +80,7 @@ def save_grid(
     image. Every pair is drawn, ``max_columns`` pairs per line (a larger batch wraps into further
     true/reconstructed line pairs). Returns the path written."""
     if truth01.shape != recon01_matched.shape:
-        raise ValueError(
+        raise InputError(
             f"true images {tuple(truth01.shape)} and reconstructions {tuple(recon01_matched.shape)} differ in shape"
         )
     return save_image_rows(

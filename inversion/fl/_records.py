@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from inversion.utils.errors import InputError
 from inversion.utils.fileio import atomic_write, load_tensor_file
 
 __all__ = ["content_digest", "load_record", "model_digest", "save_record"]
@@ -93,8 +94,9 @@ def _entries(path: Path, fmt: str, payload: dict[str, Any]) -> tuple[dict[str, A
     return header, tensors, payload["sha256"]
 
 
-def load_record(path: str | Path, fmt: str, version: int, what: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """Read a file written by :func:`save_record` onto the CPU; returns (header, tensors) after checking the digest.
+def load_record(path: str | Path, fmt: str, version: int, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a file written by :func:`save_record` onto the CPU; returns (header, tensors) after checking the digest
+    (the tensors are dense tensors or None, as stored: the record's own type checks which it needs).
 
     Raises:
         FileNotFoundError: no such file.
@@ -104,13 +106,13 @@ def load_record(path: str | Path, fmt: str, version: int, what: str) -> tuple[di
     path = Path(path)
     payload = load_tensor_file(path, what)
     if not isinstance(payload, dict) or payload.get("format") != fmt:
-        raise ValueError(f"{path} is not a {fmt} file ({what})")
+        raise InputError(f"{path} is not a {fmt} file ({what})")
     if payload.get("version") != version:
-        raise ValueError(
+        raise InputError(
             f"{path} is a {fmt} file of version {payload.get('version')}; this code reads version "
             f"{version}: write it again with this version of gradleak"
         )
     header, tensors, stored = _entries(path, fmt, payload)
     if content_digest(header, tensors) != stored:
-        raise ValueError(f"{path} fails its checksum: the file is corrupt or was edited after it was written")
+        raise InputError(f"{path} fails its checksum: the file is corrupt or was edited after it was written")
     return header, tensors

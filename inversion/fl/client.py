@@ -22,6 +22,7 @@ from inversion.fl.dp import DPSGD, dp_client_tensors
 from inversion.fl.local import LocalTraining, local_training_delta
 from inversion.fl.update import BN_MODES, SharedUpdate, UpdateMeta
 from inversion.models import final_layer
+from inversion.utils.errors import InputError
 
 __all__ = ["BN_MODES", "PARAMETER_SETS", "client_gradients", "client_update", "final_layer_client_gradients"]
 
@@ -57,25 +58,25 @@ def _chunks(
 ) -> tuple[int, range]:
     """Validate a client batch for ``model``; return (K, the start index of every chunk)."""
     if bn_mode not in BN_MODES:
-        raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
+        raise InputError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
     if images.ndim < 2 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"images (K, ...) and labels (K,) must agree; got {tuple(images.shape)} and {tuple(labels.shape)}"
         )
     batch_size = labels.shape[0]
     if batch_size < 1:
-        raise ValueError("the batch is empty")
+        raise InputError("the batch is empty")
     classes = final_layer(model).out_features
     if labels.min() < 0 or labels.max() >= classes:
-        raise ValueError(
+        raise InputError(
             f"the model has {classes} classes but the batch has label "
             f"{int(labels.max() if labels.max() >= classes else labels.min())}: labels must be 0..{classes - 1}"
         )
     chunk = batch_size if chunk_size is None else int(chunk_size)
     if chunk < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     if bn_mode == "train" and chunk < batch_size:
-        raise ValueError(
+        raise InputError(
             "train-mode batch norm uses the statistics of the whole batch, so a chunked gradient would differ; "
             "use bn_mode=eval, or chunk_size >= the batch size"
         )
@@ -158,18 +159,16 @@ def final_layer_client_gradients(
         ``{"<fc>.weight": (C, M), "<fc>.bias": (C,)}`` named as in ``model.named_parameters()``
         (no bias entry when the layer has none).
     """
-    if not (
-        isinstance(getattr(model, "features", None), nn.Module) and isinstance(getattr(model, "fc", None), nn.Linear)
-    ):
-        raise ValueError("final-layer-only gradients need a model with `features` and a final nn.Linear `fc`")
+    features, layer = getattr(model, "features", None), getattr(model, "fc", None)
+    if not (isinstance(features, nn.Module) and isinstance(layer, nn.Linear)):
+        raise InputError("final-layer-only gradients need a model with `features` and a final nn.Linear `fc`")
     batch_size, starts = _chunks(model, images, labels, bn_mode, chunk_size)
-    layer = model.fc
     device = layer.weight.device
     step = starts.step
     with torch.no_grad(), _client_mode(model, bn_mode):
         embeddings = torch.cat(
             [
-                model.features(images[start : start + step].to(device))
+                features(images[start : start + step].to(device))
                 for start in _progress(starts, progress, "client embeddings")
             ]
         )
@@ -227,20 +226,21 @@ def client_update(
         the :class:`SharedUpdate` the server receives.
     """
     if parameters not in PARAMETER_SETS:
-        raise ValueError(f"parameters must be one of {PARAMETER_SETS}, got {parameters!r}")
+        raise InputError(f"parameters must be one of {PARAMETER_SETS}, got {parameters!r}")
     notes = {**dict(notes or {}), "parameters": parameters}
     if local is None and dp is None:
         gradients_of = final_layer_client_gradients if parameters == "final_layer" else client_gradients
         tensors = gradients_of(model, images, labels, bn_mode=bn_mode, chunk_size=chunk_size, progress=progress)
     else:
         if parameters != "all" or chunk_size is not None:
-            raise ValueError(
+            raise InputError(
                 "a FedAvg or DP-SGD client trains the whole model on its whole batch: use "
                 "parameters='all' and no chunk_size"
             )
         _chunks(model, images, labels, bn_mode, None)
         with _client_mode(model, bn_mode):
             if dp is None:
+                assert local is not None  # local=None with dp=None is the FedSGD branch above
                 tensors = local_training_delta(model, images, labels, local)
             else:
                 tensors = dp_client_tensors(model, images, labels, dp, local=local, seed=dp_seed)

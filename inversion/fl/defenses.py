@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from inversion.fl.update import SharedUpdate
+from inversion.utils.errors import InputError
 
 __all__ = ["DEFENSE_NAMES", "Defense", "apply_defense", "defend_update", "parse_defense"]
 
@@ -47,21 +48,21 @@ def parse_defense(spec: str) -> Defense:
     """
     name, _, level = str(spec).strip().partition(":")
     if name not in DEFENSE_NAMES:
-        raise ValueError(f"unknown defense {spec!r}; use one of none, noise:STD, clip:MAX_NORM, sparsify:PERCENTILE")
+        raise InputError(f"unknown defense {spec!r}; use one of none, noise:STD, clip:MAX_NORM, sparsify:PERCENTILE")
     if name == "none":
         if level:
-            raise ValueError(f"defense 'none' takes no level, got {spec!r}")
+            raise InputError(f"defense 'none' takes no level, got {spec!r}")
         return Defense("none")
     try:
         value = float(level)
     except ValueError:
-        raise ValueError(f"defense {spec!r} needs a number after the colon, e.g. {name}:0.01") from None
+        raise InputError(f"defense {spec!r} needs a number after the colon, e.g. {name}:0.01") from None
     if name == "noise" and not value >= 0:
-        raise ValueError(f"noise std must be >= 0, got {value}")
+        raise InputError(f"noise std must be >= 0, got {value}")
     if name == "clip" and not value > 0:
-        raise ValueError(f"clip norm must be > 0, got {value}")
+        raise InputError(f"clip norm must be > 0, got {value}")
     if name == "sparsify" and not 0 <= value < 100:
-        raise ValueError(f"sparsify percentile must be in [0, 100), got {value}")
+        raise InputError(f"sparsify percentile must be in [0, 100), got {value}")
     return Defense(name, value)
 
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from inversion.fl.local import LocalTraining, run_local_training
+from inversion.utils.errors import InputError
 
 __all__ = ["DPSGD", "check_dp_model", "dp_client_tensors", "noise_seed", "per_sample_gradients"]
 
@@ -54,13 +55,13 @@ class DPSGD:
 
     def __post_init__(self) -> None:
         if not self.noise_multiplier >= 0:
-            raise ValueError(f"the DP noise multiplier must be >= 0, got {self.noise_multiplier}")
+            raise InputError(f"the DP noise multiplier must be >= 0, got {self.noise_multiplier}")
         if not self.max_grad_norm > 0:
-            raise ValueError(f"the DP clipping norm must be > 0, got {self.max_grad_norm}")
+            raise InputError(f"the DP clipping norm must be > 0, got {self.max_grad_norm}")
         if math.isinf(self.max_grad_norm) and self.noise_multiplier > 0:
-            raise ValueError("noise with an infinite clipping norm has infinite variance: give a finite max_grad_norm")
+            raise InputError("noise with an infinite clipping norm has infinite variance: give a finite max_grad_norm")
         if not 0 < self.delta < 1:
-            raise ValueError(f"the DP delta must be in (0, 1), got {self.delta}")
+            raise InputError(f"the DP delta must be in (0, 1), got {self.delta}")
 
     def epsilon(self, sample_rate: float, steps: int) -> float | None:
         """ε of Opacus's RDP accountant after ``steps`` steps at ``sample_rate``; None without noise (ε = ∞)."""
@@ -101,7 +102,7 @@ def noise_seed(fixed: int | None = None) -> int:
 def check_dp_model(model: nn.Module) -> None:
     """ValueError if ``model`` has batch norm (DP-SGD needs per-sample gradients)."""
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        raise ValueError(
+        raise InputError(
             "DP-SGD needs per-sample gradients, and batch norm mixes the samples of a batch: "
             "use a model without batch norm (e.g. fcn3, lenet5)"
         )

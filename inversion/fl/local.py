@@ -26,12 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from inversion.utils.errors import InputError
+
 __all__ = ["LocalTraining", "local_training_delta", "run_local_training", "unroll_local_training"]
 
 
 def _positive(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+        raise InputError(f"{what} must be a positive integer, got {value!r}")
     return int(value)
 
 
@@ -53,13 +55,13 @@ class LocalTraining:
         object.__setattr__(self, "steps", _positive(self.steps, "local steps"))
         object.__setattr__(self, "batch_size", _positive(self.batch_size, "local batch size"))
         if isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real) or not 0 < self.lr < math.inf:
-            raise ValueError(f"the local learning rate must be > 0 and finite, got {self.lr!r}")
+            raise InputError(f"the local learning rate must be > 0 and finite, got {self.lr!r}")
         object.__setattr__(self, "lr", float(self.lr))
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LocalTraining:
         if not isinstance(data, Mapping) or set(data) != {"steps", "batch_size", "lr"}:
-            raise ValueError(f"local training must be {{steps, batch_size, lr}}, got {data!r}")
+            raise InputError(f"local training must be {{steps, batch_size, lr}}, got {data!r}")
         return cls(**data)
 
     def to_json(self) -> dict[str, Any]:
@@ -68,7 +70,7 @@ class LocalTraining:
     def check(self, k: int) -> None:
         """ValueError unless B divides the client's K."""
         if k % self.batch_size:
-            raise ValueError(f"the local batch size {self.batch_size} must divide the client's batch size {k}")
+            raise InputError(f"the local batch size {self.batch_size} must divide the client's batch size {k}")
 
     def rows(self, step: int, k: int) -> slice:
         """The samples of local step ``step`` (0-based) among the K: mini-batches in order, cycling."""
@@ -150,7 +152,7 @@ def unroll_local_training(
     """
     local.check(k)
     start = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    theta = dict(start)
+    theta: dict[str, Tensor] = dict(start)
     for step in range(local.steps):
         grads = torch.autograd.grad(loss(theta, local.rows(step, k)), list(theta.values()), create_graph=True)
         theta = {n: t - local.lr * g for (n, t), g in zip(theta.items(), grads)}

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from inversion.fl._records import load_record, save_record
 from inversion.fl.update import SharedUpdate
+from inversion.utils.errors import InputError
 
 __all__ = ["PrivateBatch"]
 
@@ -41,14 +42,14 @@ class PrivateBatch:
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.labels.ndim != 1 or self.images.shape[0] != self.labels.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"images (K, C, H, W) and labels (K,) must agree; got {tuple(self.images.shape)} "
                 f"and {tuple(self.labels.shape)}"
             )
         try:
             json.dumps(self.record)
         except TypeError as err:
-            raise ValueError(f"record must be JSON-serialisable: {err}") from None
+            raise InputError(f"record must be JSON-serialisable: {err}") from None
 
     def counts(self, num_classes: int) -> Tensor:
         """True class counts, (C,) int64."""
@@ -58,12 +59,12 @@ class PrivateBatch:
         """Raise ValueError unless this batch is tied to the update whose :attr:`SharedUpdate.sha256` is given
         (a batch tied to no update is refused too: nothing says which update it belongs to)."""
         if not self.update_sha256:
-            raise ValueError(
+            raise InputError(
                 "the private batch is tied to no update (its update_sha256 is empty): score an update "
                 "only against the private file written with it"
             )
         if self.update_sha256 != update_sha256:
-            raise ValueError(
+            raise InputError(
                 f"the private batch belongs to another update (update sha256 {self.update_sha256[:12]}, this update "
                 f"{update_sha256[:12]}): score an update only against the private file written with it"
             )
@@ -72,12 +73,12 @@ class PrivateBatch:
         """Raise ValueError unless this batch is the one ``update`` was computed from (by digest and shape)."""
         self.check_link(update.sha256)
         if update.batch_size is not None and update.batch_size != self.labels.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"the private batch has {self.labels.shape[0]} images but the update says K={update.batch_size}"
             )
         shape = update.meta.input_shape
         if shape is not None and tuple(self.images.shape[1:]) != tuple(shape):
-            raise ValueError(f"private images are {tuple(self.images.shape[1:])}, the update's inputs {tuple(shape)}")
+            raise InputError(f"private images are {tuple(self.images.shape[1:])}, the update's inputs {tuple(shape)}")
 
     def save(self, path: str | Path) -> Path:
         """Save atomically with a sha256 of the content (tensors and plain data only)."""
@@ -95,9 +96,9 @@ class PrivateBatch:
         try:
             return cls(tensors["images"], tensors["labels"].long(), header["record"], header["update_sha256"])
         except KeyError as err:
-            raise ValueError(
+            raise InputError(
                 f"{path} holds an invalid private batch: it has no {err.args[0]!r} entry; write it "
                 "with PrivateBatch.save (or scripts/share_update.py)"
             ) from None
         except (TypeError, ValueError, AttributeError) as err:
-            raise ValueError(f"{path} holds an invalid private batch: {err}") from None
+            raise InputError(f"{path} holds an invalid private batch: {err}") from None

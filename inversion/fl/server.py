@@ -9,6 +9,7 @@ from torch import nn
 from inversion.fl._records import model_digest
 from inversion.fl.update import SharedUpdate
 from inversion.models import ClassifierModel, build_model, load_weights
+from inversion.utils.errors import InputError
 
 __all__ = ["check_model", "model_from_update"]
 
@@ -33,12 +34,12 @@ def _check_inputs(update: SharedUpdate, model: nn.Module) -> None:
     takes = (int(config["in_channels"]), *(int(side) for side in config["image_size"]))
     shape, mean = update.meta.input_shape, update.meta.mean
     if shape is not None and tuple(shape) != takes:
-        raise ValueError(
+        raise InputError(
             f"{update.display_name} is for inputs {tuple(shape)} (C, H, W) but the model takes {takes}: "
             "use the model the update was computed on"
         )
     if mean is not None and len(mean) != takes[0]:
-        raise ValueError(
+        raise InputError(
             f"{update.display_name} normalises {len(mean)} channel(s) (mean/std) but the model takes "
             f"{takes[0]}: use the model the update was computed on"
         )
@@ -52,7 +53,7 @@ def check_model(update: SharedUpdate, model: nn.Module) -> None:
     _check_inputs(update, model)
     expected = update.meta.model_sha256
     if expected is not None and model_digest(model) != expected:
-        raise ValueError(
+        raise InputError(
             f"the model's state (sha256 {model_digest(model)[:12]}) is not the one the update was computed on "
             f"({expected[:12]}): load the weights the client used (--weights / weights=)"
         )
@@ -72,14 +73,14 @@ def model_from_update(update: SharedUpdate, *, weights: str | Path | None = None
     """
     spec = update.meta.model
     if spec is None:
-        raise ValueError(
+        raise InputError(
             f"{update.display_name} names no model architecture (meta.model is empty): build your own "
             "model and pass it, or give a model config"
         )
     try:
         model = build_model(**spec)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"the model spec of {update.display_name} cannot be built: {err}") from None
+        raise InputError(f"the model spec of {update.display_name} cannot be built: {err}") from None
     path = _weights_path(update, weights)
     if path is not None:
         load_weights(model, path)

@@ -2,10 +2,11 @@
 
 The threat model lives in these types. A shared update holds only what an honest-but-curious
 server sees in a round: parameter name -> the gradient of the client's mean cross-entropy (FedSGD)
-or the weight delta of its local training (FedAvg, with its public schedule), the update kind, the batch size K where the protocol reveals it, and public metadata (the model's
-architecture spec and state digest, the input shape, the data normalisation, the client's
-batch-norm mode). What only the client knows (images, labels, how they were sampled, seeds) is a
-:class:`~inversion.fl.private.PrivateBatch`, saved to its own file and used only to score.
+or the weight delta of its local training (FedAvg, with its public schedule), the update kind, the
+batch size K where the protocol reveals it, and public metadata (the model's architecture spec and
+state digest, the input shape, the data normalisation, the client's batch-norm mode). What only the
+client knows (images, labels, how they were sampled, seeds) is a :class:`~inversion.fl.private.PrivateBatch`,
+saved to its own file and used only to score.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from inversion.data.specs import SPECS
 from inversion.fl._records import content_digest, load_record, model_digest, save_record
 from inversion.fl.local import LocalTraining
 from inversion.models import ClassifierModel, final_layer
+from inversion.utils.errors import InputError
 
 __all__ = ["BN_MODES", "UPDATE_KINDS", "SharedUpdate", "UpdateMeta"]
 
@@ -92,30 +94,30 @@ class UpdateMeta:
         for name, kind in _OPTIONAL_TYPES.items():
             value = getattr(self, name)
             if value is not None and not isinstance(value, kind):
-                raise ValueError(f"{name} must be a {kind.__name__} or None, got {value!r}")
+                raise InputError(f"{name} must be a {kind.__name__} or None, got {value!r}")
         if not isinstance(self.notes, Mapping):
-            raise ValueError(f"notes must be a Mapping (of JSON-serialisable facts), got {self.notes!r}")
+            raise InputError(f"notes must be a Mapping (of JSON-serialisable facts), got {self.notes!r}")
         object.__setattr__(self, "input_shape", _numbers(self.input_shape, int, "input_shape"))
         object.__setattr__(self, "mean", _numbers(self.mean, float, "mean"))
         object.__setattr__(self, "std", _numbers(self.std, float, "std"))
-        if (self.mean is None) != (self.std is None) or (self.mean is not None and len(self.mean) != len(self.std)):
-            raise ValueError("mean and std must both be given, with one value per channel")
+        if (self.mean is None) != (self.std is None) or len(self.mean or ()) != len(self.std or ()):
+            raise InputError("mean and std must both be given, with one value per channel")
         if self.std is not None and any(not s > 0 for s in self.std):
-            raise ValueError(f"std must be > 0 per channel, got {self.std}")
+            raise InputError(f"std must be > 0 per channel, got {self.std}")
         if self.input_shape is not None and (len(self.input_shape) != 3 or min(self.input_shape) < 1):
-            raise ValueError(f"input_shape must be (C, H, W) with three positive ints, got {self.input_shape}")
+            raise InputError(f"input_shape must be (C, H, W) with three positive ints, got {self.input_shape}")
         if self.input_shape is not None and self.mean is not None and len(self.mean) != self.input_shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"mean and std have {len(self.mean)} value(s) but the inputs {self.input_shape} have "
                 f"{self.input_shape[0]} channel(s): give one value per channel"
             )
         if self.dataset is not None and self.dataset not in SPECS and self.mean is None:
-            raise ValueError(
+            raise InputError(
                 f"unknown dataset {self.dataset!r} and no normalisation: name one of "
                 f"{', '.join(SPECS)}, or give mean= and std= for a dataset of your own"
             )
         if self.bn_mode not in BN_MODES:
-            raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
+            raise InputError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
         if self.local is not None and not isinstance(self.local, LocalTraining):
             object.__setattr__(self, "local", LocalTraining.from_json(self.local))
 
@@ -153,8 +155,8 @@ class UpdateMeta:
             model=config,
             model_sha256=None if model is None else model_digest(model),
             input_shape=None if input_shape is None else tuple(input_shape),
-            mean=mean if mean is not None else (spec.mean if spec else None),
-            std=std if std is not None else (spec.std if spec else None),
+            mean=_numbers(mean, float, "mean") if mean is not None else (spec.mean if spec else None),
+            std=_numbers(std, float, "std") if std is not None else (spec.std if spec else None),
             dataset=dataset,
             **fields,
         )
@@ -166,7 +168,7 @@ class UpdateMeta:
             ValueError: the normalisation is unknown.
         """
         if self.mean is None:
-            raise ValueError(
+            raise InputError(
                 "the update does not say how its inputs were normalised; give mean and std "
                 "(UpdateMeta.describe(dataset=...) or mean=..., std=...)"
             )
@@ -177,11 +179,10 @@ class UpdateMeta:
     def denormalize(self, images: Tensor) -> Tensor:
         """(B, C, H, W) normalised inputs -> (B, C, H, W) on the [0, 1] scale (unclamped)."""
         if self.mean is None:
-            raise ValueError("the update does not say how its inputs were normalised; cannot show or score images")
-        options = {"dtype": images.dtype, "device": images.device}
-        return images * torch.tensor(self.std, **options).view(-1, 1, 1) + torch.tensor(self.mean, **options).view(
-            -1, 1, 1
-        )
+            raise InputError("the update does not say how its inputs were normalised; cannot show or score images")
+        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+        return images * std + mean
 
     def to_json(self) -> dict[str, Any]:
         def plain(value: Any) -> Any:
@@ -198,11 +199,11 @@ class UpdateMeta:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> UpdateMeta:
         if not isinstance(data, Mapping):
-            raise ValueError(f"update metadata must be a JSON object, got a {type(data).__name__}")
+            raise InputError(f"update metadata must be a JSON object, got a {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown update metadata {unknown}; known: {sorted(known)}")
+            raise InputError(f"unknown update metadata {unknown}; known: {sorted(known)}")
         return cls(**data)
 
 
@@ -210,7 +211,7 @@ def _batch_size(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
-        raise ValueError(f"batch_size must be a positive integer (or None when the protocol hides it), got {value!r}")
+        raise InputError(f"batch_size must be a positive integer (or None when the protocol hides it), got {value!r}")
     return int(value)
 
 
@@ -238,26 +239,26 @@ class SharedUpdate:
     def __post_init__(self) -> None:
         self.batch_size = _batch_size(self.batch_size)
         if self.kind not in UPDATE_KINDS:
-            raise ValueError(f"unknown update kind {self.kind!r}; known: {', '.join(UPDATE_KINDS)}")
+            raise InputError(f"unknown update kind {self.kind!r}; known: {', '.join(UPDATE_KINDS)}")
         if not isinstance(self.meta, UpdateMeta):
-            raise ValueError(f"meta must be an UpdateMeta, got {type(self.meta).__name__}")
+            raise InputError(f"meta must be an UpdateMeta, got {type(self.meta).__name__}")
         if (self.kind == "fedavg") != (self.meta.local is not None):
-            raise ValueError(
+            raise InputError(
                 "a fedavg update needs meta.local (its local steps, batch size and learning rate), "
                 "and only a fedavg update has one"
             )
         if not self.gradients:
-            raise ValueError("a shared update needs at least one gradient")
+            raise InputError("a shared update needs at least one gradient")
         for name, grad in self.gradients.items():
             if not isinstance(grad, Tensor):
-                raise ValueError(f"gradient {name!r} is a {type(grad).__name__}, expected a torch.Tensor")
+                raise InputError(f"gradient {name!r} is a {type(grad).__name__}, expected a torch.Tensor")
             if grad.dtype not in GRADIENT_DTYPES:
-                raise ValueError(
+                raise InputError(
                     f"gradient {name!r} has dtype {grad.dtype}, expected float32 or float64: share the "
                     "gradients as computed, not cast to integers or half precision"
                 )
             if not torch.isfinite(grad).all():
-                raise ValueError(f"gradient {name!r} holds non-finite values (NaN or inf)")
+                raise InputError(f"gradient {name!r} holds non-finite values (NaN or inf)")
 
     @classmethod
     def from_gradients(
@@ -280,7 +281,7 @@ class SharedUpdate:
             >>> update = SharedUpdate.from_gradients(dict(zip(names, grads)), batch_size=8, dataset="cifar100")
         """
         if meta is not None and describe:
-            raise ValueError("give either meta or UpdateMeta.describe's arguments, not both")
+            raise InputError("give either meta or UpdateMeta.describe's arguments, not both")
         items = gradients.items() if isinstance(gradients, Mapping) else gradients
         grads = {str(name): torch.as_tensor(g).detach().cpu().clone() for name, g in items}
         return cls(grads, batch_size, meta if meta is not None else UpdateMeta.describe(**describe))
@@ -310,12 +311,12 @@ class SharedUpdate:
         missing = [n for n in params if n not in self.gradients]
         extra = [n for n in self.gradients if n not in params]
         if extra:
-            raise ValueError(f"{self.display_name} has gradients for parameters the model lacks: {extra[:5]}")
+            raise InputError(f"{self.display_name} has gradients for parameters the model lacks: {extra[:5]}")
         if missing and require_all:
-            raise ValueError(f"{self.display_name} lacks gradients for model parameters: {missing[:5]}")
+            raise InputError(f"{self.display_name} lacks gradients for model parameters: {missing[:5]}")
         for name, grad in self.gradients.items():
             if grad.shape != params[name].shape:
-                raise ValueError(
+                raise InputError(
                     f"gradient {name!r} of {self.display_name} has shape {tuple(grad.shape)}, "
                     f"the model's parameter {tuple(params[name].shape)}"
                 )
@@ -330,9 +331,10 @@ class SharedUpdate:
 
     def _as_gradient(self, tensor: Tensor) -> Tensor:
         """One shared tensor as a (pseudo-)gradient (see :meth:`pseudo_gradients`)."""
-        if self.kind == "fedsgd":
+        local = self.meta.local  # None exactly for a FedSGD update (checked on creation)
+        if local is None:
             return tensor
-        return tensor * (-1.0 / (self.meta.local.lr * self.meta.local.steps))
+        return tensor * (-1.0 / (local.lr * local.steps))
 
     def final_layer_gradients(self, model: nn.Module) -> tuple[Tensor, Tensor | None]:
         """(Pseudo-)gradients of the model's final linear layer: (grad_weight (C, M), grad_bias (C,) or None).
@@ -349,7 +351,7 @@ class SharedUpdate:
         wanted = {role: names[id(param)] for role, param in roles if param is not None}
         for role, name in wanted.items():
             if name not in self.gradients:
-                raise ValueError(
+                raise InputError(
                     f"{self.display_name} has no gradient for {name!r}, the final layer's {role}: label restoration "
                     "needs it (share all gradients or the final layer's); without it, attack with labels=joint, "
                     "shared or oracle"
@@ -387,10 +389,10 @@ class SharedUpdate:
         header, tensors = load_record(path, FORMAT, VERSION, "shared-update")
         missing = [key for key in ("kind", "batch_size", "meta") if key not in header]
         if missing:
-            raise ValueError(f"{path} holds an invalid shared update: its header has no {missing[0]!r}; write it again")
+            raise InputError(f"{path} holds an invalid shared update: its header has no {missing[0]!r}; write it again")
         try:
             return cls(
                 tensors, header["batch_size"], UpdateMeta.from_json(header["meta"]), header["kind"], origin=Path(path)
             )
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{path} holds an invalid shared update: {err}") from None
+            raise InputError(f"{path} holds an invalid shared update: {err}") from None

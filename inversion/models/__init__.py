@@ -27,6 +27,7 @@ from inversion.models.fcn import fcn_features
 from inversion.models.lenet import lenet5_features, lenet_zhu_features, uniform_init_
 from inversion.models.resnet import RESNET_LAYOUTS, resnet_features
 from inversion.models.vgg import VGG_STAGE_DEPTHS, vgg_features
+from inversion.utils.errors import InputError
 from inversion.utils.fileio import load_tensor_file
 from inversion.utils.memory import FLOAT_BYTES, available_memory, format_bytes
 
@@ -75,7 +76,7 @@ MODEL_NAMES: tuple[str, ...] = tuple(_ARCHITECTURES)
 def _positive_int(value: Any, what: str) -> int:
     """``value`` as a plain int (so configs stay JSON-serialisable), if it is a positive integer."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{what} must be a positive int, got {value!r}")
+        raise InputError(f"{what} must be a positive int, got {value!r}")
     return int(value)
 
 
@@ -126,16 +127,16 @@ def build_model(
         - Output: :math:`(B, K)`
     """
     if name not in _ARCHITECTURES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+        raise InputError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     arch = _ARCHITECTURES[name]
     activation = arch.default_activation if activation is None else activation
     if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        raise InputError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
     requested = {"width": width, "depth": depth, "dropout": dropout or None}
     unused = [option for option, value in requested.items() if value is not None and option not in arch.options]
     if unused:
         takes = ", ".join(arch.options) or "none of width, depth, dropout"
-        raise ValueError(f"option {', '.join(unused)} is not used by {name} (it takes {takes})")
+        raise InputError(f"option {', '.join(unused)} is not used by {name} (it takes {takes})")
     options = {
         option: default if requested[option] is None else requested[option] for option, default in arch.options.items()
     }
@@ -145,7 +146,7 @@ def build_model(
     num_classes = _positive_int(num_classes, "num_classes")
     in_channels = _positive_int(in_channels, "in_channels")
     if len(image_size) != 2:
-        raise ValueError(f"image_size must be (H, W), got {image_size!r}")
+        raise InputError(f"image_size must be (H, W), got {image_size!r}")
     image_size = (_positive_int(image_size[0], "image height"), _positive_int(image_size[1], "image width"))
 
     config = {
@@ -180,7 +181,7 @@ def _check_size(construct: Callable[[], ClassifierModel], name: str, options: Ma
     need, free = count * FLOAT_BYTES, available_memory("cpu")
     if need > free:
         sizes = ", ".join(f"{option}={value:,}" for option, value in options.items() if option in ("width", "depth"))
-        raise ValueError(
+        raise InputError(
             f"model {name}{f' ({sizes})' if sizes else ''} has {count:,} parameters, {format_bytes(need)} "
             f"as float32, more than the {format_bytes(free)} of memory available: use a smaller model "
             "(width, depth) or smaller inputs"
@@ -213,15 +214,15 @@ def final_layer(model: nn.Module) -> nn.Linear:
         try:
             layer = model.get_submodule(name)
         except AttributeError as err:
-            raise ValueError(f"final_layer_name {name!r} names no submodule of {type(model).__name__}") from err
+            raise InputError(f"final_layer_name {name!r} names no submodule of {type(model).__name__}") from err
         if not isinstance(layer, nn.Linear):
-            raise ValueError(
+            raise InputError(
                 f"final_layer_name {name!r} names a {type(layer).__name__}, not an nn.Linear; {how_to_mark}"
             )
         return layer
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to use as the final layer; {how_to_mark}")
+        raise InputError(f"{type(model).__name__} has no nn.Linear layer to use as the final layer; {how_to_mark}")
     return linears[-1]
 
 
@@ -254,7 +255,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     if isinstance(loaded, Mapping) and "state_dict" in loaded:
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise ValueError(f"{os.fspath(path)} holds no state_dict (a mapping from names to tensors)")
+        raise InputError(f"{os.fspath(path)} holds no state_dict (a mapping from names to tensors)")
     expected = model.state_dict()
     missing = [key for key in expected if key not in loaded]
     unexpected = [key for key in loaded if key not in expected]
@@ -266,10 +267,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches (file vs model)": mismatched}
     problems = [f"{label}: {_listing(keys)}" for label, keys in found.items() if keys]
     if problems:
-        raise ValueError(f"{os.fspath(path)} does not match {type(model).__name__}; " + "; ".join(problems))
+        raise InputError(f"{os.fspath(path)} does not match {type(model).__name__}; " + "; ".join(problems))
     broken = next((key for key in expected if not torch.isfinite(loaded[key]).all()), None)
     if broken is not None:
-        raise ValueError(
+        raise InputError(
             f"{os.fspath(path)} holds non-finite values (NaN or inf) in {broken!r}: these weights are "
             "broken (e.g. a diverged training run); use another weights file"
         )

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from inversion.utils.errors import InputError
+
 __all__ = ["ACTIVATIONS", "LEAKY_RELU_SLOPE", "make_activation"]
 
 LEAKY_RELU_SLOPE = 0.01
@@ -36,5 +38,5 @@ def make_activation(name: str) -> nn.Module:
         ValueError: if ``name`` is not a known activation.
     """
     if name not in _FACTORIES:
-        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+        raise InputError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
     return _FACTORIES[name]()

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from inversion.models.activations import make_activation
+from inversion.utils.errors import InputError
 
 __all__ = ["ClassifierModel", "conv_bn_act", "footprint", "forward_flops", "init_conv_bn_", "output_size"]
 
@@ -169,4 +170,4 @@ def output_size(module: nn.Module, in_channels: int, image_size: tuple[int, int]
     sides = range(1, _MAX_SEARCHED_SIDE + 1)
     side = next((s for s in sides if _flat_size(module, in_channels, (s, s)) is not None), None)
     minimum = f"; the smallest square input it accepts is {side}x{side}" if side is not None else ""
-    raise ValueError(f"input size {image_size[0]}x{image_size[1]} is too small for {model_name}{minimum}")
+    raise InputError(f"input size {image_size[0]}x{image_size[1]} is too small for {model_name}{minimum}")

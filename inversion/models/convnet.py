@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from torch import nn
 
 from inversion.models.base import conv_bn_act, output_size
@@ -31,7 +33,7 @@ def convnet_features(
     w = width
     widths = (in_channels, w, 2 * w, 2 * w, 4 * w, 4 * w, 4 * w)
     features = nn.Sequential(
-        *(conv_bn_act(c_in, c_out, activation) for c_in, c_out in zip(widths, widths[1:])),
+        *(conv_bn_act(c_in, c_out, activation) for c_in, c_out in pairwise(widths)),
         nn.MaxPool2d(3),
         conv_bn_act(4 * w, 4 * w, activation),
         conv_bn_act(4 * w, 4 * w, activation),

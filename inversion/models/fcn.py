@@ -6,6 +6,7 @@ from torch import nn
 
 from inversion.models.activations import make_activation
 from inversion.models.base import output_size
+from inversion.utils.errors import InputError
 
 __all__ = ["fcn_features"]
 
@@ -33,7 +34,7 @@ def fcn_features(
         ValueError: if ``depth < 2``.
     """
     if depth < 2:
-        raise ValueError(f"{name} needs depth >= 2 (one hidden layer and the final layer), got {depth}")
+        raise InputError(f"{name} needs depth >= 2 (one hidden layer and the final layer), got {depth}")
     flatten = nn.Flatten()
     layers: list[nn.Module] = [flatten]
     fan_in = output_size(flatten, in_channels, image_size, name)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from inversion.utils.errors import InputError, MissingFileError
 from inversion.utils.fileio import sha256_file
 
 __all__ = ["LOG_FORMAT", "LOG_NAME", "TrainingRecord", "indices_sha256", "load_training_record"]
@@ -36,7 +37,7 @@ class TrainingRecord:
         held_out_indices: (N_held,) int64, sorted positions of the images kept out of training.
         data_source: one line: where the images came from.
         data: the ``data`` config group with absolute ``root`` and ``folder``:
-            ``source_from_config(OmegaConf.create(record.data))`` reloads the source.
+            ``source_from_config(DataConfig(**record.data))`` reloads the source.
         model: the model's build arguments: ``build_model(**record.model)`` builds it untrained.
         history: one dict per finished epoch (epoch 0: the untrained model): ``epoch``, ``train_loss``,
             ``train_accuracy`` (mean over the epoch's batches while training; None for epoch 0),
@@ -71,17 +72,17 @@ def load_training_record(path: str | Path) -> TrainingRecord:
     path = Path(path)
     log_path = path / LOG_NAME if path.is_dir() else path if path.suffix == ".json" else path.parent / LOG_NAME
     if not log_path.is_file():
-        raise FileNotFoundError(f"no training log at {log_path}")
+        raise MissingFileError(f"no training log at {log_path}")
     try:
         record = json.loads(log_path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{log_path} is not valid JSON ({err}); it is not a training log") from None
+        raise InputError(f"{log_path} is not valid JSON ({err}); it is not a training log") from None
     if not isinstance(record, dict) or record.get("format") != LOG_FORMAT:
-        raise ValueError(f"{log_path} is not a training log ({LOG_FORMAT})")
+        raise InputError(f"{log_path} is not a training log ({LOG_FORMAT})")
     try:
         return _record(record, path, log_path)
     except (KeyError, TypeError) as err:
-        raise ValueError(f"{log_path} is an incomplete training log (missing or malformed: {err})") from None
+        raise InputError(f"{log_path} is an incomplete training log (missing or malformed: {err})") from None
 
 
 def _record(record: dict[str, Any], path: Path, log_path: Path) -> TrainingRecord:
@@ -90,13 +91,13 @@ def _record(record: dict[str, Any], path: Path, log_path: Path) -> TrainingRecor
     if path.suffix == ".pt":
         digests = {c["file"]: c["sha256"] for c in record["checkpoints"]}
         if digests.get(path.name) != sha256_file(path):
-            raise ValueError(f"{path} is not a checkpoint listed in {log_path} (or it changed since it was saved)")
+            raise InputError(f"{path} is not a checkpoint listed in {log_path} (or it changed since it was saved)")
     indices = {}
     for name in ("train", "held_out"):
         entry = record["split"][name]
         indices[name] = np.asarray(entry["indices"], dtype=np.int64)
         if indices_sha256(indices[name]) != entry["sha256"]:
-            raise ValueError(f"{log_path}: the {name} indices do not match their sha256")
+            raise InputError(f"{log_path}: the {name} indices do not match their sha256")
     return TrainingRecord(
         indices["train"],
         indices["held_out"],

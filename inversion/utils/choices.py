@@ -6,6 +6,8 @@ import enum
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+from inversion.utils.errors import InputError
+
 __all__ = ["Choice", "choices", "coerce"]
 
 
@@ -19,7 +21,8 @@ class Choice(str, enum.Enum):
     def __str__(self) -> str:
         return self.value
 
-    __format__ = str.__format__
+    def __format__(self, format_spec: str) -> str:
+        return format(self.value, format_spec)
 
 
 C = TypeVar("C", bound=Choice)
@@ -27,7 +30,7 @@ C = TypeVar("C", bound=Choice)
 
 def choices(name: str, values: Sequence[str]) -> type[Choice]:
     """A :class:`Choice` type with one member per value (named as the value)."""
-    return Choice(name, {v: v for v in values}, module=__name__)
+    return Choice(name, {v: v for v in values}, module=__name__)  # type: ignore[call-overload]  # enum's functional API
 
 
 def coerce(kind: type[C], value: Any, what: str) -> C:
@@ -35,4 +38,4 @@ def coerce(kind: type[C], value: Any, what: str) -> C:
     try:
         return kind(value)
     except ValueError:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(m.value for m in kind)}") from None
+        raise InputError(f"unknown {what} {value!r}; choose one of {', '.join(m.value for m in kind)}") from None

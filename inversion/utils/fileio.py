@@ -16,13 +16,15 @@ from typing import Any, BinaryIO
 
 import torch
 
+from inversion.utils.errors import InputError, MissingFileError, UserError
+
 __all__ = ["DiskFullError", "atomic_write", "disk_full_named", "load_tensor_file", "sha256_file"]
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 """The errno values of a write that failed for want of space: the disk, or the user's quota, is full."""
 
 
-class DiskFullError(OSError):
+class DiskFullError(UserError, OSError):
     """A file could not be written because the disk (or the user's quota) is full; the file it was to replace
     is intact. Built like an OSError: ``DiskFullError(errno, strerror, filename)``."""
 
@@ -107,7 +109,7 @@ def load_tensor_file(path: str | os.PathLike[str], what: str) -> Any:
             a readable torch file (truncated or corrupt).
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no {what} file at {os.fspath(path)}")
+        raise MissingFileError(f"no {what} file at {os.fspath(path)}")
     try:
         with warnings.catch_warnings():  # torch warns about legacy pickle protocols before refusing them
             warnings.simplefilter("ignore", UserWarning)
@@ -115,10 +117,10 @@ def load_tensor_file(path: str | os.PathLike[str], what: str) -> Any:
     except pickle.UnpicklingError as err:
         raise _refusal(path, err) from None
     except PermissionError as err:
-        raise ValueError(f"cannot read {os.fspath(path)}: {err.strerror}; check its permissions") from None
+        raise InputError(f"cannot read {os.fspath(path)}: {err.strerror}; check its permissions") from None
     except Exception as err:  # a cut zip archive (RuntimeError, OSError), an empty file (EOFError), ...
         cause = str(err).split(". ")[0].splitlines()[0] if str(err) else ""
-        raise ValueError(
+        raise InputError(
             f"{os.fspath(path)} is not a readable torch file (truncated or corrupt?): {type(err).__name__}"
             f"{': ' + cause if cause else ''}; copy or write it again"
         ) from None

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from inversion.utils.errors import InputError
+
 if TYPE_CHECKING:  # not at run time: inversion.models imports this module, and inversion.fl imports the models
     from inversion.fl.local import LocalTraining
 
@@ -54,11 +56,12 @@ FLOAT_BYTES = 4
 
 def format_bytes(count: int) -> str:
     """``count`` bytes in binary units with three significant digits, e.g. ``"1.5 GiB"``, ``"364 TiB"``."""
+    size = float(count)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if count < 1024 or unit == "PiB":
+        if size < 1024 or unit == "PiB":
             break
-        count /= 1024
-    return f"{count:.3g} {unit}" if unit != "B" else f"{int(count)} B"
+        size /= 1024
+    return f"{size:.3g} {unit}" if unit != "B" else f"{int(count)} B"
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ def check_memory(estimate: MemoryEstimate, device: torch.device | str, override:
     """
     free = available_memory(device)
     if estimate.total > free:
-        raise ValueError(
+        raise InputError(
             f"{estimate.what} needs about {estimate}, more than the {format_bytes(free)} of memory free "
             f"on {torch.device(device)}: {advice}; or set {override}=false to run it anyway"
         )

@@ -5,18 +5,23 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
 from torch import Tensor
 
+from inversion.utils.errors import InputError
 from inversion.utils.fileio import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["figure", "save_image_rows"]
 
 
 def figure(rows: int = 1, columns: int = 1, *, figsize: tuple[float, float], **options: Any) -> tuple[Figure, Any]:
     """A new off-screen figure and its subplots (``Figure.subplots``); never touches pyplot's state or backend."""
+    from matplotlib.figure import Figure  # here, not at import time: it takes half a second to load
+
     fig = Figure(figsize=figsize)
     return fig, fig.subplots(rows, columns, **options)
 
@@ -48,12 +53,12 @@ def save_image_rows(
         the path written.
     """
     if not rows:
-        raise ValueError("nothing to draw: rows is empty")
+        raise InputError("nothing to draw: rows is empty")
     if max_columns < 1:
-        raise ValueError(f"max_columns must be >= 1, got {max_columns}")
+        raise InputError(f"max_columns must be >= 1, got {max_columns}")
     total = int(rows[0].shape[0])
     if any(int(batch.shape[0]) != total for batch in rows):
-        raise ValueError(f"every row needs the same number of images; got {[int(b.shape[0]) for b in rows]}")
+        raise InputError(f"every row needs the same number of images; got {[int(b.shape[0]) for b in rows]}")
     count = min(total, max_columns)
     blocks = -(-total // count)
     lines = len(rows) * blocks

@@ -23,6 +23,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from inversion.utils.errors import InputError
+
 __all__ = ["LOCK_NAME", "PREVIOUS_NAME", "OutputFolderError", "check_out", "run_folder"]
 
 log = logging.getLogger("inversion.utils.rundir")
@@ -31,7 +33,7 @@ LOCK_NAME = ".lock"
 PREVIOUS_NAME = "previous"
 
 
-class OutputFolderError(ValueError):
+class OutputFolderError(InputError):
     """``out`` cannot hold this run: a file, not writable, or in use by another run."""
 
 
@@ -65,7 +67,7 @@ def _lock(out: Path) -> Iterator[None]:
     """Hold ``out/.lock`` (flock) for the block; the file is removed when the block ends."""
     path = out / LOCK_NAME
     while True:
-        handle = open(path, "a+")
+        handle = open(path, "a+")  # noqa: SIM115  (held open while locked; closed on every path)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:

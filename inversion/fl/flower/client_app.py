@@ -27,6 +27,7 @@ from inversion.fl.flower.protocol import (
     update_path,
 )
 from inversion.fl.private import PrivateBatch
+from inversion.utils.errors import InputError
 
 
 @lru_cache(maxsize=2)
@@ -70,7 +71,7 @@ def fedsgd_train(message: Message, context: Context, settings: ClientSettings) -
     model = task.build(single_record(content.array_records, "ArrayRecord").to_torch_state_dict())
     source = _source(_hashable(settings.data))
     if len(source) != settings.num_items:
-        raise ValueError(
+        raise InputError(
             f"the client's data source has {len(source)} images, the federation was set up for "
             f"{settings.num_items} ({source.description})"
         )

@@ -15,6 +15,7 @@ from inversion.data import sample_indices
 from inversion.fl.dp import DPSGD, noise_seed
 from inversion.fl.update import SharedUpdate, UpdateMeta
 from inversion.models import ClassifierModel, build_model
+from inversion.utils.errors import InputError
 
 LR_KEY = "lr"
 """Train-config key of the public learning rate η."""
@@ -117,7 +118,7 @@ def partition_indices(num_items: int, num_partitions: int, seed: int) -> list[np
         ValueError: fewer items than partitions.
     """
     if num_partitions < 1 or num_items < num_partitions:
-        raise ValueError(f"cannot split {num_items} images into {num_partitions} non-empty partitions")
+        raise InputError(f"cannot split {num_items} images into {num_partitions} non-empty partitions")
     order = np.random.default_rng(seed).permutation(num_items)
     return [np.sort(part).astype(np.int64) for part in np.array_split(order, num_partitions)]
 
@@ -179,7 +180,7 @@ def recover_gradients(
     ``|g_recovered - g| <= 2^-23 |g| + 2^-24 |w'| / lr`` (plus float64 rounding, far smaller).
     """
     if not lr > 0:
-        raise ValueError(f"the learning rate must be > 0 to recover a gradient, got {lr}")
+        raise InputError(f"the learning rate must be > 0 to recover a gradient, got {lr}")
     return {name: ((before[name].double() - after[name].double()) / float(lr)).float() for name in names}
 
 
@@ -230,5 +231,5 @@ def captured_update(
 def single_record(records: Mapping[str, Any], what: str) -> Any:
     """The one record of a message's ``records`` (ValueError naming ``what`` if there are none or several)."""
     if len(records) != 1:
-        raise ValueError(f"expected exactly one {what} in the message, found {len(records)}")
+        raise InputError(f"expected exactly one {what} in the message, found {len(records)}")
     return next(iter(records.values()))

@@ -16,6 +16,7 @@ from inversion.fl.flower.client_app import fedsgd_client_app
 from inversion.fl.flower.protocol import BN_MODE_KEY, LR_KEY, ClientSettings
 from inversion.fl.flower.strategy import CapturingStrategy, capturing_server_app
 from inversion.models import ClassifierModel
+from inversion.utils.errors import InputError
 
 
 class _DropKnownNotices(logging.Filter):
@@ -80,7 +81,7 @@ def run_fedsgd(
     """
     sampled = num_clients if clients_per_round is None else int(clients_per_round)
     if not 1 <= sampled <= num_clients:
-        raise ValueError(f"clients_per_round must be in 1..{num_clients}, got {clients_per_round}")
+        raise InputError(f"clients_per_round must be in 1..{num_clients}, got {clients_per_round}")
     with _quiet_flower(verbose):
         from flwr.simulation import run_simulation  # its import sets up Flower's database layer (noisy)
 

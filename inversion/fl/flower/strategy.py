@@ -28,6 +28,7 @@ from inversion.fl.flower.protocol import (
     update_path,
 )
 from inversion.models import ClassifierModel
+from inversion.utils.errors import InputError
 from inversion.utils.fileio import atomic_write
 
 
@@ -93,7 +94,7 @@ class CapturingStrategy(Strategy):
         path = round_dir(self.captured_dir, server_round) / GLOBAL_MODEL
         _save_state(model.state_dict(), path)
         if LR_KEY not in config or BN_MODE_KEY not in config:
-            raise ValueError(f"the train config must hold '{LR_KEY}' and '{BN_MODE_KEY}' (FedSGD's public protocol)")
+            raise InputError(f"the train config must hold '{LR_KEY}' and '{BN_MODE_KEY}' (FedSGD's public protocol)")
         record = {
             "round": int(server_round),
             "global_model": str(path),
@@ -111,7 +112,9 @@ class CapturingStrategy(Strategy):
         replies = list(replies)
         failed = [m for m in replies if m.has_error()]
         if failed:
-            reasons = "; ".join(f"node {m.metadata.src_node_id}: {_short_reason(m.error.reason)}" for m in failed)
+            reasons = "; ".join(
+                f"node {m.metadata.src_node_id}: {_short_reason(m.error.reason or 'no reason given')}" for m in failed
+            )
             raise RuntimeError(f"round {server_round}: {len(failed)} of {len(replies)} clients failed: {reasons}")
         model, record = self._open.pop(server_round)
         clients = []

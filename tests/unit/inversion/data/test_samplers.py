@@ -1,4 +1,5 @@
 """Batch samplers: the paper's label distributions, drawn without replacement unless asked."""
+
 import numpy as np
 import pytest
 
@@ -30,7 +31,7 @@ def test_random_too_many_needs_replacement():
 
 
 def test_unique_one_per_class():
-    idx, counts = draw("unique", 4)
+    _, counts = draw("unique", 4)
     assert sorted(counts.tolist()) == [0, 1, 1, 1, 1]
     assert counts[4] == 0  # class 4 has no image, so it is never chosen
     with pytest.raises(ValueError, match="only 4 classes"):
@@ -88,9 +89,16 @@ def test_unknown_sampler_lists_choices():
         draw("uniform", 3)
 
 
-@pytest.mark.parametrize("sampler,kw", [
-    ("random", {}), ("unique", {}), ("balanced", {"classes": 3}), ("extreme", {}), ("counts", {"counts": {99: 9}}),
-])
+@pytest.mark.parametrize(
+    "sampler,kw",
+    [
+        ("random", {}),
+        ("unique", {}),
+        ("balanced", {"classes": 3}),
+        ("extreme", {}),
+        ("counts", {"counts": {99: 9}}),
+    ],
+)
 def test_synthetic_counts_sum_to_k(sampler, kw):
     counts = synthetic_counts(100, 9, sampler, rng=np.random.default_rng(0), **kw)
     assert counts.shape == (100,) and counts.sum() == 9 and counts.min() >= 0

@@ -143,7 +143,8 @@ def test_an_ablations_label_modes_see_the_same_dp_noise():
             AblateConfig,
             None,
             [
-                "experiments=[{name: dp, config: configs/invert/default.yaml, overrides: [client.dp_noise_multiplier=0.5]}]",
+                "experiments=[{name: dp, config: configs/invert/default.yaml, "
+                "overrides: [client.dp_noise_multiplier=0.5]}]",
                 "seeds=[0,1]",
                 "modes=[ilrg,shared]",
             ],

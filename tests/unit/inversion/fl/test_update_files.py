@@ -74,7 +74,7 @@ def test_a_flipped_byte_fails_the_checksum(tmp_path):
 
 
 def test_private_batch_is_never_scored_against_another_update():
-    _, update, private = make_pair()
+    _, _, private = make_pair()
     other = client_update(small_model(seed=4), private.images, private.labels)
     with pytest.raises(ValueError, match="belongs to another update"):
         private.check_matches(other)
@@ -136,7 +136,7 @@ def test_gradients_captured_elsewhere():
 
 
 def test_the_server_refuses_a_model_in_another_state(tmp_path):
-    model, update, _ = make_pair()
+    _, update, _ = make_pair()
     trained = small_model()
     with torch.no_grad():
         trained.fc.bias.add_(0.5)
@@ -331,7 +331,7 @@ def test_normalisation_and_input_shape_must_fit_each_other_and_the_model(tmp_pat
     ]:
         shifted = dataclasses.replace(update, meta=dataclasses.replace(update.meta, **meta))
         path = shifted.save(tmp_path / "shifted.pt")
-        one_line_error(lambda: model_from_update(SharedUpdate.load(path)), path, match)
+        one_line_error(lambda path=path: model_from_update(SharedUpdate.load(path)), path, match)
         with pytest.raises(ValueError, match=match):
             gl.invert(shifted, model, labels="joint", max_steps=1, progress=False)
 
