@@ -138,22 +138,22 @@ def invert(
         raise InputError("labels='oracle' needs the true labels: pass them as a tensor, labels=private.labels")
     check_model(update, model)
     meta = update.meta
-    spec = SPECS.get(meta.dataset, chosen.spec)  # the update's dataset, else the preset's
-    mean = meta.mean if meta.mean is not None else (spec.mean if spec else None)
-    std = meta.std if meta.std is not None else (spec.std if spec else None)
-    if mean is None:
-        raise InputError(
-            "the update carries no normalisation and the preset has none: describe the update with "
-            "dataset= or mean=/std= (SharedUpdate.from_gradients)"
-        )
+    # the update's dataset, else the preset's
+    spec = SPECS[meta.dataset] if meta.dataset is not None and meta.dataset in SPECS else chosen.spec
     shape = meta.input_shape if meta.input_shape is not None else (spec.channels, *spec.image_size) if spec else None
-    try:
-        meta = dataclasses.replace(meta, mean=mean, std=std)
-    except ValueError as err:  # only the preset's normalisation can disagree with the update's input shape here
-        raise InputError(
-            f"the update carries no normalisation and that of {spec.name} (preset {chosen.name}) does "
-            f"not fit it: {err}; describe the update with mean=/std="
-        ) from None
+    if meta.mean is None:  # no normalisation (UpdateMeta holds both mean and std, or neither): the dataset's
+        if spec is None:
+            raise InputError(
+                "the update carries no normalisation and the preset has none: describe the update with "
+                "dataset= or mean=/std= (SharedUpdate.from_gradients)"
+            )
+        try:
+            meta = dataclasses.replace(meta, mean=spec.mean, std=spec.std)
+        except ValueError as err:  # the dataset's normalisation disagrees with the update's input shape
+            raise InputError(
+                f"the update carries no normalisation and that of {spec.name} (preset {chosen.name}) does "
+                f"not fit it: {err}; describe the update with mean=/std="
+            ) from None
     device = resolve_device(attack.device)
     k = batch_size if batch_size is not None else update.batch_size
     if shape is not None and k is not None and isinstance(model, ClassifierModel):  # its meta pass is known to work

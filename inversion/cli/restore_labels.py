@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="also print the results as JSON on stdout")
     add_executor_options(parser)
     args = parser.parse_intermixed_args()
-    finished = []
+    finished: list[dict] = []
     results = run_sweep(args.config, args.overrides, executor=executor_from_args(args), on_setting=finished.append)
     text = sys.stderr if args.json else sys.stdout
     print(format_markdown(results), file=text)

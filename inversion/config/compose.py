@@ -24,7 +24,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
@@ -78,7 +78,7 @@ def _group_file(group: str, name: str, config_dir: Path) -> Path:
 
 def _merge(base: DictConfig, update: Any, origin: str) -> DictConfig:
     try:
-        return OmegaConf.merge(base, update)
+        return cast(DictConfig, OmegaConf.merge(base, update))  # a mapping merged into a mapping
     except oc_errors.OmegaConfBaseException as err:
         raise _explain(err, origin) from None
 
@@ -96,8 +96,9 @@ def _load_yaml(path: Path) -> DictConfig:
 
 
 def _select_group(cfg: DictConfig, schema: type, group: str, name: str, config_dir: Path) -> DictConfig:
-    fields = {f.name: f for f in dataclasses.fields(schema)}
-    default = OmegaConf.structured(fields[group].default_factory())
+    factory = {f.name: f.default_factory for f in dataclasses.fields(schema)}[group]
+    assert callable(factory)  # a group is a section with a default factory (see _groups)
+    default = OmegaConf.structured(factory())
     path = _group_file(group, name, config_dir)
     chosen = _merge(default, _load_yaml(path), str(path))
     cfg[group] = chosen
@@ -144,10 +145,11 @@ def load_config(
         defaults = body.pop("defaults") if "defaults" in body else OmegaConf.create({})
         if not isinstance(defaults, DictConfig):
             raise ConfigError(f"'defaults' in {path} must map groups to names, e.g. defaults: {{data: mnist}}")
-        for group, name in defaults.items():
+        for key, name in defaults.items():
+            group = str(key)
             if group not in groups:
                 raise ConfigError(f"'defaults' in {path} names group '{group}'; groups: {', '.join(sorted(groups))}")
-            cfg = _select_group(cfg, schema, str(group), str(name), config_dir)
+            cfg = _select_group(cfg, schema, group, str(name), config_dir)
         cfg = _merge(cfg, body, str(path))
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -196,7 +198,7 @@ def to_dict(cfg: Any) -> dict:
     """Plain JSON-serialisable dict of a resolved config (or one of its sections); choices become their names."""
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.structured(cfg)
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    return cast(dict, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))  # a mapping's container is a dict
 
 
 def config_digest(cfg: Any, *, ignore: Sequence[str] = ("out", "data.root"), **extra: Any) -> str:

@@ -16,7 +16,7 @@ import math
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from inversion.attack.labels import label_modes
 from inversion.attack.settings import AttackSettings
@@ -115,27 +115,41 @@ def _choose(section: Any) -> None:
             setattr(section, name, member(kind, value, name))
 
 
-DatasetName = choices("DatasetName", DATASET_NAMES)
-ModelName = choices("ModelName", MODEL_NAMES)
-Activation = choices("Activation", ACTIVATIONS)
-SamplerName = choices("SamplerName", SAMPLER_NAMES)
-Split = choices("Split", ("train", "test"))
-BNMode = choices("BNMode", BN_MODES)
-ParameterSet = choices("ParameterSet", PARAMETER_SETS)
-UpdateKind = choices("UpdateKind", UPDATE_KINDS)
-ImagesFrom = choices("ImagesFrom", ("all", "trained", "held_out"))
-MissingClassRule = choices("MissingClassRule", MISSING_CLASS_RULES)
 OPTIMIZERS = ("sgd", "adam")
-OptimizerName = choices("OptimizerName", OPTIMIZERS)
+
+if TYPE_CHECKING:  # a type made at run time is no type to mypy; its members are strings, so a field holds a str
+    DatasetName = str
+    ModelName = str
+    Activation = str
+    SamplerName = str
+    Split = str
+    BNMode = str
+    ParameterSet = str
+    UpdateKind = str
+    ImagesFrom = str
+    MissingClassRule = str
+    OptimizerName = str
+else:  # the fields' types for omegaconf, which checks a config's value against the members
+    DatasetName = choices("DatasetName", DATASET_NAMES)
+    ModelName = choices("ModelName", MODEL_NAMES)
+    Activation = choices("Activation", ACTIVATIONS)
+    SamplerName = choices("SamplerName", SAMPLER_NAMES)
+    Split = choices("Split", ("train", "test"))
+    BNMode = choices("BNMode", BN_MODES)
+    ParameterSet = choices("ParameterSet", PARAMETER_SETS)
+    UpdateKind = choices("UpdateKind", UPDATE_KINDS)
+    ImagesFrom = choices("ImagesFrom", ("all", "trained", "held_out"))
+    MissingClassRule = choices("MissingClassRule", MISSING_CLASS_RULES)
+    OptimizerName = choices("OptimizerName", OPTIMIZERS)
 
 
 @dataclass
 class DataConfig:
     """Where the client's images come from (see :func:`inversion.data.load_source`)."""
 
-    name: DatasetName = DatasetName.mnist
+    name: DatasetName = "mnist"
     root: Optional[str] = None  # None: $GRADLEAK_DATA, else ./data
-    split: Split = Split.test
+    split: Split = "test"
     download: bool = True  # try torchvision's download when the files are not under root
     folder: Optional[str] = None  # for name=folder: an ImageFolder directory
     image_size: Optional[List[int]] = None  # folder only: resize to [H, W]
@@ -151,7 +165,7 @@ class DataConfig:
 class ModelConfig:
     """The shared model (see :func:`inversion.models.build_model`)."""
 
-    name: ModelName = ModelName.lenet5
+    name: ModelName = "lenet5"
     activation: Optional[Activation] = None  # None: the model's own default
     num_classes: Optional[int] = None  # None: the dataset's
     width: Optional[int] = None
@@ -183,18 +197,18 @@ class ClientConfig:
     """
 
     batch_size: int = 8
-    sampler: SamplerName = SamplerName.random
+    sampler: SamplerName = "random"
     counts: Optional[Dict[int, int]] = None  # sampler=counts: {class: count}
     classes: Optional[int] = None  # sampler=balanced: number of classes n
     target_class: Optional[int] = None  # sampler=extreme: the class (None: random)
     replacement: bool = False
     seed: int = 0
-    bn_mode: BNMode = BNMode.eval
+    bn_mode: BNMode = "eval"
     chunk_size: Optional[int] = None  # images per forward/backward; None: whole batch
-    parameters: ParameterSet = ParameterSet.all  # final_layer: only the final layer's gradients
+    parameters: ParameterSet = "all"  # final_layer: only the final layer's gradients
     synthetic_labels: bool = False  # untrained models only: labels drawn over C, independent of images
-    images: ImagesFrom = ImagesFrom.all  # with model.weights from scripts/train.py: trained or held_out images only
-    kind: UpdateKind = UpdateKind.fedsgd  # fedavg: local SGD steps, then the weight delta is shared
+    images: ImagesFrom = "all"  # with model.weights from scripts/train.py: trained or held_out images only
+    kind: UpdateKind = "fedsgd"  # fedavg: local SGD steps, then the weight delta is shared
     local_steps: int = 1  # fedavg: S, local SGD steps (mini-batches in order, cycling over the batch)
     local_batch_size: Optional[int] = None  # fedavg: B, dividing batch_size; None: the whole batch
     local_lr: float = 0.1  # fedavg: the local learning rate
@@ -267,7 +281,7 @@ class AuxConfig:
     size: int = 2000  # N; all remaining images when fewer are left
     seed: int = 0  # the draw's seed
     # a class without auxiliary images: error, or overall_mean (the mean softmax of all auxiliary images)
-    missing_classes: MissingClassRule = MissingClassRule.error
+    missing_classes: MissingClassRule = "error"
 
     def __post_init__(self) -> None:
         _choose(self)
@@ -437,7 +451,7 @@ class TrainSettings:
 
     epochs: int = 1
     batch_size: int = 64  # images per step; the last incomplete batch of an epoch's shuffle is skipped
-    optimizer: OptimizerName = OptimizerName.sgd
+    optimizer: OptimizerName = "sgd"
     lr: float = 0.01
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0

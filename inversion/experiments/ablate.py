@@ -192,7 +192,9 @@ def summarize(records: list[dict], baseline: str) -> dict:
         by_pair[(r["experiment"], r["K"], r["seed"])][r["mode"]] = float(r["psnr"])
     summary = {}
     for (experiment, mode), values in table.items():
-        entry = {m: (float(np.mean(v)), float(np.std(v)), len(v)) for m, v in values.items()}
+        entry: dict[str, tuple[float, float, int] | None] = {
+            m: (float(np.mean(v)), float(np.std(v)), len(v)) for m, v in values.items()
+        }
         pairs = [pair for key, pair in by_pair.items() if key[0] == experiment and mode in pair]
         gains = [pair[mode] - pair[baseline] for pair in pairs if baseline in pair]
         gaps = [pair["oracle"] - pair[mode] for pair in pairs if "oracle" in pair]

@@ -18,6 +18,7 @@ import numpy as np
 from inversion.attack.span import span_for_update
 from inversion.config import ConfigError, InvertConfig
 from inversion.experiments.invert import InversionRun, run_inversion
+from inversion.utils.errors import InputError
 from inversion.utils.fileio import atomic_write
 from inversion.utils.plotting import figure, save_image_rows
 from inversion.utils.rundir import run_folder
@@ -78,7 +79,9 @@ def _span_paragraph(run: InversionRun) -> str:
     if record is None:
         return ""
     update = run.update  # the span is the attack's: recomputed from public data, as the attack did
+    assert update.meta.input_shape is not None  # the attack's image shape, which its span needed
     span = span_for_update("always", run.model, update.gradients, run.plan.batch_size, update.meta.input_shape)
+    assert span is not None  # "always" returns the span or raises
     shown = min(8, span.rank)
     directions = span.basis.T[:shown].reshape(shown, *span.image_shape)
     low = directions.amin(dim=(1, 2, 3), keepdim=True)
@@ -110,6 +113,8 @@ def _metrics_row(name: str, results: dict) -> str:
 def render_page(with_labels: InversionRun, without_labels: InversionRun) -> str:
     """The HTML page (a string) for a paired ``ilrg`` run and ``shared`` run."""
     update, private = with_labels.update, with_labels.private
+    if private is None:
+        raise InputError("the demo page shows the client's private batch: simulate the client (no update=)")
     truth01 = update.meta.denormalize(private.images).clamp(0, 1)
     batch = _file_png(
         save_image_rows(

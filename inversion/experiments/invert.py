@@ -142,9 +142,9 @@ def _attacked_model_config(run: InvertConfig, model: ClassifierModel) -> InvertC
     return dataclasses.replace(run, model=ModelConfig(**spec))
 
 
-def _saved_update(run: InvertConfig) -> tuple[SharedUpdate, PrivateBatch | None, ClassifierModel]:
-    """The saved update, its private batch if given, and the server's model for it."""
-    update = SharedUpdate.load(run.update)
+def _saved_update(run: InvertConfig, path: str) -> tuple[SharedUpdate, PrivateBatch | None, ClassifierModel]:
+    """The saved update at ``path`` (``run.update``), its private batch if given, and the server's model for it."""
+    update = SharedUpdate.load(path)
     private = PrivateBatch.load(run.private) if run.private else None
     if private is not None:
         private.check_matches(update)
@@ -256,7 +256,7 @@ def _client(
     client (None for a saved update); refuses, before the client runs or the labels are restored, an attack
     that would need more memory than ``device`` has free (:func:`~inversion.fl.simulate.check_attack_memory`)."""
     if run.update is not None:
-        update, private, model = _saved_update(run)
+        update, private, model = _saved_update(run, run.update)
         shape = update.meta.input_shape
         if update.batch_size is not None and shape is not None:
             check_attack_memory(
@@ -391,7 +391,7 @@ def _pictures(
         captions=[[f"label {int(y)}" for y in result.labels]],
         title=f"labels: {mode}; matching loss {result.loss:.4g}",
     )
-    if private is None:
+    if private is None or scores is None:  # scores come with the private batch
         if result.snapshots:
             rows = [update.meta.denormalize(images).clamp(0, 1) for _, _, images in result.snapshots]
             names = [f"r{restart} step {step}" for restart, step, _ in result.snapshots]

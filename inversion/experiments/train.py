@@ -41,6 +41,7 @@ from inversion.config import ConfigError, TrainConfig, TrainSettings, config_dig
 from inversion.data import ImageSource
 from inversion.data.batch import check_fits_in_memory
 from inversion.fl.simulate import absolute_data, check_labels, model_from_config, source_from_config
+from inversion.models import ClassifierModel
 from inversion.models.training_record import LOG_FORMAT, LOG_NAME, TrainingRecord, indices_sha256, load_training_record
 from inversion.utils.fileio import atomic_write, load_tensor_file, sha256_file
 from inversion.utils.rundir import check_out, run_folder
@@ -267,7 +268,7 @@ def _write_log(path: Path, header: dict[str, Any], done: _Finished, status: str)
         handle.write((json.dumps(record, indent=1) + "\n").encode())
 
 
-def _header(cfg: TrainConfig, source: ImageSource, model: nn.Module, split: Split) -> dict[str, Any]:
+def _header(cfg: TrainConfig, source: ImageSource, model: ClassifierModel, split: Split) -> dict[str, Any]:
     """What the log records about the run apart from its progress."""
     return {
         "format": LOG_FORMAT,

@@ -325,4 +325,4 @@ def client_auxiliary(aux: AuxConfig, client: ClientRun) -> AuxiliaryData:
     """The server's auxiliary set for a simulated client: from the images it draws from, without its batch,
     with synthetic labels over the model's classes if the client's labels are synthetic."""
     synthetic = final_layer(client.model).out_features if client.batch.synthetic_labels else None
-    return auxiliary_from_config(aux, client.source, client.batch.indices, synthetic)
+    return auxiliary_from_config(aux, client.source, client.batch.indices.tolist(), synthetic)

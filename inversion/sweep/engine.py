@@ -66,7 +66,8 @@ class Progress:
     """The sweep's progress bar: each run moves it by its ``units``, in steps its worker reports or at its end."""
 
     def __init__(self, bar: tqdm, label: Callable[[dict], str]):
-        self.bar, self.label, self.moved = bar, label, Counter()
+        self.bar, self.label = bar, label
+        self.moved: Counter[str] = Counter()
 
     def start(self, run: Run) -> None:
         self.bar.set_postfix_str(self.label(run.description))
@@ -147,7 +148,7 @@ def execute(
 
 def _check_plan(plan: Sequence[Run]) -> None:
     """Refuse a plan that holds a run twice (the same key: it would run and be recorded twice)."""
-    seen = {}
+    seen: dict[str, dict] = {}
     for run in plan:
         if run.key in seen:
             raise InputError(

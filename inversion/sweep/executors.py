@@ -145,7 +145,7 @@ class RayExecutor:
 
         self.started = not ray.is_initialized()
         if self.started:
-            options = dict(
+            options: dict[str, Any] = dict(
                 include_dashboard=False, log_to_driver=False, ignore_reinit_error=False, logging_level=logging.WARNING
             )
             if self.address is not None:

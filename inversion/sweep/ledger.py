@@ -42,11 +42,12 @@ class RecordSchema:
 def load_records(path: Path, schema: RecordSchema) -> dict[str, dict]:
     """The run records of the ledger by key (a later line wins, except over a finished run's); bad lines are
     logged and skipped."""
-    records = {}
+    records: dict[str, dict] = {}
     if path.is_file():
         for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
             if not line.strip():
                 continue
+            problem: str | None
             try:
                 record = json.loads(line)
             except ValueError as err:  # a torn write, or bytes that are not JSON

@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 from _data import REPO
+from _sweeps import STEPS
+from _sweeps import ablation_yaml as sweep_yaml
 
 import inversion.experiments.ablate
 from inversion.attack.problem import AttackProblem
@@ -15,30 +17,6 @@ from inversion.attack.runner import Runner
 from inversion.attack.steppers import SequentialStepper
 from inversion.config import AblateConfig, ConfigError, load_config
 from inversion.experiments.ablate import run_ablation
-
-STEPS = 4
-
-
-def sweep_yaml(tmp_path, data_root, modes, *, seeds=(0, 1), broken=True, extra=""):
-    """A tiny sweep (K=2, 4 steps): a working MNIST experiment (with the override ``extra``, if given) and, with
-    ``broken``, one whose runs all fail."""
-    path = tmp_path / "ablate.yaml"
-    common = (
-        f"[data.root={data_root}, data.download=false, model.width=16, attack.max_steps={STEPS}, "
-        f"attack.checkpoint_every=0{', ' + extra if extra else ''}]"
-    )
-    path.write_text(
-        "experiments:\n"
-        f"  - {{name: mnist_small, config: configs/invert/default.yaml, overrides: {common}}}\n"
-        + (
-            f"  - {{name: broken, config: configs/invert/default.yaml, overrides: {common[:-1]}, priors.bn=0.1]}}\n"
-            if broken
-            else ""
-        )
-        + f"batch_sizes: [2]\nseeds: [{', '.join(map(str, seeds))}]\nmodes: [{', '.join(modes)}]\n"
-        f"baseline: shared\nout: {tmp_path / 'out'}\n"
-    )
-    return path
 
 
 def ablate(path, **options):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _sweeps import EXPERIMENTS, without_timings
+from _sweeps import train_sweep_yaml as sweep_yaml
 
 import inversion.cli.train
 import inversion.experiments.train
@@ -15,36 +17,6 @@ from inversion.config import CONFIG_DIR, ConfigError, TrainConfig, TrainSweepCon
 from inversion.experiments.train_sweep import _plan, run_train_sweep
 from inversion.sweep import LEDGER_NAME
 from inversion.utils.fileio import sha256_file
-
-TINY = [
-    "model.width=32",
-    "train.max_images=300",
-    "train.batch_size=32",
-    "train.epochs=2",
-    "train.checkpoint_epochs=[0,1,2]",
-]  # 240 digits trained on, 60 held out; a fraction of a second a run
-EXPERIMENTS = {"sgd": [], "adam": ["train.optimizer=adam", "train.lr=0.001"]}
-
-
-def sweep_yaml(
-    folder: Path,
-    data_root: Path,
-    experiments: dict = EXPERIMENTS,
-    seeds=(0, 1),
-    *,
-    config: str = "configs/train/default.yaml",
-) -> Path:
-    """A sweep file in ``folder`` (out: ``folder/out``): each experiment the tiny training plus its overrides."""
-    path = folder / "sweep.yaml"
-    common = [f"data.root={data_root}", "data.download=false", *TINY]
-    lines = [
-        f"  - {{name: {name}, config: {config}, overrides: {json.dumps(common + overrides)}}}"
-        for name, overrides in experiments.items()
-    ]
-    path.write_text(
-        "experiments:\n" + "\n".join(lines) + f"\nseeds: [{', '.join(map(str, seeds))}]\nout: {folder / 'out'}\n"
-    )
-    return path
 
 
 def train_sweep(path: Path, overrides=(), **options) -> dict:
@@ -57,18 +29,6 @@ def swept(data_root, tmp_path_factory):
     """The 2 x 2 sweep (sgd and adam, seeds 0 and 1), run once in this process: (its yaml, execute's result)."""
     path = sweep_yaml(tmp_path_factory.mktemp("sweep"), data_root)
     return path, train_sweep(path, progress=False)
-
-
-def without_timings(records: list[dict]) -> list[dict]:
-    """The records without what depends on the machine's speed (seconds) or on where they ran (tracebacks)."""
-    return [
-        {
-            k: ([{**row, "seconds": None} for row in v] if k == "epochs" else v)
-            for k, v in r.items()
-            if k not in ("seconds", "traceback")
-        }
-        for r in records
-    ]
 
 
 def test_every_run_trains_into_its_folder_with_the_checkpoints_and_accuracies_its_record_lists(swept):

@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_ablation import sweep_yaml
-from test_train_sweep import sweep_yaml as train_sweep_yaml
-from test_train_sweep import without_timings
+from _sweeps import ablation_yaml as sweep_yaml
+from _sweeps import train_sweep_yaml, without_timings
 
 import inversion.cli.ablate
 from inversion.config import CONFIG_DIR, AblateConfig, TrainSweepConfig, load_config
