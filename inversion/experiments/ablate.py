@@ -34,6 +34,7 @@ from inversion.sweep import RecordSchema, Run, Sweep, execute
 from inversion.sweep.executors import Executor
 from inversion.utils.fileio import atomic_write
 from inversion.utils.plotting import figure
+from inversion.utils.rundir import check_out
 
 __all__ = ["CSV_COLUMNS", "OUTPUTS", "run_ablation", "summarize"]
 
@@ -132,6 +133,7 @@ def run_ablation(sweep: AblateConfig, *, progress: bool = True, executor: Execut
         ``{"runs": records in sweep order, "ran": how many ran now, "skipped": how many were done,
         "out": the output folder}``.
     """
+    check_out(sweep.out)  # before the plan, which composes every run's config (seconds for a large sweep)
     plan = _plan(sweep)
     write = partial(_write_outputs, descriptions=[run.description for run in plan], baseline=sweep.baseline)
     engine_sweep = Sweep(

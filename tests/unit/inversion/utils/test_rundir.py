@@ -93,7 +93,7 @@ def test_earlier_outputs_are_moved_aside_only_for_a_fresh_run(tmp_path):
         ("invert.py", ["--out"]),
         ("share_update.py", []),
         ("demo.py", ["--out"]),
-        pytest.param("ablate.py", [], marks=pytest.mark.slow),  # about 19 s on 2 busy cores
+        ("ablate.py", []),
         ("train.py", []),
         ("restore_labels.py", []),
     ],
