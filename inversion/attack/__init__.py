@@ -7,7 +7,7 @@ span, pixel box), :mod:`.runner` (the optimisation loop over the restarts) with 
 (:class:`Inversion`, the attack's public face) and :mod:`.registry` (the attacks by name).
 """
 
-from inversion.attack.labels import LABEL_MODES, LabelPlan, plan_labels
+from inversion.attack.labels import LabelPlan, label_modes, plan_labels
 from inversion.attack.objectives import OBJECTIVES, GradientMatcher
 from inversion.attack.optimize import Inversion
 from inversion.attack.registry import attack_names, get_attack, register_attack, unregister_attack
@@ -16,7 +16,6 @@ from inversion.attack.settings import INITS, OPTIMIZERS, SCHEDULES, AttackSettin
 
 __all__ = [
     "INITS",
-    "LABEL_MODES",
     "OBJECTIVES",
     "OPTIMIZERS",
     "SCHEDULES",
@@ -27,6 +26,7 @@ __all__ = [
     "LabelPlan",
     "attack_names",
     "get_attack",
+    "label_modes",
     "lr_factor",
     "plan_labels",
     "register_attack",

@@ -29,14 +29,11 @@ from inversion.models import final_layer
 from inversion.restore import restore_from_update
 from inversion.restore.auxiliary import AuxiliaryData
 from inversion.utils.errors import InputError
-from label_restore import METHOD_NAMES, RestorationResult, available_methods
+from label_restore import RestorationResult, available_methods
 
-__all__ = ["LABEL_MODES", "LabelPlan", "batch_loss", "label_modes", "labels_in_use", "plan_labels"]
+__all__ = ["LabelPlan", "batch_loss", "label_modes", "labels_in_use", "plan_labels"]
 
 LEARNABLE = ("joint", "shared")
-
-#: The built-in label modes (with the built-in methods only); :func:`label_modes` lists the valid ones.
-LABEL_MODES = ("oracle", *LEARNABLE, *METHOD_NAMES)
 
 
 def label_modes() -> tuple[str, ...]:
