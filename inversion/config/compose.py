@@ -14,14 +14,13 @@ sections (``data``, ``model``, ``client``) are *config groups*: each has YAML fi
 :func:`load_config` then resolves the merged config once (:func:`resolve`) into the schema's dataclasses, which
 check their values; everything downstream receives those typed objects. Every unknown key, wrong type, unknown name
 (dataset, model, activation, sampler, ...) or value a schema refuses raises :class:`ConfigError` naming the key.
-:func:`to_dict`, :func:`config_digest` and :func:`save_config` write a resolved config down as a record.
+:func:`to_dict`, :func:`config_digest` and :func:`save_config` write a resolved config down as a record (they are
+:mod:`inversion.utils.records`, which the code below the command line uses directly).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -31,7 +30,7 @@ from omegaconf import errors as oc_errors
 
 from inversion.config.schemas import ConfigError
 from inversion.utils.errors import InputError
-from inversion.utils.fileio import atomic_write
+from inversion.utils.records import as_record, record_digest, write_yaml_record
 
 __all__ = ["CONFIG_DIR", "config_digest", "config_path", "load_config", "resolve", "save_config", "to_dict"]
 
@@ -194,27 +193,17 @@ def resolve(cfg: DictConfig) -> Any:
         raise ConfigError(str(err).splitlines()[0]) from None
 
 
-def to_dict(cfg: Any) -> dict:
-    """Plain JSON-serialisable dict of a resolved config (or one of its sections); choices become their names."""
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.structured(cfg)
-    return cast(dict, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))  # a mapping's container is a dict
+to_dict = as_record
+"""Plain JSON-serialisable dict of a resolved config (or one of its sections); choices become their names
+(:func:`inversion.utils.records.as_record`)."""
+
+save_config = write_yaml_record
+"""Write a resolved config as YAML (a record of exactly what ran), after ``header`` (comment lines)
+(:func:`inversion.utils.records.write_yaml_record`)."""
 
 
 def config_digest(cfg: Any, *, ignore: Sequence[str] = ("out", "data.root"), **extra: Any) -> str:
     """The sha256 of a resolved config without the dotted keys ``ignore`` (where files are, not what a run
-    computes), together with ``extra`` facts (e.g. the digest of the input the run reads): a run's identity."""
-    record = to_dict(cfg)
-    for key in ignore:
-        *path, last = key.split(".")
-        node = record
-        for part in path:
-            node = node[part]
-        node.pop(last)
-    return hashlib.sha256(json.dumps({"config": record, **extra}, sort_keys=True).encode()).hexdigest()
-
-
-def save_config(cfg: Any, path: str | Path, *, header: str = "") -> None:
-    """Write a resolved config as YAML (a record of exactly what ran), after ``header`` (comment lines)."""
-    with atomic_write(path) as handle:
-        handle.write((header + OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))).encode())
+    computes), together with ``extra`` facts (e.g. the digest of the input the run reads): a run's identity
+    (:func:`inversion.utils.records.record_digest`)."""
+    return record_digest(cfg, ignore=ignore, **extra)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from inversion.config import AblateConfig, ConfigError, InvertConfig, load_config, to_dict
+from inversion.config import AblateConfig, ConfigError, InvertConfig, load_config
 from inversion.data import default_data_root
 from inversion.evaluation import LPIPSMetric
 from inversion.experiments.invert import run_inversion
@@ -34,6 +34,7 @@ from inversion.sweep import RecordSchema, Run, Sweep, execute
 from inversion.sweep.executors import Executor
 from inversion.utils.fileio import atomic_write
 from inversion.utils.plotting import figure
+from inversion.utils.records import as_record
 from inversion.utils.rundir import check_out
 
 __all__ = ["CSV_COLUMNS", "OUTPUTS", "run_ablation", "summarize"]
@@ -82,7 +83,7 @@ def _plan(sweep: AblateConfig) -> list[Run]:
                         run_cfg = load_config(InvertConfig, experiment.config, overrides)
                     except ConfigError as err:
                         raise ConfigError(f"ablation: experiment {experiment.name!r}: {err}") from None
-                    resolved = {**to_dict(run_cfg), "out": None}
+                    resolved = {**as_record(run_cfg), "out": None}
                     key = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
                     description = {
                         "experiment": experiment.name,

@@ -32,7 +32,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from inversion.config import DataConfig, FederateConfig, save_config, to_dict
+from inversion.config import DataConfig, FederateConfig
 from inversion.data.batch import check_fits_in_memory
 from inversion.fl.dp import DPSGD, check_dp_model
 from inversion.fl.private import PrivateBatch
@@ -40,6 +40,7 @@ from inversion.fl.simulate import absolute_data, model_from_config, source_from_
 from inversion.fl.update import SharedUpdate
 from inversion.utils.errors import InputError
 from inversion.utils.fileio import atomic_write
+from inversion.utils.records import as_record, write_yaml_record
 from inversion.utils.rundir import run_folder
 
 __all__ = ["FederationRun", "run_federation"]
@@ -186,7 +187,7 @@ def run_federation(
         chunk_size=client.chunk_size,
         partition_seed=fed.partition_seed,
         private_dir=str(out / "private"),
-        record={"config": to_dict(cfg)},
+        record={"config": as_record(cfg)},
         dp=dp,
         dp_noise_seed=client.dp_noise_seed,
     )
@@ -235,10 +236,12 @@ def run_federation(
                 c["private"] = _relative(flower.update_path(out / "private", entry["round"], c["partition_id"]), out)
         _check_links(out, rounds)
 
-        save_config(cfg, out / "config.yaml", header="# scripts/federate.py: the resolved config of this federation\n")
+        write_yaml_record(
+            cfg, out / "config.yaml", header="# scripts/federate.py: the resolved config of this federation\n"
+        )
         seconds = time.perf_counter() - started
         summary = {
-            "config": to_dict(cfg),
+            "config": as_record(cfg),
             "versions": _versions(),
             "protocol": {
                 "kind": "fedsgd",

@@ -24,7 +24,7 @@ import torch
 from inversion.attack import InversionResult, LabelPlan, get_attack, plan_labels
 from inversion.attack.settings import resolve_device
 from inversion.attack.threads import attack_threads
-from inversion.config import ConfigError, InvertConfig, ModelConfig, config_digest, load_config, save_config, to_dict
+from inversion.config import ConfigError, InvertConfig, ModelConfig, load_config
 from inversion.data import default_data_root
 from inversion.evaluation import PSNR_CAP_DB, LPIPSMetric, evaluate_reconstruction, match_images, psnr, save_grid
 from inversion.fl._records import save_record
@@ -45,6 +45,7 @@ from inversion.restore import needs_auxiliary
 from inversion.restore.auxiliary import AuxiliaryData
 from inversion.utils.fileio import atomic_write
 from inversion.utils.plotting import save_image_rows
+from inversion.utils.records import as_record, record_digest, write_yaml_record
 from inversion.utils.rundir import check_out, run_folder
 from label_restore import counts_from_labels, label_metrics
 
@@ -111,7 +112,7 @@ def run_identity(cfg: InvertConfig, update_sha256: str) -> str:
     renamed run directory still resumes; so are the memory checks (they decide whether a run starts, not
     what it computes). The update's digest covers a swapped update file.
     """
-    return config_digest(
+    return record_digest(
         cfg, ignore=("out", "data.root", "client.memory_check", "attack.memory_check"), update=update_sha256
     )
 
@@ -220,7 +221,7 @@ def run_inversion(
                 raise ConfigError(f"--resume: {err}") from None
             _check_saved_config(out / "config.yaml", run, digest)
             log.info("resuming from %s", out / CHECKPOINT)
-        save_config(run, out / "config.yaml", header=note)
+        write_yaml_record(run, out / "config.yaml", header=note)
         with attack_threads(model, inversion.shape[1:], plan.batch_size, device):  # one for a small problem
             result = inversion.run(
                 progress=progress,
@@ -324,7 +325,7 @@ def _results(
     scores: dict | None,
     device,
 ) -> dict[str, Any]:
-    record = to_dict(run)
+    record = as_record(run)
     used = counts_from_labels(np.asarray(result.labels), plan.num_classes)
     truth = None if private is None else counts_from_labels(private.labels.numpy(), plan.num_classes)
     restoration = None

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from inversion.config import AuxConfig, ConfigError, RestoreConfig, RestoreSweep, config_digest, load_config, to_dict
+from inversion.config import AuxConfig, ConfigError, RestoreConfig, RestoreSweep, load_config
 from inversion.fl.defenses import defend_update
 from inversion.fl.simulate import client_auxiliary, simulate_client, source_from_config
 from inversion.restore import needs_auxiliary, restore_from_update
@@ -45,6 +45,7 @@ from inversion.restore.auxiliary import AuxiliaryData
 from inversion.sweep import RecordSchema, Run, Sweep, execute
 from inversion.sweep.executors import Executor
 from inversion.utils.fileio import atomic_write
+from inversion.utils.records import as_record, record_digest
 from label_restore import InconsistentGradientWarning, label_metrics
 
 __all__ = ["METRICS", "OUTPUTS", "format_markdown", "run_sweep"]
@@ -150,15 +151,15 @@ def run_sweep(
     plan = []
     for setting in _settings(cfg.restore):
         setting_cfg = load_config(RestoreConfig, config_path, _setting_overrides(setting, overrides))
-        key = config_digest(setting_cfg, ignore=NOT_IN_KEY, setting=setting)[:16]
-        payload = {"setting": setting, "config": to_dict(setting_cfg)}
+        key = record_digest(setting_cfg, ignore=NOT_IN_KEY, setting=setting)[:16]
+        payload = {"setting": setting, "config": as_record(setting_cfg)}
         plan.append(Run(key, {"setting": setting}, payload, units=cfg.restore.trials))
     done = execute(
         Sweep(
             plan=plan,
             worker=f"{__name__}:_setting_results",
             schema=SCHEMA,
-            write=partial(_write_results, config=to_dict(cfg), note=cfg.restore.note),
+            write=partial(_write_results, config=as_record(cfg), note=cfg.restore.note),
             outputs=OUTPUTS,
             name="label restoration",
             unit="trial",

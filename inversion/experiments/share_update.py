@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from inversion.config import ShareConfig, save_config
+from inversion.config import ShareConfig
 from inversion.fl.simulate import ClientRun, simulate_client
 from inversion.utils.plotting import save_image_rows
+from inversion.utils.records import write_yaml_record
 from inversion.utils.rundir import check_out, run_folder
 
 __all__ = ["OUTPUTS", "SharedFiles", "run_share_update"]
@@ -36,7 +37,7 @@ def run_share_update(cfg: ShareConfig) -> SharedFiles:
     with run_folder(cfg.out, OUTPUTS) as out:
         update_path = run.update.save(out / "update.pt")
         private_path = run.private.save(out / "private.pt")
-        save_config(cfg, out / "config.yaml")
+        write_yaml_record(cfg, out / "config.yaml")
         picture = save_image_rows(
             [run.source.spec.denormalize(run.batch.images)],
             out / "batch.png",

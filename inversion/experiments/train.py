@@ -37,13 +37,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from inversion.config import ConfigError, TrainConfig, TrainSettings, config_digest, save_config, to_dict
+from inversion.config import ConfigError, TrainConfig, TrainSettings
 from inversion.data import ImageSource
 from inversion.data.batch import check_fits_in_memory
 from inversion.fl.simulate import absolute_data, check_labels, model_from_config, source_from_config
 from inversion.models import ClassifierModel
 from inversion.models.training_record import LOG_FORMAT, LOG_NAME, TrainingRecord, indices_sha256, load_training_record
 from inversion.utils.fileio import atomic_write, load_tensor_file, sha256_file
+from inversion.utils.records import as_record, record_digest, write_yaml_record
 from inversion.utils.rundir import check_out, run_folder
 
 __all__ = [
@@ -156,7 +157,7 @@ def _identity(cfg: TrainConfig, split: Split) -> str:
     """The sha256 of what determines the training trajectory: the config (without ``out``, ``data.root``,
     ``train.epochs`` and ``train.checkpoint_epochs``, so a moved run resumes and a finished one trains on)
     and the split."""
-    return config_digest(
+    return record_digest(
         cfg,
         ignore=("out", "data.root", "train.epochs", "train.checkpoint_epochs"),
         split=[indices_sha256(split.train), indices_sha256(split.held_out)],
@@ -273,7 +274,7 @@ def _header(cfg: TrainConfig, source: ImageSource, model: ClassifierModel, split
     return {
         "format": LOG_FORMAT,
         "version": 1,
-        "config": to_dict(cfg),
+        "config": as_record(cfg),
         "data": absolute_data(cfg.data),
         "data_source": source.description,
         "source_images": len(source),
@@ -371,7 +372,9 @@ def run_training(
     identity = _identity(cfg, data.split)
     with run_folder(out, _outputs(out), keep=resume):
         done = _load_state(out, identity, settings, model, optimizer) if resume else _Finished()
-        save_config(cfg, out / "config.yaml", header="# scripts/train.py: the resolved config of this training run\n")
+        write_yaml_record(
+            cfg, out / "config.yaml", header="# scripts/train.py: the resolved config of this training run\n"
+        )
         _epochs(
             out,
             settings,

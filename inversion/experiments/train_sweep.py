@@ -25,12 +25,13 @@ from typing import Any
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from inversion.config import ConfigError, TrainConfig, TrainSweepConfig, config_digest, load_config, to_dict
+from inversion.config import ConfigError, TrainConfig, TrainSweepConfig, load_config
 from inversion.experiments.train import RESUME_NAME, run_training
 from inversion.sweep import RecordSchema, Run, Sweep, execute
 from inversion.sweep.executors import Executor
 from inversion.utils.fileio import atomic_write, sha256_file
 from inversion.utils.plotting import figure
+from inversion.utils.records import as_record, record_digest
 
 __all__ = ["OUTPUTS", "SCHEMA", "format_markdown", "run_train_sweep", "summarize"]
 
@@ -62,14 +63,14 @@ def _plan(sweep: TrainSweepConfig) -> list[Run]:
                 )
             except ConfigError as err:
                 raise ConfigError(f"train sweep: experiment {experiment.name!r}: {err}") from None
-            key = config_digest(run_cfg, ignore=("out",), experiment=experiment.name)[:16]
+            key = record_digest(run_cfg, ignore=("out",), experiment=experiment.name)[:16]
             description = {
                 "experiment": experiment.name,
                 "seed": seed,
                 "dataset": str(run_cfg.data.name),
                 "model": str(run_cfg.model.name),
             }
-            payload = {"config": to_dict(run_cfg), "folder": folder}
+            payload = {"config": as_record(run_cfg), "folder": folder}
             runs.append(Run(key, description, payload, units=run_cfg.train.epochs))
     return runs
 
@@ -118,7 +119,7 @@ def run_train_sweep(sweep: TrainSweepConfig, *, progress: bool = True, executor:
         "out": the output folder}``.
     """
     plan = _plan(sweep)
-    write = partial(_write_outputs, config=to_dict(sweep), descriptions=[run.description for run in plan])
+    write = partial(_write_outputs, config=as_record(sweep), descriptions=[run.description for run in plan])
     engine_sweep = Sweep(
         plan=plan,
         worker=f"{__name__}:_train_run",

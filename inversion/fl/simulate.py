@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from inversion.attack.settings import AttackSettings
-from inversion.config import AuxConfig, ClientConfig, ConfigError, DataConfig, ModelConfig, to_dict
+from inversion.config import AuxConfig, ClientConfig, ConfigError, DataConfig, ModelConfig
 from inversion.data import (
     Batch,
     ImageSource,
@@ -31,6 +31,7 @@ from inversion.models import ClassifierModel, build_model, final_layer, footprin
 from inversion.models.training_record import load_training_record
 from inversion.restore.auxiliary import AuxiliaryData, draw_auxiliary
 from inversion.utils.memory import attack_memory, check_memory, client_memory
+from inversion.utils.records import as_record
 
 __all__ = [
     "ClientRun",
@@ -170,7 +171,7 @@ def check_labels(labels: Tensor, model: ClassifierModel, source: ImageSource, wh
 def absolute_data(data: DataConfig) -> dict[str, Any]:
     """The ``data`` group as a record (a plain dict) with ``root`` (default: the data root) and ``folder`` made
     absolute, so that it reloads from any directory (a federation's clients, a training record)."""
-    record = to_dict(data)
+    record = as_record(data)
     record["root"] = str(Path(record["root"] or default_data_root()).expanduser().resolve())
     if record["folder"] is not None:
         record["folder"] = str(Path(record["folder"]).expanduser().resolve())
@@ -292,7 +293,7 @@ def simulate_client(
         progress=progress,
     )
     record = {
-        "config": to_dict(cfg),
+        "config": as_record(cfg),
         "data_source": batch.source,
         "indices": [int(i) for i in source.original_indices(batch.indices)],
         "replacement": batch.replacement,
