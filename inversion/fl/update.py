@@ -266,25 +266,124 @@ class SharedUpdate:
         gradients: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]],
         batch_size: int | None,
         meta: UpdateMeta | None = None,
+        *,
+        check_sign: bool = True,
         **describe: Any,
     ) -> SharedUpdate:
-        """Wrap gradients captured elsewhere (your own training loop or FL framework).
+        r"""A FedSGD update from *gradients* captured elsewhere (your own training loop or FL framework).
+
+        A weight delta (:math:`\theta_{after} - \theta_{before}`, what FedAvg clients send) is not a gradient: wrap
+        it with :meth:`from_weight_delta`. Where the maths allows, a delta passed here is refused: for the mean
+        cross-entropy over K samples the final layer's bias gradient is :math:`g_c = \frac1K\sum_k (p_{kc} -
+        y_{kc})`, strictly positive for every class absent from the batch, so at most K of its C entries are
+        negative; a delta has the opposite sign, with at least C - K negative entries. This needs ``model=`` (to
+        find the final layer), K, and K < C/2 to tell the two apart; it cannot catch a delta of a batch holding
+        most classes, nor tell gradients from deltas without a final-layer bias. Noise added to the gradients
+        (DP-SGD) can break the argument: pass ``check_sign=False`` for those.
 
         Args:
-            gradients: name -> gradient, named as in ``model.named_parameters()``, each the gradient
-                of the *mean* cross-entropy over the batch.
+            gradients: name -> gradient, named as in ``model.named_parameters()`` (a ``_module.`` prefix on every
+                name, as Opacus's ``GradSampleModule`` adds, is dropped), each the
+                gradient of the *mean* cross-entropy over the batch.
             batch_size: K, or None when the protocol does not reveal it.
             meta: the public metadata; or leave it out and pass :meth:`UpdateMeta.describe`'s
                 arguments (``model=``, ``dataset=``, ``input_shape=``, ``mean=``, ``std=``, ...).
+            check_sign: refuse gradients whose sign says they are a weight delta (see above).
 
         Example:
             >>> update = SharedUpdate.from_gradients(dict(zip(names, grads)), batch_size=8, dataset="cifar100")
         """
-        if meta is not None and describe:
-            raise InputError("give either meta or UpdateMeta.describe's arguments, not both")
-        items = gradients.items() if isinstance(gradients, Mapping) else gradients
-        grads = {str(name): torch.as_tensor(g).detach().cpu().clone() for name, g in items}
-        return cls(grads, batch_size, meta if meta is not None else UpdateMeta.describe(**describe))
+        update = cls(_tensors(gradients), batch_size, _meta(meta, describe))
+        model = describe.get("model")
+        if check_sign and isinstance(model, nn.Module) and update.batch_size is not None:
+            negative, classes = _bias_signs(update, model, negative=True)
+            if negative is not None and negative > update.batch_size:
+                raise InputError(
+                    f"these are not the gradients of a mean cross-entropy over K={update.batch_size} samples: "
+                    f"{negative} of the final layer's {classes} bias gradients are negative, and only a class in "
+                    "the batch can make one negative; a weight delta (after - before) has this sign: pass it to "
+                    "SharedUpdate.from_weight_delta with its local schedule (or check_sign=False for noisy "
+                    "gradients)"
+                )
+        return update
+
+    @classmethod
+    def from_weight_delta(
+        cls,
+        delta: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]],
+        batch_size: int | None,
+        *,
+        local: LocalTraining,
+        meta: UpdateMeta | None = None,
+        check_sign: bool = True,
+        **describe: Any,
+    ) -> SharedUpdate:
+        r"""A FedAvg update from a client's weight delta :math:`\Delta = \theta_{after} - \theta_{before}`.
+
+        Args:
+            delta: name -> the parameter's change over the client's local training, named as in
+                ``model.named_parameters()`` (Opacus's ``_module.`` prefix on every name is dropped).
+            batch_size: K, or None when the protocol does not reveal it.
+            local: the local schedule the client ran (:class:`~inversion.fl.local.LocalTraining`: S plain SGD
+                steps of B samples at learning rate η, in order); the attack unrolls it.
+            meta: the public metadata (its ``local`` is set to ``local``); or :meth:`UpdateMeta.describe`'s
+                arguments (``model=`` the global model the client started from, ``dataset=``, ...).
+            check_sign: with ``model=`` and K, refuse a gradient passed as a delta (the mirror of
+                :meth:`from_gradients`' check: a delta has at most K positive final-layer bias entries).
+
+        Example:
+            >>> before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            >>> ...  # the client's local training (or your framework's)
+            >>> delta = {n: p.detach() - before[n] for n, p in model.named_parameters()}
+            >>> update = SharedUpdate.from_weight_delta(delta, 8, local=LocalTraining(4, 2, 0.1), dataset="mnist")
+        """
+        if not isinstance(local, LocalTraining):
+            raise InputError(f"local must be a LocalTraining (steps, batch_size, lr), got {type(local).__name__}")
+        base = _meta(meta, {k: v for k, v in describe.items() if k != "local"})
+        update = cls(_tensors(delta), batch_size, dataclasses.replace(base, local=local), kind="fedavg")
+        model = describe.get("model")
+        if check_sign and isinstance(model, nn.Module) and update.batch_size is not None:
+            positive, classes = _bias_signs(update, model, negative=False)
+            if positive is not None and positive > update.batch_size:
+                raise InputError(
+                    f"this is not the weight delta of SGD on a mean cross-entropy over K={update.batch_size} "
+                    f"samples: {positive} of the final layer's {classes} bias changes are positive, and only a "
+                    "class in the batch can make one positive; a gradient has this sign: pass it to "
+                    "SharedUpdate.from_gradients (or check_sign=False for noisy deltas)"
+                )
+        return update
+
+    @classmethod
+    def from_states(
+        cls,
+        before: Mapping[str, Tensor],
+        after: Mapping[str, Tensor],
+        batch_size: int | None,
+        *,
+        local: LocalTraining,
+        meta: UpdateMeta | None = None,
+        check_sign: bool = True,
+        **describe: Any,
+    ) -> SharedUpdate:
+        """A FedAvg update from the model's ``state_dict`` before and after the client's local training.
+
+        The delta is taken over the parameters: the entries of ``model.named_parameters()`` when ``model=`` is
+        given, else every floating-point entry of both states except batch-norm buffers (``running_mean``,
+        ``running_var``). Otherwise as :meth:`from_weight_delta`.
+        """
+        old, new = _tensors(before), _tensors(after)
+        model = describe.get("model")
+        if isinstance(model, nn.Module):
+            names = [name for name, _ in model.named_parameters()]
+        else:
+            buffers = ("running_mean", "running_var", "num_batches_tracked")
+            names = [n for n in new if n in old and new[n].is_floating_point() and n.rsplit(".", 1)[-1] not in buffers]
+        missing = [n for n in names if n not in old or n not in new]
+        if missing:
+            raise InputError(f"the states before and after lack parameters of the model: {missing[:5]}")
+        delta = {n: new[n].double() - old[n].double() for n in names}
+        delta = {n: d.to(new[n].dtype) for n, d in delta.items()}
+        return cls.from_weight_delta(delta, batch_size, local=local, meta=meta, check_sign=check_sign, **describe)
 
     @property
     def display_name(self) -> str:
@@ -396,3 +495,37 @@ class SharedUpdate:
             )
         except (TypeError, ValueError) as err:
             raise InputError(f"{path} holds an invalid shared update: {err}") from None
+
+
+_WRAPPER_PREFIXES = ("_module.",)
+"""Prefixes a wrapper adds to every parameter name: Opacus's ``GradSampleModule``."""
+
+
+def _tensors(items: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]]) -> dict[str, Tensor]:
+    """Name -> a detached CPU copy, without a wrapper's prefix when every name carries it."""
+    pairs = [
+        (str(name), torch.as_tensor(t).detach().cpu().clone())
+        for name, t in (items.items() if isinstance(items, Mapping) else items)
+    ]
+    for prefix in _WRAPPER_PREFIXES:
+        if pairs and all(name.startswith(prefix) for name, _ in pairs):
+            pairs = [(name[len(prefix) :], t) for name, t in pairs]
+    return dict(pairs)
+
+
+def _meta(meta: UpdateMeta | None, describe: Mapping[str, Any]) -> UpdateMeta:
+    if meta is not None and describe:
+        raise InputError("give either meta or UpdateMeta.describe's arguments, not both")
+    return meta if meta is not None else UpdateMeta.describe(**describe)
+
+
+def _bias_signs(update: SharedUpdate, model: nn.Module, *, negative: bool) -> tuple[int | None, int]:
+    """How many entries of the final layer's bias entry in ``update`` are negative (or positive), and C; None
+    when the model's final layer has no bias or the update lacks its entry."""
+    layer = final_layer(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    name = names.get(id(layer.bias)) if layer.bias is not None else None
+    if name is None or name not in update.gradients:
+        return None, layer.out_features
+    bias = update.gradients[name]
+    return int((bias < 0).sum() if negative else (bias > 0).sum()), bias.numel()

@@ -161,7 +161,7 @@ def test_the_python_api_examples_run(data_root, tmp_path):
     assert len(readme_blocks) == 1 and len([line for line in readme_blocks[0].splitlines() if line.strip()]) <= 5
     assert readme_blocks[0].startswith("import inversion as gl\n")
     blocks = code_blocks((REPO / "docs" / "python-api.md").read_text(), "python")
-    assert len(blocks) == 2 and blocks[0] == readme_blocks[0]
+    assert len(blocks) == 3 and blocks[0] == readme_blocks[0]
     env = {**os.environ, "GRADLEAK_DATA": str(data_root)}
     shared = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "share_update.py"), "model=fcn3", "data.download=false"],
@@ -179,9 +179,10 @@ def test_the_python_api_examples_run(data_root, tmp_path):
         )
         assert done.returncode == 0, done.stderr[-3000:]
         outputs.append(done.stdout)
-    first, second = outputs
+    first, second, third = outputs
     assert "'psnr'" in first and "'lpips'" in first
     assert second.startswith("[3, 14, 15, 92]")  # iLRG restores the labels the comment promises
+    assert third.startswith("[0, 0, 2, 3, 3, 3, 7, 9] fedavg")  # from the weight delta's pseudo-gradient
 
 
 def test_the_registry_examples_register(tmp_path):
