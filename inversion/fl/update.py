@@ -294,17 +294,8 @@ class SharedUpdate:
             >>> update = SharedUpdate.from_gradients(dict(zip(names, grads)), batch_size=8, dataset="cifar100")
         """
         update = cls(_tensors(gradients), batch_size, _meta(meta, describe))
-        model = describe.get("model")
-        if check_sign and isinstance(model, nn.Module) and update.batch_size is not None:
-            negative, classes = _bias_signs(update, model, negative=True)
-            if negative is not None and negative > update.batch_size:
-                raise InputError(
-                    f"these are not the gradients of a mean cross-entropy over K={update.batch_size} samples: "
-                    f"{negative} of the final layer's {classes} bias gradients are negative, and only a class in "
-                    "the batch can make one negative; a weight delta (after - before) has this sign: pass it to "
-                    "SharedUpdate.from_weight_delta with its local schedule (or check_sign=False for noisy "
-                    "gradients)"
-                )
+        if check_sign:
+            _refuse_the_other_sign(update, describe.get("model"))
         return update
 
     @classmethod
@@ -341,16 +332,8 @@ class SharedUpdate:
             raise InputError(f"local must be a LocalTraining (steps, batch_size, lr), got {type(local).__name__}")
         base = _meta(meta, {k: v for k, v in describe.items() if k != "local"})
         update = cls(_tensors(delta), batch_size, dataclasses.replace(base, local=local), kind="fedavg")
-        model = describe.get("model")
-        if check_sign and isinstance(model, nn.Module) and update.batch_size is not None:
-            positive, classes = _bias_signs(update, model, negative=False)
-            if positive is not None and positive > update.batch_size:
-                raise InputError(
-                    f"this is not the weight delta of SGD on a mean cross-entropy over K={update.batch_size} "
-                    f"samples: {positive} of the final layer's {classes} bias changes are positive, and only a "
-                    "class in the batch can make one positive; a gradient has this sign: pass it to "
-                    "SharedUpdate.from_gradients (or check_sign=False for noisy deltas)"
-                )
+        if check_sign:
+            _refuse_the_other_sign(update, describe.get("model"))
         return update
 
     @classmethod
@@ -381,8 +364,7 @@ class SharedUpdate:
         missing = [n for n in names if n not in old or n not in new]
         if missing:
             raise InputError(f"the states before and after lack parameters of the model: {missing[:5]}")
-        delta = {n: new[n].double() - old[n].double() for n in names}
-        delta = {n: d.to(new[n].dtype) for n, d in delta.items()}
+        delta = {n: new[n] - old[n] for n in names}  # IEEE subtraction: correctly rounded in the states' dtype
         return cls.from_weight_delta(delta, batch_size, local=local, meta=meta, check_sign=check_sign, **describe)
 
     @property
@@ -519,13 +501,30 @@ def _meta(meta: UpdateMeta | None, describe: Mapping[str, Any]) -> UpdateMeta:
     return meta if meta is not None else UpdateMeta.describe(**describe)
 
 
-def _bias_signs(update: SharedUpdate, model: nn.Module, *, negative: bool) -> tuple[int | None, int]:
-    """How many entries of the final layer's bias entry in ``update`` are negative (or positive), and C; None
-    when the model's final layer has no bias or the update lacks its entry."""
+def _refuse_the_other_sign(update: SharedUpdate, model: Any) -> None:
+    """InputError when the final layer's bias entry of ``update`` has the sign of the other kind: for the mean
+    cross-entropy over K samples a gradient has at most K negative entries (only a class in the batch can make one
+    negative) and a weight delta, its opposite, at most K positive ones. Needs ``model`` (an ``nn.Module``, to find
+    the final layer), K and the bias entry; otherwise nothing is checked."""
+    if not isinstance(model, nn.Module) or update.batch_size is None:
+        return
     layer = final_layer(model)
     names = {id(p): n for n, p in model.named_parameters()}
     name = names.get(id(layer.bias)) if layer.bias is not None else None
     if name is None or name not in update.gradients:
-        return None, layer.out_features
-    bias = update.gradients[name]
-    return int((bias < 0).sum() if negative else (bias > 0).sum()), bias.numel()
+        return
+    bias, k = update.gradients[name], update.batch_size
+    if update.kind == "fedsgd" and int((bias < 0).sum()) > k:
+        raise InputError(
+            f"these are not the gradients of a mean cross-entropy over K={k} samples: {int((bias < 0).sum())} of "
+            f"the final layer's {bias.numel()} bias gradients are negative, and only a class in the batch can make "
+            "one negative; a weight delta (after - before) has this sign: pass it to SharedUpdate.from_weight_delta "
+            "with its local schedule (or check_sign=False for noisy gradients)"
+        )
+    if update.kind == "fedavg" and int((bias > 0).sum()) > k:
+        raise InputError(
+            f"this is not the weight delta of SGD on a mean cross-entropy over K={k} samples: "
+            f"{int((bias > 0).sum())} of the final layer's {bias.numel()} bias changes are positive, and only a class "
+            "in the batch can make one positive; a gradient has this sign: pass it to SharedUpdate.from_gradients "
+            "(or check_sign=False for noisy deltas)"
+        )
