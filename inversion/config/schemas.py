@@ -184,7 +184,14 @@ class ModelConfig:
             )
 
 
-FEDAVG_ONLY = ("local_steps", "local_batch_size", "local_lr")
+FEDAVG_ONLY = (
+    "local_steps",
+    "local_batch_size",
+    "local_lr",
+    "local_momentum",
+    "local_weight_decay",
+    "local_shuffle",
+)
 """The :class:`ClientConfig` keys only a FedAvg client reads: with ``kind=fedsgd`` they must keep their defaults."""
 
 
@@ -209,9 +216,12 @@ class ClientConfig:
     synthetic_labels: bool = False  # untrained models only: labels drawn over C, independent of images
     images: ImagesFrom = "all"  # with model.weights from scripts/train.py: trained or held_out images only
     kind: UpdateKind = "fedsgd"  # fedavg: local SGD steps, then the weight delta is shared
-    local_steps: int = 1  # fedavg: S, local SGD steps (mini-batches in order, cycling over the batch)
-    local_batch_size: Optional[int] = None  # fedavg: B, dividing batch_size; None: the whole batch
+    local_steps: int = 1  # fedavg: S, local SGD steps (mini-batches cycling over the batch, epoch after epoch)
+    local_batch_size: Optional[int] = None  # fedavg: B (the last mini-batch of an epoch may be partial); None: K
     local_lr: float = 0.1  # fedavg: the local learning rate
+    local_momentum: float = 0.0  # fedavg: torch SGD momentum
+    local_weight_decay: float = 0.0  # fedavg: torch SGD weight decay
+    local_shuffle: bool = False  # fedavg: the client reshuffles its batch every local epoch (private order)
     dp_noise_multiplier: Optional[float] = None  # DP-SGD through Opacus: sigma; None: no DP-SGD
     dp_max_grad_norm: float = 1.0  # DP-SGD: per-sample clipping norm C (.inf: none, with sigma 0)
     dp_delta: float = 1.0e-5  # DP-SGD: delta of the reported (epsilon, delta)
@@ -251,9 +261,14 @@ class ClientConfig:
         if self.kind == "fedsgd":
             return None
         local_batch_size = self.batch_size if self.local_batch_size is None else self.local_batch_size
-        local = LocalTraining(self.local_steps, local_batch_size, self.local_lr)
-        local.check(self.batch_size)
-        return local
+        return LocalTraining(
+            self.local_steps,
+            local_batch_size,
+            self.local_lr,
+            momentum=self.local_momentum,
+            weight_decay=self.local_weight_decay,
+            shuffle=self.local_shuffle,
+        )
 
 
 def _check_client_model(model: ModelConfig, client: ClientConfig) -> None:

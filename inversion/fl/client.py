@@ -195,6 +195,7 @@ def client_update(
     std: Sequence[float] | None = None,
     notes: Mapping[str, Any] | None = None,
     local: LocalTraining | None = None,
+    orders: Tensor | None = None,
     dp: DPSGD | None = None,
     dp_seed: int | None = None,
     progress: bool = False,
@@ -218,6 +219,8 @@ def client_update(
         local: FedAvg: the client trains S local SGD steps (:mod:`inversion.fl.local`) and shares the
             weight delta (kind ``fedavg``, the schedule in ``meta.local``); needs ``parameters="all"``
             and no ``chunk_size``. None: FedSGD, the gradient.
+        orders: FedAvg: (⌈E⌉, K) each local epoch's order of the batch (:meth:`LocalTraining.orders`: the client's
+            private draw when the schedule shuffles, required then; the identity by default otherwise).
         dp: DP-SGD through Opacus (:mod:`inversion.fl.dp`) for either kind; σ, C, δ and ε are recorded
             in ``meta.notes["dp"]``. dp_seed: seeds its noise (private: not recorded in the update); None: a
             fresh high-entropy seed (:func:`~inversion.fl.dp.noise_seed`; pass one drawn by it to record it).
@@ -241,9 +244,9 @@ def client_update(
         with _client_mode(model, bn_mode):
             if dp is None:
                 assert local is not None  # local=None with dp=None is the FedSGD branch above
-                tensors = local_training_delta(model, images, labels, local)
+                tensors = local_training_delta(model, images, labels, local, orders)
             else:
-                tensors = dp_client_tensors(model, images, labels, dp, local=local, seed=dp_seed)
+                tensors = dp_client_tensors(model, images, labels, dp, local=local, orders=orders, seed=dp_seed)
                 notes["dp"] = dp.record(int(labels.shape[0]), local)
     meta = UpdateMeta.describe(
         model,

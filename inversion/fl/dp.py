@@ -130,6 +130,7 @@ def dp_client_tensors(
     dp: DPSGD,
     *,
     local: LocalTraining | None = None,
+    orders: Tensor | None = None,
     seed: int | None = None,
 ) -> dict[str, Tensor]:
     """What a DP-SGD client shares: the privatized gradient (FedSGD) or the weight delta of S privatized steps.
@@ -143,6 +144,8 @@ def dp_client_tensors(
         labels: (K,) int64.
         dp: σ, C, δ.
         local: FedAvg's schedule; None: FedSGD (one step over the whole batch).
+        orders: (⌈E⌉, K) the client's per-epoch sample orders (:meth:`LocalTraining.orders`), for a shuffling
+            schedule.
         seed: seeds the noise (the client's secret); None: a fresh high-entropy seed (:func:`noise_seed`).
 
     Returns:
@@ -157,7 +160,7 @@ def dp_client_tensors(
     named = [(n, p) for n, p in client._module.named_parameters() if p.requires_grad]  # the model's own names
     device = named[0][1].device
     optimizer = DPOptimizer(
-        torch.optim.SGD([p for _, p in named], lr=1.0 if local is None else local.lr),
+        torch.optim.SGD([p for _, p in named], lr=1.0) if local is None else local.optimizer([p for _, p in named]),
         noise_multiplier=dp.noise_multiplier,
         max_grad_norm=sys.float_info.max if math.isinf(dp.max_grad_norm) else dp.max_grad_norm,  # σ·C = 0, not nan
         expected_batch_size=k if local is None else local.batch_size,
@@ -165,7 +168,7 @@ def dp_client_tensors(
     )
     with _quiet_hooks():
         if local is not None:
-            return run_local_training(client, named, optimizer, images, labels, local)
+            return run_local_training(client, named, optimizer, images, labels, local, orders)
         F.cross_entropy(client(images.to(device)), labels.to(device)).backward()
     optimizer.pre_step()  # clip, add noise, scale: p.grad is the privatized gradient
     return {n: p.grad.detach().clone() for n, p in named}

@@ -33,6 +33,9 @@ from inversion.restore.auxiliary import AuxiliaryData, draw_auxiliary
 from inversion.utils.memory import attack_memory, check_memory, client_memory
 from inversion.utils.records import as_record
 
+LOCAL_ORDER_SEED = 7919
+"""Offset of a shuffling FedAvg client's order generator from its ``client.seed`` (a stream of its own)."""
+
 __all__ = [
     "ClientRun",
     "ClientSetup",
@@ -277,6 +280,10 @@ def simulate_client(
     check_labels(batch.labels, model, source)
     dp = client.dp_sgd()
     dp_seed = None if dp is None else noise_seed(client.dp_noise_seed)
+    local = client.local_training()
+    orders = None  # a shuffling client's private order of its batch in each local epoch, from its seed
+    if local is not None and local.shuffle:
+        orders = local.orders(client.batch_size, torch.Generator().manual_seed(client.seed + LOCAL_ORDER_SEED))
     update = client_update(
         model,
         batch.images,
@@ -287,7 +294,8 @@ def simulate_client(
         dataset=spec.name,
         mean=spec.mean,
         std=spec.std,
-        local=client.local_training(),
+        local=local,
+        orders=orders,
         dp=dp,
         dp_seed=dp_seed,
         progress=progress,
@@ -299,6 +307,7 @@ def simulate_client(
         "replacement": batch.replacement,
         "labels": "synthetic" if batch.synthetic_labels else "real",
         **({} if dp_seed is None else {"dp_noise_seed": dp_seed}),
+        **({} if orders is None else {"local_orders": orders.tolist()}),
     }
     private = PrivateBatch(
         batch.images.detach().cpu().clone(), batch.labels.detach().cpu().clone(), record, update.sha256

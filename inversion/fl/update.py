@@ -403,19 +403,25 @@ class SharedUpdate:
                 )
 
     def pseudo_gradients(self) -> dict[str, Tensor]:
-        r"""The update as a gradient: FedSGD's gradients, or a FedAvg delta's :math:`-\Delta / (\eta S)`.
+        r"""The update as a gradient: FedSGD's gradients, or a FedAvg delta's :math:`-\Delta / (\eta \sum_s w_s)`.
 
-        For FedAvg this is the mean of the S local mini-batch gradients (each at its own step's
-        weights); over whole local epochs every sample counts equally, as in the FedSGD gradient.
+        For FedAvg this is the weighted mean :math:`\sum_s w_s d_s / \sum_s w_s` of the S local mini-batch
+        gradients (each at its own step's weights, plus weight decay's :math:`\lambda\theta_s`), with the momentum
+        weights :math:`w_s` of :meth:`~inversion.fl.local.LocalTraining.step_weights` (all 1 without momentum: the
+        plain mean; over whole local epochs every sample then counts equally, as in the FedSGD gradient).
         """
         return {name: self._as_gradient(tensor) for name, tensor in self.gradients.items()}
 
+    @property
+    def pseudo_gradient_scale(self) -> float:
+        r"""What :meth:`pseudo_gradients` multiplies the shared tensors by: 1 for FedSGD, :math:`-1/(\eta \sum_s w_s)`
+        for FedAvg."""
+        local = self.meta.local  # None exactly for a FedSGD update (checked on creation)
+        return 1.0 if local is None else -1.0 / (local.lr * float(local.step_weights().sum()))
+
     def _as_gradient(self, tensor: Tensor) -> Tensor:
         """One shared tensor as a (pseudo-)gradient (see :meth:`pseudo_gradients`)."""
-        local = self.meta.local  # None exactly for a FedSGD update (checked on creation)
-        if local is None:
-            return tensor
-        return tensor * (-1.0 / (local.lr * local.steps))
+        return tensor if self.meta.local is None else tensor * self.pseudo_gradient_scale
 
     def final_layer_gradients(self, model: nn.Module) -> tuple[Tensor, Tensor | None]:
         """(Pseudo-)gradients of the model's final linear layer: (grad_weight (C, M), grad_bias (C,) or None).

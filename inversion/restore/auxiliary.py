@@ -215,7 +215,7 @@ def simulated_client_softmax(
     """
     counts = np.asarray(counts, dtype=np.int64)
     labels = aux.labels.numpy()
-    visits_all = local.steps * local.batch_size >= counts.sum()  # else only the first mini-batches are seen
+    visits_all = local.steps >= local.batches_per_epoch(int(counts.sum()))  # else only the first mini-batches
     unvisited = np.flatnonzero(counts == 0) if visits_all else np.arange(counts.size)
     probes = np.concatenate([np.flatnonzero(labels == c)[:PROBES] for c in unvisited] or [np.zeros(0, dtype=np.int64)])
     rows, row_labels = [], []
@@ -233,15 +233,16 @@ def simulated_client_softmax(
         targets = torch.as_tensor(picked_labels[order], dtype=torch.int64)
         client = copy.deepcopy(model).train(bn_mode == "train")
         device = next(client.parameters()).device
-        optimizer = torch.optim.SGD([p for p in client.parameters() if p.requires_grad], lr=local.lr)
+        optimizer = local.optimizer([p for p in client.parameters() if p.requires_grad])
+        orders = local.orders(picked.size, torch.Generator().manual_seed(seed + repeat))  # any order is as likely
         for step in range(local.steps):
-            batch = local.rows(step, picked.size)
-            indices = torch.cat([torch.arange(picked.size)[batch], torch.arange(picked.size, images.shape[0])])
+            batch = orders[local.epoch(step, picked.size), local.rows(step, picked.size)]
+            indices = torch.cat([batch, torch.arange(picked.size, images.shape[0])])
             optimizer.zero_grad()
             logits = client(images[indices].to(device))
             rows.append(torch.softmax(logits.detach().float(), dim=1).cpu())
             row_labels += [targets[batch], torch.as_tensor(labels[probes], dtype=torch.int64)]
-            F.cross_entropy(logits[: local.batch_size], targets[batch].to(device)).backward()
+            F.cross_entropy(logits[: batch.numel()], targets[batch].to(device)).backward()
             optimizer.step()
     return torch.cat(rows), torch.cat(row_labels)
 
