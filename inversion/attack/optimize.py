@@ -54,6 +54,9 @@ class Inversion:
         device: where to run.
         identity: the caller's name for this attack (e.g. a hash of its config), stored in every
             checkpoint; :meth:`load_checkpoint` refuses a checkpoint with another identity.
+        local_orders: FedAvg, for an evaluation oracle only: the client's private (⌈E⌉, K) per-epoch orders of
+            its samples (:meth:`~inversion.fl.local.LocalTraining.orders`); the dummies, with the plan's labels in
+            the client's sample order, take them; with ``settings.local_order="oracle"`` only.
 
     Attributes:
         problem: the matching problem (:class:`~inversion.attack.problem.AttackProblem`).
@@ -73,9 +76,18 @@ class Inversion:
         priors: Mapping[str, float] | None = None,
         device: torch.device | str = "cpu",
         identity: str = "",
+        local_orders: Tensor | None = None,
     ) -> None:
         self.problem = AttackProblem(
-            model, update, plan, settings, bounds=bounds, image_shape=image_shape, priors=priors, device=device
+            model,
+            update,
+            plan,
+            settings,
+            bounds=bounds,
+            image_shape=image_shape,
+            priors=priors,
+            device=device,
+            local_orders=local_orders,
         )
         batched = batched_match(self.problem)
         if self.problem.device.type == "cpu" and batched is None:  # measured faster on the CPU (see .conv)

@@ -25,7 +25,6 @@ from torch import Tensor
 from inversion.attack.batched import BatchedMatch
 from inversion.attack.callbacks import Callback
 from inversion.attack.checkpoint import read_checkpoint, write_checkpoint
-from inversion.attack.labels import labels_in_use
 from inversion.attack.problem import AttackProblem
 from inversion.attack.state import BatchState, RestartState, RunState
 from inversion.attack.steppers import BatchedStepper, SequentialStepper, Stepper
@@ -130,7 +129,7 @@ class Runner:
         best = min(runs, key=lambda done: done.loss)
         return InversionResult(
             images=best.images.detach().cpu(),
-            labels=labels_in_use(self.problem.plan, best.label_logits),
+            labels=self.problem.labels(best.label_logits),
             loss=best.loss,
             restart=best.restart,
             restart_losses=[done.loss for done in runs],

@@ -10,6 +10,7 @@ import torch
 
 from inversion.attack.labels import label_modes
 from inversion.attack.objectives import OBJECTIVES
+from inversion.attack.order_free import LOCAL_ORDERS
 from inversion.attack.span import SPAN_MODES
 from inversion.utils.choices import Choice, choices, coerce
 from inversion.utils.errors import InputError
@@ -18,12 +19,14 @@ __all__ = [
     "BATCH_RESTART_MODES",
     "DEVICES",
     "INITS",
+    "LOCAL_ORDERS",
     "OPTIMIZERS",
     "SCHEDULES",
     "AttackSettings",
     "BatchRestarts",
     "Device",
     "Init",
+    "LocalOrder",
     "Objective",
     "Optimizer",
     "Schedule",
@@ -45,6 +48,7 @@ if TYPE_CHECKING:  # a type made at run time is no type to mypy; its members are
     Device = str
     Span = str
     BatchRestarts = str
+    LocalOrder = str
 else:  # the fields' types for omegaconf, which checks a config's value against the members
     Objective = choices("Objective", OBJECTIVES)
     Optimizer = choices("Optimizer", OPTIMIZERS)
@@ -53,6 +57,7 @@ else:  # the fields' types for omegaconf, which checks a config's value against 
     Device = choices("Device", DEVICES)
     Span = choices("Span", SPAN_MODES)
     BatchRestarts = choices("BatchRestarts", BATCH_RESTART_MODES)
+    LocalOrder = choices("LocalOrder", LOCAL_ORDERS)
 
 
 @dataclass
@@ -82,6 +87,13 @@ class AttackSettings:
         span: the first-layer span constraint (:mod:`inversion.attack.span`): ``auto`` uses it where the
             model's first trainable layer is linear on the flattened input, ``always`` insists (an error where
             it does not apply), ``never`` turns it off.
+        local_order: FedAvg: how the dummies are laid into the client's local mini-batches
+            (:mod:`inversion.attack.order_free`): ``in_order`` (in the plan's order, every epoch), ``free`` (no
+            order assumed: the labels' assignment to positions is learned, and a shuffling client's epochs get a
+            dummy set each), ``auto`` (``free`` when the client shuffles, else ``in_order``), ``oracle`` (the
+            client's private orders, which an experiment driver hands over: an upper bound, like oracle labels).
+        epoch_consistency: order-free over several local epochs, the weight of the term that keeps the epochs'
+            dummy sets equal (their mean squared distance after matching, per normalised pixel).
         stop_loss: stop a restart once the matching loss is this low; None: never.
         seed: seeds the initialisations and the priors' randomness.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
@@ -107,6 +119,8 @@ class AttackSettings:
     batch_restarts: BatchRestarts = "auto"
     init: Init = "randn"
     span: Span = "auto"
+    local_order: LocalOrder = "auto"
+    epoch_consistency: float = 0.1
     stop_loss: Optional[float] = None
     seed: int = 0
     device: Device = "auto"
@@ -133,10 +147,13 @@ class AttackSettings:
             ("device", Device),
             ("span", Span),
             ("batch_restarts", BatchRestarts),
+            ("local_order", LocalOrder),
         ):
             setattr(self, name, coerce(cast(type[Choice], kind), getattr(self, name), name))  # str to mypy only
         if self.max_steps < 1 or self.restarts < 1:
             raise InputError(f"max_steps and restarts must be >= 1, got {self.max_steps} and {self.restarts}")
+        if not 0 <= self.epoch_consistency < math.inf:
+            raise InputError(f"must be >= 0 and finite, got {self.epoch_consistency}", "epoch_consistency")
         if not 0 < self.lr < math.inf:
             raise InputError(f"lr must be > 0 and finite, got {self.lr}")
         if self.checkpoint_every < 0 or self.snapshot_every < 0:

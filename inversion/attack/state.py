@@ -52,6 +52,9 @@ class RestartState:
     best_loss: float = math.inf
     step: int = 0
     optimizer: dict[str, Any] | None = None
+    local_orders: Tensor | None = (
+        None  # the order-free layout's searched mini-batch orders (inversion.attack.order_free)
+    )
 
     width = 1
     """Restarts advanced per step."""
@@ -62,13 +65,15 @@ class RestartState:
 
     def payload(self) -> dict[str, Any]:
         """Its checkpoint keys (``restart`` is the run's), tensors on the CPU."""
-        keys = ("step", "x", "label_logits", "optimizer", "best_x", "best_loss", "best_logits")
+        keys = ("step", "x", "label_logits", "optimizer", "best_x", "best_loss", "best_logits", "local_orders")
         return {key: _cpu(getattr(self, key)) for key in keys}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> RestartState:
         """The restart of a checked payload; label logits and the optimiser's state may be None."""
-        optional: dict[str, Any] = {key: payload.get(key) for key in ("label_logits", "best_logits", "optimizer")}
+        optional: dict[str, Any] = {
+            key: payload.get(key) for key in ("label_logits", "best_logits", "optimizer", "local_orders")
+        }
         return cls(**{key: payload[key] for key in ("restart", "x", "best_x", "best_loss", "step")}, **optional)
 
 

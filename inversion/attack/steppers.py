@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from inversion.attack.batched import BatchedMatch
+from inversion.attack.order_free import REORDER_EVERY
 from inversion.attack.problem import AttackProblem
 from inversion.attack.settings import AttackSettings
 from inversion.attack.state import BatchState, RestartState
@@ -71,6 +72,8 @@ class SequentialStepper:
         if state.optimizer is not None:
             self.optimizer.load_state_dict(state.optimizer)
         self.matching = float("inf")
+        if problem.layout is not None:  # the restart's own mini-batch orders: resumed, or the layout's first
+            problem.orders = state.local_orders if state.local_orders is not None else problem.layout.orders
 
     def step(self) -> None:
         """One optimisation step of Adam, or of L-BFGS with as many evaluations as its line search takes.
@@ -80,6 +83,14 @@ class SequentialStepper:
         """
         problem, st, x, logits = self.problem, self.state, self.x, self.logits
         record: dict[str, float] = {}
+        if (
+            problem.searching
+            and st.step
+            and st.step % REORDER_EVERY == 0
+            and st.step <= problem.settings.max_steps // 2
+        ):
+            problem.reorder(x, logits, st.step)
+            st.local_orders = problem.orders
 
         def closure() -> Tensor:
             images = problem.images(x)
@@ -88,7 +99,7 @@ class SequentialStepper:
                 record["matching"] = float(matching.detach())
                 if record["matching"] < st.best_loss:
                     st.best_loss = record["matching"]
-                    st.best_x = images.detach().cpu().clone()
+                    st.best_x = problem.reconstruction(images.detach()).cpu().clone()
                     st.best_logits = None if logits is None else logits.detach().cpu().clone()
             # gradients w.r.t. the dummies only: not the (unused) second-order ones of the model's parameters
             grads = torch.autograd.grad(total, self.leaves)
@@ -116,7 +127,8 @@ class SequentialStepper:
         return self.state.best_x
 
     def snapshots(self, step: int) -> list[Snapshot]:
-        return [(self.state.restart, step, self.problem.images(self.x.detach()).cpu().clone())]
+        images = self.problem.reconstruction(self.problem.images(self.x.detach()))
+        return [(self.state.restart, step, images.cpu().clone())]
 
     def postfix(self) -> dict[str, object]:
         return {"restart": self.state.restart, "loss": f"{self.matching:.4g}"}

@@ -202,8 +202,16 @@ def run_inversion(
             raise
         raise ConfigError(f"labels={settings.labels}: {err}") from None
     digest = update.sha256  # hashes every gradient: once per run
+    known = {} if settings.local_order != "oracle" else {"local_orders": _private_orders(update, private)}
     inversion = get_attack(settings.method)(  # the attack: the one place it is built
-        model, update, plan, settings, priors=dict(run.priors), device=device, identity=run_identity(run, digest)
+        model,
+        update,
+        plan,
+        settings,
+        priors=dict(run.priors),
+        device=device,
+        identity=run_identity(run, digest),
+        **known,
     )
     with run_folder(out, RUN_OUTPUTS, keep=resuming):
         note = (
@@ -274,6 +282,24 @@ def _client(
     return client.update, client.private, client.model, client
 
 
+def _private_orders(update: SharedUpdate, private: PrivateBatch | None) -> torch.Tensor:
+    """``attack.local_order=oracle``: the FedAvg client's private mini-batch orders (the identity of a client that
+    does not shuffle); a one-line ConfigError where they are unknown."""
+    local = update.meta.local
+    if local is None:
+        raise ConfigError(
+            "oracle is for FedAvg updates (their local mini-batch orders); this one is FedSGD", "attack.local_order"
+        )
+    if private is None or (local.shuffle and "local_orders" not in private.record):
+        raise ConfigError(
+            "oracle needs the client's private orders of its shuffled mini-batches (its private batch record); "
+            "use free or in_order",
+            "attack.local_order",
+        )
+    k = int(private.labels.shape[0])
+    return torch.as_tensor(private.record["local_orders"]) if local.shuffle else local.orders(k)
+
+
 def _auxiliary(run: InvertConfig, client: ClientRun | None, private: PrivateBatch | None) -> AuxiliaryData:
     """The server's auxiliary set: from the simulated client's images without its batch, or from ``data``
     without the private batch's images (a saved update)."""
@@ -296,9 +322,9 @@ def _psnr_monitor(update: SharedUpdate, private: PrivateBatch | None) -> Callabl
     return monitor
 
 
-#: What ``results.json`` records of the details of a restoration that read auxiliary data: the auxiliary set used,
-#: the server's time (forward passes and FedAvg simulation included), the FedAvg first pass, classes without
-#: auxiliary images.
+#: What ``results.json`` records of a restoration's details: for one that read auxiliary data, the auxiliary set
+#: used, the server's time (forward passes and FedAvg simulation included), the FedAvg first pass, classes without
+#: auxiliary images; for every one, the noise estimate of the final layer's gradients (``noise``).
 _SERVER_DETAILS = (
     "aux",
     "server_seconds",
@@ -308,6 +334,7 @@ _SERVER_DETAILS = (
     "misfit",
     "missing_classes",
     "solver",
+    "noise",
 )
 
 
