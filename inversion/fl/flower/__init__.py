@@ -1,25 +1,34 @@
-"""A real Flower federation running FedSGD, whose honest-but-curious server keeps every client's update.
+"""Flower: capture what a curious server gets in anyone's Flower app, and this project's FedSGD federation.
 
 Needs the optional extra ``flwr[simulation]`` (Flower >= 1.20 Message API; written against 1.42). This
 is the only module of :mod:`inversion` that imports :mod:`flwr`, and nothing imports it at package
 import time.
 
-The protocol (FedSGD as one local SGD step under standard FedAvg):
+**Capture in your own Flower app** (clients unchanged): wrap the ``ServerApp``'s strategy in a
+:class:`CapturingStrategy` with the federation's model and its :class:`FederationProtocol` (what the clients
+do that Flower's messages do not say: local epochs or steps, batch size, momentum, weight decay, shuffling,
+batch-norm mode, and η unless the train config holds it)::
 
-1. The server (a stock :class:`flwr.serverapp.strategy.FedAvg`, run by :meth:`Strategy.start`) sends
-   the global state ``w`` (an :class:`~flwr.app.ArrayRecord` of the model's ``state_dict``) and a
-   train :class:`~flwr.app.ConfigRecord` holding the public learning rate ``lr`` = η and the client's
+    protocol = FederationProtocol("fedavg", epochs=1, batch_size=32, momentum=0.9, shuffle=True)
+    strategy = CapturingStrategy(FedAvg(), Net(), protocol, "captured", dataset="cifar10")
+
+Every round it saves the global state the server sends (``captured/round_RRR/global_model.pt``) and each
+reply as a :class:`~inversion.fl.update.SharedUpdate` (:func:`captured_update`): the FedAvg weight delta
+w' - w with its local schedule, or the FedSGD gradient (w - w') / η, K from the reply's ``num-examples``,
+and in ``meta.notes`` the round, node id, train config, reply metrics and the protocol.
+
+**This project's federation** (:func:`run_fedsgd`, driven by ``scripts/federate.py``) is one user of it:
+
+1. The server (a stock :class:`flwr.serverapp.strategy.FedAvg` wrapped in a :class:`CapturingStrategy`
+   declaring :func:`fedsgd_protocol`) sends the global state ``w`` and a train
+   :class:`~flwr.app.ConfigRecord` holding the public learning rate ``lr`` = η and the client's
    batch-norm mode (``bn-mode``); FedAvg adds ``server-round``.
 2. Each client (:func:`fedsgd_client_app`) draws K images from its own partition, computes the gradient
    g of the mean cross-entropy, or with DP-SGD (:attr:`ClientSettings.dp`) the privatized gradient
    (per-sample clipping, Gaussian noise seeded by :func:`dp_noise_seed`), as the simulated FedSGD
    client does (:func:`~inversion.fl.client.client_update`), and replies ``w' = w - η g`` with a
    :class:`~flwr.app.MetricRecord` ``{num-examples: K, partition-id: p}``. FedAvg of these replies is
-   exactly FedSGD.
-3. :class:`CapturingStrategy` wraps the strategy. Its ``configure_train`` saves the global state of
-   the round; its ``aggregate_train`` recovers ``g = (w - w') / η`` from every reply (float64, stored
-   as float32) and saves it as a :class:`~inversion.fl.update.SharedUpdate` *before* handing the
-   replies, untouched, to the wrapped strategy's normal aggregation.
+   exactly FedSGD, and the server keeps ``g = (w - w') / η`` (float64, stored as float32).
 
 What the server sees lies under ``captured/``; what only the clients know (their batches) is written
 by the client code of the simulation under ``private/``, for scoring only (:data:`LAYOUT`). Each
@@ -41,21 +50,28 @@ except ImportError as _err:  # pragma: no cover - depends on the environment
         f"Flower federations need the optional extra flwr[simulation]: pip install 'flwr[simulation]' ({_err})"
     ) from _err
 
-from inversion.fl.flower.client_app import fedsgd_client_app, fedsgd_train
-from inversion.fl.flower.protocol import (
+from inversion.fl.flower.capture import (
     BN_MODE_KEY,
     GLOBAL_MODEL,
-    LAYOUT,
     LR_KEY,
     NUM_EXAMPLES_KEY,
     PARTITION_KEY,
+    FederationProtocol,
+    Reply,
+    captured_update,
+    check_reply_arrays,
+    plain_record,
+    recover_gradients,
+)
+from inversion.fl.flower.client_app import fedsgd_client_app, fedsgd_train
+from inversion.fl.flower.protocol import (
+    LAYOUT,
     ClientSettings,
     TaskInfo,
-    captured_update,
     dp_noise_seed,
     draw_batch,
+    fedsgd_protocol,
     partition_indices,
-    recover_gradients,
     round_dir,
     sgd_step,
     update_path,
@@ -72,14 +88,19 @@ __all__ = [
     "PARTITION_KEY",
     "CapturingStrategy",
     "ClientSettings",
+    "FederationProtocol",
+    "Reply",
     "TaskInfo",
     "captured_update",
     "capturing_server_app",
+    "check_reply_arrays",
     "dp_noise_seed",
     "draw_batch",
     "fedsgd_client_app",
+    "fedsgd_protocol",
     "fedsgd_train",
     "partition_indices",
+    "plain_record",
     "recover_gradients",
     "round_dir",
     "run_fedsgd",

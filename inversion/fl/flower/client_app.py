@@ -12,15 +12,20 @@ from flwr.clientapp import ClientApp
 
 from inversion.data import load_source
 from inversion.fl.client import client_update
-from inversion.fl.flower.protocol import (
+from inversion.fl.flower.capture import (
     BN_MODE_KEY,
     LR_KEY,
     NUM_EXAMPLES_KEY,
     PARTITION_KEY,
-    ClientSettings,
+    Reply,
     captured_update,
+    plain_record,
+)
+from inversion.fl.flower.protocol import (
+    ClientSettings,
     dp_noise_seed,
     draw_batch,
+    fedsgd_protocol,
     partition_indices,
     sgd_step,
     single_record,
@@ -53,7 +58,7 @@ def fedsgd_train(message: Message, context: Context, settings: ClientSettings) -
     ``settings.private_dir`` is set, also writes the batch as a :class:`PrivateBatch` tied to the update
     the server will capture (with the DP noise's seed, ``dp_noise_seed``, under DP-SGD).
 
-    The private link: the server's capture (:func:`captured_update` on w, w', η and public facts) is a
+    The private link: the server's capture (:func:`captured_update` on w, w' and public facts) is a
     deterministic function of data the client holds bit for bit (Flower's ArrayRecord carries the
     ``.npy`` bytes losslessly), so the client computes the same update and writes its sha256. There is
     no float-rounding gap to bridge, and no private data ever passes through the server's code.
@@ -85,18 +90,12 @@ def fedsgd_train(message: Message, context: Context, settings: ClientSettings) -
         model, images, labels, bn_mode=bn_mode, chunk_size=settings.chunk_size, dp=settings.dp, dp_seed=seed
     ).gradients  # the simulated client's computation
     after = sgd_step(model, gradients, lr)
+    metrics = {NUM_EXAMPLES_KEY: len(labels), PARTITION_KEY: partition_id}
     if settings.private_dir is not None:
+        reply = Reply(server_round, int(context.node_id), plain_record(config), metrics)
         expected = captured_update(
-            model,
-            after,
-            task,
-            lr=lr,
-            server_round=server_round,
-            partition_id=partition_id,
-            node_id=context.node_id,
-            num_examples=len(labels),
-            bn_mode=bn_mode,
-        )
+            model, after, fedsgd_protocol(lr, bn_mode), reply, check_sign=False, **task.inputs()
+        )  # what the server will capture (it checks the sign)
         record = {
             **settings.record,
             "protocol": "fedsgd",
@@ -120,7 +119,7 @@ def fedsgd_train(message: Message, context: Context, settings: ClientSettings) -
     reply = RecordDict(
         {
             "arrays": ArrayRecord.from_torch_state_dict(after),
-            "metrics": MetricRecord({NUM_EXAMPLES_KEY: len(labels), PARTITION_KEY: partition_id}),
+            "metrics": MetricRecord(metrics),
         }
     )
     return Message(reply, reply_to=message)

@@ -1,9 +1,9 @@
-"""The federation's public protocol: record keys, the captured files' layout, the task and client settings,
-and the exact map between a client's reply and the gradient the server recovers from it."""
+"""This project's FedSGD federation: its declared protocol, the captured files' layout, the task and client
+settings, the clients' partitions and batches."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,20 +13,10 @@ from torch import Tensor, nn
 
 from inversion.data import sample_indices
 from inversion.fl.dp import DPSGD, noise_seed
-from inversion.fl.update import SharedUpdate, UpdateMeta
+from inversion.fl.flower.capture import FederationProtocol
 from inversion.models import ClassifierModel, build_model
 from inversion.utils.errors import InputError
 
-LR_KEY = "lr"
-"""Train-config key of the public learning rate η."""
-BN_MODE_KEY = "bn-mode"
-"""Train-config key of the clients' batch-norm mode (part of the public protocol)."""
-NUM_EXAMPLES_KEY = "num-examples"
-"""Reply-metric key of K (FedAvg weights by it, so the protocol reveals it)."""
-PARTITION_KEY = "partition-id"
-"""Reply-metric key of the client's id (its data partition), which it reports to the server."""
-GLOBAL_MODEL = "global_model.pt"
-"""File name of a round's global ``state_dict``, next to that round's captured updates."""
 LAYOUT = """\
 captured/round_RRR/global_model.pt  the global model state w the server sent in round RRR (state_dict)
 captured/round_RRR/client_P.pt      SharedUpdate: the gradient the server recovered from client P's reply
@@ -66,6 +56,17 @@ class TaskInfo:
         if state is not None:
             model.load_state_dict(dict(state))
         return model
+
+    def inputs(self) -> dict[str, Any]:
+        """The public input facts every captured update records (:class:`CapturingStrategy`'s ``dataset``,
+        ``input_shape``, ``mean`` and ``std``)."""
+        return {"dataset": self.dataset, "input_shape": self.input_shape, "mean": self.mean, "std": self.std}
+
+
+def fedsgd_protocol(lr: float, bn_mode: str) -> FederationProtocol:
+    """The declared protocol of this federation: FedSGD, one plain SGD step at η = ``lr`` on the whole batch, in
+    batch-norm mode ``bn_mode`` (both also sent in the train config, for the clients)."""
+    return FederationProtocol("fedsgd", lr=float(lr), bn_mode=str(bn_mode))
 
 
 @dataclass(frozen=True)
@@ -165,67 +166,6 @@ def sgd_step(model: nn.Module, gradients: Mapping[str, Tensor], lr: float) -> di
     for name, grad in gradients.items():
         state[name] = state[name] - lr * grad.detach().to(state[name].dtype)
     return state
-
-
-def recover_gradients(
-    before: Mapping[str, Tensor], after: Mapping[str, Tensor], lr: float, names: Iterable[str]
-) -> dict[str, Tensor]:
-    """What a FedSGD server recovers from one reply: ``g = (w - w') / lr`` per named parameter.
-
-    Computed in float64 from the float32 states and stored as float32. Each operation is a
-    correctly rounded IEEE-754 elementwise operation, so the result is a deterministic function of
-    the bits of ``w``, ``w'`` and ``lr`` (any process, any thread count).
-
-    It differs from the client's float32 gradient only by the rounding of ``w' = w - lr g``:
-    ``|g_recovered - g| <= 2^-23 |g| + 2^-24 |w'| / lr`` (plus float64 rounding, far smaller).
-    """
-    if not lr > 0:
-        raise InputError(f"the learning rate must be > 0 to recover a gradient, got {lr}")
-    return {name: ((before[name].double() - after[name].double()) / float(lr)).float() for name in names}
-
-
-def captured_update(
-    model: nn.Module,
-    after: Mapping[str, Tensor],
-    task: TaskInfo,
-    *,
-    lr: float,
-    server_round: int,
-    partition_id: int,
-    node_id: int,
-    num_examples: int,
-    bn_mode: str,
-) -> SharedUpdate:
-    """The :class:`SharedUpdate` an honest-but-curious FedSGD server gets from one reply.
-
-    ``model`` holds the global state w the server sent; ``after`` is the state w' the client replied.
-    The metadata records what the protocol reveals: the architecture and state digest, the
-    normalisation, ``bn_mode``, K (``num-examples``), η, the round, the client's partition id and
-    Flower node id, and ``weights`` = :data:`GLOBAL_MODEL` (relative to the update's folder).
-
-    The server's capture and the client's prediction of it (for the private link) both call this
-    function on bit-identical inputs, so both get the same :attr:`SharedUpdate.sha256`.
-    """
-    before = model.state_dict()
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
-    gradients = recover_gradients(before, after, lr, names)
-    meta = UpdateMeta.describe(
-        model,
-        dataset=task.dataset,
-        input_shape=task.input_shape,
-        mean=task.mean,
-        std=task.std,
-        bn_mode=bn_mode,
-        weights=GLOBAL_MODEL,
-        notes={
-            "protocol": "fedsgd",
-            "lr": float(lr),
-            "round": int(server_round),
-            "client": int(partition_id),
-            "node_id": int(node_id),
-        },
-    )
-    return SharedUpdate(gradients, int(num_examples), meta)
 
 
 def single_record(records: Mapping[str, Any], what: str) -> Any:

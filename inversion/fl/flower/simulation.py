@@ -12,8 +12,9 @@ from typing import Any
 
 from flwr.serverapp.strategy import FedAvg
 
+from inversion.fl.flower.capture import BN_MODE_KEY, LR_KEY
 from inversion.fl.flower.client_app import fedsgd_client_app
-from inversion.fl.flower.protocol import BN_MODE_KEY, LR_KEY, ClientSettings
+from inversion.fl.flower.protocol import ClientSettings, fedsgd_protocol
 from inversion.fl.flower.strategy import CapturingStrategy, capturing_server_app
 from inversion.models import ClassifierModel
 from inversion.utils.errors import InputError
@@ -71,13 +72,16 @@ def run_fedsgd(
 
     ``num_clients`` virtual SuperNodes run :func:`fedsgd_client_app`; the server runs a stock ``FedAvg``
     (``clients_per_round`` of them each round, all by default; no federated evaluation) wrapped in a
-    :class:`CapturingStrategy` writing to ``captured_dir``. Uses ``flwr.simulation.run_simulation``,
-    which Flower 1.42 marks as deprecated in favour of the ``flwr run`` CLI; the notice is hidden
-    unless ``verbose`` (which also shows Flower's INFO logs and the clients' output). Ray is shut down
-    when the run ends, also on errors.
+    :class:`CapturingStrategy` declaring :func:`fedsgd_protocol` and writing to ``captured_dir``. Uses
+    ``flwr.simulation.run_simulation``, which Flower 1.42 marks as deprecated in favour of the ``flwr run``
+    CLI; the notice is hidden unless ``verbose`` (which also shows Flower's INFO logs and the clients'
+    output). Ray is shut down when the run ends, also on errors.
 
     Returns:
         :attr:`CapturingStrategy.rounds`, one record per round.
+
+    Raises:
+        RuntimeError: a client failed (every failure's reason, after the run), or the federation stopped early.
     """
     sampled = num_clients if clients_per_round is None else int(clients_per_round)
     if not 1 <= sampled <= num_clients:
@@ -92,7 +96,15 @@ def run_fedsgd(
             min_evaluate_nodes=0,
             min_available_nodes=num_clients,
         )
-    strategy = CapturingStrategy(fedavg, settings.task, captured_dir, on_round=on_round)
+    strategy = CapturingStrategy(
+        fedavg,
+        initial_model,
+        fedsgd_protocol(lr, bn_mode),
+        captured_dir,
+        **settings.task.inputs(),
+        check_sign=settings.dp is None,  # DP-SGD's noise may flip the signs the check reads
+        on_round=on_round,
+    )
     server_app = capturing_server_app(
         strategy,
         initial_model.state_dict(),
@@ -116,6 +128,9 @@ def run_fedsgd(
             )
     finally:
         _shutdown_ray()
+    failed = [f"round {r['round']}, node {f['node_id']}: {f['reason']}" for r in strategy.rounds for f in r["failed"]]
+    if failed:
+        raise RuntimeError(f"{len(failed)} client update(s) failed: {'; '.join(failed)}")
     if len(strategy.rounds) != rounds:
         raise RuntimeError(
             f"the federation ended after {len(strategy.rounds)} of {rounds} rounds "
