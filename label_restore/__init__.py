@@ -35,7 +35,7 @@ from .api import (
     restore_labels,
     unregister_method,
 )
-from .consistency import InconsistentGradientWarning
+from .consistency import InconsistentGradientWarning, NoisyGradientWarning
 from .errors import LabelRestoreInputError
 from .metrics import counts_from_labels, label_metrics
 from .result import RestorationResult, labels_from_counts
@@ -44,6 +44,7 @@ __all__ = [
     "METHOD_NAMES",
     "NEEDS",
     "InconsistentGradientWarning",
+    "NoisyGradientWarning",
     "LabelRestoreInputError",
     "MethodSpec",
     "RestorationResult",
