@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -37,6 +38,7 @@ from inversion.utils.errors import InputError
 
 __all__ = [
     "ANNEAL_MOVES",
+    "ANNEAL_STARTS",
     "LOCAL_ORDERS",
     "REORDER_EVERY",
     "REORDER_ROUNDS",
@@ -54,9 +56,12 @@ private orders, handed over by an evaluation: an upper bound, not an attack)."""
 
 REORDER_EVERY = 50
 """Steps between two searches of the order-free layout's mini-batch assignment (``AttackProblem.reorder``), over the
-first half of the attack's steps (the second refines the images in the grouping found)."""
-ANNEAL_MOVES = 200
-"""Moves per dummy of one annealing search (:meth:`LocalLayout.anneal`)."""
+first quarter of the attack's steps, before its learning rate decays (the rest refines the images in the grouping
+found)."""
+ANNEAL_MOVES = 2000
+"""Moves per dummy from each start of one annealing search (:meth:`LocalLayout.anneal`)."""
+ANNEAL_STARTS = 4
+"""Starts of one annealing search: the current assignment and random ones."""
 REORDER_ROUNDS = 4
 """At most this many annealing searches per reorder, each on the trajectory of the previous one's assignment."""
 
@@ -182,14 +187,15 @@ class LocalLayout:
         target: Tensor,
         local: LocalTraining,
         generator: torch.Generator,
-        iterations: int,
+        moves: int,
     ) -> Tensor:
-        """Simulated annealing of the mini-batch assignment on the surrogate :math:`\\|\text{predict} - t\\|^2`.
+        r"""Simulated annealing of the mini-batch assignment on the surrogate :math:`\|\text{predict} - t\|^2`.
 
-        A move swaps two dummies of different ``labels`` ((N,) int64) between two mini-batches of one epoch row
-        (of every row when one dummy set serves all epochs); a worse assignment is accepted with probability
-        :math:`e^{-\\Delta/T}`, the temperature falling geometrically from the first moves' typical change to
-        1e-4 of it. Returns the best assignment visited, (⌈E⌉, K) int64.
+        A move swaps two dummies of different ``labels`` between two mini-batches of one epoch row (of every row
+        when one dummy set serves all epochs); a worse assignment is accepted with probability
+        :math:`e^{-\Delta/T}`, the temperature falling geometrically from the mean change of random moves to
+        1e-6 of it. It starts from ``orders`` and from :data:`ANNEAL_STARTS` - 1 random assignments, and returns
+        the best assignment visited, (⌈E⌉, K) int64.
 
         Args:
             orders: the current assignment, (⌈E⌉, K) indices into the N dummies.
@@ -198,38 +204,53 @@ class LocalLayout:
             target: (C,) float64, what the steps add up to.
             local: the client's schedule.
             generator: the search's randomness (seeded by the caller: a resumed attack repeats it).
-            iterations: moves tried.
+            moves: moves tried from each start.
         """
         k = orders.shape[1]
-        batch_size, rows = local.batch_size, orders.shape[0] if self.sets > 1 else 1
-        steps = self.steps_of(local, k)
-        current = orders.clone()
-        residual = self.predict(current, contributions, local) - target
-        best, best_cost, cost = current.clone(), float(residual @ residual), float(residual @ residual)
-        temperature = None
-        for step in range(iterations):
-            row = int(torch.randint(rows, (1,), generator=generator))
-            p, q = (int(v) for v in torch.randint(k, (2,), generator=generator))
-            a, b = int(current[row, p]), int(current[row, q])
-            if p // batch_size == q // batch_size or labels[a] == labels[b]:
-                continue
-            change = torch.zeros_like(target)
-            for s, epoch, batch in steps:
-                if self.sets > 1 and epoch != row:
+        rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
+        rows = orders.shape[0] if self.sets > 1 else 1
+        # by_batch[r, j, d]: what dummy d adds when it sits in mini-batch j of row r (summed over the row's steps)
+        batches = local.batches_per_epoch(k)
+        by_batch = np.zeros((rows, batches, *contributions.shape[1:]))
+        for s, epoch, batch in self.steps_of(local, k):
+            by_batch[epoch if self.sets > 1 else 0, batch] += contributions[s].numpy()
+        goal, held_labels = target.numpy(), labels.numpy()
+        slot_batch = np.arange(k) // local.batch_size
+        best, best_cost = orders.numpy().copy(), math.inf
+        for start in range(ANNEAL_STARTS):
+            current = best.copy() if start == 0 else orders.numpy().copy()
+            if start:
+                for row in range(rows):
+                    current[row] = rng.permutation(current[row])
+            if self.sets == 1:
+                current[:] = current[0]
+            residual = sum(by_batch[r, slot_batch, current[r]].sum(axis=0) for r in range(rows)) - goal
+            cost = float(residual @ residual)
+            trials = rng.integers(0, [rows, k, k], size=(moves, 3))
+            draws = rng.random(moves)
+            changes = []
+            for row, p, q in trials[:64]:  # the temperature's scale: the mean change of random moves
+                a, b, jp, jq = current[row, p], current[row, q], slot_batch[p], slot_batch[q]
+                change = by_batch[row, jp, b] - by_batch[row, jp, a] + by_batch[row, jq, a] - by_batch[row, jq, b]
+                changes.append(abs(float((residual + change) @ (residual + change)) - cost))
+            scale = float(np.mean(changes)) + 1e-30
+            run_best, run_cost = current.copy(), cost
+            for step, (row, p, q) in enumerate(trials):
+                jp, jq = slot_batch[p], slot_batch[q]
+                a, b = current[row, p], current[row, q]
+                if jp == jq or held_labels[a] == held_labels[b]:
                     continue
-                if batch == p // batch_size:
-                    change += contributions[s, b] - contributions[s, a]
-                elif batch == q // batch_size:
-                    change += contributions[s, a] - contributions[s, b]
-            moved = residual + change
-            new_cost = float(moved @ moved)
-            if temperature is None:
-                temperature = abs(new_cost - cost) + 1e-30
-            heat = temperature * (1e-4 ** (step / iterations))
-            if new_cost < cost or float(torch.rand((), generator=generator)) < math.exp(-(new_cost - cost) / heat):
-                shared = slice(row, row + 1) if self.sets > 1 else slice(None)
-                current[shared, p], current[shared, q] = b, a
-                residual, cost = moved, new_cost
-                if cost < best_cost:
-                    best, best_cost = current.clone(), cost
-        return best
+                moved = (
+                    residual + by_batch[row, jp, b] - by_batch[row, jp, a] + by_batch[row, jq, a] - by_batch[row, jq, b]
+                )
+                new_cost = float(moved @ moved)
+                heat = scale * 1e-6 ** (step / moves)
+                if new_cost < cost or draws[step] < math.exp(-(new_cost - cost) / heat):
+                    current[row if self.sets > 1 else slice(None), p] = b
+                    current[row if self.sets > 1 else slice(None), q] = a
+                    residual, cost = moved, new_cost
+                    if cost < run_cost:
+                        run_best, run_cost = current.copy(), cost
+            if run_cost < best_cost:
+                best, best_cost = run_best, run_cost
+        return torch.as_tensor(best, dtype=torch.int64)

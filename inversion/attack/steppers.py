@@ -87,7 +87,7 @@ class SequentialStepper:
             problem.searching
             and st.step
             and st.step % REORDER_EVERY == 0
-            and st.step <= problem.settings.max_steps // 2
+            and st.step <= problem.settings.max_steps // 4
         ):
             problem.reorder(x, logits, st.step)
             st.local_orders = problem.orders

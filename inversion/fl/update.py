@@ -315,8 +315,9 @@ class SharedUpdate:
             delta: name -> the parameter's change over the client's local training, named as in
                 ``model.named_parameters()`` (Opacus's ``_module.`` prefix on every name is dropped).
             batch_size: K, or None when the protocol does not reveal it.
-            local: the local schedule the client ran (:class:`~inversion.fl.local.LocalTraining`: S plain SGD
-                steps of B samples at learning rate η, in order); the attack unrolls it.
+            local: the local schedule the client ran (:class:`~inversion.fl.local.LocalTraining`: S steps of torch's
+                SGD on mini-batches of B samples at learning rate η, with its momentum and weight decay, the samples
+                in order or reshuffled every epoch); the attack unrolls it.
             meta: the public metadata (its ``local`` is set to ``local``); or :meth:`UpdateMeta.describe`'s
                 arguments (``model=`` the global model the client started from, ``dataset=``, ...).
             check_sign: with ``model=`` and K, refuse a gradient passed as a delta (the mirror of

@@ -67,16 +67,23 @@ def test_annealing_finds_the_assignment_whose_contributions_add_up_to_the_target
     assert all(0 <= int(v) < K for v in found[0]) and all(K <= int(v) < 2 * K for v in found[1])
 
 
-def fedavg_problem(local_order, seed=0):
+def shuffled_client(seed=0):
+    """(model, update, plan) of a shuffling momentum client whose private order is (0 2) (4 1) (3 5)."""
     model = build_model("fcn", num_classes=3, in_channels=1, image_size=(4, 4), width=16, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     images = torch.rand(K, 1, 4, 4, generator=generator)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     local = LocalTraining.from_epochs(1, 2, 0.1, K, momentum=0.9, shuffle=True)
-    orders = torch.tensor([[0, 2, 4, 1, 3, 5]])  # the client's private order: mini-batches {0,2} {4,1} {3,5}
-    update = client_update(model, images, labels, local=local, orders=orders, mean=[0.0], std=[1.0])
-    plan = plan_labels("oracle", update, model, true_labels=labels)
-    known = orders if local_order == "oracle" else None
+    update = client_update(model, images, labels, local=local, orders=ORDERS, mean=[0.0], std=[1.0])
+    return model, update, plan_labels("oracle", update, model, true_labels=labels), images
+
+
+ORDERS = torch.tensor([[0, 2, 4, 1, 3, 5]])  # the client's private order: mini-batches {0,2} {4,1} {3,5}
+
+
+def fedavg_problem(local_order):
+    model, update, plan, images = shuffled_client()
+    known = ORDERS if local_order == "oracle" else None
     settings = AttackSettings(local_order=local_order, span="never", objective="l2")
     return AttackProblem(model, update, plan, settings, local_orders=known), images
 
@@ -102,3 +109,26 @@ def test_the_search_finds_the_label_counts_of_each_mini_batch():
     # the client's mini-batches {0,2} {4,1} {3,5} hold labels {0,1} {0,2} {1,2}, in this order (momentum weighs
     # the earlier ones more, so the order shows); same-label dummies are interchangeable (their images follow)
     assert counts_per_batch() == [[0, 1], [0, 2], [1, 2]]
+
+
+def test_an_interrupted_order_free_attack_resumes_with_its_searched_orders(monkeypatch, tmp_path):
+    from inversion.attack import Inversion
+    from tests._data import ctrl_c_at_step
+
+    model, update, plan, _ = shuffled_client()
+    settings = AttackSettings(local_order="free", span="never", max_steps=160, checkpoint_every=0)
+
+    def attack():
+        return Inversion(model, update, plan, settings, bounds=(torch.zeros(1), torch.ones(1)))
+
+    whole = attack().run(progress=False)
+    first = attack()
+    calls = ctrl_c_at_step(monkeypatch, 71)  # after the search at step 50 moved the dummies
+    assert first.run(progress=False).interrupted
+    first.save_checkpoint(tmp_path / "ckpt.pt")
+    monkeypatch.undo()
+    assert len(calls) == 71
+    second = attack()
+    second.load_checkpoint(tmp_path / "ckpt.pt")
+    resumed = second.run(progress=False)
+    assert torch.equal(resumed.images, whole.images) and resumed.loss == whole.loss
