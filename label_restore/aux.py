@@ -123,7 +123,7 @@ def _as_labels(aux_labels: Any, num_samples: int, num_classes: int) -> torch.Ten
 
 
 def class_conditional_probabilities(
-    aux_probs: Any, aux_labels: Any, num_classes: int, missing_classes: str = "error"
+    aux_probs: Any, aux_labels: Any, num_classes: int, missing_classes: str = "error", weights: Any = None
 ) -> tuple[torch.Tensor, np.ndarray, list[int]]:
     """The class-conditional mean softmax :math:`q_j` of the auxiliary data.
 
@@ -133,6 +133,8 @@ def class_conditional_probabilities(
         num_classes: :math:`C`.
         missing_classes: ``"error"`` (refuse a class without auxiliary samples) or ``"overall_mean"`` (use
             the mean softmax of all auxiliary samples for it, and report it).
+        weights: :math:`(N,)` non-negative weights of the samples in the means (e.g. how much each visit of a
+            simulated FedAvg client counts in its pseudo-gradient); None: all 1.
 
     Returns:
         ``(q, per_class, missing)``: float64 :math:`(C, C)` with row :math:`j` = :math:`q_j` (mean over the T
@@ -151,6 +153,17 @@ def class_conditional_probabilities(
     probs = _mean_probs(aux_probs, num_classes)
     labels = _as_labels(aux_labels, probs.shape[0], num_classes)
     per_class = torch.bincount(labels, minlength=num_classes)
+    if weights is not None:
+        weights = torch.as_tensor(np.asarray(weights), dtype=torch.float64).reshape(-1)
+        if (
+            weights.numel() != probs.shape[0]
+            or not bool((weights >= 0).all())
+            or not bool(torch.isfinite(weights).all())
+        ):
+            raise LabelRestoreInputError(
+                f"aux weights must be {probs.shape[0]} finite non-negative numbers (one per auxiliary sample)."
+            )
+        probs = probs.to(torch.float64) * weights[:, None]  # weighted sums; the rows are normalised below
     sums = torch.zeros(num_classes, num_classes, dtype=probs.dtype).index_add_(0, labels, probs).to(torch.float64)
     missing = (per_class == 0).nonzero().reshape(-1).tolist()
     if missing and missing_classes == "error":
@@ -251,6 +264,7 @@ def aux(
     aux_probs: Any = None,
     aux_labels: Any = None,
     missing_classes: str = "error",
+    aux_weights: Any = None,
 ) -> RestorationResult:
     """Label restoration from the bias gradient with class-conditional softmax means of auxiliary data.
 
@@ -267,6 +281,8 @@ def aux(
         missing_classes: ``"error"`` (default: a class without auxiliary samples is refused) or
             ``"overall_mean"`` (its estimate is the mean softmax of all auxiliary samples; the classes are
             recorded in ``details["missing_classes"]``).
+        aux_weights: :math:`(N,)` weights of the auxiliary samples in the class means (a simulated FedAvg
+            client's visits count as much as their step does in its pseudo-gradient); None: all 1.
 
     Returns:
         :class:`RestorationResult` with ``details = {"float_counts", "solver", "residual", "aux_samples",
@@ -281,7 +297,7 @@ def aux(
         [2, 1]
     """
     c, k = inputs.num_classes, inputs.batch_size
-    probs, per_class, missing = class_conditional_probabilities(aux_probs, aux_labels, c, missing_classes)
+    probs, per_class, missing = class_conditional_probabilities(aux_probs, aux_labels, c, missing_classes, aux_weights)
     trajectory = int(np.shape(aux_probs)[0]) if np.ndim(aux_probs) == 3 else 1
     grad_bias = inputs.required("grad_bias")
     float_counts, info = nonnegative_counts(probs, grad_bias, k)

@@ -16,7 +16,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -180,6 +180,21 @@ def softmax_outputs(model: nn.Module, images: Tensor) -> Tensor:
         model.train(was_training)
 
 
+class SimulatedRows(NamedTuple):
+    """The softmax rows of simulated FedAvg clients (:func:`simulated_client_softmax`).
+
+    Attributes:
+        probs: (V, C) float32 softmax rows, one per visit of a sample (or probe) in a local step.
+        labels: (V,) int64 their classes.
+        weights: (V,) float64 how much each counts in the pseudo-gradient, :math:`w_s / |b_s|` (a probe row as a
+            visit in a full mini-batch).
+    """
+
+    probs: Tensor
+    labels: Tensor
+    weights: Tensor
+
+
 def simulated_client_softmax(
     model: nn.Module,
     aux: AuxiliaryData,
@@ -188,15 +203,17 @@ def simulated_client_softmax(
     seed: int,
     repeats: int = REPEATS,
     bn_mode: str = "eval",
-) -> tuple[Tensor, Tensor]:
+) -> SimulatedRows:
     """Softmax outputs of simulated FedAvg clients, taken where the real client's pseudo-gradient takes them.
 
-    The pseudo-gradient :math:`-\\Delta/(\\eta S) = \\frac1S \\sum_s \\frac1B \\sum_{k \\in b_s} (p_k^{(s)} - y_k)`
-    averages the softmax of each local mini-batch's samples at the weights :math:`\\theta_s` of that step. A
-    simulated client holds K auxiliary images with the class counts ``counts`` (drawn per class, in a random
-    order) and runs the public schedule from the shared model with plain SGD; every step's mini-batch softmax is
-    recorded, one row per visit of a sample (including the effect of having trained on it before, as the real
-    client's are). ``repeats`` clients with independent draws are pooled. Classes without a sample in the
+    The pseudo-gradient :math:`-\\Delta/(\\eta \\sum_s w_s) = \\sum_s \\frac{w_s}{\\sum_r w_r} \\frac{1}{|b_s|}
+    \\sum_{k \\in b_s} (p_k^{(s)} - y_k)` (plus weight decay) averages the softmax of each local mini-batch's samples
+    at the weights :math:`\\theta_s` of that step, step s weighted by its momentum weight :math:`w_s`
+    (:meth:`~inversion.fl.local.LocalTraining.step_weights`). A simulated client holds K auxiliary images with the
+    class counts ``counts`` (drawn per class, in a random order) and runs the public schedule from the shared model
+    (torch's SGD with the schedule's momentum and weight decay); every step's mini-batch softmax is recorded, one row
+    per visit of a sample (including the effect of having trained on it before, as the real client's are), weighted
+    :math:`w_s / |b_s|`. ``repeats`` clients with independent draws are pooled. Classes without a sample in the
     simulated batch (all classes, when S·B < K leaves samples unvisited) get rows too: up to :data:`PROBES` of
     their auxiliary images, evaluated (not trained on) at every step. (A DP-SGD client's clipping and noise are
     not simulated.)
@@ -211,14 +228,15 @@ def simulated_client_softmax(
         bn_mode: the client's batch-norm mode during its local steps (``update.meta.bn_mode``).
 
     Returns:
-        ``(probs, labels)``: (V, C) float32 softmax rows and their (V,) int64 classes.
+        the rows (:class:`SimulatedRows`).
     """
     counts = np.asarray(counts, dtype=np.int64)
     labels = aux.labels.numpy()
     visits_all = local.steps >= local.batches_per_epoch(int(counts.sum()))  # else only the first mini-batches
     unvisited = np.flatnonzero(counts == 0) if visits_all else np.arange(counts.size)
     probes = np.concatenate([np.flatnonzero(labels == c)[:PROBES] for c in unvisited] or [np.zeros(0, dtype=np.int64)])
-    rows, row_labels = [], []
+    rows, row_labels, row_weights = [], [], []
+    step_weights = local.step_weights()
     for repeat in range(repeats):
         generator = np.random.default_rng(seed + repeat)
         draws = []
@@ -242,18 +260,19 @@ def simulated_client_softmax(
             logits = client(images[indices].to(device))
             rows.append(torch.softmax(logits.detach().float(), dim=1).cpu())
             row_labels += [targets[batch], torch.as_tensor(labels[probes], dtype=torch.int64)]
+            weight = float(step_weights[step])
+            row_weights += [torch.full((batch.numel(),), weight / batch.numel(), dtype=torch.float64)]
+            row_weights += [torch.full((probes.size,), weight / local.batch_size, dtype=torch.float64)]
             F.cross_entropy(logits[: batch.numel()], targets[batch].to(device)).backward()
             optimizer.step()
-    return torch.cat(rows), torch.cat(row_labels)
+    return SimulatedRows(torch.cat(rows), torch.cat(row_labels), torch.cat(row_weights))
 
 
-def _misfit(
-    probs: Tensor, labels: Tensor, counts: np.ndarray, grad_bias: Tensor, batch_size: int
-) -> tuple[float, Tensor]:
+def _misfit(rows: SimulatedRows, counts: np.ndarray, grad_bias: Tensor, batch_size: int) -> tuple[float, Tensor]:
     """How badly counts explain the bias gradient under the statistics of clients simulated with those counts:
     the norm (samples) and the vector :math:`\\sum_j n_j (q_j(n) - e_j) - K \\nabla b`, (C,); an entry below 0
     says class :math:`i` has too many samples (roughly :math:`-r_i` of them)."""
-    q, _, _ = class_conditional_probabilities(probs, labels, counts.size, missing_classes="overall_mean")
+    q, _, _ = class_conditional_probabilities(rows.probs, rows.labels, counts.size, "overall_mean", rows.weights)
     n = torch.as_tensor(counts, dtype=torch.float64)
     residual = q.T @ n - n - batch_size * grad_bias.double().cpu()
     return float(torch.linalg.vector_norm(residual)), residual
@@ -281,13 +300,14 @@ def aux_restoration(
     FedSGD: one restoration with the model's softmax outputs on ``aux``. FedAvg: that restoration gives first
     counts; then clients with the current counts are simulated through the update's public schedule
     (:func:`simulated_client_softmax`) and the counts are restored again with the class means of their
-    mini-batch softmax outputs and the update's pseudo-gradient :math:`-\\Delta/(\\eta S)`, until the counts
+    mini-batch softmax outputs and the update's pseudo-gradient, until the counts
     repeat (at most ``max_passes`` rounds). This iteration need not converge to the truth (a class
     overestimated makes the simulated model surer of it, which asks for still more of it), so it only proposes
     candidates: the counts that explain the pseudo-gradient best under their own simulation win (:func:`_misfit`),
     and from them single samples move between the :data:`MOVES` classes the misfit points at while it falls.
-    Over whole local epochs (S·B a multiple of K) every sample counts equally in the pseudo-gradient; otherwise
-    the first mini-batches count more, which no server can undo without the client's order.
+    Over whole local epochs without momentum every sample counts equally in the pseudo-gradient; otherwise some
+    mini-batches count more (the first ones, with momentum: the weights :math:`w_s`), which no server can undo
+    without the client's order: the simulated rows carry those weights, the counts stay confounded with the order.
 
     Args:
         update, model: the shared update and model.
@@ -340,12 +360,13 @@ def aux_restoration(
 
         def simulate(counts: np.ndarray, restore: bool) -> _Simulated:
             """The clients simulated with ``counts``; their restored counts only with ``restore``."""
-            probs, labels = simulated_client_softmax(model, aux, local, counts, seed, bn_mode=update.meta.bn_mode)
+            rows = simulated_client_softmax(model, aux, local, counts, seed, bn_mode=update.meta.bn_mode)
             extra["simulations"] += 1
             restored = None
             if restore:
-                restored = restore_labels(method, aux_probs=probs, **{**options, "aux_labels": labels}).counts
-            return (*_misfit(probs, labels, counts, grad_bias, batch_size), counts, restored)
+                simulated = {"aux_probs": rows.probs, "aux_labels": rows.labels, "aux_weights": rows.weights}
+                restored = restore_labels(method, **{**options, **simulated}).counts
+            return (*_misfit(rows, counts, grad_bias, batch_size), counts, restored)
 
         counts = result.counts
         scored: list[_Simulated] = []

@@ -29,6 +29,7 @@ from inversion.restore.auxiliary import (
 )
 from label_restore import InconsistentGradientWarning, restore_labels
 from label_restore.aux import class_conditional_probabilities, nonnegative_counts, project_to_simplex
+from label_restore.errors import LabelRestoreInputError
 from label_restore.linsolve import count_system
 
 
@@ -173,7 +174,7 @@ def test_simulated_client_softmax_matches_a_hand_written_sgd_loop():
     model, aux = tiny_model(), tiny_aux()
     local = LocalTraining(steps=5, batch_size=2, lr=0.5)
     counts = np.array([2, 0, 4])
-    probs, labels = simulated_client_softmax(model, aux, local, counts, seed=1, repeats=1)
+    probs, labels, weights = simulated_client_softmax(model, aux, local, counts, seed=1, repeats=1)
     # brute force: the same draw, explicit SGD on a parameter list, each mini-batch's softmax before its step,
     # and the absent class 1's first 32 auxiliary images (all 10) evaluated at every step
     rng = np.random.default_rng(1)
@@ -197,6 +198,7 @@ def test_simulated_client_softmax_matches_a_hand_written_sgd_loop():
         params = [(p - 0.5 * g).detach().requires_grad_() for p, g in zip(params, grads)]
     torch.testing.assert_close(probs, torch.cat(expected).float())
     assert torch.equal(labels, torch.cat(expected_labels))
+    assert bool((weights == 0.5).all())  # no momentum: w_s = 1, over mini-batches of 2
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), tiny_model().parameters()))  # not changed
 
 
@@ -374,7 +376,21 @@ def test_benchmark_scores_aux_and_records_the_auxiliary_set(data_root, tmp_path)
 
 def test_a_schedule_that_visits_part_of_the_batch_still_gives_every_class_rows():
     # S * B = 1 < K = 12: the simulated client trains on one sample; the other classes are probed at every step
-    probs, labels = simulated_client_softmax(
+    probs, labels, _ = simulated_client_softmax(
         tiny_model(), tiny_aux(), LocalTraining(steps=1, batch_size=1, lr=0.5), np.array([1, 1, 10]), seed=0, repeats=1
     )
     assert set(labels.tolist()) == {0, 1, 2} and probs.shape == (1 + 30, 3)
+
+
+def test_class_means_weigh_each_sample_by_its_weight():
+    probs, labels = [[0.6, 0.4], [0.8, 0.2], [0.1, 0.9], [0.3, 0.7]], [0, 0, 1, 1]
+    q, _, _ = class_conditional_probabilities(probs, labels, 2, weights=[3.0, 1.0, 1.0, 1.0])
+    torch.testing.assert_close(q, torch.tensor([[0.65, 0.35], [0.2, 0.8]], dtype=torch.float64))  # (3*.6+.8)/4
+    with pytest.raises(LabelRestoreInputError, match="aux weights must be 4 finite non-negative"):
+        class_conditional_probabilities(probs, labels, 2, weights=[1.0, -1.0, 1.0, 1.0])
+
+
+def test_a_momentum_clients_rows_weigh_as_their_steps_do_in_its_delta():
+    local = LocalTraining(steps=3, batch_size=2, lr=0.5, momentum=0.5)  # w = 1.75, 1.5, 1 over mini-batches of 2
+    _, _, weights = simulated_client_softmax(tiny_model(), tiny_aux(), local, np.array([2, 2, 2]), seed=0, repeats=1)
+    assert weights.tolist() == [0.875] * 2 + [0.75] * 2 + [0.5] * 2  # every class visited: no probes
