@@ -10,7 +10,7 @@ then asks the unrolled local training for batches the client never formed. The o
   (the multiset of the label plan), and every :data:`REORDER_EVERY` steps a search reassigns the dummies to
   the mini-batches (:meth:`AttackProblem.reorder <inversion.attack.problem.AttackProblem.reorder>`). It
   reads the final layer's bias change, where the mini-batches' label counts show: the bias change is
-  :math:`-\\eta \\sum_s w_s \frac{1}{|b_s|} \\sum_{k \\in b_s} (p_k^{(s)} - y_k)` plus weight decay, the momentum
+  :math:`-\\eta \\sum_s w_s \\frac{1}{|b_s|} \\sum_{k \\in b_s} (p_k^{(s)} - y_k)` plus weight decay, the momentum
   weights :math:`w_s` telling the steps apart. With the softmax :math:`p_k^{(s)}` of every dummy at every
   step's weights (from one unrolled pass) the change is linear in the assignment, so simulated annealing
   (:meth:`LocalLayout.anneal`) searches it in milliseconds, and the unrolled bias change decides whether the

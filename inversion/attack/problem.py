@@ -189,14 +189,15 @@ class AttackProblem:
         final layer's bias change."""
         return self.layout is not None and self.layout.search and self.bias_name is not None
 
-    def reorder(self, leaf: Tensor, label_logits: Tensor | None, step: int) -> None:
-        """The order-free search of which mini-batch holds which dummy (:mod:`.order_free`), at attack step ``step``.
+    def reorder(self, leaf: Tensor, label_logits: Tensor | None, step: int, restart: int = 0) -> None:
+        r"""The order-free search of which mini-batch holds which dummy (:mod:`.order_free`), at attack step ``step``
+        of restart ``restart``.
 
         One unrolled pass records the weights :math:`\theta_s` of every local step; the softmax of every dummy at
-        each gives the contributions :math:`c_{s,k} = -\\eta\\, w_s (p_k^{(s)} - y_k) / |b_s|` to the final layer's
-        bias change (weight decay's :math:`-\\eta\\, w_s \\lambda b_s` is moved to the target). Annealing finds
-        the assignment whose contributions add up closest to the shared change (:meth:`LocalLayout.anneal`,
-        seeded by ``settings.seed`` and ``step``); it replaces :attr:`orders` when its unrolled bias change is
+        each gives the contributions :math:`c_{s,k} = -\eta\, w_s (p_k^{(s)} - y_k) / |b_s|` to the final layer's
+        bias change (weight decay's :math:`-\eta\, w_s \lambda b_s` is moved to the target). Annealing finds the
+        assignment whose contributions add up closest to the shared change (:meth:`LocalLayout.anneal`, seeded by
+        ``settings.seed``, ``step`` and ``restart``); it replaces :attr:`orders` when its unrolled bias change is
         closer too, and the search repeats on the new assignment's trajectory (at most :data:`REORDER_ROUNDS`
         times) until it finds nothing closer.
         """
@@ -205,7 +206,7 @@ class AttackProblem:
         assert self.orders is not None
         x = self.images(leaf.detach())
         logits = None if label_logits is None else label_logits.detach()
-        generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + step)
+        generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + step + restart * 1_000_000_007)
         now = float(self.match(x, logits, create_graph=False, matcher=self.search_matcher).detach())
         for _ in range(REORDER_ROUNDS):  # the trajectory of the new assignment gives a better surrogate
             contributions, target = self._bias_contributions(x, logits)

@@ -89,7 +89,7 @@ class SequentialStepper:
             and st.step % REORDER_EVERY == 0
             and st.step <= problem.settings.max_steps // 4
         ):
-            problem.reorder(x, logits, st.step)
+            problem.reorder(x, logits, st.step, st.restart)
             st.local_orders = problem.orders
 
         def closure() -> Tensor:

@@ -259,7 +259,7 @@ def unroll_local_training(
         orders: (⌈E⌉, K) each epoch's order, as indices into whatever ``loss`` indexes (the K dummies, or
             one set of K per epoch: rows ``e·K ... e·K + K - 1``); required when the schedule shuffles.
         create_graph: keep the graph through every step (False: only the values, e.g. to compare orders).
-        on_step: called with (step, :math:`\theta_s`) before each step (e.g. to record the trajectory).
+        on_step: called with (step, :math:`\\theta_s`) before each step (e.g. to record the trajectory).
 
     Returns:
         parameter name -> :math:`\\Delta = \\theta_S - \\theta_0`, with the autograd graph through every

@@ -222,7 +222,7 @@ class SharedUpdate:
     Attributes:
         gradients: parameter name (as in ``model.named_parameters()``) -> for ``fedsgd``, the gradient
             of the client's mean cross-entropy; for ``fedavg``, the weight delta
-            :math:`\theta_S - \theta_0` of its local training (``meta.local``); shaped as the parameter,
+            :math:`\\theta_S - \\theta_0` of its local training (``meta.local``); shaped as the parameter,
             float32 or float64 (:data:`GRADIENT_DTYPES`).
         batch_size: K, the number of samples averaged over, or None when the protocol does not reveal it.
         meta: the public :class:`UpdateMeta`.

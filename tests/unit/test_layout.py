@@ -195,3 +195,25 @@ def test_import_inversion_loads_nothing_heavy():
     )
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert loaded.stdout.split() == []
+
+
+def control_characters(source: str) -> list[int]:
+    """Lines of the string constants in ``source`` holding a tab, form feed, backspace, bell or vertical tab: a
+    ``\\theta`` or ``\\frac`` of a docstring's maths that Python read as an escape (write ``\\\\theta`` or use r)."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        if any(ch in node.value for ch in "\x07\x08\x0b\x0c\t")
+    ]
+
+
+def test_no_docstring_reads_its_maths_as_escapes():
+    assert control_characters('def f():\n    """:math:`\\theta`"""\n') == [2]  # the check sees one
+    found = [
+        f"{path.relative_to(REPO)}:{line}"
+        for package in PACKAGES
+        for path in sorted((REPO / package).rglob("*.py"))
+        for line in control_characters(path.read_text())
+    ]
+    assert not found, f"string constants with control characters (an unescaped \\t, \\f, ...): {found}"
