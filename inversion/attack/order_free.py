@@ -218,13 +218,13 @@ class LocalLayout:
         slot_batch = np.arange(k) // local.batch_size
         best, best_cost = orders.numpy().copy(), math.inf
         for start in range(ANNEAL_STARTS):
-            current = best.copy() if start == 0 else orders.numpy().copy()
+            current = orders.numpy().copy()
             if start:
                 for row in range(rows):
                     current[row] = rng.permutation(current[row])
             if self.sets == 1:
                 current[:] = current[0]
-            residual = sum(by_batch[r, slot_batch, current[r]].sum(axis=0) for r in range(rows)) - goal
+            residual = self.predict(torch.as_tensor(current), contributions, local).numpy() - goal
             cost = float(residual @ residual)
             trials = rng.integers(0, [rows, k, k], size=(moves, 3))
             draws = rng.random(moves)

@@ -117,10 +117,7 @@ class AttackProblem:
         self.bias_name = next(  # what the order-free search reads (see reorder)
             (n for n, p in self.model.named_parameters() if p is bias and n in update.gradients), None
         )
-        self.search_matcher = None
-        if self.bias_name is not None:
-            self.search_matcher = GradientMatcher(update.gradients, [self.bias_name], "l2", device=self.device)
-        self.bias_change = None if self.bias_name is None else update.gradients[self.bias_name].double().cpu()
+        self.bias_change = None if self.bias_name is None else update.gradients[self.bias_name].to(self.device)
         self.dummy_labels = (
             None if plan.fixed is None else plan.fixed.repeat(1 if self.layout is None else self.layout.sets)
         )
@@ -141,20 +138,18 @@ class AttackProblem:
         orders: Tensor | None = None,
         *,
         create_graph: bool = True,
-        matcher: GradientMatcher | None = None,
     ) -> Tensor:
         """Matching loss of the dummies' update (graph kept, to differentiate w.r.t. x, unless ``create_graph``
-        is False), by :attr:`matcher` or the one given.
+        is False).
 
         FedSGD: the gradient of the mean loss over the dummies. FedAvg: the weight delta of the client's local
         training unrolled on the dummies (:meth:`unroll`), laid into its mini-batches by ``orders``.
         """
-        matcher = self.matcher if matcher is None else matcher
         if self.local is None:
             loss = batch_loss(self.model(x), self.plan, label_logits)
-            return matcher(torch.autograd.grad(loss, self.params, create_graph=create_graph))
+            return self.matcher(torch.autograd.grad(loss, self.params, create_graph=create_graph))
         delta = self.unroll(x, label_logits, orders, create_graph=create_graph)
-        return matcher([delta[name] for name in matcher.names])
+        return self.matcher([delta[name] for name in self.names])
 
     def unroll(
         self,
@@ -207,16 +202,22 @@ class AttackProblem:
         x = self.images(leaf.detach())
         logits = None if label_logits is None else label_logits.detach()
         generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + step + restart * 1_000_000_007)
-        now = float(self.match(x, logits, create_graph=False, matcher=self.search_matcher).detach())
+        now = self._bias_misfit(x, logits, self.orders)
         for _ in range(REORDER_ROUNDS):  # the trajectory of the new assignment gives a better surrogate
             contributions, target = self._bias_contributions(x, logits)
             found = layout.anneal(
                 self.orders, labels, contributions, target, local, generator, ANNEAL_MOVES * labels.numel()
             )
-            loss = float(self.match(x, logits, found, create_graph=False, matcher=self.search_matcher).detach())
+            loss = self._bias_misfit(x, logits, found)
             if loss >= now:
                 return
             self.orders, now = found, loss
+
+    def _bias_misfit(self, x: Tensor, label_logits: Tensor | None, orders: Tensor) -> float:
+        """Squared distance of the unrolled final-layer bias change under ``orders`` to the shared one."""
+        assert self.bias_name is not None and self.bias_change is not None  # searching needs them
+        gap = self.unroll(x, label_logits, orders, create_graph=False)[self.bias_name].detach() - self.bias_change
+        return float(torch.dot(gap.reshape(-1), gap.reshape(-1)))
 
     def _bias_contributions(self, x: Tensor, label_logits: Tensor | None) -> tuple[Tensor, Tensor]:
         """(S, N, C) contributions :math:`c_{s,k}` of every dummy to the bias change along the trajectory of the
@@ -227,7 +228,7 @@ class AttackProblem:
         self.unroll(x, label_logits, create_graph=False, on_step=lambda _, theta: thetas.append(dict(theta)))
         k, weights = self.plan.batch_size, local.step_weights()
         onehot = F.one_hot(labels, self.plan.num_classes).double()
-        target, contributions = target.clone(), []
+        target, contributions = target.double().cpu(), []
         with torch.no_grad():
             for s, theta in enumerate(thetas):
                 size = len(range(*local.rows(s, k).indices(k)))

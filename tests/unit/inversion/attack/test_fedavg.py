@@ -136,3 +136,52 @@ def test_the_fedavg_oracle_keeps_the_clients_order_which_decides_the_mini_batche
     assert float(inversion.problem.match(images[order].clone().requires_grad_(True), None).detach()) < 1e-6
     fedsgd = client_update(model, images[order], labels[order])
     assert plan_labels("oracle", fedsgd, model, true_labels=labels[order]).fixed.tolist() == sorted(labels.tolist())
+
+
+def test_a_shuffling_client_keeps_its_orders_private_and_the_oracle_order_reads_them(data_root, tmp_path):
+    import json
+
+    from inversion.config import CONFIG_DIR, ConfigError, InvertConfig, load_config
+    from inversion.experiments.invert import run_inversion
+    from inversion.fl.simulate import simulate_client
+
+    base = [
+        f"data.root={data_root}",
+        "data.download=false",
+        "client.batch_size=6",
+        "model.width=32",
+        "attack.max_steps=2",
+        "attack.checkpoint_every=0",
+        "attack.snapshot_every=0",
+    ]
+    shuffled = [
+        *base,
+        "client.kind=fedavg",
+        "client.local_steps=6",
+        "client.local_batch_size=2",
+        "client.local_shuffle=true",
+    ]
+    cfg = load_config(InvertConfig, CONFIG_DIR / "invert" / "default.yaml", shuffled)
+    run = simulate_client(cfg, progress=False)
+    orders = torch.tensor(run.private.record["local_orders"])  # private: the update says only that it shuffles
+    assert orders.shape == (2, 6) and run.update.meta.local.shuffle and "local_orders" not in str(run.update.meta)
+    again = client_update(
+        run.model, run.private.images, run.private.labels, local=run.update.meta.local, orders=orders, dataset="mnist"
+    )
+    assert again.sha256 == run.update.sha256  # the recorded orders are the ones the client trained with
+    out = tmp_path / "oracle"
+    oracle = load_config(
+        InvertConfig,
+        CONFIG_DIR / "invert" / "default.yaml",
+        [*shuffled, "attack.labels=oracle", "attack.local_order=oracle", f"out={out}"],
+    )
+    run_inversion(oracle, progress=False)
+    assert json.loads((out / "results.json").read_text())["attack"]["steps"] == 2
+    fedsgd = load_config(
+        InvertConfig,
+        CONFIG_DIR / "invert" / "default.yaml",
+        [*base, "attack.local_order=oracle", f"out={tmp_path / 'fedsgd'}"],
+    )
+    with pytest.raises(ConfigError, match="attack.local_order: oracle is for FedAvg updates"):
+        run_inversion(fedsgd, progress=False)
+    assert not (tmp_path / "fedsgd").exists()  # refused before anything was written
