@@ -52,9 +52,7 @@ class RestartState:
     best_loss: float = math.inf
     step: int = 0
     optimizer: dict[str, Any] | None = None
-    local_orders: Tensor | None = (
-        None  # the order-free layout's searched mini-batch orders (inversion.attack.order_free)
-    )
+    local_orders: Tensor | None = None  # searched mini-batch orders of an order-free layout (.order_free)
 
     width = 1
     """Restarts advanced per step."""
