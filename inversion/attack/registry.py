@@ -16,6 +16,7 @@ from typing import Protocol
 
 from torch import Tensor
 
+from inversion.attack.disaggregation_attack import DisaggregationAttack
 from inversion.attack.optimize import Inversion
 from inversion.attack.runner import InversionResult
 from inversion.utils.errors import InputError
@@ -86,3 +87,4 @@ def get_attack(name: str) -> AttackBuilder:
 
 
 register_attack("gradient_matching", Inversion)
+register_attack("disaggregation", DisaggregationAttack)

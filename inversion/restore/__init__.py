@@ -4,10 +4,19 @@
   :class:`SharedUpdate`, handed what the method needs) and :func:`needs_auxiliary` (whether a method reads
   ``aux=``);
 - :mod:`.auxiliary`: the server's auxiliary images (:class:`AuxiliaryData`) and the simulation of the methods that
-  read them (``aux``).
+  read them (``aux``);
+- :mod:`.disaggregation`: the label method ``disaggregation`` (the labels of the samples recovered exactly from
+  the linear layers' gradients, a final-layer method for the rest), registered here with ``needs="update"``, so
+  :func:`label_restore.available_methods` lists it once :mod:`inversion` is imported.
 """
 
 from inversion.restore.auxiliary import AuxiliaryData, draw_auxiliary
 from inversion.restore.from_update import needs_auxiliary, restore_from_update
 
-__all__ = ["AuxiliaryData", "draw_auxiliary", "needs_auxiliary", "restore_from_update"]
+# isort: split
+from inversion.restore.disaggregation import disaggregation  # after restore_from_update: it imports inversion.attack
+from label_restore import register_method
+
+register_method("disaggregation", disaggregation, needs="update")
+
+__all__ = ["AuxiliaryData", "disaggregation", "draw_auxiliary", "needs_auxiliary", "restore_from_update"]

@@ -97,7 +97,7 @@ def test_clean_fedavg_update_with_a_small_learning_rate_is_not_flagged():
 
 def test_every_label_method_reports_the_noise():
     model, (images, labels) = fcn(2), batch(2)
-    update = client_update(model, images, labels, dp=DPSGD(noise_multiplier=0.5), dp_seed=4)
+    update = client_update(model, images, labels, dp=DPSGD(noise_multiplier=0.5), dp_seed=4, dataset="mnist")
     expected = update_noise(update, model, K)
     gen = torch.Generator().manual_seed(5)
     aux = AuxiliaryData(torch.randn(60, 1, 28, 28, generator=gen), torch.arange(CLASSES).repeat(6))

@@ -1,0 +1,563 @@
+r"""Disaggregation: the batch's samples, exactly, from the gradients of the model's linear layers.
+
+For a linear layer :math:`u = W a + b` and the mean cross-entropy over K samples, the shared gradient is
+
+.. math:: G = [\nabla W, \nabla b] = \frac1K \sum_{k=1}^{K} \delta_k\, \tilde a_k^\top,
+   \qquad \tilde a_k = [a_k; 1], \quad \delta_k = \partial \ell_k / \partial u_k,
+
+a matrix of rank K (at most): its row space is spanned by the K inputs :math:`\tilde a_k`, its column space by
+the K output gradients :math:`\delta_k`. The inputs of a model's first linear layer are nonnegative after an affine
+map and sparse: the pixels :math:`x - \ell \ge 0` above their lower bound :math:`\ell` for a layer on the image
+(most MNIST pixels sit on it), or post-ReLU features for a layer after convolutions. Each sample is then a sparse
+vertex of the polytope :math:`\{v \in \text{row}(G) : v_{D+1} = 1,\ v \text{ nonnegative}\}`, found by a
+linear program (the ER-SpUD programme of Spielman, Wang and Wright, 2012: the nonnegative vector of least
+weighted ink with ink 1 at one chosen coordinate), as R-GAP, the Cocktail Party Attack and SPEAR (Dimitrov et al.,
+NeurIPS 2024) exploit the same low-rank structure.
+
+**Verification.** A vertex may mix samples. A candidate :math:`a` is run through the rest of the model in float64
+with every label c; it is a sample of the batch when, for the label that explains it best, every later linear
+layer's input lies in that layer's row space and every linear layer's output gradient lies in its column space
+(relative residuals below ``tolerance``). A mixture of samples fails both: its ReLU pattern is no sample's.
+This also gives the sample's label (the issue's "which label explains its gradient").
+
+**Peeling.** A verified sample's exact per-sample gradient :math:`\delta_l \tilde a_l^\top / K` is subtracted
+from every linear layer; the residual is the gradient of the remaining samples (rank one lower), whose polytope
+has fewer spurious vertices; the search repeats on it. It stops when the first layer's residual is at its float
+noise floor (the remaining samples, e.g. those a trained model classifies with a loss under ~1e-6, left no trace
+above float32 rounding) or a round verifies nothing.
+
+:func:`disaggregate` runs it on a :class:`~inversion.fl.update.SharedUpdate` and the server's model.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linprog
+from torch import Tensor, nn
+
+from inversion.attack.span import first_linear_weight
+from inversion.fl.update import SharedUpdate
+from inversion.utils.errors import InputError
+
+__all__ = [
+    "NOISE_FLOOR",
+    "STOPS",
+    "TOLERANCE",
+    "Disaggregation",
+    "LinearLayer",
+    "disaggregate",
+    "layer_residuals",
+    "linear_layers",
+    "vertex_candidates",
+]
+
+NOISE_FLOOR = 1e-7
+"""Singular values below this times a layer gradient's largest are taken as rounding, whatever else is measured."""
+
+RANK_MARGIN = 10.0
+"""A direction of a layer gradient counts as a sample's when its singular value exceeds this many times the layer's
+noise level, its (K+1)-th singular value (the gradient of K samples has rank K at most; what lies beyond is the
+client's float32 rounding, or DP noise)."""
+
+SLACK = 300.0
+"""A sample of strength s (its contribution's norm to the first layer's gradient) is measured to a relative
+precision of about (noise level) / s; its verification residual may be SLACK times that (up to :data:`LOOSEST`)."""
+
+LOOSEST = 1e-2
+"""No candidate verifies with a residual above this (mixtures of two samples measured from 1e-2 up)."""
+
+TOLERANCE = 3e-4
+"""A candidate verifies when its worst relative row- or column-space residual (:func:`layer_residuals`) is below
+this: true samples measured up to 4e-4 on trained FCN-3 checkpoints, mixtures of two samples from 1e-3 up."""
+
+PIXEL_STRONG = 0.05
+"""Coordinates whose column in the nonnegative map is below this fraction of the largest one are never the LP's
+unit coordinate (their ink is close to the noise)."""
+
+DUPLICATE = 1e-2
+"""Two candidates of a round closer than this (relative) are one sample: the second is dropped."""
+
+
+LP_SLACK = 1e-4
+"""The programmes' nonnegativity holds to this share of the strongest coordinate's ink: a subspace measured from
+float32 gradients puts the zero pixels of a faint sample slightly below zero (polishing then makes it exact)."""
+
+ROUND_BUDGET = 2
+"""A round solves at most this many programmes per remaining sample (plus 2) before the verified samples are peeled
+off and the search restarts on the rest."""
+
+BASIN = 0.5
+"""After a programme, the coordinates where its solution has more than this share of its largest ink are not tried
+again (a programme from them lands on the same vertex)."""
+
+POLISH = (3e-3, 1e-2, 3e-2)
+"""Levels (shares of the largest ink) under which an LP solution's coordinates are taken as exactly empty, tried in
+turn when the solution itself does not verify (:func:`_polished`)."""
+"""Weight of the ink of samples found in a round on the LP's objective: later programmes avoid them."""
+
+
+STOPS = {
+    "all": "all K samples verified",
+    "noise": "the rest of the first layer's gradient is at its noise floor (those samples left no trace above it)",
+    "room": "no linear layer after the first holds every remaining sample in its gradient (its rank is lower), so "
+    "none can verify them",
+    "nothing": "a round of linear programmes verified no sample",
+    "budget": "the budget of linear programmes was spent",
+}
+"""Why :func:`disaggregate` stopped (:attr:`Disaggregation.stopped`)."""
+
+
+@dataclass(frozen=True)
+class LinearLayer:
+    """A linear layer of the model whose gradients the update holds.
+
+    Attributes:
+        module: the ``nn.Linear``.
+        weight: the name of its weight in ``model.named_parameters()``.
+        bias: the name of its bias, or None when it has none.
+    """
+
+    module: nn.Linear
+    weight: str
+    bias: str | None
+
+
+def linear_layers(model: nn.Module, image_shape: Sequence[int]) -> list[LinearLayer]:
+    """The model's ``nn.Linear`` layers in the order a forward pass calls them (found with one probe pass in eval
+    mode, without gradients).
+
+    Raises:
+        ValueError: the model has no linear layer, or calls one twice (a shared layer has no single input).
+    """
+    order: list[nn.Linear] = []
+    handles = [
+        m.register_forward_pre_hook(lambda module, _inputs: order.append(module))
+        for m in model.modules()
+        if isinstance(m, nn.Linear)
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            parameter = next(model.parameters())
+            model(torch.zeros(2, *image_shape, dtype=parameter.dtype, device=parameter.device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    if not order:
+        raise InputError(f"{type(model).__name__} has no linear layer: disaggregation reads linear layers' gradients")
+    if len(set(map(id, order))) != len(order):
+        raise InputError("the model calls one linear layer twice: disaggregation needs one input per layer and sample")
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [LinearLayer(m, names[id(m.weight)], None if m.bias is None else names[id(m.bias)]) for m in order]
+
+
+def _stacked(gradients: dict[str, Tensor], layer: LinearLayer) -> np.ndarray:
+    """:math:`G = [\\nabla W, \\nabla b]`, float64, (out, in + 1) (no bias column without a bias)."""
+    weight = gradients[layer.weight].detach().cpu().double().numpy()
+    if layer.bias is None:
+        return weight
+    return np.concatenate([weight, gradients[layer.bias].detach().cpu().double().numpy()[:, None]], axis=1)
+
+
+@dataclass
+class _Subspaces:
+    """Rank-r bases of one layer's (residual) gradient: columns U (out, r), rows V (in+1, r)."""
+
+    left: np.ndarray
+    right: np.ndarray
+
+    @property
+    def rank(self) -> int:
+        return self.right.shape[1]
+
+
+def _subspaces(matrix: np.ndarray, floor: float, max_rank: int) -> _Subspaces:
+    """The singular subspaces of ``matrix`` whose singular values exceed ``floor`` (at most ``max_rank``)."""
+    u, s, vh = np.linalg.svd(matrix, full_matrices=False)
+    rank = int(min(max_rank, (s > floor).sum()))
+    return _Subspaces(u[:, :rank], vh[:rank].T)
+
+
+def _relative_residual(vectors: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """Per row of ``vectors`` (n, d): its distance to the span of ``basis``'s columns (d, r), relative to its norm
+    (0 for a zero vector)."""
+    rest = vectors - (vectors @ basis) @ basis.T
+    norms = np.linalg.norm(vectors, axis=1)
+    return np.where(norms > 0, np.linalg.norm(rest, axis=1) / np.where(norms > 0, norms, 1.0), 0.0)
+
+
+class _Tail:
+    """The model from its first linear layer on, in float64: per candidate input and label, every linear layer's
+    input (with the bias coordinate) and output gradient of that sample's cross-entropy."""
+
+    def __init__(self, model: nn.Module, layers: list[LinearLayer], image_shape: Sequence[int]) -> None:
+        self.model = copy.deepcopy(model).double().cpu()
+        self.model.eval()  # no batch-norm (refused) or dropout: eval computes what the client computed
+        by_name = dict(self.model.named_modules())
+        original = {id(m): n for n, m in model.named_modules()}
+        self.layers = [by_name[original[id(layer.module)]] for layer in layers]
+        self.has_bias = [layer.bias is not None for layer in layers]
+        self.image_shape = tuple(image_shape)
+
+    def __call__(self, inputs: np.ndarray, labels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Inputs (n, in+1 or in) and output gradients (n, out) of every linear layer, for first-layer inputs
+        ``inputs`` (n, in) and labels (n,)."""
+        first = torch.as_tensor(inputs, dtype=torch.float64)
+        seen: list[Tensor] = []
+        outputs: list[Tensor] = []
+
+        def replace(_module: nn.Module, _args: tuple) -> tuple:
+            return (first,)
+
+        def record(_module: nn.Module, args: tuple, output: Tensor) -> None:
+            seen.append(args[0])
+            output.retain_grad()
+            outputs.append(output)
+
+        handles = [self.layers[0].register_forward_pre_hook(replace)]
+        handles += [layer.register_forward_hook(record) for layer in self.layers]
+        try:
+            logits = self.model(torch.zeros(len(first), *self.image_shape, dtype=torch.float64))
+            loss = nn.functional.cross_entropy(logits, torch.as_tensor(labels, dtype=torch.long), reduction="sum")
+            loss.backward()
+        finally:
+            for handle in handles:
+                handle.remove()
+        ins: list[np.ndarray] = []
+        for seen_input, bias in zip(seen, self.has_bias, strict=True):
+            flat = seen_input.detach().reshape(len(first), -1).numpy()
+            ins.append(np.concatenate([flat, np.ones((len(flat), 1))], axis=1) if bias else flat)
+        grads = [o.grad.detach().reshape(len(first), -1).numpy() for o in outputs if o.grad is not None]
+        return ins, grads
+
+
+def layer_residuals(
+    inputs: list[np.ndarray], grads: list[np.ndarray], spaces: list[_Subspaces], informative: list[bool]
+) -> np.ndarray:
+    """The worst relative residual per candidate: of every informative layer's input to that layer's row space, and
+    of every layer's output gradient to its column space (the first layer's input is in its row space by
+    construction and adds nothing); shape (n,)."""
+    worst = np.zeros(len(inputs[0]))
+    for index, (a, d, space, useful) in enumerate(zip(inputs, grads, spaces, informative, strict=True)):
+        if not useful:
+            continue
+        if index > 0:
+            worst = np.maximum(worst, _relative_residual(a, space.right))
+        worst = np.maximum(worst, _relative_residual(d, space.left))
+    return worst
+
+
+def vertex_candidates(
+    right: np.ndarray,
+    lower: np.ndarray,
+    *,
+    budget: int,
+    accept: Callable[[np.ndarray], bool],
+    wanted: int,
+) -> tuple[list[np.ndarray], int]:
+    r"""Sparse nonnegative vectors of a row space, one linear programme each, kept when ``accept`` says so.
+
+    With :math:`V` (d+1, r) an orthonormal basis of the row space (the last coordinate the bias's 1) and the
+    nonnegative map :math:`p(v) = v_{1..d} - \ell\, v_{d+1} \ge 0`, each programme picks a coordinate i with much
+    ink not yet explained and solves
+
+    .. math:: \min_q\ \mathbf 1^\top p(Vq) \quad \text{s.t.}\quad p(Vq) \ge -\epsilon,\ p(Vq)_i = 1
+
+    The solution, or the exact vertex near it
+    (:func:`_polished`), rescaled to bias coordinate 1, is a candidate. The coordinates where it has much ink are
+    not tried again (:data:`BASIN`), and the next coordinate is the strongest one the accepted candidates explain
+    least.
+
+    Args:
+        right: V, (d+1, r) orthonormal columns.
+        lower: :math:`\ell`, (d,): the lower bound of each coordinate (0 for features).
+        budget: the most programmes to solve.
+        accept: ``accept(v) -> bool`` for a candidate v (d+1,) with v[-1] = 1.
+        wanted: stop after accepting this many.
+
+    Returns:
+        the accepted candidates (each (d+1,)), and the number of programmes solved.
+    """
+    ink_map = right[:-1].T - np.outer(right[-1], lower)  # (r, d): p(Vq) = q @ ink_map
+    strength = np.linalg.norm(ink_map, axis=0)
+    if strength.max() == 0:
+        return [], 0
+    usable = strength > PIXEL_STRONG * strength.max()
+    epsilon = LP_SLACK * strength.max()
+    constraints = -ink_map.T
+    explained = np.zeros(ink_map.shape[1])
+    tried = np.zeros(ink_map.shape[1], dtype=bool)
+    accepted: list[np.ndarray] = []
+    solved = 0
+    while solved < budget and len(accepted) < wanted:
+        share = explained / explained.max() if explained.max() > 0 else explained
+        score = np.where(usable & ~tried, strength * (1.0 - np.minimum(share, 1.0)) + 1e-12 * strength, -1.0)
+        i = int(score.argmax())
+        if score[i] < 0:
+            break
+        tried[i] = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            solution = linprog(
+                ink_map.sum(axis=1),
+                A_ub=constraints,
+                b_ub=np.full(constraints.shape[0], epsilon),
+                A_eq=ink_map[:, i][None],
+                b_eq=[1.0],
+                bounds=(None, None),
+                method="highs",
+            )
+        solved += 1
+        if solution.status != 0:
+            continue
+        ink = np.maximum(solution.x @ ink_map, 0.0)
+        if ink.max() <= 0:
+            continue
+        tried |= ink > BASIN * ink.max()  # programmes from these coordinates would find this vertex again
+        polished = (_polished(solution.x, ink_map, right[-1], level) for level in POLISH)
+        if any(_offer(right, q, accept, accepted) for q in (*polished, solution.x)):
+            explained += ink / ink.max()
+    return accepted, solved
+
+
+def _offer(right: np.ndarray, q: np.ndarray | None, accept: Callable[[np.ndarray], bool], accepted: list) -> bool:
+    """Whether coefficients q (r,) give a new candidate (bias coordinate 1, not within :data:`DUPLICATE` of one
+    in ``accepted``) that ``accept`` takes; it is then appended to ``accepted``."""
+    if q is None or right[-1] @ q <= 0:
+        return False
+    v = right @ q / (right[-1] @ q)
+    if any(np.linalg.norm(v - a) <= DUPLICATE * np.linalg.norm(v) for a in accepted) or not accept(v):
+        return False
+    accepted.append(v)
+    return True
+
+
+def _polished(q: np.ndarray, ink_map: np.ndarray, bias_row: np.ndarray, level: float) -> np.ndarray | None:
+    """The exact vertex near an LP solution q (r,): the coefficients whose ink vanishes on every coordinate where
+    q's ink is below ``level`` times its largest, as the eigenvector of the least eigenvalue of those equations'
+    normal matrix; None when that null direction is not clear (the least eigenvalue not 100 times below the next)
+    or misses the bias."""
+    ink = q @ ink_map
+    system = ink_map[:, ink < level * ink.max()]
+    if system.shape[1] < len(q) - 1:
+        return None
+    values, vectors = np.linalg.eigh(system @ system.T)
+    if len(values) > 1 and values[0] * 100 > values[1]:
+        return None
+    direction = vectors[:, 0]
+    bias = bias_row @ direction
+    return None if abs(bias) < 1e-12 else direction / bias
+
+
+class _Verifier:
+    """The ``accept`` of one round of :func:`vertex_candidates`: a candidate (d+1,) with bias coordinate 1 verifies
+    when, for the label that explains it best, its worst residual (:func:`layer_residuals`) is below the tolerance
+    its strength allows (:data:`SLACK`, :data:`LOOSEST`); the verified ones are kept with their labels."""
+
+    def __init__(
+        self, tail: _Tail, spaces: list[_Subspaces], informative: list[bool], noise: float, tolerance: float, k: int
+    ) -> None:
+        self.tail, self.spaces, self.informative = tail, spaces, informative
+        self.noise, self.tolerance, self.k = noise, tolerance, k
+        self.points: list[np.ndarray] = []
+        self.labels: list[int] = []
+        self.residuals: list[float] = []
+
+    def __call__(self, v: np.ndarray) -> bool:
+        point = v[:-1] if self.tail.has_bias[0] else v
+        num_classes = self.tail.layers[-1].out_features
+        ins, grads = self.tail(np.repeat(point[None], num_classes, axis=0), np.arange(num_classes))
+        scores = layer_residuals(ins, grads, self.spaces, self.informative)
+        label = int(scores.argmin())
+        strength = np.linalg.norm(grads[0][label]) * np.linalg.norm(ins[0][label]) / self.k
+        allowed = min(LOOSEST, max(self.tolerance, SLACK * self.noise / max(strength, 1e-300)))
+        if scores[label] >= allowed:
+            return False
+        self.points.append(point)
+        self.labels.append(label)
+        self.residuals.append(float(scores[label]))
+        return True
+
+
+@dataclass
+class Disaggregation:
+    """What :func:`disaggregate` recovered.
+
+    Attributes:
+        inputs: (n, d) float64 inputs of the first linear layer of the n verified samples (flattened normalised
+            images when that layer is applied to the image, else features), in the order found.
+        labels: (n,) int64 their labels.
+        residuals: (n,) float64 their verification residuals (:func:`layer_residuals`, below ``tolerance``).
+        on_image: whether the first linear layer reads the flattened image (``inputs`` are then images).
+        layer: the name of that layer's weight.
+        batch_size: K.
+        visible: the first layer's rank: how many samples rose above its float noise floor.
+        remaining_gradient: the final layer's gradients of the samples not recovered, as the mean gradient of
+            those ``batch_size - n`` samples: (grad_weight (C, M), grad_bias (C,) or None), float64; None when all
+            K were recovered.
+        programmes: linear programmes solved; rounds: peeling rounds; seconds: wall time.
+        stopped: why the search ended (one of :data:`STOPS`' sentences).
+    """
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    residuals: np.ndarray
+    on_image: bool
+    layer: str
+    batch_size: int
+    visible: int
+    remaining_gradient: tuple[np.ndarray, np.ndarray | None] | None
+    programmes: int = 0
+    rounds: int = 0
+    seconds: float = 0.0
+    stopped: str = ""
+
+    @property
+    def found(self) -> int:
+        """n, the number of verified samples."""
+        return len(self.labels)
+
+    def images(self, image_shape: Sequence[int]) -> Tensor:
+        """The verified samples as normalised images (n, C, H, W), float32; ValueError unless ``on_image``."""
+        if not self.on_image:
+            raise InputError(f"disaggregation recovered features of {self.layer!r}, not images")
+        return torch.as_tensor(self.inputs, dtype=torch.float32).reshape(-1, *image_shape)
+
+
+def _lower_bound(
+    update: SharedUpdate, model: nn.Module, layer: LinearLayer, image_shape: Sequence[int]
+) -> tuple[np.ndarray, bool]:
+    """Per input coordinate of the first linear layer, the bound its inputs never go below, and whether the layer
+    reads the image: the normalised 0 pixel then (:meth:`UpdateMeta.bounds`), else 0 (features after a ReLU)."""
+    found = first_linear_weight(model, image_shape)
+    if found is None or found[0] != layer.weight:
+        return np.zeros(layer.module.in_features), False
+    lower = torch.as_tensor(update.meta.bounds()[0], dtype=torch.float64).reshape(-1, 1, 1)
+    return lower.expand(*image_shape).reshape(-1).numpy().copy(), True
+
+
+def disaggregate(
+    update: SharedUpdate,
+    model: nn.Module,
+    *,
+    batch_size: int | None = None,
+    image_shape: Sequence[int] | None = None,
+    tolerance: float = TOLERANCE,
+    max_programmes: int | None = None,
+) -> Disaggregation:
+    """Recover the batch's samples from a FedSGD update's linear-layer gradients (see the module docstring).
+
+    Args:
+        update: the shared update, holding the gradients of the model's linear layers (at least the first).
+        model: the server's model (no batch norm: per-sample gradients must not mix samples).
+        batch_size: K when the update does not reveal it.
+        image_shape: (C, H, W); default the update's ``meta.input_shape``.
+        tolerance: the verification threshold (:data:`TOLERANCE`).
+        max_programmes: the most linear programmes in all (default 4 K).
+
+    Returns:
+        the verified samples, their labels, and the final layer's gradient of the rest.
+
+    Raises:
+        ValueError: the update is not FedSGD, lacks a linear layer's gradient, the model has batch norm, or K is
+            unknown.
+    """
+    start = time.perf_counter()
+    k = update.batch_size if update.batch_size is not None else batch_size
+    if k is None:
+        raise InputError("the update does not reveal the batch size K; pass batch_size (your guess of K)")
+    k = int(k)
+    if update.kind != "fedsgd":
+        raise InputError(
+            f"disaggregation reads per-sample structure of one gradient; this is a {update.kind} update (its layers "
+            "mix the local steps' gradients): use a FedSGD update, or labels such as aux"
+        )
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise InputError("disaggregation needs per-sample gradients; batch norm mixes the samples of a batch")
+    shape = tuple(image_shape if image_shape is not None else update.meta.input_shape or ())
+    if not shape:
+        raise InputError("the update does not record its input shape; pass image_shape=(C, H, W)")
+    layers = linear_layers(model, shape)
+    missing = [name for layer in layers for name in (layer.weight, layer.bias) if name and name not in update.gradients]
+    if missing:
+        raise InputError(f"the update holds no gradient of {missing[0]!r}: disaggregation reads every linear layer")
+    gradients = update.pseudo_gradients()
+    residual = [_stacked(gradients, layer) for layer in layers]
+    spectra = [np.linalg.svd(g, compute_uv=False) for g in residual]
+    noise = [float(s[k]) if len(s) > k else 0.0 for s in spectra]  # rank <= K: what lies beyond is rounding
+    floors = [max(NOISE_FLOOR * float(s[0]), RANK_MARGIN * n) for s, n in zip(spectra, noise, strict=True)]
+    lower, on_image = _lower_bound(update, model, layers[0], shape)
+    tail = _Tail(model, layers, shape)
+    budget = 4 * k if max_programmes is None else int(max_programmes)
+
+    found_inputs: list[np.ndarray] = []
+    found_labels: list[int] = []
+    found_residuals: list[float] = []
+    programmes = rounds = 0
+    visible = None
+    stopped = STOPS["budget"]
+    while programmes < budget:
+        left = k - len(found_labels)
+        if left == 0:
+            stopped = STOPS["all"]
+            break
+        spaces = [_subspaces(g, f, left) for g, f in zip(residual, floors, strict=True)]
+        if visible is None:
+            visible = spaces[0].rank
+        if spaces[0].rank == 0:
+            stopped = STOPS["noise"]
+            break
+        # a layer verifies when its gradient holds every sample the first layer still shows (rank below that: some
+        # share an output gradient direction, and their inputs are not in its row space)
+        informative = [space.rank >= spaces[0].rank for space in spaces]
+        if not any(informative[1:]):
+            stopped = STOPS["room"]
+            break
+        informative[0] = True
+        verifier = _Verifier(tail, spaces, informative, noise[0], tolerance, k)
+        accepted, solved = vertex_candidates(
+            spaces[0].right,
+            lower,
+            budget=min(budget - programmes, ROUND_BUDGET * spaces[0].rank + 2),
+            accept=verifier,
+            wanted=spaces[0].rank,
+        )
+        programmes += solved
+        rounds += 1
+        if not accepted:
+            stopped = STOPS["nothing"] if programmes < budget else STOPS["budget"]
+            break
+        points, labels = np.stack(verifier.points), np.asarray(verifier.labels)
+        ins, grads = tail(points, labels)
+        for index, (a, d) in enumerate(zip(ins, grads, strict=True)):
+            residual[index] = residual[index] - d.T @ a / k  # peel: the rest is the others' gradient
+        found_inputs += list(points)
+        found_labels += verifier.labels
+        found_residuals += verifier.residuals
+    remaining = None
+    if len(found_labels) < k:
+        final = residual[-1] * (k / (k - len(found_labels)))
+        remaining = (final[:, :-1], final[:, -1]) if layers[-1].bias is not None else (final, None)
+    return Disaggregation(
+        inputs=np.stack(found_inputs) if found_inputs else np.zeros((0, layers[0].module.in_features)),
+        labels=np.asarray(found_labels, dtype=np.int64),
+        residuals=np.asarray(found_residuals),
+        on_image=on_image,
+        layer=layers[0].weight,
+        batch_size=k,
+        visible=int(visible or 0),
+        remaining_gradient=remaining,
+        programmes=programmes,
+        rounds=rounds,
+        seconds=time.perf_counter() - start,
+        stopped=stopped,
+    )
