@@ -75,8 +75,8 @@ class Reconstruction:
         restoration: the label-restoration result for restoration modes, else None.
         attack: the attack's full result (restarts, steps, time, snapshots).
         update_sha256: the attacked update's digest (so it is only scored against its own private batch).
-        meta: the update's public metadata, with the normalisation the attack used (the update's, else
-            that of its dataset, else the preset dataset's).
+        meta: the update's public metadata, with the normalisation and input shape the attack used (the
+            update's, else those of its dataset, else the preset dataset's).
     """
 
     images: Tensor
@@ -140,7 +140,6 @@ def invert(
     meta = update.meta
     # the update's dataset, else the preset's
     spec = SPECS[meta.dataset] if meta.dataset is not None and meta.dataset in SPECS else chosen.spec
-    shape = meta.input_shape if meta.input_shape is not None else (spec.channels, *spec.image_size) if spec else None
     if meta.mean is None:  # no normalisation (UpdateMeta holds both mean and std, or neither): the dataset's
         if spec is None:
             raise InputError(
@@ -154,6 +153,17 @@ def invert(
                 f"the update carries no normalisation and that of {spec.name} (preset {chosen.name}) does "
                 f"not fit it: {err}; describe the update with mean=/std="
             ) from None
+    if meta.input_shape is None and spec is not None:  # no input shape: the dataset's
+        try:
+            meta = dataclasses.replace(meta, input_shape=(spec.channels, *spec.image_size))
+        except ValueError as err:  # the dataset's channels disagree with the update's normalisation
+            raise InputError(
+                f"the update records no input shape and that of {spec.name} (preset {chosen.name}) does not fit "
+                f"it: {err}; describe the update with input_shape="
+            ) from None
+    shape = meta.input_shape
+    # the update as the labels and the attack read it (filled metadata); the digest stays the client's update's
+    described = dataclasses.replace(update, meta=meta)
     device = resolve_device(attack.device)
     k = batch_size if batch_size is not None else update.batch_size
     if shape is not None and k is not None and isinstance(model, ClassifierModel):  # its meta pass is known to work
@@ -166,10 +176,10 @@ def invert(
             device,
             "the update's K (and local steps) need a larger machine",
         )
-    plan = plan_labels(mode, update, model, true_labels=known, batch_size=batch_size, aux=aux)
+    plan = plan_labels(mode, described, model, true_labels=known, batch_size=batch_size, aux=aux)
     inversion = get_attack(attack.method)(
         model,
-        update,
+        described,
         plan,
         attack,
         bounds=meta.bounds(),

@@ -43,13 +43,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from inversion.attack.batched import batched_match
-from inversion.attack.conv import use_lean_convolutions
 from inversion.attack.disaggregation import TOLERANCE, Disaggregation, disaggregate
 from inversion.attack.labels import LabelPlan
 from inversion.attack.optimize import Inversion
 from inversion.attack.problem import AttackProblem
-from inversion.attack.runner import InversionResult, Runner
+from inversion.attack.runner import InversionResult
 from inversion.attack.settings import AttackSettings
 from inversion.attack.state import FinishedRestart, RunState
 from inversion.fl.update import SharedUpdate
@@ -252,11 +250,7 @@ class DisaggregationAttack(Inversion):
         else:
             self.route = "gradient_matching"
             problem = AttackProblem(model, update, merged, settings, **common)
-        self.problem = problem
-        batched = batched_match(problem)
-        if problem.device.type == "cpu" and batched is None:  # as Inversion's
-            use_lean_convolutions(problem.model)
-        self.runner = Runner(problem, batched, identity)
+        self._set_problem(problem, identity)
         if self.route == "exact":  # the one restart is finished: the verified images and their matching loss
             anchors = problem.images(torch.zeros(problem.leaf_shape, device=problem.device))
             with problem.attached():
@@ -265,8 +259,9 @@ class DisaggregationAttack(Inversion):
             self.runner.state = RunState(finished=[done], restart=problem.settings.restarts)
 
     def record(self) -> dict[str, Any]:
-        """What disaggregation recovered: the route, n verified of K, their labels and residuals, the first layer's
-        rank (``visible``), the programmes and rounds it took and its seconds."""
+        """What disaggregation recovered, as plain JSON-ready data (what ``results.json`` records): the route, n
+        verified of K, their labels and residuals, the first layer's rank (``visible``), the programmes and rounds
+        it took and its seconds."""
         found = self.disaggregated
         return {
             "route": self.route,

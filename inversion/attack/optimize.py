@@ -78,7 +78,7 @@ class Inversion:
         identity: str = "",
         local_orders: Tensor | None = None,
     ) -> None:
-        self.problem = AttackProblem(
+        problem = AttackProblem(
             model,
             update,
             plan,
@@ -89,10 +89,17 @@ class Inversion:
             device=device,
             local_orders=local_orders,
         )
-        batched = batched_match(self.problem)
-        if self.problem.device.type == "cpu" and batched is None:  # measured faster on the CPU (see .conv)
-            use_lean_convolutions(self.problem.model)
-        self.runner = Runner(self.problem, batched, identity)
+        self._set_problem(problem, identity)
+
+    def _set_problem(self, problem: AttackProblem, identity: str) -> None:
+        """Attack ``problem``: set :attr:`problem` and its :attr:`runner` (batched restarts where
+        :func:`~inversion.attack.batched.batched_match` allows them; with sequential ones on the CPU, the lean
+        convolutions of the problem's model copy, measured faster there: :mod:`inversion.attack.conv`)."""
+        self.problem = problem
+        batched = batched_match(problem)
+        if problem.device.type == "cpu" and batched is None:
+            use_lean_convolutions(problem.model)
+        self.runner = Runner(problem, batched, identity)
 
     @property
     def shape(self) -> tuple[int, ...]:

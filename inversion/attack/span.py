@@ -47,11 +47,12 @@ def first_linear_weight(model: nn.Module, image_shape: Sequence[int]) -> tuple[s
     applied to the flattened input; else None.
 
     The first layer is found by running one forward pass (in eval mode, without gradients) on a random
-    input of shape (2, *image_shape) and taking the first module with its own parameters that is called.
-    It counts as applied to the input only when it receives exactly the flattened input (no reordering
-    or arithmetic on the way), as after ``nn.Flatten``.
+    input of shape (2, *image_shape), of the dtype of the model's first parameter and on its device, and taking
+    the first module with its own parameters that is called. It counts as applied to the input only when it
+    receives exactly the flattened input (no reordering or arithmetic on the way), as after ``nn.Flatten``.
     """
-    probe = torch.randn(2, *image_shape, generator=torch.Generator().manual_seed(0))
+    first = next(model.parameters())
+    probe = torch.randn(2, *image_shape, generator=torch.Generator().manual_seed(0), dtype=first.dtype)
     names = {module: name for name, module in model.named_modules()}
     calls: list[tuple[nn.Module, Tensor | None]] = []
 
@@ -64,7 +65,7 @@ def first_linear_weight(model: nn.Module, image_shape: Sequence[int]) -> tuple[s
     try:
         model.eval()
         with torch.no_grad():
-            model(probe.to(next(model.parameters()).device))
+            model(probe.to(first.device))
     finally:
         model.train(was_training)
         for handle in handles:

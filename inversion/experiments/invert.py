@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from inversion.attack import InversionResult, LabelPlan, get_attack, plan_labels
+from inversion.attack.disaggregation_attack import DisaggregationResult
 from inversion.attack.settings import resolve_device
 from inversion.attack.threads import attack_threads
 from inversion.config import ConfigError, InvertConfig, ModelConfig, load_config
@@ -365,6 +366,18 @@ def _results(
             "diagnostics": list(plan.restoration.diagnostics),  # the input looked inconsistent: counts unreliable
             **{key: plan.restoration.details[key] for key in _SERVER_DETAILS if key in plan.restoration.details},
         }
+    attack = {
+        "matching_loss": result.loss,
+        "best_restart": result.restart,
+        "restart_losses": result.restart_losses,
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "steps_per_second": result.steps / result.seconds if result.seconds > 0 else None,
+        "interrupted": result.interrupted,
+        "span": result.span,
+    }
+    if isinstance(result, DisaggregationResult):  # what it verified, and its route: plain data (its record())
+        attack["disaggregation"] = result.disaggregation
     return {
         "config": record,
         "device": str(device),
@@ -389,16 +402,7 @@ def _results(
         "true_labels": None if private is None else sorted(int(v) for v in private.labels),
         "label_metrics": None if truth is None else label_metrics(used, truth),
         "image_metrics": scores,
-        "attack": {
-            "matching_loss": result.loss,
-            "best_restart": result.restart,
-            "restart_losses": result.restart_losses,
-            "steps": result.steps,
-            "seconds": result.seconds,
-            "steps_per_second": result.steps / result.seconds if result.seconds > 0 else None,
-            "interrupted": result.interrupted,
-            "span": result.span,
-        },
+        "attack": attack,
     }
 
 
