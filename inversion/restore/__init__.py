@@ -7,16 +7,28 @@
   read them (``aux``);
 - :mod:`.disaggregation`: the label method ``disaggregation`` (the labels of the samples recovered exactly from
   the linear layers' gradients, a final-layer method for the rest), registered here with ``needs="update"``, so
-  :func:`label_restore.available_methods` lists it once :mod:`inversion` is imported.
+  :func:`label_restore.available_methods` lists it once :mod:`inversion` is imported; and ``disaggregation_aux``,
+  which restores the samples left with ``aux`` (it reads the server's auxiliary data).
 """
 
 from inversion.restore.auxiliary import AuxiliaryData, draw_auxiliary
 from inversion.restore.from_update import needs_auxiliary, restore_from_update
 
 # isort: split
-from inversion.restore.disaggregation import disaggregation  # after restore_from_update: it imports inversion.attack
+from inversion.restore.disaggregation import (  # after restore_from_update: it imports inversion.attack
+    disaggregation,
+    disaggregation_aux,
+)
 from label_restore import register_method
 
 register_method("disaggregation", disaggregation, needs="update")
+register_method("disaggregation_aux", disaggregation_aux, needs="update")
 
-__all__ = ["AuxiliaryData", "disaggregation", "draw_auxiliary", "needs_auxiliary", "restore_from_update"]
+__all__ = [
+    "AuxiliaryData",
+    "disaggregation",
+    "disaggregation_aux",
+    "draw_auxiliary",
+    "needs_auxiliary",
+    "restore_from_update",
+]

@@ -23,18 +23,21 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from inversion.attack.disaggregation import TOLERANCE, disaggregate
 from inversion.fl.update import SharedUpdate
 from inversion.models import final_layer
+from inversion.restore.auxiliary import AuxiliaryData, aux_restoration
 from inversion.utils.errors import InputError
 from label_restore import RestorationResult, available_methods, method_spec, restore_labels
 from label_restore.result import make_result
 
-__all__ = ["disaggregation"]
+__all__ = ["disaggregation", "disaggregation_aux"]
 
 
 def disaggregation(
@@ -57,8 +60,9 @@ def disaggregation(
 
     Returns:
         the counts (C,) summing to K; ``details``: ``recovered`` (n), ``visible``, ``programmes``, ``rounds``,
-        ``fallback``, ``fallback_counts`` (C,) (the K - n samples' counts; zeros when n = K),
-        ``fallback_refused`` (the fallback's refusal, or None), ``recovered_labels`` (n,) in the order found.
+        ``stopped`` (why the search ended), ``fallback``, ``fallback_counts`` (C,) (the K - n samples' counts;
+        zeros when n = K), ``fallback_refused`` (the fallback's refusal, or None), ``fallback_details`` (the
+        fallback's own ``details``), ``recovered_labels`` (n,) in the order found.
 
     Raises:
         ValueError: a fallback that is not a final-layer method, or what
@@ -66,6 +70,45 @@ def disaggregation(
             layer's gradient missing).
     """
     _check_fallback(fallback)
+    return _disaggregated_counts(update, model, batch_size, tolerance, max_programmes, fallback, None)
+
+
+def disaggregation_aux(
+    update: SharedUpdate,
+    model: nn.Module,
+    *,
+    batch_size: int,
+    aux: AuxiliaryData,
+    missing_classes: str = "error",
+    tolerance: float = TOLERANCE,
+    max_programmes: int | None = None,
+) -> RestorationResult:
+    """:func:`disaggregation` with the method ``aux`` for the samples not recovered: the server's labelled
+    auxiliary data (a stronger threat model, as ``aux``'s) restores their counts from the residual gradient
+    (``missing_classes``: as ``aux``'s).
+
+    Registered as ``disaggregation_aux``; :func:`~inversion.restore.restore_from_update` hands it ``aux=`` (it
+    reads the auxiliary data: :func:`~inversion.restore.needs_auxiliary`).
+    """
+    return _disaggregated_counts(
+        update, model, batch_size, tolerance, max_programmes, "aux", (aux, {"missing_classes": missing_classes})
+    )
+
+
+disaggregation_aux.reads_auxiliary = True  # type: ignore[attr-defined]
+
+
+def _disaggregated_counts(
+    update: SharedUpdate,
+    model: nn.Module,
+    batch_size: int,
+    tolerance: float,
+    max_programmes: int | None,
+    fallback: str,
+    aux: tuple[AuxiliaryData, dict[str, Any]] | None,
+) -> RestorationResult:
+    """The recovered samples' labels counted, plus ``fallback``'s counts of the rest (``aux``: the auxiliary data
+    and ``aux``'s options)."""
     start = time.perf_counter()
     found = disaggregate(update, model, batch_size=batch_size, tolerance=tolerance, max_programmes=max_programmes)
     layer = final_layer(model)
@@ -75,17 +118,11 @@ def disaggregation(
     counts, raw, present = np.zeros(classes, dtype=np.int64), np.zeros(classes, dtype=np.int64), recovered > 0
     refused: str | None = None
     diagnostics: tuple[str, ...] = ()
+    fallback_details: dict = {}
     if found.remaining_gradient is not None:
         grad_weight, grad_bias = found.remaining_gradient
         try:
-            result = restore_labels(
-                fallback,
-                grad_weight=grad_weight,
-                grad_bias=grad_bias,
-                weight=layer.weight.detach(),
-                bias=None if layer.bias is None else layer.bias.detach(),
-                batch_size=rest,
-            )
+            result = _fallback(fallback, update, model, grad_weight, grad_bias, rest, aux)
         except ValueError as err:
             refused = str(err)
             target, reading = _residual_class(grad_weight, grad_bias)
@@ -97,6 +134,7 @@ def disaggregation(
             )
         else:
             counts, raw, present = result.counts, result.raw_counts, present | result.present
+            fallback_details = dict(result.details)
             diagnostics = tuple(
                 f"fallback {fallback} on the {rest} samples not recovered: {d}" for d in result.diagnostics
             )
@@ -105,13 +143,15 @@ def disaggregation(
         "visible": found.visible,
         "programmes": found.programmes,
         "rounds": found.rounds,
+        "stopped": found.stopped,
         "fallback": fallback,
         "fallback_counts": counts.tolist(),
         "fallback_refused": refused,
+        "fallback_details": fallback_details,
         "recovered_labels": found.labels.tolist(),
     }
     result = make_result(
-        "disaggregation",
+        "disaggregation" if aux is None else "disaggregation_aux",
         recovered + counts,
         recovered + raw,
         present,
@@ -120,6 +160,34 @@ def disaggregation(
         diagnostics,
     )
     return dataclasses.replace(result, seconds=time.perf_counter() - start)
+
+
+def _fallback(
+    fallback: str,
+    update: SharedUpdate,
+    model: nn.Module,
+    grad_weight: np.ndarray,
+    grad_bias: np.ndarray | None,
+    rest: int,
+    aux: tuple[AuxiliaryData, dict[str, Any]] | None,
+) -> RestorationResult:
+    """``fallback``'s restoration of the ``rest`` samples not recovered, from their mean final-layer gradient."""
+    layer = final_layer(model)
+    if aux is not None:  # aux reads the residual as an update of its own: K - n samples, the final layer only
+        names = {id(p): n for n, p in model.named_parameters()}
+        gradients = {names[id(layer.weight)]: torch.as_tensor(grad_weight, dtype=torch.float32)}
+        if grad_bias is not None and layer.bias is not None:
+            gradients[names[id(layer.bias)]] = torch.as_tensor(grad_bias, dtype=torch.float32)
+        residual = SharedUpdate.from_gradients(gradients, rest, update.meta, check_sign=False)
+        return aux_restoration(residual, model, aux[0], rest, method=fallback, **aux[1])
+    return restore_labels(
+        fallback,
+        grad_weight=grad_weight,
+        grad_bias=grad_bias,
+        weight=layer.weight.detach(),
+        bias=None if layer.bias is None else layer.bias.detach(),
+        batch_size=rest,
+    )
 
 
 def _residual_class(grad_weight: np.ndarray, grad_bias: np.ndarray | None) -> tuple[int, str]:

@@ -34,11 +34,16 @@ DELTA_ROUNDING_FACTOR = 1.0
 
 
 def needs_auxiliary(method: str) -> bool:
-    """Whether ``method`` is a registered label method that reads the server's auxiliary data (``aux=``).
+    """Whether ``method`` is a registered label method that reads the server's auxiliary data (``aux=``): one that
+    needs ``"auxiliary"``, or one that needs the ``"update"`` and marks its function ``reads_auxiliary = True``
+    (e.g. ``disaggregation_aux``).
 
     False for anything else, e.g. the attack's label modes ``oracle``, ``joint`` and ``shared``.
     """
-    return method in available_methods() and method_spec(method).needs == "auxiliary"
+    if method not in available_methods():
+        return False
+    spec = method_spec(method)
+    return spec.needs == "auxiliary" or (spec.needs == "update" and getattr(spec.fn, "reads_auxiliary", False))
 
 
 def restore_from_update(
@@ -61,7 +66,8 @@ def restore_from_update(
       ``model`` (:func:`label_restore.restore_labels`);
     - ``"auxiliary"``: the same, plus the model's softmax outputs on ``aux`` and their labels; for a FedAvg update
       the server simulates the client's local training on ``aux`` (:func:`~.auxiliary.aux_restoration`);
-    - ``"update"``: ``fn(update, model, batch_size=K, **options)``.
+    - ``"update"``: ``fn(update, model, batch_size=K, **options)``, plus ``aux=`` for a function marked
+      ``reads_auxiliary`` (:func:`needs_auxiliary`).
 
     Args:
         method: a registered label method (:func:`label_restore.available_methods`), e.g. ``"ilrg"``.
@@ -118,6 +124,11 @@ def _restore(
 ) -> RestorationResult:
     """:func:`restore_from_update`'s dispatch on what the method needs."""
     spec = method_spec(method)
+    if needs_auxiliary(method) and aux is None:
+        raise InputError(
+            f"label method {method!r} needs the server's labelled auxiliary data: pass aux= "
+            "(inversion.restore.auxiliary.draw_auxiliary)"
+        )
     if spec.needs == "auxiliary":
         if aux is None:
             raise InputError(
@@ -125,10 +136,11 @@ def _restore(
                 "(inversion.restore.auxiliary.draw_auxiliary)"
             )
         return aux_restoration(update, model, aux, k, method=method, **options)
-    if aux is not None:
+    if aux is not None and not needs_auxiliary(method):
         raise InputError(f"aux= is auxiliary data for methods such as 'aux'; {method!r} does not read it")
     if spec.needs == "update":
-        result = spec.fn(update, model, batch_size=k, **options)
+        extra = {"aux": aux} if aux is not None else {}
+        result = spec.fn(update, model, batch_size=k, **extra, **options)
         if not isinstance(result, RestorationResult):
             raise TypeError(f"label method {method!r} returned a {type(result).__name__}, not a RestorationResult")
         return result

@@ -13,7 +13,7 @@ from inversion.attack import AttackSettings, label_modes
 from inversion.config.schemas import RestoreSweep
 from inversion.fl.local import LocalTraining
 from inversion.fl.update import SharedUpdate
-from inversion.restore import restore_from_update
+from inversion.restore import needs_auxiliary, restore_from_update
 from inversion.restore.disaggregation import disaggregation
 from label_restore import LabelRestoreInputError, available_methods, method_spec, register_method, unregister_method
 from label_restore.result import make_result
@@ -172,3 +172,20 @@ def test_refusals_are_one_line():
             lambda fallback=fallback: restore_from_update("disaggregation", update, model, fallback=fallback),
             rf"fallback '{fallback}' is not a label method that reads the final layer alone; choose one of ilrg",
         )
+
+
+def test_disaggregation_aux_gives_the_samples_left_to_aux_with_the_servers_auxiliary_data():
+    """With nothing recovered (no programme) the residual is the whole batch's gradient, so ``disaggregation_aux``
+    counts what ``aux`` restores from the update; with everything recovered, aux adds nothing."""
+    model, update = problem()
+    generator = torch.Generator().manual_seed(4)
+    aux = gl.AuxiliaryData(sparse_batch(k=12, seed=5), torch.randint(0, 3, (12,), generator=generator))
+    assert needs_auxiliary("disaggregation_aux") and not needs_auxiliary("disaggregation")
+    one_line_refusal(lambda: restore_from_update("disaggregation_aux", update, model), "needs the server's labelled")
+    plain = restore_from_update("aux", update, model, aux=aux)
+    none = restore_from_update("disaggregation_aux", update, model, aux=aux, max_programmes=0)
+    assert none.details["recovered"] == 0 and none.details["fallback"] == "aux"
+    assert none.raw_counts.tolist() == plain.raw_counts.tolist()
+    assert none.details["fallback_details"]["aux"] == plain.details["aux"] == aux.record  # aux read the residual
+    whole = restore_from_update("disaggregation_aux", update, model, aux=aux)
+    assert whole.details["recovered"] == 3 and whole.counts.tolist() == TRUTH

@@ -14,7 +14,7 @@ from inversion.fl.client import client_update
 from inversion.fl.dp import DPSGD
 from inversion.fl.local import LocalTraining
 from inversion.models import build_model, final_layer
-from inversion.restore import restore_from_update
+from inversion.restore import needs_auxiliary, restore_from_update
 from inversion.restore.auxiliary import AuxiliaryData
 from inversion.restore.from_update import expected_class_sums, update_noise
 from label_restore import available_methods, method_spec, register_method, unregister_method
@@ -102,7 +102,7 @@ def test_every_label_method_reports_the_noise():
     gen = torch.Generator().manual_seed(5)
     aux = AuxiliaryData(torch.randn(60, 1, 28, 28, generator=gen), torch.arange(CLASSES).repeat(6))
     for method in available_methods():
-        options = {"aux": aux} if method_spec(method).needs == "auxiliary" else {}
+        options = {"aux": aux} if needs_auxiliary(method) else {}
         with pytest.warns(NoisyGradientWarning, match=rf"^{method} \(K=8\): the gradient's noise std"):
             result = restore_from_update(method, update, model, **options)
         assert result.details["noise"]["std"] == expected.std, method
