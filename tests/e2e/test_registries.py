@@ -1,6 +1,8 @@
 """A label method and an image prior registered at run time work through the whole attack (inversion.invert), the
 attack settings and the configs, without touching the library."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -83,7 +85,7 @@ def test_a_method_that_needs_the_whole_update_runs_in_invert():
         result = invert(update, model, {}, labels="test_from_update")
     finally:
         unregister_method("test_from_update")
-    assert result.labels.tolist() == FIXED and seen == [(update, model, 3)]
+    assert result.labels.tolist() == FIXED and seen == [(dataclasses.replace(update, meta=result.meta), model, 3)]
 
 
 def test_settings_and_configs_take_a_method_registered_at_run_time():
