@@ -179,9 +179,9 @@ def test_a_fedavg_update_and_a_model_with_batch_norm_are_refused_in_one_line():
     images, labels = disjoint(4), LABELS
     gradients = fedsgd(mlp(), images, labels).gradients
     delta = {name: -0.1 * g for name, g in gradients.items()}  # one local step of SGD at learning rate 0.1
-    local = LocalTraining(steps=1, batch_size=4, lr=0.1)
+    local = LocalTraining(steps=2, batch_size=4, lr=0.1)  # two local epochs: each sample's gradient twice
     fedavg = SharedUpdate.from_weight_delta(delta, 4, local=local, mean=[MEAN], std=[STD], input_shape=SHAPE)
-    with pytest.raises(InputError, match="this is a fedavg update") as refused:
+    with pytest.raises(InputError, match="at most one local epoch") as refused:
         disaggregate(fedavg, mlp())
     assert "\n" not in str(refused.value)
     with torch.random.fork_rng():

@@ -155,11 +155,11 @@ def one_line_refusal(call, match):
 
 def test_refusals_are_one_line():
     model, update = problem()
-    local = LocalTraining(1, 3, 0.1)
+    local = LocalTraining(2, 3, 0.1)  # two local epochs of K=3
     fedavg = SharedUpdate.from_weight_delta(
         {n: -0.1 * g for n, g in update.gradients.items()}, 3, local=local, meta=update.meta
     )
-    one_line_refusal(lambda: restore_from_update("disaggregation", fedavg, model), "this is a fedavg update")
+    one_line_refusal(lambda: restore_from_update("disaggregation", fedavg, model), "at most one local epoch")
     partial = dataclasses.replace(update, gradients={n: g for n, g in update.gradients.items() if n != "1.weight"})
     one_line_refusal(lambda: restore_from_update("disaggregation", partial, model), "no gradient of '1.weight'")
     normed = tiny_model(batch_norm=True)
