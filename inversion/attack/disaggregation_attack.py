@@ -1,8 +1,8 @@
 r"""The disaggregation attack: the samples that :func:`~inversion.attack.disaggregation.disaggregate` verifies, and
 gradient matching for the rest (registered as ``"disaggregation"``, :mod:`inversion.attack.registry`).
 
-:class:`DisaggregationAttack` runs :func:`~inversion.attack.disaggregation.disaggregate` on the FedSGD update when it
-is built, then takes one of four routes (``record()["route"]``):
+:class:`DisaggregationAttack` runs :func:`~inversion.attack.disaggregation.disaggregate` on the update (FedSGD, or
+FedAvg over at most one local epoch) when it is built, then takes one of four routes (``record()["route"]``):
 
 - ``exact``: all K samples verified and the first linear layer reads the flattened image. The verified images
   are the reconstruction (in the order found, with their verified labels); no optimisation step is run; the
@@ -177,7 +177,7 @@ class DisaggregationAttack(Inversion):
         problem, runner: as :class:`~inversion.attack.optimize.Inversion`'s.
 
     Raises:
-        ValueError: learnable labels, a FedAvg update, and what :func:`disaggregate` refuses.
+        ValueError: learnable labels, and what :func:`disaggregate` refuses (e.g. several local epochs).
     """
 
     def __init__(

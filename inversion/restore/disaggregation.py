@@ -52,7 +52,8 @@ def disaggregation(
     """Restore the batch's label counts by disaggregating its samples (see the module docstring).
 
     Args:
-        update: a FedSGD update holding the gradients of every linear layer of ``model``.
+        update: a FedSGD update, or a FedAvg one of at most one local epoch, holding the gradients of every linear
+            layer of ``model``.
         model: the server's model (no batch norm).
         batch_size: K (used when the update does not reveal it).
         fallback: the registered final-layer method (``needs="final_layer"``) for the samples not recovered.
@@ -66,8 +67,8 @@ def disaggregation(
 
     Raises:
         ValueError: a fallback that is not a final-layer method, or what
-            :func:`~inversion.attack.disaggregation.disaggregate` refuses (a FedAvg update, batch norm, a linear
-            layer's gradient missing).
+            :func:`~inversion.attack.disaggregation.disaggregate` refuses (several local epochs, batch norm, a
+            linear layer's gradient missing).
     """
     _check_fallback(fallback)
     return _disaggregated_counts(update, model, batch_size, tolerance, max_programmes, fallback, None)
