@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy.optimize import linprog
+from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
 from inversion.attack.span import first_linear_weight
@@ -677,6 +678,19 @@ def disaggregate(
         ValueError: the update lacks a linear layer's gradient, the model has batch norm, K is unknown, or a
             FedAvg update runs more than one local epoch or its first linear layer does not read the image.
     """
+    with threadpool_limits(limits=1, user_api="blas"):  # numpy's BLAS threads spin while they wait for a core
+        return _disaggregate(update, model, batch_size, image_shape, tolerance, max_programmes)
+
+
+def _disaggregate(
+    update: SharedUpdate,
+    model: nn.Module,
+    batch_size: int | None,
+    image_shape: Sequence[int] | None,
+    tolerance: float,
+    max_programmes: int | None,
+) -> Disaggregation:
+    """:func:`disaggregate`'s search, with the BLAS threads it may use already limited."""
     start = time.perf_counter()
     k = update.batch_size if update.batch_size is not None else batch_size
     if k is None:
