@@ -33,8 +33,9 @@ from inversion.attack.disaggregation import TOLERANCE, disaggregate
 from inversion.fl.update import SharedUpdate
 from inversion.models import final_layer
 from inversion.restore.auxiliary import AuxiliaryData, aux_restoration
+from inversion.restore.from_update import final_layer_restoration
 from inversion.utils.errors import InputError
-from label_restore import RestorationResult, available_methods, method_spec, restore_labels
+from label_restore import RestorationResult, available_methods, method_spec
 from label_restore.result import make_result
 
 __all__ = ["disaggregation", "disaggregation_aux"]
@@ -181,14 +182,7 @@ def _fallback(
             gradients[names[id(layer.bias)]] = torch.as_tensor(grad_bias, dtype=torch.float32)
         residual = SharedUpdate.from_gradients(gradients, rest, update.meta, check_sign=False)
         return aux_restoration(residual, model, aux[0], rest, method=fallback, **aux[1])
-    return restore_labels(
-        fallback,
-        grad_weight=grad_weight,
-        grad_bias=grad_bias,
-        weight=layer.weight.detach(),
-        bias=None if layer.bias is None else layer.bias.detach(),
-        batch_size=rest,
-    )
+    return final_layer_restoration(fallback, model, grad_weight, grad_bias, rest)
 
 
 def _residual_class(grad_weight: np.ndarray, grad_bias: np.ndarray | None) -> tuple[int, str]:

@@ -24,7 +24,7 @@ from label_restore.consistency import (
     with_noise_estimate,
 )
 
-__all__ = ["expected_class_sums", "needs_auxiliary", "restore_from_update", "update_noise"]
+__all__ = ["expected_class_sums", "final_layer_restoration", "needs_auxiliary", "restore_from_update", "update_noise"]
 
 #: A clean FedAvg delta carries the rounding of the S local steps on the weights: class sums with
 #: :math:`\hat\sigma` up to 0.21 machine epsilons times the final layer's RMS weight times :math:`\sqrt S`, in
@@ -130,11 +130,7 @@ def _restore(
             "(inversion.restore.auxiliary.draw_auxiliary)"
         )
     if spec.needs == "auxiliary":
-        if aux is None:
-            raise InputError(
-                f"label method {method!r} needs the server's labelled auxiliary data: pass aux= "
-                "(inversion.restore.auxiliary.draw_auxiliary)"
-            )
+        assert aux is not None  # checked above
         return aux_restoration(update, model, aux, k, method=method, **options)
     if aux is not None and not needs_auxiliary(method):
         raise InputError(f"aux= is auxiliary data for methods such as 'aux'; {method!r} does not read it")
@@ -145,6 +141,14 @@ def _restore(
             raise TypeError(f"label method {method!r} returned a {type(result).__name__}, not a RestorationResult")
         return result
     grad_weight, grad_bias = update.final_layer_gradients(model)
+    return final_layer_restoration(method, model, grad_weight, grad_bias, k, **options)
+
+
+def final_layer_restoration(
+    method: str, model: nn.Module, grad_weight: Any, grad_bias: Any, batch_size: int, **options: Any
+) -> RestorationResult:
+    """A final-layer method (:func:`label_restore.restore_labels`) on gradients (C, M) and (C,) or None of the
+    model's final layer, with that layer's current weight and bias."""
     layer = final_layer(model)
     return restore_labels(
         method,
@@ -152,7 +156,7 @@ def _restore(
         grad_bias=grad_bias,
         weight=layer.weight.detach(),
         bias=None if layer.bias is None else layer.bias.detach(),
-        batch_size=k,
+        batch_size=batch_size,
         **options,
     )
 
